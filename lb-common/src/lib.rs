@@ -1,0 +1,327 @@
+//! Types shared by the XDP program and the controller: map keys and values, constants,
+//! and the pure functions both sides must compute identically (flow hash, checksums).
+//!
+//! Every map type is `#[repr(C)]`, padded explicitly (no implicit holes, so keys hash the
+//! same on both sides) and stores ports in host byte order so `bpftool map dump` reads well.
+#![no_std]
+
+/// Address family tags used in keys (not the kernel's AF_* numbers, which differ by OS).
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Forwarding modes (`VipInfo::mode`).
+pub const MODE_NAT: u8 = 0;
+pub const MODE_DSR: u8 = 1;
+
+/// `Backend::flags`: the slot holds a live backend. A cleared slot makes flows that were
+/// pinned to it pick again from the Maglev table.
+pub const BACKEND_ACTIVE: u8 = 1;
+
+/// Map names, as pinned under the pin directory.
+pub const MAP_VIPS: &str = "VIPS";
+pub const MAP_VIP_ADDRS: &str = "VIP_ADDRS";
+pub const MAP_BACKENDS: &str = "BACKENDS";
+pub const MAP_MAGLEV: &str = "MAGLEV";
+pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_NAT: &str = "NAT";
+pub const MAP_SETTINGS: &str = "SETTINGS";
+pub const MAP_VIP_STATS: &str = "VIP_STATS";
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
+
+/// Program names in the object.
+pub const PROG_LB: &str = "xdp_lb";
+/// Attached to the far end of a veth so that XDP_TX/XDP_REDIRECT frames are received.
+pub const PROG_PASS: &str = "xdp_pass";
+/// Baselines for benchmarks: the cheapest possible program and a MAC-swapping reflector.
+pub const PROG_DROP: &str = "xdp_drop";
+pub const PROG_MAC_SWAP: &str = "xdp_mac_swap";
+
+/// Compiled-in map sizes; the controller overrides them at load time from the config.
+pub const DEFAULT_MAX_VIPS: u32 = 64;
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
+
+/// An IP address in 16 bytes: IPv4 in the first 4 bytes, the rest zero.
+pub type Addr = [u8; 16];
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipKey {
+    pub addr: Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// What packets need to know about a VIP. Replaced as one map element, which is how a new
+/// Maglev table is switched in atomically: the table is written aside, then `table_offset`
+/// changes in a single update.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    pub vip_id: u32,
+    /// First slot of the active table in `MAGLEV`.
+    pub table_offset: u32,
+    /// Number of slots in the table (a prime); zero means no backend is available.
+    pub table_size: u32,
+    pub mode: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of `VIP_ADDRS`: every address that has at least one VIP, so traffic to a VIP
+/// address that the program cannot or will not serve is dropped and counted, not passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipAddrKey {
+    pub addr: Addr,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: Addr,
+    pub port: u16,
+    pub family: u8,
+    pub flags: u8,
+}
+
+/// A connection as seen on the wire in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub backend_id: u32,
+    pub vip_id: u32,
+    /// Source port on the balancer's address (nat mode only).
+    pub nat_port: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of `NAT`, keyed by the reply's `FlowKey` (backend -> balancer address:nat_port):
+/// the client-side flow to translate the reply back into.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatState {
+    pub client: FlowKey,
+    pub vip_id: u32,
+    pub backend_id: u32,
+}
+
+/// Balancer-wide settings, one element in `SETTINGS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The balancer's own addresses, used as the source of NATed packets.
+    pub ipv4: Addr,
+    pub ipv6: Addr,
+    pub hash_seed: u32,
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+}
+
+/// Per-VIP counters (per CPU; readers sum over CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    pub icmp_errors_forwarded: u64,
+    pub drop_no_backend: u64,
+    pub drop_no_route: u64,
+    pub drop_nat_ports_exhausted: u64,
+}
+
+/// Per-backend counters (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+/// Counters for packets that belong to no VIP, or whose VIP could not be determined.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalStats {
+    /// Not IPv4/IPv6, or not addressed to a VIP: handed to the kernel untouched.
+    pub passed: u64,
+    /// Truncated or inconsistent Ethernet/IP/L4 headers: dropped.
+    pub drop_malformed: u64,
+    /// IPv4 fragments or IPv6 fragment headers addressed to a VIP address: dropped
+    /// (ports are not visible in later fragments, so no backend can be chosen).
+    pub drop_fragment: u64,
+    /// IPv4 options or IPv6 extension headers on traffic to a VIP address: dropped.
+    pub drop_ip_options: u64,
+    /// A VIP address, but no VIP on that port and protocol: dropped.
+    pub drop_unknown_vip_port: u64,
+    /// ICMP errors to a VIP address that quote no known flow: dropped.
+    pub drop_icmp_unmatched: u64,
+    /// The map lookup that every VIP packet needs failed (a controller bug or a race).
+    pub drop_internal: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), Copy, made only of integers, with no implicit padding.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for VipAddrKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for NatState {}
+    unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for VipStats {}
+    unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for GlobalStats {}
+}
+
+/// Flow hash: deterministic given the key and the shared seed, so every balancer host
+/// that fronts a VIP (ECMP) picks the same Maglev slot for a flow. Mixes 32-bit words with
+/// the murmur3 round and finalizer; cheap enough for the packet path (no loops over bytes).
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
+    let mut h = seed;
+    let mut i = 0;
+    while i < 4 {
+        h = murmur_round(h, word(&key.src, i));
+        h = murmur_round(h, word(&key.dst, i));
+        i += 1;
+    }
+    h = murmur_round(h, ((key.sport as u32) << 16) | key.dport as u32);
+    h = murmur_round(h, ((key.proto as u32) << 8) | key.family as u32);
+    murmur_fmix(h ^ 40)
+}
+
+#[inline(always)]
+fn word(addr: &Addr, i: usize) -> u32 {
+    u32::from_le_bytes([addr[i * 4], addr[i * 4 + 1], addr[i * 4 + 2], addr[i * 4 + 3]])
+}
+
+#[inline(always)]
+pub fn murmur_round(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+pub fn murmur_fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Incremental Internet checksum update (RFC 1624, eqn. 3) for one 16-bit word that
+/// changed from `old` to `new`. Checksums and words are in the order they sit on the wire
+/// read as big-endian numbers.
+#[inline(always)]
+pub fn csum_replace2(csum: u16, old: u16, new: u16) -> u16 {
+    let sum = (!csum as u32) + (!old as u32) + new as u32;
+    !fold(sum)
+}
+
+/// Same as [`csum_replace2`] for a 32-bit field (an IPv4 address, or part of IPv6).
+#[inline(always)]
+pub fn csum_replace4(csum: u16, old: u32, new: u32) -> u16 {
+    let sum = (!csum as u32)
+        + (!(old >> 16) & 0xffff)
+        + (!old & 0xffff)
+        + (new >> 16)
+        + (new & 0xffff);
+    !fold(sum)
+}
+
+/// Same as [`csum_replace2`] for an address of the given family.
+#[inline(always)]
+pub fn csum_replace_addr(mut csum: u16, old: &Addr, new: &Addr, family: u8) -> u16 {
+    let words = if family == FAMILY_V4 { 1 } else { 4 };
+    let mut i = 0;
+    while i < 4 {
+        if i < words {
+            csum = csum_replace4(
+                csum,
+                u32::from_be_bytes([old[i * 4], old[i * 4 + 1], old[i * 4 + 2], old[i * 4 + 3]]),
+                u32::from_be_bytes([new[i * 4], new[i * 4 + 1], new[i * 4 + 2], new[i * 4 + 3]]),
+            );
+        }
+        i += 1;
+    }
+    csum
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    fn full_csum(words: &[u16]) -> u16 {
+        let sum: u32 = words.iter().map(|&w| w as u32).sum();
+        !fold(sum)
+    }
+
+    #[test]
+    fn incremental_update_matches_full_recompute() {
+        let mut words = [0x4500u16, 0x0054, 0x1c46, 0x4000, 0x4006, 0, 0xc0a8, 0x0001, 0xc0a8, 0x00c7];
+        let before = full_csum(&words);
+        let old = ((words[8] as u32) << 16) | words[9] as u32;
+        let new = 0x0a00_0105u32;
+        words[8] = (new >> 16) as u16;
+        words[9] = new as u16;
+        assert_eq!(csum_replace4(before, old, new), full_csum(&words));
+        let old_word = words[3];
+        words[3] = 0x1234;
+        let after = full_csum(&words);
+        let step = csum_replace4(before, old, new);
+        assert_eq!(csum_replace2(step, old_word, 0x1234), after);
+    }
+
+    #[test]
+    fn flow_hash_depends_on_seed_and_every_field() {
+        let key = FlowKey { src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], sport: 1234, dport: 80, proto: PROTO_TCP, family: FAMILY_V4, ..Default::default() };
+        let base = flow_hash(&key, 7);
+        assert_eq!(base, flow_hash(&key, 7));
+        assert_ne!(base, flow_hash(&key, 8));
+        assert_ne!(base, flow_hash(&FlowKey { sport: 1235, ..key }, 7));
+        assert_ne!(base, flow_hash(&FlowKey { dport: 81, ..key }, 7));
+        assert_ne!(base, flow_hash(&FlowKey { proto: PROTO_UDP, ..key }, 7));
+        let mut dst = key;
+        dst.dst[15] = 1;
+        assert_ne!(base, flow_hash(&dst, 7));
+    }
+}

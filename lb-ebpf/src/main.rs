@@ -1,0 +1,420 @@
+//! The packet path: one XDP program that finds the VIP of a packet, keeps flows on their
+//! backend, picks a backend for new flows from the VIP's Maglev table, and forwards in
+//! `nat` or `dsr` mode. Everything else goes to the kernel untouched, or is dropped on
+//! purpose and counted by reason (see `GlobalStats`).
+#![no_std]
+#![no_main]
+
+mod packet;
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    helpers::{bpf_fib_lookup, bpf_redirect},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use aya_log_ebpf::warn;
+use lb_common::*;
+use packet::{Headers, L4, Parsed, Quoted, Translation};
+
+#[btf_map]
+static VIPS: HashMap<VipKey, VipInfo, { DEFAULT_MAX_VIPS as usize }> = HashMap::new();
+#[btf_map]
+static VIP_ADDRS: HashMap<VipAddrKey, u32, { DEFAULT_MAX_VIPS as usize }> = HashMap::new();
+#[btf_map]
+static BACKENDS: Array<Backend, { DEFAULT_MAX_BACKENDS as usize }> = Array::new();
+/// Maglev tables, two per VIP (active and the one being built), `ring size` slots each;
+/// a slot holds a backend id. Sized by the controller at load time.
+#[btf_map]
+static MAGLEV: Array<u32, 1> = Array::new();
+#[btf_map]
+static FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOW_ENTRIES as usize }> =
+    LruHashMap::new();
+#[btf_map]
+static NAT: LruHashMap<FlowKey, NatState, { DEFAULT_FLOW_ENTRIES as usize }> = LruHashMap::new();
+#[btf_map]
+static SETTINGS: Array<Settings, 1> = Array::new();
+#[btf_map]
+static VIP_STATS: PerCpuArray<VipStats, { DEFAULT_MAX_VIPS as usize }> = PerCpuArray::new();
+#[btf_map]
+static BACKEND_STATS: PerCpuArray<BackendStats, { DEFAULT_MAX_BACKENDS as usize }> =
+    PerCpuArray::new();
+/// Working memory for one packet (see `Scratch`); typed as words so its BTF stays plain.
+#[btf_map]
+static SCRATCH: PerCpuArray<[u64; SCRATCH_WORDS], 1> = PerCpuArray::new();
+const SCRATCH_WORDS: usize = 64;
+const _: () = assert!(core::mem::size_of::<Scratch>() <= SCRATCH_WORDS * 8);
+
+#[btf_map]
+static GLOBAL_STATS: PerCpuArray<GlobalStats, 1> = PerCpuArray::new();
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// Source-port candidates tried for a new nat flow before giving up.
+const NAT_PORT_TRIES: u32 = 4;
+
+/// What the packet path works on. It lives in a per-CPU map, not on the stack: BPF allows
+/// 512 bytes of stack for a whole call chain, and keys of 40 bytes add up quickly.
+#[derive(Default)]
+pub struct Scratch {
+    pub headers: Headers,
+    /// The flow as keyed in `FLOWS` (client -> VIP).
+    pub flow: FlowKey,
+    /// A reply as keyed in `NAT` (backend -> balancer).
+    pub reply: FlowKey,
+    pub nat: NatState,
+    pub quoted: Quoted,
+    pub to: Translation,
+}
+
+#[xdp]
+pub fn xdp_lb(ctx: XdpContext) -> u32 {
+    match try_xdp_lb(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            count_global(reason);
+            if reason == Reason::Passed {
+                xdp_action::XDP_PASS
+            } else {
+                xdp_action::XDP_DROP
+            }
+        }
+    }
+}
+
+/// Why a packet left the fast path; each maps to one `GlobalStats` counter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Passed,
+    Malformed,
+    Fragment,
+    IpOptions,
+    UnknownVipPort,
+    IcmpUnmatched,
+    Internal,
+}
+
+#[inline(always)]
+fn count_global(reason: Reason) {
+    if let Some(stats) = GLOBAL_STATS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        let stats = unsafe { &mut *stats };
+        let counter = match reason {
+            Reason::Passed => &mut stats.passed,
+            Reason::Malformed => &mut stats.drop_malformed,
+            Reason::Fragment => &mut stats.drop_fragment,
+            Reason::IpOptions => &mut stats.drop_ip_options,
+            Reason::UnknownVipPort => &mut stats.drop_unknown_vip_port,
+            Reason::IcmpUnmatched => &mut stats.drop_icmp_unmatched,
+            Reason::Internal => &mut stats.drop_internal,
+        };
+        *counter += 1;
+    }
+}
+
+#[inline(always)]
+fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, Reason> {
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Reason::Internal)?;
+    // SAFETY: per-CPU, large and aligned enough (asserted above); an XDP run is not
+    // preempted by another run on the same CPU.
+    let s = unsafe { &mut *scratch.cast::<Scratch>() };
+    s.headers = Headers::default();
+    let h = &mut s.headers;
+    if let Parsed::Unusual(reason) = packet::parse(ctx, h)? {
+        // Fragments, options and extension headers are fine for the kernel's own
+        // traffic, but a VIP flow cannot be classified without its ports.
+        return Err(if is_vip_addr(&h.dst, h.family) { reason } else { Reason::Passed });
+    }
+    match h.l4 {
+        L4::Ports { dport, .. } => {
+            let vip_key = VipKey { addr: h.dst, port: dport, proto: h.proto, family: h.family };
+            // SAFETY: values are only replaced whole by the controller (never written in place).
+            if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
+                return to_backend(ctx, s, vip);
+            }
+            let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
+            if h.dst == own_addr(settings, h.family) {
+                return to_client(ctx, s);
+            }
+            Err(if is_vip_addr(&h.dst, h.family) { Reason::UnknownVipPort } else { Reason::Passed })
+        }
+        L4::IcmpError { inner_l3 } => {
+            if !is_vip_addr(&h.dst, h.family) {
+                return Err(Reason::Passed);
+            }
+            icmp_error_to_backend(ctx, s, inner_l3)
+        }
+        // Any other protocol to a VIP address has no VIP to go to either.
+        L4::Other => {
+            Err(if is_vip_addr(&h.dst, h.family) { Reason::UnknownVipPort } else { Reason::Passed })
+        }
+    }
+}
+
+#[inline(always)]
+fn own_addr(settings: &Settings, family: u8) -> Addr {
+    if family == FAMILY_V4 { settings.ipv4 } else { settings.ipv6 }
+}
+
+#[inline(always)]
+fn is_vip_addr(addr: &Addr, family: u8) -> bool {
+    let key = VipAddrKey { addr: *addr, family, _pad: [0; 3] };
+    VIP_ADDRS.get_ptr(&key).is_some()
+}
+
+/// Client -> VIP: find or choose the backend, rewrite, forward.
+// A BPF subprogram of its own: its stack frame is not added to its siblings'.
+#[inline(never)]
+fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, Reason> {
+    let Scratch { headers: h, flow, nat, .. } = s;
+    *flow = h.flow_key();
+    let vip_stats = VIP_STATS.get_ptr_mut(vip.vip_id).ok_or(Reason::Internal)?;
+    // SAFETY: per-CPU value.
+    let vip_stats = unsafe { &mut *vip_stats };
+    vip_stats.packets += 1;
+    vip_stats.bytes += h.frame_len as u64;
+
+    let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
+    // SAFETY: copied out; a concurrent LRU reuse only makes the copy stale.
+    let known = unsafe { FLOWS.get(&*flow) }.copied();
+    let (backend_id, backend, nat_port) = match known.and_then(|state| {
+        let backend = BACKENDS.get(state.backend_id)?;
+        (backend.flags & BACKEND_ACTIVE != 0).then_some((state.backend_id, backend, state.nat_port))
+    }) {
+        Some(found) => found,
+        None => {
+            let Some((backend_id, backend)) = pick_backend(vip, flow, settings.hash_seed) else {
+                vip_stats.drop_no_backend += 1;
+                return Ok(xdp_action::XDP_DROP);
+            };
+            let nat_port = if vip.mode == MODE_NAT {
+                *nat = NatState { client: *flow, vip_id: vip.vip_id, backend_id };
+                match reserve_nat_port(s, backend) {
+                    0 => {
+                        vip_stats.drop_nat_ports_exhausted += 1;
+                        warn!(ctx, "nat source ports exhausted for vip {}", vip.vip_id);
+                        return Ok(xdp_action::XDP_DROP);
+                    }
+                    port => port as u16,
+                }
+            } else {
+                0
+            };
+            let state = FlowState { backend_id, vip_id: vip.vip_id, nat_port, _pad: [0; 6] };
+            // An LRU insert only fails on allocation failure; the flow then re-hashes to
+            // the same backend on its next packet, so forwarding goes on.
+            let _ = FLOWS.insert(&s.flow, &state, 0);
+            vip_stats.new_flows += 1;
+            if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
+                // SAFETY: per-CPU value.
+                unsafe { (*b).new_flows += 1 };
+            }
+            (backend_id, backend, nat_port)
+        }
+    };
+    let h = &s.headers;
+    if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU value.
+        let b = unsafe { &mut *b };
+        b.packets += 1;
+        b.bytes += h.frame_len as u64;
+    }
+    if vip.mode == MODE_NAT {
+        s.to = Translation { src: own_addr(settings, h.family), dst: backend.addr, sport: nat_port, dport: backend.port };
+        packet::rewrite(ctx, h, &s.to)?;
+    }
+    let action = forward(ctx, h, &backend.addr);
+    if action == xdp_action::XDP_DROP {
+        vip_stats.drop_no_route += 1;
+    }
+    Ok(action)
+}
+
+/// The backend for a new flow from the VIP's Maglev table, if it has one.
+#[inline(always)]
+fn pick_backend(vip: &VipInfo, flow: &FlowKey, seed: u32) -> Option<(u32, &'static Backend)> {
+    if vip.table_size == 0 {
+        return None;
+    }
+    let slot = vip.table_offset + flow_hash(flow, seed) % vip.table_size;
+    let backend_id = *MAGLEV.get(slot)?;
+    let backend = BACKENDS.get(backend_id)?;
+    (backend.flags & BACKEND_ACTIVE != 0).then_some((backend_id, backend))
+}
+
+/// Picks the balancer-side source port of the nat flow `s.nat` and records the reverse
+/// mapping; 0 when every candidate is taken. The first candidate comes from the flow hash,
+/// so it is the same on every balancer host.
+// A BPF subprogram of its own: its stack frame is not added to its siblings'.
+#[inline(never)]
+fn reserve_nat_port(s: &mut Scratch, backend: &Backend) -> u32 {
+    let Some(settings) = SETTINGS.get(0) else {
+        return 0;
+    };
+    let span = (settings.nat_port_max as u32).wrapping_sub(settings.nat_port_min as u32) + 1;
+    if span == 0 || span > 0x1_0000 {
+        return 0;
+    }
+    let start = flow_hash(&s.nat.client, !settings.hash_seed);
+    s.reply = FlowKey {
+        src: backend.addr,
+        dst: own_addr(settings, backend.family),
+        sport: backend.port,
+        dport: 0,
+        proto: s.nat.client.proto,
+        family: backend.family,
+        _pad: [0; 2],
+    };
+    for i in 0..NAT_PORT_TRIES {
+        s.reply.dport = (settings.nat_port_min as u32 + start.wrapping_add(i) % span) as u16;
+        if NAT.insert(&s.reply, &s.nat, BPF_NOEXIST as u64).is_ok() {
+            return s.reply.dport as u32;
+        }
+        // The port may already be ours: the same client flow picked again.
+        // SAFETY: read in place, compared, not kept.
+        if unsafe { NAT.get(&s.reply) }.is_some_and(|held| held.client == s.nat.client) {
+            let _ = NAT.insert(&s.reply, &s.nat, 0);
+            return s.reply.dport as u32;
+        }
+    }
+    0
+}
+
+/// Backend -> balancer: translate a nat reply back to the client's view and forward it.
+/// Anything else to the balancer's own address is the kernel's.
+// A BPF subprogram of its own: its stack frame is not added to its siblings'.
+#[inline(never)]
+fn to_client(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
+    s.reply = s.headers.flow_key();
+    // SAFETY: copied out; a concurrent LRU reuse only makes the copy stale.
+    let Some(nat) = unsafe { NAT.get(&s.reply) }.copied() else {
+        return Err(Reason::Passed);
+    };
+    s.nat = nat;
+    let h = &s.headers;
+    let vip_stats = VIP_STATS.get_ptr_mut(s.nat.vip_id).ok_or(Reason::Internal)?;
+    // SAFETY: per-CPU value.
+    let vip_stats = unsafe { &mut *vip_stats };
+    vip_stats.reply_packets += 1;
+    vip_stats.reply_bytes += h.frame_len as u64;
+    if let Some(b) = BACKEND_STATS.get_ptr_mut(s.nat.backend_id) {
+        // SAFETY: per-CPU value.
+        let b = unsafe { &mut *b };
+        b.reply_packets += 1;
+        b.reply_bytes += h.frame_len as u64;
+    }
+    let client = &s.nat.client;
+    s.to = Translation { src: client.dst, dst: client.src, sport: client.dport, dport: client.sport };
+    packet::rewrite(ctx, h, &s.to)?;
+    let action = forward(ctx, h, &s.nat.client.src);
+    if action == xdp_action::XDP_DROP {
+        vip_stats.drop_no_route += 1;
+    }
+    Ok(action)
+}
+
+/// An ICMP error sent to a VIP address quotes a packet the VIP sent to a client: deliver it
+/// to the backend that owns that flow, so path MTU discovery and unreachables work.
+// A BPF subprogram of its own: its stack frame is not added to its siblings'.
+#[inline(never)]
+fn icmp_error_to_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize) -> Result<u32, Reason> {
+    let family = s.headers.family;
+    s.quoted = packet::parse_quoted(ctx, family, inner_l3).ok_or(Reason::IcmpUnmatched)?;
+    let quoted = &s.quoted;
+    // The quoted packet went VIP -> client; the flow was keyed client -> VIP.
+    s.flow = FlowKey {
+        src: quoted.dst,
+        dst: quoted.src,
+        sport: quoted.dport,
+        dport: quoted.sport,
+        proto: quoted.proto,
+        family,
+        _pad: [0; 2],
+    };
+    let vip_key = VipKey { addr: s.flow.dst, port: s.flow.dport, proto: s.flow.proto, family };
+    // SAFETY: copies only.
+    let vip = unsafe { VIPS.get(&vip_key) }.copied().ok_or(Reason::IcmpUnmatched)?;
+    let state = unsafe { FLOWS.get(&s.flow) }.copied().ok_or(Reason::IcmpUnmatched)?;
+    let backend = BACKENDS.get(state.backend_id).ok_or(Reason::IcmpUnmatched)?;
+    if vip.mode == MODE_NAT {
+        let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
+        s.to = Translation { src: backend.addr, dst: own_addr(settings, family), sport: backend.port, dport: state.nat_port };
+        packet::rewrite_icmp_error(ctx, &s.headers, &s.quoted, &s.to)?;
+    }
+    if let Some(stats) = VIP_STATS.get_ptr_mut(vip.vip_id) {
+        // SAFETY: per-CPU value.
+        unsafe { (*stats).icmp_errors_forwarded += 1 };
+    }
+    Ok(forward(ctx, &s.headers, &backend.addr))
+}
+
+/// Routes the (rewritten) packet towards `next` with the kernel's FIB and neighbour table,
+/// fills in the MAC addresses and transmits it. No route or no resolved neighbour is a drop:
+/// the kernel could not deliver a packet with a VIP it does not own either.
+// A BPF subprogram of its own: its stack frame is not added to its siblings'.
+#[inline(never)]
+fn forward(ctx: &XdpContext, h: &Headers, next: &Addr) -> u32 {
+    // SAFETY: all-zero is a valid bpf_fib_lookup.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.l4_protocol = h.proto;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_1.tot_len = h.ip_len;
+    if h.family == FAMILY_V4 {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([h.src[0], h.src[1], h.src[2], h.src[3]]);
+        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([next[0], next[1], next[2], next[3]]);
+    } else {
+        fib.family = AF_INET6;
+        // SAFETY: both are 16 bytes.
+        fib.__bindgen_anon_3.ipv6_src = unsafe { core::mem::transmute::<Addr, [u32; 4]>(h.src) };
+        fib.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<Addr, [u32; 4]>(*next) };
+    }
+    // SAFETY: the helper reads and writes only `fib`.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx.cast(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    packet::set_macs(ctx, &fib.smac, &fib.dmac);
+    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+        xdp_action::XDP_TX
+    } else {
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(fib.ifindex, 0) as u32 }
+    }
+}
+
+/// Placed on the far end of a veth so that frames the balancer transmits are received.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Benchmark baseline: the cheapest program there is.
+#[xdp]
+pub fn xdp_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+/// Benchmark baseline for throughput: swap the MAC addresses and send the frame back.
+#[xdp]
+pub fn xdp_mac_swap(ctx: XdpContext) -> u32 {
+    if packet::swap_macs(&ctx) { xdp_action::XDP_TX } else { xdp_action::XDP_DROP }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

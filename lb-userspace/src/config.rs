@@ -1,0 +1,1543 @@
+//! The controller's TOML configuration: types (serde), defaults, and validation whose
+//! errors name the file, the line and the key, e.g.
+//! `config/lb.toml:14: vip[1].backend[0].port: dsr backends must use the VIP's port 80 (got 8080)`.
+//!
+//! [`parse`] deserialises with `toml` (unknown keys are refused), resolves defaults that
+//! depend on other keys (a backend's port defaults to its VIP's port), then checks the rules
+//! that types cannot express. Lines are found with `toml_edit`'s spans: for serde errors by
+//! mapping the error's span back to the key path, for semantic errors by looking the key
+//! path up in the same text (falling back to the enclosing table's header when the key was
+//! left out).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+use toml_edit::{Array, ArrayOfTables, ImDocument, InlineTable, Item, Table, Value};
+
+use crate::maglev;
+
+/// Default of `balancer.pin_dir`.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
+/// Maps must be pinned below this directory (the BPF filesystem).
+pub const BPF_FS: &str = "/sys/fs/bpf";
+/// Bounds of `balancer.maglev_table_size` (which must also be prime).
+pub const MIN_TABLE_SIZE: u32 = 101;
+pub const MAX_TABLE_SIZE: u32 = 1_048_573; // largest prime below 2^20
+/// Largest backend weight.
+pub const MAX_WEIGHT: u32 = 65_535;
+/// Lowest allowed `balancer.nat_port_min` (stay out of the well-known ports).
+pub const MIN_NAT_PORT: u16 = 1024;
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub balancer: BalancerConfig,
+    #[serde(rename = "vip", default)]
+    pub vips: Vec<VipConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalancerConfig {
+    /// Interfaces the XDP program attaches to (required, non-empty).
+    pub interfaces: Vec<String>,
+    #[serde(default)]
+    pub xdp_mode: XdpModeSetting,
+    /// The balancer's own IPv4 address: the source of NATed packets. Required if any IPv4
+    /// VIP uses nat mode.
+    #[serde(default)]
+    pub ipv4: Option<Ipv4Addr>,
+    /// Likewise for IPv6 nat VIPs.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
+    /// Where maps are pinned; must be under /sys/fs/bpf.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Seed of the flow hash and the Maglev tables; the same on every balancer host that
+    /// fronts the same VIPs.
+    #[serde(default)]
+    pub hash_seed: u32,
+    /// Slots of each VIP's Maglev table: a prime, at least the number of backends of any
+    /// VIP (ideally > 100 x that, for shares within 1% of the weights).
+    #[serde(default = "default_table_size")]
+    pub maglev_table_size: u32,
+    #[serde(default = "default_max_vips")]
+    pub max_vips: u32,
+    #[serde(default = "default_max_backends")]
+    pub max_backends: u32,
+    #[serde(default = "default_flow_table_size")]
+    pub flow_table_size: u32,
+    #[serde(default = "default_nat_port_min")]
+    pub nat_port_min: u16,
+    #[serde(default = "default_nat_port_max")]
+    pub nat_port_max: u16,
+    /// Locality labels of this balancer (compared with the backends' for failover order).
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub zone: String,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Native (driver) mode, falling back to generic (skb) mode with a warning.
+    #[default]
+    Auto,
+    Driver,
+    Skb,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipConfig {
+    /// Unique name (used in logs, metrics and the admin interface).
+    pub name: String,
+    pub address: IpAddr,
+    /// 1..=65535.
+    #[serde(deserialize_with = "deserialize_port")]
+    pub port: u16,
+    /// Defaults to tcp.
+    #[serde(default)]
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub mode: ForwardingMode,
+    #[serde(rename = "backend", default)]
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number (`lb_common::PROTO_TCP` / `PROTO_UDP`).
+    pub fn number(&self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardingMode {
+    /// Destination and source rewritten; replies come back through the balancer.
+    #[default]
+    Nat,
+    /// Direct server return (L2): only the destination MAC is rewritten.
+    Dsr,
+}
+
+impl ForwardingMode {
+    /// The value of `lb_common::VipInfo::mode` (`MODE_NAT` / `MODE_DSR`).
+    pub fn number(&self) -> u8 {
+        match self {
+            ForwardingMode::Nat => lb_common::MODE_NAT,
+            ForwardingMode::Dsr => lb_common::MODE_DSR,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Same family as the VIP.
+    pub address: IpAddr,
+    /// The VIP's port when omitted (0 straight out of serde, resolved by [`parse`]). In dsr
+    /// mode it must equal the VIP's port.
+    #[serde(default, deserialize_with = "deserialize_backend_port")]
+    pub port: u16,
+    /// 0..=65535, default 1; 0 takes no new flows.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub zone: String,
+}
+
+impl BackendConfig {
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.port)
+    }
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_DIR)
+}
+fn default_table_size() -> u32 {
+    maglev::DEFAULT_TABLE_SIZE
+}
+fn default_max_vips() -> u32 {
+    lb_common::DEFAULT_MAX_VIPS
+}
+fn default_max_backends() -> u32 {
+    lb_common::DEFAULT_MAX_BACKENDS
+}
+fn default_flow_table_size() -> u32 {
+    lb_common::DEFAULT_FLOW_ENTRIES
+}
+fn default_nat_port_min() -> u16 {
+    20000
+}
+fn default_nat_port_max() -> u16 {
+    59999
+}
+fn default_weight() -> u32 {
+    1
+}
+
+fn deserialize_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    match u16::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("port must be 1..65535 (got 0)")),
+        p => Ok(p),
+    }
+}
+
+fn deserialize_backend_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    match u16::deserialize(d)? {
+        0 => Err(serde::de::Error::custom(
+            "port must be 1..65535 (got 0); leave it out to use the VIP's port",
+        )),
+        p => Ok(p),
+    }
+}
+
+/// A configuration that cannot be read, parsed or accepted. Displays as
+/// `origin:line: key: message` (parts that are unknown are left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file name (or other origin) given to [`parse`].
+    pub origin: String,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// Key path such as `vip[1].backend[0].port`; empty when the error is not about a key
+    /// (unreadable file, TOML syntax).
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads and parses a configuration file; an unreadable file is a [`ConfigError`] too.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: origin.clone(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse(&text, &origin)
+}
+
+/// Parses and validates a configuration; `origin` (the file name) prefixes error messages.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let doc = ImDocument::parse(text).map_err(|e| ConfigError {
+        origin: origin.to_string(),
+        line: e.span().map(|s| line_of(text, s.start)),
+        key: String::new(),
+        message: format!("invalid TOML: {}", one_line(e.message())),
+    })?;
+    let cx = Ctx {
+        origin,
+        text,
+        doc: &doc,
+    };
+    let mut config: Config = toml::from_str(text).map_err(|e| cx.serde_error(&e))?;
+    for vip in &mut config.vips {
+        // An explicit port is never 0 (refused while deserialising), so 0 means "omitted".
+        for b in &mut vip.backends {
+            if b.port == 0 {
+                b.port = vip.port;
+            }
+        }
+    }
+    validate(&config, &cx)?;
+    Ok(config)
+}
+
+/// One step of a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+impl From<&str> for Seg {
+    fn from(k: &str) -> Self {
+        Seg::Key(k.to_string())
+    }
+}
+
+impl From<usize> for Seg {
+    fn from(i: usize) -> Self {
+        Seg::Index(i)
+    }
+}
+
+macro_rules! path {
+    ($($s:expr),* $(,)?) => { [$(Seg::from($s)),*] };
+}
+
+fn path_string(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn one_line(s: &str) -> String {
+    s.trim().replace('\n', "; ")
+}
+
+/// A node of the parsed document, for walking key paths.
+#[derive(Clone, Copy)]
+enum Node<'a> {
+    Table(&'a Table),
+    Inline(&'a InlineTable),
+    Tables(&'a ArrayOfTables),
+    Array(&'a Array),
+    Leaf(&'a Value),
+    Empty,
+}
+
+impl<'a> Node<'a> {
+    fn of_item(item: &'a Item) -> Self {
+        match item {
+            Item::Table(t) => Node::Table(t),
+            Item::ArrayOfTables(a) => Node::Tables(a),
+            Item::Value(v) => Node::of_value(v),
+            Item::None => Node::Empty,
+        }
+    }
+
+    fn of_value(v: &'a Value) -> Self {
+        match v {
+            Value::InlineTable(t) => Node::Inline(t),
+            Value::Array(a) => Node::Array(a),
+            v => Node::Leaf(v),
+        }
+    }
+
+    fn span(&self) -> Option<Range<usize>> {
+        match self {
+            Node::Table(t) => t.span(),
+            Node::Inline(t) => t.span(),
+            Node::Tables(a) => a.span(),
+            Node::Array(a) => a.span(),
+            Node::Leaf(v) => v.span(),
+            Node::Empty => None,
+        }
+    }
+
+    /// The key's own span and the value under it.
+    fn key(&self, k: &str) -> Option<(Option<Range<usize>>, Node<'a>)> {
+        let (key, item) = match self {
+            Node::Table(t) => t.get_key_value(k)?,
+            Node::Inline(t) => t.get_key_value(k)?,
+            _ => return None,
+        };
+        Some((key.span(), Node::of_item(item)))
+    }
+
+    fn index(&self, i: usize) -> Option<Node<'a>> {
+        match self {
+            Node::Tables(a) => a.get(i).map(Node::Table),
+            Node::Array(a) => a.get(i).map(Node::of_value),
+            _ => None,
+        }
+    }
+
+    /// Every child: its path step, the span of its key (for keyed children) and the node.
+    fn children(&self) -> Vec<(Seg, Option<Range<usize>>, Node<'a>)> {
+        let keys: Vec<&str> = match self {
+            Node::Table(t) => t.iter().map(|(k, _)| k).collect(),
+            Node::Inline(t) => t.iter().map(|(k, _)| k).collect(),
+            Node::Tables(a) => {
+                return a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (Seg::Index(i), None, Node::Table(t)))
+                    .collect();
+            }
+            Node::Array(a) => {
+                return a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (Seg::Index(i), None, Node::of_value(v)))
+                    .collect();
+            }
+            Node::Leaf(_) | Node::Empty => return Vec::new(),
+        };
+        keys.into_iter()
+            .filter_map(|k| self.key(k).map(|(span, node)| (Seg::from(k), span, node)))
+            .collect()
+    }
+}
+
+fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end
+}
+
+/// The most specific key path whose key or value span contains `target`.
+fn path_at(
+    node: Node,
+    target: &Range<usize>,
+    path: &mut Vec<Seg>,
+    best: &mut Option<(usize, Vec<Seg>)>,
+) {
+    fn consider(
+        span: Option<Range<usize>>,
+        target: &Range<usize>,
+        path: &[Seg],
+        best: &mut Option<(usize, Vec<Seg>)>,
+    ) {
+        if let Some(span) = span
+            && contains(&span, target)
+            && best.as_ref().is_none_or(|(len, _)| span.len() <= *len)
+        {
+            *best = Some((span.len(), path.to_vec()));
+        }
+    }
+    for (seg, key_span, child) in node.children() {
+        path.push(seg);
+        consider(key_span, target, path, best);
+        consider(child.span(), target, path, best);
+        path_at(child, target, path, best);
+        path.pop();
+    }
+}
+
+struct Ctx<'a> {
+    origin: &'a str,
+    text: &'a str,
+    doc: &'a ImDocument<&'a str>,
+}
+
+impl Ctx<'_> {
+    fn root(&self) -> Node<'_> {
+        Node::Table(self.doc.as_table())
+    }
+
+    /// The line of a key path: the key's own line, or the line of the closest enclosing
+    /// table or value that exists in the text.
+    fn line(&self, path: &[Seg]) -> Option<usize> {
+        let mut node = self.root();
+        let mut offset = None;
+        for seg in path {
+            let found = match seg {
+                Seg::Key(k) => node
+                    .key(k)
+                    .map(|(key_span, child)| (key_span.or(child.span()), child)),
+                Seg::Index(i) => node.index(*i).map(|child| (child.span(), child)),
+            };
+            let Some((span, child)) = found else { break };
+            if let Some(span) = span {
+                offset = Some(span.start);
+            }
+            node = child;
+        }
+        offset.map(|o| line_of(self.text, o))
+    }
+
+    fn err(&self, path: &[Seg], message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            origin: self.origin.to_string(),
+            line: self.line(path),
+            key: path_string(path),
+            message: message.into(),
+        }
+    }
+
+    /// A deserialisation error (wrong type, unknown or missing key, bad value), with the
+    /// key path recovered from the error's span.
+    fn serde_error(&self, e: &toml::de::Error) -> ConfigError {
+        let mut message = one_line(e.message());
+        let mut path = Vec::new();
+        if let Some(span) = e.span() {
+            let mut best = None;
+            path_at(self.root(), &span, &mut Vec::new(), &mut best);
+            if let Some((_, p)) = best {
+                path = p;
+            }
+        }
+        // "missing field `x`" is reported on the enclosing table, whose span may equal an
+        // outer one's (a lone [[vip]] spans the whole file): climb to the table whose
+        // schema has the field, then name the key.
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|r| r.strip_suffix('`'))
+        {
+            while !path.is_empty() && !fields_at(&path).contains(&field) {
+                path.pop();
+            }
+            path.push(Seg::from(field));
+            message = "required key is missing".to_string();
+        }
+        ConfigError {
+            origin: self.origin.to_string(),
+            line: e.span().map(|s| line_of(self.text, s.start)),
+            key: path_string(&path),
+            message,
+        }
+    }
+}
+
+/// The keys of the table at a key path, by the path's shape.
+fn fields_at(path: &[Seg]) -> &'static [&'static str] {
+    use Seg::{Index, Key};
+    match path {
+        [] => &["balancer", "vip"],
+        [Key(b)] if b == "balancer" => &[
+            "interfaces",
+            "xdp_mode",
+            "ipv4",
+            "ipv6",
+            "pin_dir",
+            "hash_seed",
+            "maglev_table_size",
+            "max_vips",
+            "max_backends",
+            "flow_table_size",
+            "nat_port_min",
+            "nat_port_max",
+            "region",
+            "zone",
+        ],
+        [Key(v), Index(_)] if v == "vip" => {
+            &["name", "address", "port", "protocol", "mode", "backend"]
+        }
+        [Key(v), Index(_), Key(b), Index(_)] if v == "vip" && b == "backend" => {
+            &["address", "port", "weight", "region", "zone"]
+        }
+        _ => &[],
+    }
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_IFNAME_LEN
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+}
+
+fn bad_address(a: IpAddr) -> Option<&'static str> {
+    match a {
+        IpAddr::V4(v) if v.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V4(v) if v.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(v) if v.is_multicast() => Some("a multicast address"),
+        IpAddr::V6(v) if v.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V6(v) if v.is_multicast() => Some("a multicast address"),
+        _ => None,
+    }
+}
+
+fn family_name(a: IpAddr) -> &'static str {
+    if a.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
+    let b = &c.balancer;
+
+    if b.interfaces.is_empty() {
+        return Err(cx.err(
+            &path!["balancer", "interfaces"],
+            "at least one interface is required",
+        ));
+    }
+    let mut seen_if = HashSet::new();
+    for (i, name) in b.interfaces.iter().enumerate() {
+        if !valid_ifname(name) {
+            return Err(cx.err(
+                &path!["balancer", "interfaces", i],
+                format!("{name:?} is not a valid interface name (1 to {MAX_IFNAME_LEN} characters, no '/', ':' or whitespace)"),
+            ));
+        }
+        if !seen_if.insert(name) {
+            return Err(cx.err(
+                &path!["balancer", "interfaces", i],
+                format!("interface {name:?} is listed twice"),
+            ));
+        }
+    }
+
+    let pin = &b.pin_dir;
+    if !pin.starts_with(BPF_FS)
+        || pin == Path::new(BPF_FS)
+        || pin.components().any(|c| c == Component::ParentDir)
+    {
+        return Err(cx.err(
+            &path!["balancer", "pin_dir"],
+            format!(
+                "must be a directory under {BPF_FS} (got {:?})",
+                pin.display().to_string()
+            ),
+        ));
+    }
+
+    let m = b.maglev_table_size;
+    if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&m) {
+        return Err(cx.err(
+            &path!["balancer", "maglev_table_size"],
+            format!("must be a prime between {MIN_TABLE_SIZE} and {MAX_TABLE_SIZE} (got {m}); 65537 is a good choice"),
+        ));
+    }
+    if !maglev::is_prime(m) {
+        return Err(cx.err(
+            &path!["balancer", "maglev_table_size"],
+            format!("must be a prime number (got {m}); 65537 is a good choice"),
+        ));
+    }
+    for (key, value) in [
+        ("max_vips", b.max_vips),
+        ("max_backends", b.max_backends),
+        ("flow_table_size", b.flow_table_size),
+    ] {
+        if value == 0 {
+            return Err(cx.err(&path!["balancer", key], "must be at least 1"));
+        }
+    }
+    // Room for every VIP's table twice (the new one is written aside, then switched in)
+    // must stay addressable by the u32 `VipInfo::table_offset`.
+    if (b.max_vips as u64) * 2 * (m as u64) > u32::MAX as u64 {
+        return Err(cx.err(
+            &path!["balancer", "max_vips"],
+            format!(
+                "max_vips ({}) x 2 x maglev_table_size ({m}) slots do not fit in 32 bits",
+                b.max_vips
+            ),
+        ));
+    }
+    if b.nat_port_min < MIN_NAT_PORT {
+        return Err(cx.err(
+            &path!["balancer", "nat_port_min"],
+            format!("must be at least {MIN_NAT_PORT} (got {})", b.nat_port_min),
+        ));
+    }
+    if b.nat_port_max < b.nat_port_min {
+        return Err(cx.err(
+            &path!["balancer", "nat_port_max"],
+            format!(
+                "must not be below nat_port_min ({}) (got {})",
+                b.nat_port_min, b.nat_port_max
+            ),
+        ));
+    }
+    if let Some(a) = b.ipv4
+        && let Some(what) = bad_address(IpAddr::V4(a))
+    {
+        return Err(cx.err(&path!["balancer", "ipv4"], format!("{a} is {what}")));
+    }
+    if let Some(a) = b.ipv6
+        && let Some(what) = bad_address(IpAddr::V6(a))
+    {
+        return Err(cx.err(&path!["balancer", "ipv6"], format!("{a} is {what}")));
+    }
+
+    if c.vips.len() > b.max_vips as usize {
+        return Err(cx.err(
+            &path!["vip", b.max_vips as usize],
+            format!(
+                "{} VIPs configured, more than balancer.max_vips ({})",
+                c.vips.len(),
+                b.max_vips
+            ),
+        ));
+    }
+
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut services: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
+    let mut all_backends: HashSet<SocketAddr> = HashSet::new();
+    for (i, vip) in c.vips.iter().enumerate() {
+        if vip.name.trim().is_empty() {
+            return Err(cx.err(&path!["vip", i, "name"], "must not be empty"));
+        }
+        if let Some(&j) = names.get(vip.name.as_str()) {
+            return Err(cx.err(
+                &path!["vip", i, "name"],
+                format!(
+                    "duplicate VIP name {:?} (also vip[{j}]{})",
+                    vip.name,
+                    at_line(cx, &path!["vip", j, "name"])
+                ),
+            ));
+        }
+        names.insert(&vip.name, i);
+
+        let a = vip.address;
+        if let Some(what) = bad_address(a) {
+            return Err(cx.err(&path!["vip", i, "address"], format!("{a} is {what}")));
+        }
+        let own = match a {
+            IpAddr::V4(v) => b.ipv4 == Some(v),
+            IpAddr::V6(v) => b.ipv6 == Some(v),
+        };
+        if own {
+            return Err(cx.err(
+                &path!["vip", i, "address"],
+                format!("{a} is the balancer's own address (balancer.ipv{}); a VIP needs an address of its own", if a.is_ipv4() { 4 } else { 6 }),
+            ));
+        }
+        if let Some(&j) = services.get(&(a, vip.port, vip.protocol)) {
+            return Err(cx.err(
+                &path!["vip", i, "address"],
+                format!(
+                    "{}/{} is already served by vip[{j}] ({:?})",
+                    SocketAddr::new(a, vip.port),
+                    vip.protocol,
+                    c.vips[j].name
+                ),
+            ));
+        }
+        services.insert((a, vip.port, vip.protocol), i);
+
+        if vip.mode == ForwardingMode::Nat {
+            let missing = match a {
+                IpAddr::V4(_) if b.ipv4.is_none() => Some("balancer.ipv4"),
+                IpAddr::V6(_) if b.ipv6.is_none() => Some("balancer.ipv6"),
+                _ => None,
+            };
+            if let Some(key) = missing {
+                return Err(cx.err(
+                    &path!["vip", i, "address"],
+                    format!(
+                        "a nat mode {} VIP needs {key} (the source address of NATed packets)",
+                        family_name(a)
+                    ),
+                ));
+            }
+        }
+
+        if vip.backends.len() > m as usize {
+            return Err(cx.err(
+                &path!["vip", i, "backend"],
+                format!(
+                    "{} backends, more than balancer.maglev_table_size ({m})",
+                    vip.backends.len()
+                ),
+            ));
+        }
+
+        let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+        for (j, be) in vip.backends.iter().enumerate() {
+            let ba = be.address;
+            if ba.is_ipv4() != a.is_ipv4() {
+                return Err(cx.err(
+                    &path!["vip", i, "backend", j, "address"],
+                    format!(
+                        "{} backend {ba} for an {} VIP ({a}); families must match",
+                        family_name(ba),
+                        family_name(a)
+                    ),
+                ));
+            }
+            if let Some(what) = bad_address(ba) {
+                return Err(cx.err(
+                    &path!["vip", i, "backend", j, "address"],
+                    format!("{ba} is {what}"),
+                ));
+            }
+            if vip.mode == ForwardingMode::Dsr && be.port != vip.port {
+                return Err(cx.err(
+                    &path!["vip", i, "backend", j, "port"],
+                    format!(
+                        "dsr backends must use the VIP's port {} (got {})",
+                        vip.port, be.port
+                    ),
+                ));
+            }
+            if be.weight > MAX_WEIGHT {
+                return Err(cx.err(
+                    &path!["vip", i, "backend", j, "weight"],
+                    format!("must be 0..={MAX_WEIGHT} (got {})", be.weight),
+                ));
+            }
+            let sa = be.socket_addr();
+            if let Some(&k) = seen.get(&sa) {
+                return Err(cx.err(
+                    &path!["vip", i, "backend", j, "address"],
+                    format!(
+                        "duplicate backend {sa} (also backend[{k}]{})",
+                        at_line(cx, &path!["vip", i, "backend", k])
+                    ),
+                ));
+            }
+            seen.insert(sa, j);
+            if all_backends.insert(sa) && all_backends.len() > b.max_backends as usize {
+                return Err(cx.err(
+                    &path!["vip", i, "backend", j],
+                    format!(
+                        "more than balancer.max_backends ({}) distinct backends (address, port)",
+                        b.max_backends
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// ", line N" for a key path, or nothing when the line is unknown.
+fn at_line(cx: &Ctx, path: &[Seg]) -> String {
+    cx.line(path)
+        .map(|l| format!(", line {l}"))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"# a test config
+[balancer]
+interfaces = ["eth0", "eth1"]
+ipv4 = "10.0.0.1"
+ipv6 = "fd00::1"
+region = "r1"
+zone = "z1"
+
+[[vip]]
+name = "web"
+address = "10.100.0.1"
+port = 80
+
+[[vip.backend]]
+address = "10.0.1.11"
+port = 8080
+weight = 2
+region = "r1"
+zone = "z1"
+
+[[vip.backend]]
+address = "10.0.1.12"
+
+[[vip]]
+name = "dns"
+address = "10.100.0.2"
+port = 53
+protocol = "udp"
+mode = "dsr"
+backend = [
+  { address = "10.0.2.11" },
+  { address = "10.0.2.12", port = 53, weight = 0 },
+]
+
+[[vip]]
+name = "web6"
+address = "fd00:100::1"
+port = 443
+
+[[vip.backend]]
+address = "fd00:1::11"
+"#;
+
+    /// 1-based line of the first line of `text` containing `needle` (after `after` lines).
+    fn line_with(text: &str, needle: &str, nth: usize) -> usize {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(needle))
+            .nth(nth)
+            .unwrap_or_else(|| panic!("{needle:?} not in text"))
+            .0
+            + 1
+    }
+
+    fn err(text: &str) -> ConfigError {
+        match parse(text, "test.toml") {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Asserts the error names `key` on `line` and its message contains `msg`.
+    fn expect(text: &str, key: &str, line: usize, msg: &str) -> ConfigError {
+        let e = err(text);
+        let shown = e.to_string();
+        assert_eq!(e.key, key, "{shown}");
+        assert_eq!(e.line, Some(line), "{shown}");
+        assert!(
+            shown.starts_with(&format!("test.toml:{line}: {key}: ")),
+            "{shown}"
+        );
+        assert!(e.message.contains(msg), "{shown} lacks {msg:?}");
+        e
+    }
+
+    fn replace(text: &str, from: &str, to: &str) -> String {
+        assert!(text.contains(from), "{from:?}");
+        text.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(GOOD, "test.toml").unwrap();
+        let b = &c.balancer;
+        assert_eq!(b.interfaces, ["eth0", "eth1"]);
+        assert_eq!(b.xdp_mode, XdpModeSetting::Auto);
+        assert_eq!(b.ipv4, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(b.ipv6, Some("fd00::1".parse().unwrap()));
+        assert_eq!(b.pin_dir, PathBuf::from("/sys/fs/bpf/lb"));
+        assert_eq!(b.hash_seed, 0);
+        assert_eq!(b.maglev_table_size, 65537);
+        assert_eq!(
+            (b.max_vips, b.max_backends, b.flow_table_size),
+            (64, 4096, 262_144)
+        );
+        assert_eq!((b.nat_port_min, b.nat_port_max), (20000, 59999));
+        assert_eq!((b.region.as_str(), b.zone.as_str()), ("r1", "z1"));
+
+        assert_eq!(c.vips.len(), 3);
+        let web = &c.vips[0];
+        assert_eq!(web.name, "web");
+        assert_eq!(web.address, "10.100.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (web.port, web.protocol, web.mode),
+            (80, Protocol::Tcp, ForwardingMode::Nat)
+        );
+        assert_eq!(web.protocol.number(), lb_common::PROTO_TCP);
+        assert_eq!(
+            web.backends[0],
+            BackendConfig {
+                address: "10.0.1.11".parse().unwrap(),
+                port: 8080,
+                weight: 2,
+                region: "r1".into(),
+                zone: "z1".into()
+            }
+        );
+        // Port defaults to the VIP's, weight to 1, labels to "".
+        assert_eq!(
+            web.backends[1],
+            BackendConfig {
+                address: "10.0.1.12".parse().unwrap(),
+                port: 80,
+                weight: 1,
+                region: "".into(),
+                zone: "".into()
+            }
+        );
+        let dns = &c.vips[1];
+        assert_eq!(
+            (dns.protocol, dns.mode),
+            (Protocol::Udp, ForwardingMode::Dsr)
+        );
+        assert_eq!(dns.protocol.number(), lb_common::PROTO_UDP);
+        assert_eq!(dns.mode.number(), lb_common::MODE_DSR);
+        assert_eq!(
+            dns.backends
+                .iter()
+                .map(|b| (b.port, b.weight))
+                .collect::<Vec<_>>(),
+            [(53, 1), (53, 0)]
+        );
+        assert_eq!(
+            c.vips[2].backends[0].socket_addr().to_string(),
+            "[fd00:1::11]:443"
+        );
+    }
+
+    #[test]
+    fn explicit_settings_are_read() {
+        let text = r#"
+[balancer]
+interfaces = ["ens5"]
+xdp_mode = "skb"
+pin_dir = "/sys/fs/bpf/lb2"
+hash_seed = 4294967295
+maglev_table_size = 101
+max_vips = 2
+max_backends = 3
+flow_table_size = 1000
+nat_port_min = 1024
+nat_port_max = 1024
+"#;
+        let b = parse(text, "t").unwrap().balancer;
+        assert_eq!(b.xdp_mode, XdpModeSetting::Skb);
+        assert_eq!(b.pin_dir, PathBuf::from("/sys/fs/bpf/lb2"));
+        assert_eq!(
+            (
+                b.hash_seed,
+                b.maglev_table_size,
+                b.max_vips,
+                b.max_backends,
+                b.flow_table_size
+            ),
+            (u32::MAX, 101, 2, 3, 1000)
+        );
+        assert_eq!((b.nat_port_min, b.nat_port_max), (1024, 1024));
+        assert_eq!(b.ipv4, None);
+        assert_eq!(
+            parse(&replace(text, "\"skb\"", "\"driver\""), "t")
+                .unwrap()
+                .balancer
+                .xdp_mode,
+            XdpModeSetting::Driver
+        );
+    }
+
+    #[test]
+    fn unknown_key_refused_with_line() {
+        let text = replace(GOOD, "weight = 2", "wieght = 2");
+        let e = expect(
+            &text,
+            "vip[0].backend[0].wieght",
+            line_with(&text, "wieght", 0),
+            "unknown field `wieght`",
+        );
+        assert!(e.message.contains("weight"), "{e}");
+        // In an inline table, in [balancer], and a whole unknown table.
+        let text = replace(GOOD, "port = 53, weight = 0", "port = 53, wait = 0");
+        expect(
+            &text,
+            "vip[1].backend[1].wait",
+            line_with(&text, "wait", 0),
+            "unknown field `wait`",
+        );
+        let text = replace(
+            GOOD,
+            "zone = \"z1\"\n\n[[vip]]",
+            "zone = \"z1\"\nxdp = \"skb\"\n\n[[vip]]",
+        );
+        expect(
+            &text,
+            "balancer.xdp",
+            line_with(&text, "xdp =", 0),
+            "unknown field `xdp`",
+        );
+        let text = format!("{GOOD}\n[health]\ninterval = 1\n");
+        expect(
+            &text,
+            "health",
+            line_with(&text, "[health]", 0),
+            "unknown field `health`",
+        );
+    }
+
+    #[test]
+    fn wrong_type_refused_with_line() {
+        let text = replace(GOOD, "port = 8080", "port = \"8080\"");
+        expect(
+            &text,
+            "vip[0].backend[0].port",
+            line_with(&text, "\"8080\"", 0),
+            "invalid type",
+        );
+        let text = replace(
+            GOOD,
+            "interfaces = [\"eth0\", \"eth1\"]",
+            "interfaces = \"eth0\"",
+        );
+        expect(&text, "balancer.interfaces", 3, "invalid type");
+        let text = replace(GOOD, "port = 8080", "port = 70000");
+        expect(
+            &text,
+            "vip[0].backend[0].port",
+            line_with(&text, "70000", 0),
+            "70000",
+        );
+        let text = replace(GOOD, "protocol = \"udp\"", "protocol = \"sctp\"");
+        expect(
+            &text,
+            "vip[1].protocol",
+            line_with(&text, "sctp", 0),
+            "unknown variant `sctp`",
+        );
+        let text = replace(GOOD, "address = \"10.0.2.11\"", "address = \"10.0.2.300\"");
+        expect(
+            &text,
+            "vip[1].backend[0].address",
+            line_with(&text, "10.0.2.300", 0),
+            "invalid IP address",
+        );
+        let text = replace(GOOD, "ipv4 = \"10.0.0.1\"", "ipv4 = \"fd00::2\"");
+        expect(&text, "balancer.ipv4", 4, "invalid IPv4");
+        let text = replace(GOOD, "[balancer]", "[balancer]\nhash_seed = -1");
+        expect(&text, "balancer.hash_seed", 3, "-1");
+    }
+
+    #[test]
+    fn missing_required_key_refused_with_line() {
+        let text = replace(GOOD, "name = \"dns\"\n", "");
+        let l = line_with(&text, "[[vip]]", 1);
+        expect(&text, "vip[1].name", l, "required key is missing");
+        let text = replace(GOOD, "address = \"10.0.1.12\"\n", "");
+        expect(
+            &text,
+            "vip[0].backend[1].address",
+            line_with(&text, "[[vip.backend]]", 1),
+            "required key is missing",
+        );
+        let text = replace(GOOD, "interfaces = [\"eth0\", \"eth1\"]\n", "");
+        expect(&text, "balancer.interfaces", 2, "required key is missing");
+        let e = err("[[vip]]\nname = \"a\"\naddress = \"10.100.0.1\"\nport = 80\n");
+        assert_eq!(e.key, "balancer", "{e}");
+        assert_eq!(
+            e.to_string(),
+            "test.toml:1: balancer: required key is missing"
+        );
+        let e = err("");
+        assert_eq!(e.key, "balancer", "{e}");
+        let e = err("# nothing\n\n[[vip]]\nname = \"a\"\naddress = \"10.100.0.1\"\nport = 80\n");
+        assert_eq!(e.key, "balancer", "{e}");
+        // A lone [[vip]] spans the same text as the array: the field is still placed right.
+        let e = err("[balancer]\ninterfaces = [\"eth0\"]\n[[vip]]\nname = \"a\"\nport = 80\n");
+        assert_eq!(
+            e.to_string(),
+            "test.toml:3: vip[0].address: required key is missing"
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let text = replace(GOOD, "port = 8080", "port = = 8080");
+        let e = err(&text);
+        assert_eq!(e.line, Some(line_with(&text, "= =", 0)), "{e}");
+        assert!(
+            e.to_string().starts_with(&format!(
+                "test.toml:{}: invalid TOML",
+                line_with(&text, "= =", 0)
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn interfaces_required_and_valid() {
+        let text = replace(GOOD, "interfaces = [\"eth0\", \"eth1\"]", "interfaces = []");
+        expect(&text, "balancer.interfaces", 3, "at least one interface");
+        let text = replace(GOOD, "\"eth1\"", "\"averyveryverylongname\"");
+        expect(
+            &text,
+            "balancer.interfaces[1]",
+            3,
+            "not a valid interface name",
+        );
+        let text = replace(GOOD, "\"eth1\"", "\"\"");
+        expect(
+            &text,
+            "balancer.interfaces[1]",
+            3,
+            "not a valid interface name",
+        );
+        let text = replace(GOOD, "\"eth1\"", "\"eth/1\"");
+        expect(
+            &text,
+            "balancer.interfaces[1]",
+            3,
+            "not a valid interface name",
+        );
+        let text = replace(GOOD, "\"eth1\"", "\"eth0\"");
+        expect(&text, "balancer.interfaces[1]", 3, "listed twice");
+    }
+
+    #[test]
+    fn pin_dir_under_bpffs() {
+        for bad in [
+            "/tmp/lb",
+            "/sys/fs/bpf",
+            "/sys/fs/bpf/../lb",
+            "sys/fs/bpf/lb",
+            "/sys/fs/bpfx",
+        ] {
+            let text = replace(
+                GOOD,
+                "zone = \"z1\"\n\n[[vip]]",
+                &format!("zone = \"z1\"\npin_dir = \"{bad}\"\n\n[[vip]]"),
+            );
+            expect(
+                &text,
+                "balancer.pin_dir",
+                line_with(&text, "pin_dir", 0),
+                "under /sys/fs/bpf",
+            );
+        }
+    }
+
+    #[test]
+    fn table_size_prime_and_in_range() {
+        for (size, msg) in [
+            ("65536", "prime"),
+            ("100", "between"),
+            ("99991", "ok"),
+            ("2000003", "between"),
+        ] {
+            let text = replace(
+                GOOD,
+                "[balancer]",
+                &format!("[balancer]\nmaglev_table_size = {size}"),
+            );
+            if msg == "ok" {
+                assert_eq!(parse(&text, "t").unwrap().balancer.maglev_table_size, 99991);
+            } else {
+                expect(&text, "balancer.maglev_table_size", 3, msg);
+            }
+        }
+        // More backends in a VIP than slots.
+        let mut text = replace(GOOD, "[balancer]", "[balancer]\nmaglev_table_size = 101");
+        for i in 0..101 {
+            text.push_str(&format!(
+                "[[vip.backend]]\naddress = \"fd00:1::{:x}\"\n",
+                i + 100
+            ));
+        }
+        expect(
+            &text,
+            "vip[2].backend",
+            line_with(&text, "[[vip.backend]]", 2),
+            "more than balancer.maglev_table_size",
+        );
+    }
+
+    #[test]
+    fn sizes_at_least_one_and_addressable() {
+        for key in ["max_vips", "max_backends", "flow_table_size"] {
+            let text = replace(GOOD, "[balancer]", &format!("[balancer]\n{key} = 0"));
+            expect(&text, &format!("balancer.{key}"), 3, "at least 1");
+        }
+        let text = replace(GOOD, "[balancer]", "[balancer]\nmax_vips = 40000");
+        expect(&text, "balancer.max_vips", 3, "32 bits");
+    }
+
+    #[test]
+    fn nat_port_range() {
+        let text = replace(GOOD, "[balancer]", "[balancer]\nnat_port_min = 1000");
+        expect(&text, "balancer.nat_port_min", 3, "at least 1024");
+        let text = replace(
+            GOOD,
+            "[balancer]",
+            "[balancer]\nnat_port_min = 30000\nnat_port_max = 29999",
+        );
+        expect(
+            &text,
+            "balancer.nat_port_max",
+            4,
+            "must not be below nat_port_min (30000)",
+        );
+    }
+
+    #[test]
+    fn balancer_addresses_must_be_unicast() {
+        let text = replace(GOOD, "ipv4 = \"10.0.0.1\"", "ipv4 = \"0.0.0.0\"");
+        expect(&text, "balancer.ipv4", 4, "unspecified");
+        let text = replace(GOOD, "ipv6 = \"fd00::1\"", "ipv6 = \"ff02::1\"");
+        expect(&text, "balancer.ipv6", 5, "multicast");
+    }
+
+    #[test]
+    fn vip_names_unique_and_non_empty() {
+        let text = replace(GOOD, "name = \"dns\"", "name = \"web\"");
+        let e = expect(
+            &text,
+            "vip[1].name",
+            line_with(&text, "name = \"web\"", 1),
+            "duplicate VIP name \"web\"",
+        );
+        assert!(
+            e.message.contains(&format!(
+                "vip[0], line {}",
+                line_with(&text, "name = \"web\"", 0)
+            )),
+            "{e}"
+        );
+        let text = replace(GOOD, "name = \"dns\"", "name = \"\"");
+        expect(
+            &text,
+            "vip[1].name",
+            line_with(&text, "name = \"\"", 0),
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn vip_service_unique() {
+        let text = replace(
+            GOOD,
+            "address = \"10.100.0.2\"\nport = 53\nprotocol = \"udp\"",
+            "address = \"10.100.0.1\"\nport = 80\nprotocol = \"tcp\"",
+        );
+        expect(
+            &text,
+            "vip[1].address",
+            line_with(&text, "address = \"10.100.0.1\"", 1),
+            "10.100.0.1:80/tcp is already served by vip[0] (\"web\")",
+        );
+        // Same address and port with another protocol is fine.
+        let text = replace(
+            GOOD,
+            "address = \"10.100.0.2\"\nport = 53",
+            "address = \"10.100.0.1\"\nport = 80",
+        );
+        let text = replace(&text, "port = 53, weight", "weight");
+        let c = parse(&text, "t").unwrap();
+        assert_eq!(c.vips[1].backends[1].port, 80);
+    }
+
+    #[test]
+    fn vip_port_not_zero() {
+        let text = replace(GOOD, "port = 443", "port = 0");
+        expect(
+            &text,
+            "vip[2].port",
+            line_with(&text, "port = 0", 0),
+            "port must be 1..65535",
+        );
+        let text = replace(GOOD, "port = 8080", "port = 0");
+        expect(
+            &text,
+            "vip[0].backend[0].port",
+            line_with(&text, "port = 0", 0),
+            "leave it out",
+        );
+    }
+
+    #[test]
+    fn vip_address_checks() {
+        let text = replace(GOOD, "address = \"10.100.0.1\"", "address = \"224.0.0.1\"");
+        expect(
+            &text,
+            "vip[0].address",
+            line_with(&text, "224.0.0.1", 0),
+            "multicast",
+        );
+        let text = replace(GOOD, "address = \"10.100.0.1\"", "address = \"10.0.0.1\"");
+        expect(
+            &text,
+            "vip[0].address",
+            line_with(&text, "address = \"10.0.0.1\"", 0),
+            "balancer's own address",
+        );
+    }
+
+    #[test]
+    fn too_many_vips() {
+        let text = replace(GOOD, "[balancer]", "[balancer]\nmax_vips = 2");
+        expect(
+            &text,
+            "vip[2]",
+            line_with(&text, "[[vip]]", 2),
+            "3 VIPs configured, more than balancer.max_vips (2)",
+        );
+    }
+
+    #[test]
+    fn too_many_backends() {
+        // 5 distinct backends (address, port) in GOOD.
+        let text = replace(GOOD, "[balancer]", "[balancer]\nmax_backends = 3");
+        expect(
+            &text,
+            "vip[1].backend[1]",
+            line_with(&text, "10.0.2.12", 0),
+            "more than balancer.max_backends (3)",
+        );
+        let text = replace(GOOD, "[balancer]", "[balancer]\nmax_backends = 5");
+        parse(&text, "t").unwrap();
+        // The same backend in two VIPs counts once.
+        let text = replace(GOOD, "[balancer]", "[balancer]\nmax_backends = 5");
+        let text = format!(
+            "{text}\n[[vip]]\nname = \"web2\"\naddress = \"10.100.0.9\"\nport = 8080\n[[vip.backend]]\naddress = \"10.0.1.11\"\n"
+        );
+        parse(&text, "t").unwrap();
+    }
+
+    #[test]
+    fn backend_family_matches_vip() {
+        let text = replace(GOOD, "address = \"10.0.1.12\"", "address = \"fd00:1::12\"");
+        expect(
+            &text,
+            "vip[0].backend[1].address",
+            line_with(&text, "fd00:1::12", 0),
+            "IPv6 backend fd00:1::12 for an IPv4 VIP",
+        );
+        let text = replace(GOOD, "address = \"fd00:1::11\"", "address = \"10.0.1.11\"");
+        expect(
+            &text,
+            "vip[2].backend[0].address",
+            line_with(&text, "address = \"10.0.1.11\"", 1),
+            "IPv4 backend",
+        );
+    }
+
+    #[test]
+    fn backend_address_unicast() {
+        let text = replace(GOOD, "address = \"10.0.1.12\"", "address = \"0.0.0.0\"");
+        expect(
+            &text,
+            "vip[0].backend[1].address",
+            line_with(&text, "0.0.0.0", 0),
+            "unspecified",
+        );
+    }
+
+    #[test]
+    fn dsr_backends_use_vip_port() {
+        let text = replace(GOOD, "port = 53, weight = 0", "port = 5353, weight = 0");
+        expect(
+            &text,
+            "vip[1].backend[1].port",
+            line_with(&text, "5353", 0),
+            "dsr backends must use the VIP's port 53 (got 5353)",
+        );
+        // Block-style tables too, as in the documented example.
+        let text = format!(
+            "{GOOD}\n[[vip]]\nname = \"d2\"\naddress = \"10.100.0.3\"\nport = 80\nmode = \"dsr\"\n\n[[vip.backend]]\naddress = \"10.0.3.1\"\nport = 8080\n"
+        );
+        let e = expect(
+            &text,
+            "vip[3].backend[0].port",
+            line_with(&text, "port = 8080", 1),
+            "(got 8080)",
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "test.toml:{}: vip[3].backend[0].port: dsr backends must use the VIP's port 80 (got 8080)",
+                e.line.unwrap()
+            )
+        );
+    }
+
+    #[test]
+    fn backend_weight_range() {
+        let text = replace(GOOD, "weight = 2", "weight = 65536");
+        expect(
+            &text,
+            "vip[0].backend[0].weight",
+            line_with(&text, "65536", 0),
+            "0..=65535",
+        );
+    }
+
+    #[test]
+    fn duplicate_backend_in_vip() {
+        // 10.0.1.12 defaults to port 80; make the first backend the same.
+        let text = replace(
+            GOOD,
+            "address = \"10.0.1.11\"\nport = 8080",
+            "address = \"10.0.1.12\"\nport = 80",
+        );
+        let e = expect(
+            &text,
+            "vip[0].backend[1].address",
+            line_with(&text, "10.0.1.12", 1),
+            "duplicate backend 10.0.1.12:80",
+        );
+        assert!(
+            e.message.contains(&format!(
+                "also backend[0], line {}",
+                line_with(&text, "[[vip.backend]]", 0)
+            )),
+            "{e}"
+        );
+        // Same address on another port is a different backend.
+        let text = replace(GOOD, "address = \"10.0.1.11\"", "address = \"10.0.1.12\"");
+        parse(&text, "t").unwrap();
+    }
+
+    #[test]
+    fn nat_vip_needs_balancer_address_of_its_family() {
+        let text = replace(GOOD, "ipv4 = \"10.0.0.1\"\n", "");
+        expect(
+            &text,
+            "vip[0].address",
+            line_with(&text, "10.100.0.1", 0),
+            "needs balancer.ipv4",
+        );
+        let text = replace(GOOD, "ipv6 = \"fd00::1\"\n", "");
+        expect(
+            &text,
+            "vip[2].address",
+            line_with(&text, "fd00:100::1", 0),
+            "needs balancer.ipv6",
+        );
+        // dsr VIPs do not need it.
+        let text = "[balancer]\ninterfaces = [\"eth0\"]\n[[vip]]\nname = \"a\"\naddress = \"10.100.0.1\"\nport = 80\nmode = \"dsr\"\n";
+        parse(text, "t").unwrap();
+    }
+
+    #[test]
+    fn load_reports_unreadable_file() {
+        let e = load(Path::new("/nonexistent/lb.toml")).unwrap_err();
+        assert_eq!(e.line, None);
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/lb.toml: cannot read the file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config"));
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let c = load(&path).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!c.balancer.interfaces.is_empty());
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "only {n} example configs in {}", dir.display());
+    }
+}

@@ -1,0 +1,13 @@
+//! The controller: configuration, the pure table computation (Maglev, ids), the sync step,
+//! and the dataplane module that owns every aya call.
+
+pub mod config;
+pub mod controller;
+pub mod dataplane;
+pub mod maglev;
+pub mod neighbors;
+pub mod sync;
+pub mod tables;
+
+/// The XDP object built from `lb-ebpf` by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));

@@ -1,0 +1,238 @@
+//! The pure part of the controller: from the configuration (and, later, health state) to
+//! the tables the XDP program should see. No BPF here, so unit tests drive it directly.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use lb_common::{
+    Addr, BACKEND_ACTIVE, Backend, FAMILY_V4, FAMILY_V6, MODE_DSR, MODE_NAT, Settings, VipAddrKey,
+    VipKey,
+};
+
+use crate::config::{BackendConfig, Config, ForwardingMode, VipConfig};
+use crate::maglev::{self, MaglevBackend};
+
+/// Everything the maps should hold, keyed the way the maps are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredTables {
+    pub settings: Settings,
+    pub table_size: u32,
+    pub backends: BTreeMap<u32, Backend>,
+    pub vips: BTreeMap<VipKey, DesiredVip>,
+    /// Every VIP address, with how many VIPs use it.
+    pub vip_addrs: BTreeMap<VipAddrKey, u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredVip {
+    pub name: String,
+    pub vip_id: u32,
+    pub mode: u8,
+    /// Maglev table of backend ids; empty when the VIP has no backend to offer.
+    pub table: Vec<u32>,
+}
+
+/// Identity of a backend across VIPs and reloads: one id per (address, port).
+pub type BackendIdentity = (IpAddr, u16);
+
+/// Stable small ids for VIPs and backends. Ids index per-VIP and per-backend maps, so they
+/// stay the same across reloads for what did not change, and are reused only after release.
+#[derive(Debug, Clone)]
+pub struct IdAllocator {
+    vips: BTreeMap<VipKey, u32>,
+    backends: BTreeMap<BackendIdentity, u32>,
+    max_vips: u32,
+    max_backends: u32,
+}
+
+impl IdAllocator {
+    pub fn new(max_vips: u32, max_backends: u32) -> Self {
+        Self { vips: BTreeMap::new(), backends: BTreeMap::new(), max_vips, max_backends }
+    }
+
+    /// Releases ids of what `config` no longer has, then assigns ids to what is new.
+    /// Validation already bounded the counts, so assignment cannot run out.
+    fn assign(&mut self, config: &Config) {
+        let vip_keys: Vec<VipKey> = config.vips.iter().map(vip_key).collect();
+        let backend_keys: Vec<BackendIdentity> = config
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(backend_identity))
+            .collect();
+        self.vips.retain(|k, _| vip_keys.contains(k));
+        self.backends.retain(|k, _| backend_keys.contains(k));
+        for key in vip_keys {
+            if !self.vips.contains_key(&key) {
+                let id = lowest_free(self.vips.values(), self.max_vips);
+                self.vips.insert(key, id);
+            }
+        }
+        for key in backend_keys {
+            if !self.backends.contains_key(&key) {
+                let id = lowest_free(self.backends.values(), self.max_backends);
+                self.backends.insert(key, id);
+            }
+        }
+    }
+
+    pub fn backend_id(&self, identity: &BackendIdentity) -> Option<u32> {
+        self.backends.get(identity).copied()
+    }
+
+    pub fn vip_id(&self, key: &VipKey) -> Option<u32> {
+        self.vips.get(key).copied()
+    }
+}
+
+fn lowest_free<'a>(used: impl Iterator<Item = &'a u32>, limit: u32) -> u32 {
+    let used: std::collections::BTreeSet<u32> = used.copied().collect();
+    (0..limit).find(|id| !used.contains(id)).expect("validated config exceeds a map's capacity")
+}
+
+pub fn addr_bytes(ip: IpAddr) -> (Addr, u8) {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+pub fn vip_key(vip: &VipConfig) -> VipKey {
+    let (addr, family) = addr_bytes(vip.address);
+    VipKey { addr, port: vip.port, proto: vip.protocol.number(), family }
+}
+
+fn backend_identity(backend: &BackendConfig) -> BackendIdentity {
+    (backend.address, backend.port)
+}
+
+/// The text a backend's Maglev permutation is derived from: the same on every balancer
+/// host, whatever ids the hosts assigned.
+fn maglev_identity(backend: &BackendConfig) -> String {
+    std::net::SocketAddr::new(backend.address, backend.port).to_string()
+}
+
+/// Computes the tables for `config`, assigning ids through `ids`.
+pub fn desired(config: &Config, ids: &mut IdAllocator) -> DesiredTables {
+    ids.assign(config);
+    let balancer = &config.balancer;
+    let mut settings = Settings {
+        hash_seed: balancer.hash_seed,
+        nat_port_min: balancer.nat_port_min,
+        nat_port_max: balancer.nat_port_max,
+        ..Default::default()
+    };
+    if let Some(v4) = balancer.ipv4 {
+        settings.ipv4 = addr_bytes(IpAddr::V4(v4)).0;
+    }
+    if let Some(v6) = balancer.ipv6 {
+        settings.ipv6 = addr_bytes(IpAddr::V6(v6)).0;
+    }
+    let mut backends = BTreeMap::new();
+    let mut vips = BTreeMap::new();
+    let mut vip_addrs = BTreeMap::new();
+    for vip in &config.vips {
+        let key = vip_key(vip);
+        let identities: Vec<String> = vip.backends.iter().map(maglev_identity).collect();
+        let candidates: Vec<MaglevBackend> = vip
+            .backends
+            .iter()
+            .zip(&identities)
+            .map(|(b, identity)| MaglevBackend { identity: identity.as_bytes(), weight: b.weight })
+            .collect();
+        let ids_by_index: Vec<u32> = vip
+            .backends
+            .iter()
+            .map(|b| ids.backend_id(&backend_identity(b)).expect("assigned above"))
+            .collect();
+        let table = maglev::build(&candidates, balancer.maglev_table_size, balancer.hash_seed)
+            .into_iter()
+            .map(|index| ids_by_index[index as usize])
+            .collect();
+        for (backend, &id) in vip.backends.iter().zip(&ids_by_index) {
+            let (addr, family) = addr_bytes(backend.address);
+            backends.insert(id, Backend { addr, port: backend.port, family, flags: BACKEND_ACTIVE });
+        }
+        *vip_addrs
+            .entry(VipAddrKey { addr: key.addr, family: key.family, _pad: [0; 3] })
+            .or_insert(0) += 1;
+        let mode = match vip.mode {
+            ForwardingMode::Nat => MODE_NAT,
+            ForwardingMode::Dsr => MODE_DSR,
+        };
+        let vip_id = ids.vip_id(&key).expect("assigned above");
+        vips.insert(key, DesiredVip { name: vip.name.clone(), vip_id, mode, table });
+    }
+    DesiredTables { settings, table_size: balancer.maglev_table_size, backends, vips, vip_addrs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    const BASE: &str = r#"
+[balancer]
+interfaces = ["eth0"]
+ipv4 = "10.0.0.1"
+maglev_table_size = 1009
+
+[[vip]]
+name = "web"
+address = "10.100.0.1"
+port = 80
+protocol = "tcp"
+
+[[vip.backend]]
+address = "10.0.1.11"
+[[vip.backend]]
+address = "10.0.1.12"
+weight = 3
+"#;
+
+    fn tables(text: &str, ids: &mut IdAllocator) -> DesiredTables {
+        let config = config::parse(text, "test.toml").expect("valid config");
+        desired(&config, ids)
+    }
+
+    #[test]
+    fn tables_follow_the_config() {
+        let mut ids = IdAllocator::new(64, 4096);
+        let t = tables(BASE, &mut ids);
+        assert_eq!(t.settings.ipv4[..4], [10, 0, 0, 1]);
+        assert_eq!(t.backends.len(), 2);
+        assert!(t.backends.values().all(|b| b.flags == BACKEND_ACTIVE && b.port == 80));
+        let vip = t.vips.values().next().expect("one vip");
+        assert_eq!(vip.table.len(), 1009);
+        let heavy = vip.table.iter().filter(|&&id| id == 1).count() as f64 / 1009.0;
+        assert!((heavy - 0.75).abs() < 0.02, "weight 3 of 4 got {heavy}");
+        assert_eq!(t.vip_addrs.values().copied().collect::<Vec<_>>(), vec![1]);
+    }
+
+    #[test]
+    fn ids_stay_stable_across_reloads_and_are_reused_after_release() {
+        let mut ids = IdAllocator::new(64, 4096);
+        let first = tables(BASE, &mut ids);
+        let without_first = BASE.replacen("[[vip.backend]]\naddress = \"10.0.1.11\"\n", "", 1);
+        let second = tables(&without_first, &mut ids);
+        assert_eq!(second.backends.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(first.backends[&1], second.backends[&1]);
+        let replaced = BASE.replace("10.0.1.11", "10.0.1.99");
+        let third = tables(&replaced, &mut ids);
+        assert_eq!(third.backends[&0].addr[..4], [10, 0, 1, 99]);
+    }
+
+    #[test]
+    fn a_vip_without_backends_has_an_empty_table() {
+        let mut ids = IdAllocator::new(64, 4096);
+        let text = BASE.replace("weight = 3", "weight = 0").replace(
+            "[[vip.backend]]\naddress = \"10.0.1.11\"\n",
+            "",
+        );
+        let t = tables(&text, &mut ids);
+        assert!(t.vips.values().next().expect("one vip").table.is_empty());
+    }
+}

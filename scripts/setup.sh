@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing the balancer needs on a fresh Debian 12 host.
+# Idempotent: every step checks first and says what it does; a machine that has it all
+# passes through in well under a second. Versions follow shared/TOOLCHAIN.md.
+set -euo pipefail
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    say "must run as root (installs packages, mounts bpffs, attaches XDP)"
+    exit 1
+fi
+
+apt_packages=(llvm-22-dev libpolly-22-dev bpftool iproute2 ethtool curl)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+# nsenter (tests enter network namespaces) comes with util-linux, which Debian always has;
+# install it only if it is somehow gone.
+command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+    say "adding rust-src to the nightly toolchain (needed to build core for bpfel)"
+    rustup component add rust-src --toolchain nightly
+fi
+
+if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version 2>/dev/null | grep -q '0\.13\.0'; then
+    say "installing bpf-linker 0.13.0 against LLVM 22 (about a minute)"
+    PATH=/usr/lib/llvm-22/bin:$PATH cargo install --locked bpf-linker@0.13.0 \
+        --no-default-features --features llvm-22
+fi
+
+if ! mountpoint -q /sys/fs/bpf; then
+    say "mounting bpffs at /sys/fs/bpf"
+    mkdir -p /sys/fs/bpf
+    mount -t bpf bpf /sys/fs/bpf
+fi

@@ -1,0 +1,408 @@
+//! Packet fixtures, run through BPF_PROG_TEST_RUN: each case is an input packet, the
+//! verdict we expect and the exact packet we expect out. Expected packets are built by
+//! etherparse with freshly computed checksums, so equal bytes also prove that the
+//! program's incremental checksum updates are right.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use anyhow::Result;
+use etherparse::{
+    IpHeaders, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, VlanId,
+    icmpv4::DestUnreachableHeader, Icmpv4Type, Icmpv6Type,
+};
+use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, GlobalStats, PROTO_TCP, PROTO_UDP, flow_hash};
+use lb_tests::packet_env::{LB_MAC, PacketEnv, expect_bytes, neighbour_mac};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const SEED: u32 = 42;
+const NAT_MIN: u16 = 20000;
+const NAT_MAX: u16 = 59999;
+
+const CONFIG: &str = r#"
+[balancer]
+interfaces = ["fx0"]
+ipv4 = "10.0.0.1"
+ipv6 = "fd00::1"
+pin_dir = "/sys/fs/bpf/lb-fixtures-unused"
+maglev_table_size = 1009
+max_vips = 8
+max_backends = 16
+flow_table_size = 1024
+hash_seed = 42
+nat_port_min = 20000
+nat_port_max = 59999
+
+[[vip]]
+name = "v4-tcp-nat"
+address = "10.100.0.1"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "10.0.1.11"
+port = 8080
+
+[[vip]]
+name = "v4-udp-nat"
+address = "10.100.0.1"
+port = 53
+protocol = "udp"
+[[vip.backend]]
+address = "10.0.1.12"
+port = 5353
+
+[[vip]]
+name = "v4-tcp-dsr"
+address = "10.100.0.2"
+port = 80
+protocol = "tcp"
+mode = "dsr"
+[[vip.backend]]
+address = "10.0.1.13"
+
+[[vip]]
+name = "v6-tcp-nat"
+address = "fd00:100::1"
+port = 80
+protocol = "tcp"
+[[vip.backend]]
+address = "fd00::1:11"
+port = 8080
+
+[[vip]]
+name = "v6-udp-dsr"
+address = "fd00:100::2"
+port = 9000
+protocol = "udp"
+mode = "dsr"
+[[vip.backend]]
+address = "fd00::1:13"
+"#;
+
+const NEIGHBOURS: &[&str] = &["10.0.0.2", "10.0.1.11", "10.0.1.12", "10.0.1.13", "fd00::2", "fd00::1:11", "fd00::1:13"];
+
+const CLIENT4: [u8; 4] = [10, 0, 0, 2];
+const LB4: [u8; 4] = [10, 0, 0, 1];
+const VIP4: [u8; 4] = [10, 100, 0, 1];
+const VIP4_DSR: [u8; 4] = [10, 100, 0, 2];
+const BACKEND4: [u8; 4] = [10, 0, 1, 11];
+const BACKEND4_UDP: [u8; 4] = [10, 0, 1, 12];
+const BACKEND4_DSR: [u8; 4] = [10, 0, 1, 13];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 2];
+const CPORT: u16 = 40000;
+const PAYLOAD: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
+
+fn v6(s: &str) -> [u8; 16] {
+    s.parse::<Ipv6Addr>().expect("ipv6 literal").octets()
+}
+
+fn addr16(v4: [u8; 4]) -> [u8; 16] {
+    let mut a = [0; 16];
+    a[..4].copy_from_slice(&v4);
+    a
+}
+
+/// The balancer-side port the program picks for a new nat flow (first candidate).
+fn nat_port(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8, family: u8) -> u16 {
+    let flow = FlowKey { src, dst, sport, dport, proto, family, _pad: [0; 2] };
+    let span = (NAT_MAX - NAT_MIN) as u32 + 1;
+    (NAT_MIN as u32 + flow_hash(&flow, !SEED) % span) as u16
+}
+
+fn write(builder: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::new();
+    builder(&mut out);
+    out
+}
+
+fn tcp4(smac: [u8; 6], dmac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
+    write(|out| {
+        let b = PacketBuilder::ethernet2(smac, dmac).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240);
+        let b = if syn { b.syn() } else { b.ack(2000) };
+        b.write(out, PAYLOAD).expect("build tcp4");
+    })
+}
+
+fn udp4(smac: [u8; 6], dmac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    write(|out| {
+        PacketBuilder::ethernet2(smac, dmac).ipv4(src, dst, 64).udp(sport, dport).write(out, b"query").expect("build udp4")
+    })
+}
+
+fn tcp6(smac: [u8; 6], dmac: [u8; 6], src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+    write(|out| {
+        PacketBuilder::ethernet2(smac, dmac)
+            .ipv6(src, dst, 64)
+            .tcp(sport, dport, 1000, 64240)
+            .syn()
+            .write(out, PAYLOAD)
+            .expect("build tcp6")
+    })
+}
+
+fn udp6(smac: [u8; 6], dmac: [u8; 6], src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
+    write(|out| {
+        PacketBuilder::ethernet2(smac, dmac).ipv6(src, dst, 64).udp(sport, dport).write(out, b"query").expect("build udp6")
+    })
+}
+
+/// An IPv4 TCP packet with the given header tweaks (options, fragment bits).
+fn tcp4_with(dst: [u8; 4], tweak: impl FnOnce(&mut Ipv4Header)) -> Vec<u8> {
+    let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, CLIENT4, dst).expect("ipv4 header");
+    tweak(&mut ip);
+    write(|out| {
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ip(IpHeaders::Ipv4(ip, Default::default()))
+            .tcp(CPORT, 80, 1000, 64240)
+            .syn()
+            .write(out, PAYLOAD)
+            .expect("build tweaked tcp4")
+    })
+}
+
+struct Fixtures {
+    env: PacketEnv,
+}
+
+impl Fixtures {
+    fn new(tag: &str) -> Self {
+        Self { env: PacketEnv::new(tag, CONFIG, NEIGHBOURS).expect("fixture environment") }
+    }
+
+    /// Runs one case: `input` must give `verdict`, and (for TX and PASS) exactly `want`.
+    fn case(&mut self, name: &str, input: &[u8], verdict: u32, want: Option<&[u8]>) -> Result<()> {
+        let (got_verdict, got) = self.env.run("xdp_lb", input)?;
+        anyhow::ensure!(got_verdict == verdict, "{name}: verdict {got_verdict}, want {verdict}");
+        if let Some(want) = want {
+            expect_bytes(name, &got, want)?;
+        }
+        Ok(())
+    }
+
+    fn global(&self) -> GlobalStats {
+        self.env.dataplane.global_stats().expect("global stats")
+    }
+}
+
+#[test]
+fn nat_ipv4_tcp_forward_and_reply() -> Result<()> {
+    let mut f = Fixtures::new("fxnat4");
+    let port = nat_port(addr16(CLIENT4), addr16(VIP4), CPORT, 80, PROTO_TCP, FAMILY_V4);
+    let syn = tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 80, true);
+    let want = tcp4(LB_MAC, neighbour_mac(11), LB4, BACKEND4, port, 8080, true);
+    f.case("v4 tcp syn to nat vip", &syn, XDP_TX, Some(&want))?;
+
+    // The next packet of the flow takes the same backend and port (flow table).
+    let ack = tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 80, false);
+    let want = tcp4(LB_MAC, neighbour_mac(11), LB4, BACKEND4, port, 8080, false);
+    f.case("v4 tcp ack of the flow", &ack, XDP_TX, Some(&want))?;
+
+    // The backend's reply is translated back to VIP -> client.
+    let reply = tcp4(neighbour_mac(11), LB_MAC, BACKEND4, LB4, 8080, port, false);
+    let want = tcp4(LB_MAC, CLIENT_MAC, VIP4, CLIENT4, 80, CPORT, false);
+    f.case("v4 tcp reply from backend", &reply, XDP_TX, Some(&want))?;
+
+    let stats = f.env.dataplane.vip_stats(0)?;
+    assert_eq!((stats.packets, stats.new_flows, stats.reply_packets), (2, 1, 1));
+    let backend = f.env.dataplane.backend_stats(0)?;
+    assert_eq!((backend.packets, backend.new_flows, backend.reply_packets), (2, 1, 1));
+    Ok(())
+}
+
+#[test]
+fn nat_ipv4_udp_and_vlan() -> Result<()> {
+    let mut f = Fixtures::new("fxudp4");
+    let port = nat_port(addr16(CLIENT4), addr16(VIP4), CPORT, 53, PROTO_UDP, FAMILY_V4);
+    let query = udp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 53);
+    let want = udp4(LB_MAC, neighbour_mac(12), LB4, BACKEND4_UDP, port, 5353);
+    f.case("v4 udp to nat vip", &query, XDP_TX, Some(&want))?;
+
+    let reply = udp4(neighbour_mac(12), LB_MAC, BACKEND4_UDP, LB4, 5353, port);
+    let want = udp4(LB_MAC, CLIENT_MAC, VIP4, CLIENT4, 53, CPORT);
+    f.case("v4 udp reply", &reply, XDP_TX, Some(&want))?;
+
+    // One 802.1Q tag: parsed through, kept on the way out.
+    let vlan = |smac, dmac, src, dst, sport, dport| {
+        write(|out| {
+            PacketBuilder::ethernet2(smac, dmac)
+                .single_vlan(VlanId::try_new(42).expect("vlan id"))
+                .ipv4(src, dst, 64)
+                .tcp(sport, dport, 1000, 64240)
+                .syn()
+                .write(out, PAYLOAD)
+                .expect("build vlan packet")
+        })
+    };
+    let port = nat_port(addr16(CLIENT4), addr16(VIP4), CPORT + 1, 80, PROTO_TCP, FAMILY_V4);
+    let input = vlan(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT + 1, 80);
+    let want = vlan(LB_MAC, neighbour_mac(11), LB4, BACKEND4, port, 8080);
+    f.case("v4 tcp syn with a vlan tag", &input, XDP_TX, Some(&want))
+}
+
+#[test]
+fn dsr_ipv4_tcp_rewrites_only_the_mac() -> Result<()> {
+    let mut f = Fixtures::new("fxdsr4");
+    let syn = tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4_DSR, CPORT, 80, true);
+    let want = tcp4(LB_MAC, neighbour_mac(13), CLIENT4, VIP4_DSR, CPORT, 80, true);
+    f.case("v4 tcp syn to dsr vip", &syn, XDP_TX, Some(&want))
+}
+
+#[test]
+fn ipv6_nat_tcp_and_dsr_udp() -> Result<()> {
+    let mut f = Fixtures::new("fxv6");
+    let (client, vip, lb, backend) = (v6("fd00::2"), v6("fd00:100::1"), v6("fd00::1"), v6("fd00::1:11"));
+    let port = nat_port(client, vip, CPORT, 80, PROTO_TCP, FAMILY_V6);
+    let syn = tcp6(CLIENT_MAC, LB_MAC, client, vip, CPORT, 80);
+    let want = tcp6(LB_MAC, neighbour_mac(0x11), lb, backend, port, 8080);
+    f.case("v6 tcp syn to nat vip", &syn, XDP_TX, Some(&want))?;
+    let reply = tcp6(neighbour_mac(0x11), LB_MAC, backend, lb, 8080, port);
+    let want = tcp6(LB_MAC, CLIENT_MAC, vip, client, 80, CPORT);
+    f.case("v6 tcp reply from backend", &reply, XDP_TX, Some(&want))?;
+
+    let dsr_vip = v6("fd00:100::2");
+    let query = udp6(CLIENT_MAC, LB_MAC, client, dsr_vip, CPORT, 9000);
+    let want = udp6(LB_MAC, neighbour_mac(0x13), client, dsr_vip, CPORT, 9000);
+    f.case("v6 udp to dsr vip", &query, XDP_TX, Some(&want))
+}
+
+/// The packet a router quotes in an ICMP error: the first 28 (v4) bytes of what it dropped.
+fn quoted_v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let full = write(|out| {
+        PacketBuilder::ipv4(src, dst, 63).tcp(sport, dport, 5000, 64240).ack(1001).write(out, PAYLOAD).expect("quoted")
+    });
+    full[..28].to_vec()
+}
+
+#[test]
+fn icmp_errors_about_a_vip_flow_go_to_its_backend() -> Result<()> {
+    let mut f = Fixtures::new("fxicmp");
+    let router = [10, 0, 0, 254];
+    // Open the nat flow first.
+    let port = nat_port(addr16(CLIENT4), addr16(VIP4), CPORT, 80, PROTO_TCP, FAMILY_V4);
+    let syn = tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 80, true);
+    f.case("open the flow", &syn, XDP_TX, None)?;
+
+    // "Fragmentation needed" about a VIP -> client segment.
+    let frag_needed = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 });
+    let icmp = |dst, quoted: &[u8], dmac| {
+        write(|out| {
+            PacketBuilder::ethernet2(CLIENT_MAC, dmac)
+                .ipv4(router, dst, 64)
+                .icmpv4(frag_needed.clone())
+                .write(out, quoted)
+                .expect("icmp")
+        })
+    };
+    let input = icmp(VIP4, &quoted_v4(VIP4, CLIENT4, 80, CPORT), LB_MAC);
+    // The backend must see an error about what it sent: backend:8080 -> balancer:port.
+    let mut want = icmp(BACKEND4, &quoted_v4(BACKEND4, LB4, 8080, port), neighbour_mac(11));
+    want[..6].copy_from_slice(&neighbour_mac(11));
+    want[6..12].copy_from_slice(&LB_MAC);
+    // The quoted TCP checksum is left as it was (nobody verifies it); patch it in.
+    let quoted_at = 14 + 20 + 8 + 20 + 16;
+    let original = icmp(VIP4, &quoted_v4(VIP4, CLIENT4, 80, CPORT), LB_MAC);
+    want[quoted_at..quoted_at + 2].copy_from_slice(&original[quoted_at..quoted_at + 2]);
+    let icmp_csum_at = 14 + 20 + 2;
+    let fixed = fix_icmpv4_checksum(&want[14 + 20..]);
+    want[icmp_csum_at..icmp_csum_at + 2].copy_from_slice(&fixed.to_be_bytes());
+    f.case("icmp frag-needed to nat vip", &input, XDP_TX, Some(&want))?;
+
+    // Quoting a flow nobody has: dropped and counted.
+    let before = f.global().drop_icmp_unmatched;
+    let stray = icmp(VIP4, &quoted_v4(VIP4, CLIENT4, 80, CPORT + 7), LB_MAC);
+    f.case("icmp error quoting an unknown flow", &stray, XDP_DROP, None)?;
+    assert_eq!(f.global().drop_icmp_unmatched, before + 1);
+
+    // ICMPv6 packet-too-big about a dsr flow: forwarded unchanged but for the MACs.
+    let (client, vip) = (v6("fd00::2"), v6("fd00:100::2"));
+    let query = udp6(CLIENT_MAC, LB_MAC, client, vip, CPORT, 9000);
+    f.case("open the v6 dsr flow", &query, XDP_TX, None)?;
+    let quoted = write(|out| PacketBuilder::ipv6(vip, client, 63).udp(9000, CPORT).write(out, b"answer").expect("quoted6"));
+    let too_big = |smac, dmac| {
+        write(|out| {
+            PacketBuilder::ethernet2(smac, dmac)
+                .ipv6(v6("fd00::fe"), vip, 64)
+                .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+                .write(out, &quoted)
+                .expect("icmpv6")
+        })
+    };
+    f.case("icmpv6 packet-too-big to dsr vip", &too_big(CLIENT_MAC, LB_MAC), XDP_TX, Some(&too_big(LB_MAC, neighbour_mac(0x13))))
+}
+
+fn fix_icmpv4_checksum(icmp: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for (i, chunk) in icmp.chunks(2).enumerate() {
+        if i == 1 {
+            continue; // the checksum field itself
+        }
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += word as u32;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[test]
+fn unusual_packets_are_passed_or_dropped_on_purpose_and_counted() -> Result<()> {
+    let mut f = Fixtures::new("fxbad");
+
+    let fragment = tcp4_with(VIP4, |ip| ip.more_fragments = true);
+    f.case("v4 fragment to a vip address", &fragment, XDP_DROP, None)?;
+    let fragment_elsewhere = tcp4_with([10, 0, 9, 9], |ip| ip.more_fragments = true);
+    f.case("v4 fragment to another host", &fragment_elsewhere, XDP_PASS, Some(&fragment_elsewhere))?;
+    assert_eq!(f.global().drop_fragment, 1);
+
+    let options = tcp4_with(VIP4, |ip| ip.set_options(&[1, 1, 1, 0]).expect("options"));
+    f.case("v4 options to a vip", &options, XDP_DROP, None)?;
+    assert_eq!(f.global().drop_ip_options, 1);
+
+    let mut ext = Ipv6Header {
+        traffic_class: 0,
+        flow_label: Ipv6FlowLabel::ZERO,
+        payload_length: 8,
+        next_header: IpNumber::IPV6_HEADER_HOP_BY_HOP,
+        hop_limit: 64,
+        source: v6("fd00::2"),
+        destination: v6("fd00:100::1"),
+    };
+    let mut hbh = write(|out| PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(ext.source, ext.destination, 64).udp(1, 2).write(out, &[]).expect("v6"));
+    hbh.truncate(14);
+    ext.write(&mut hbh).expect("v6 header");
+    hbh.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
+    f.case("v6 hop-by-hop header to a vip", &hbh, XDP_DROP, None)?;
+    assert_eq!(f.global().drop_ip_options, 2);
+
+    let syn = tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 80, true);
+    f.case("truncated ipv4 header", &syn[..14 + 12], XDP_DROP, None)?;
+    f.case("truncated tcp header", &syn[..14 + 20 + 10], XDP_DROP, None)?;
+    let mut long = syn.clone();
+    long[14 + 2..14 + 4].copy_from_slice(&2000u16.to_be_bytes());
+    f.case("ipv4 total length beyond the frame", &long, XDP_DROP, None)?;
+    f.case("runt ethernet frame", &syn[..10], XDP_DROP, None)?;
+    assert_eq!(f.global().drop_malformed, 4);
+
+    let unknown_port = tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 81, true);
+    f.case("unknown port on a vip address", &unknown_port, XDP_DROP, None)?;
+    assert_eq!(f.global().drop_unknown_vip_port, 1);
+
+    let to_lb = tcp4(CLIENT_MAC, LB_MAC, CLIENT4, LB4, CPORT, 22, true);
+    f.case("tcp to the balancer's own address", &to_lb, XDP_PASS, Some(&to_lb))?;
+    let elsewhere = udp4(CLIENT_MAC, LB_MAC, CLIENT4, [10, 0, 9, 9], CPORT, 53);
+    f.case("non-vip udp", &elsewhere, XDP_PASS, Some(&elsewhere))?;
+    let v6_elsewhere = udp6(CLIENT_MAC, LB_MAC, v6("fd00::2"), v6("fd00::9"), CPORT, 53);
+    f.case("non-vip ipv6", &v6_elsewhere, XDP_PASS, Some(&v6_elsewhere))?;
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[0x08, 0x06]);
+    arp.extend_from_slice(&[0u8; 28]);
+    f.case("arp", &arp, XDP_PASS, Some(&arp))?;
+    let ping = write(|out| PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4(CLIENT4, LB4, 64).icmpv4_echo_request(1, 1).write(out, b"ping").expect("ping"));
+    f.case("ping to the balancer", &ping, XDP_PASS, Some(&ping))?;
+    assert_eq!(f.global().passed, 6);
+    Ok(())
+}

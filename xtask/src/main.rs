@@ -1,0 +1,394 @@
+//! Project tasks: `cargo xtask <setup|build|run|test|bench|demo>`.
+//!
+//! Every task except `setup` itself runs `scripts/setup.sh` first (idempotent: on a machine
+//! that has everything it passes straight through), then drives cargo from the workspace
+//! root. The eBPF crate (`lb-ebpf`) is never built here directly: `lb-userspace`'s build.rs
+//! builds it for the BPF target through aya-build and embeds the object in `lb`.
+
+use std::{
+    ffi::OsString,
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Build, run, test, benchmark and demo the edge load balancer"
+)]
+struct Cli {
+    /// Skip scripts/setup.sh (for a machine already set up, or a build as a non-root user).
+    #[arg(long, global = true)]
+    no_setup: bool,
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing needs (root; idempotent): apt packages,
+    /// rust-src for nightly, bpf-linker, bpffs.
+    Setup,
+    /// Build the controller `lb` (with the XDP program embedded) in release mode.
+    Build,
+    /// Build, then run `lb run --config config/lb.toml ARGS...` (no default config if ARGS
+    /// name one with --config).
+    Run {
+        /// arguments for `lb run`
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// Build, then run every test in the workspace (`cargo test --release --workspace ARGS`)
+    /// with LB_BIN pointing at the built `lb`. Needs root.
+    Test {
+        /// arguments for `cargo test` (after another `--`: for the test binaries)
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// Run the benchmarks (`lb-bench` from lb-tests) with ARGS.
+    Bench {
+        /// arguments for lb-bench
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+    /// Build, then run the self-contained demo lab (`lb-demo` from lb-tests) with ARGS.
+    Demo {
+        /// arguments for lb-demo
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Runs a task; returns the exit code to leave with.
+fn run(cli: Cli) -> Result<i32> {
+    let ws = Workspace::locate()?;
+    let setup_first = !cli.no_setup;
+    match cli.task {
+        Task::Setup => {
+            ws.setup()?;
+            say("setup done");
+            Ok(0)
+        }
+        Task::Build => {
+            if setup_first {
+                ws.setup()?;
+            }
+            ws.build_release()?;
+            say(&format!("built {}", ws.lb_bin().display()));
+            Ok(0)
+        }
+        Task::Run { args } => {
+            if setup_first {
+                ws.setup()?;
+            }
+            ws.build_release()?;
+            let lb = ws.lb_bin();
+            let mut cmd = Command::new(&lb);
+            cmd.arg("run");
+            if !names_config(&args) {
+                let config = ws.root.join("config").join("lb.toml");
+                if !config.is_file() {
+                    bail!(
+                        "{} not found: pass one with `cargo xtask run -- --config FILE`",
+                        config.display()
+                    );
+                }
+                cmd.arg("--config").arg(config);
+            }
+            cmd.args(&args);
+            say(&format!("running {}", describe(&cmd)));
+            // Replace this process, so signals reach `lb` and its exit status is ours.
+            let err = cmd.exec();
+            Err(err).with_context(|| format!("executing {}", lb.display()))
+        }
+        Task::Test { args } => {
+            if !is_root() {
+                bail!(
+                    "the tests need root (they create network namespaces, attach XDP programs and pin maps \
+                     under /sys/fs/bpf): run `cargo xtask test` as root"
+                );
+            }
+            if setup_first {
+                ws.setup()?;
+            }
+            ws.build_release()?;
+            let mut cmd = ws.cargo();
+            cmd.args(["test", "--release", "--workspace"])
+                .args(&args)
+                .env("LB_BIN", ws.lb_bin());
+            say(&format!(
+                "testing (LB_BIN={}): {}",
+                ws.lb_bin().display(),
+                describe(&cmd)
+            ));
+            let status = status_of(&mut cmd)?;
+            if !status.success() {
+                say(&format!("tests failed ({})", explain(status)));
+            }
+            Ok(exit_code(status))
+        }
+        Task::Bench { args } => {
+            if setup_first {
+                ws.setup()?;
+            }
+            let mut cmd = ws.cargo();
+            cmd.args([
+                "run",
+                "--release",
+                "-p",
+                "lb-tests",
+                "--bin",
+                "lb-bench",
+                "--",
+            ])
+            .args(&args);
+            say(&format!("benchmarking: {}", describe(&cmd)));
+            Ok(exit_code(status_of(&mut cmd)?))
+        }
+        Task::Demo { args } => {
+            if setup_first {
+                ws.setup()?;
+            }
+            ws.build_release()?;
+            let mut cmd = ws.cargo();
+            cmd.args([
+                "run",
+                "--release",
+                "-p",
+                "lb-tests",
+                "--bin",
+                "lb-demo",
+                "--",
+            ])
+            .args(&args)
+            .env("LB_BIN", ws.lb_bin());
+            say(&format!("starting the demo lab: {}", describe(&cmd)));
+            Ok(exit_code(status_of(&mut cmd)?))
+        }
+    }
+}
+
+struct Workspace {
+    root: PathBuf,
+    target_dir: PathBuf,
+}
+
+impl Workspace {
+    fn locate() -> Result<Self> {
+        let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = manifest_dir
+            .parent()
+            .with_context(|| format!("{} has no parent directory", manifest_dir.display()))?
+            .to_path_buf();
+        if !root.join("Cargo.toml").is_file() {
+            bail!(
+                "no Cargo.toml in {}, the workspace root this xtask was built in",
+                root.display()
+            );
+        }
+        // Honour a target directory moved by the environment, as cargo does.
+        let target_dir = ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
+            .iter()
+            .find_map(|var| std::env::var_os(var).filter(|v| !v.is_empty()))
+            .map(|dir| {
+                let dir = PathBuf::from(dir);
+                if dir.is_absolute() {
+                    dir
+                } else {
+                    std::env::current_dir()
+                        .map(|cwd| cwd.join(&dir))
+                        .unwrap_or(dir)
+                }
+            })
+            .unwrap_or_else(|| root.join("target"));
+        Ok(Self { root, target_dir })
+    }
+
+    /// The controller binary a release build leaves behind.
+    fn lb_bin(&self) -> PathBuf {
+        self.target_dir.join("release").join("lb")
+    }
+
+    /// cargo (the same one that started us), run from the workspace root.
+    fn cargo(&self) -> Command {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(&self.root);
+        cmd
+    }
+
+    fn setup(&self) -> Result<()> {
+        let script = self.root.join("scripts").join("setup.sh");
+        say("setting up (scripts/setup.sh)");
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script).current_dir(&self.root);
+        let status = status_of(&mut cmd)?;
+        if !status.success() {
+            bail!("{} failed ({})", script.display(), explain(status));
+        }
+        Ok(())
+    }
+
+    /// `cargo build --release` of the default members; lb-userspace's build.rs builds and
+    /// embeds the XDP program.
+    fn build_release(&self) -> Result<()> {
+        let mut cmd = self.cargo();
+        cmd.args(["build", "--release"]);
+        say(&format!("building: {}", describe(&cmd)));
+        let status = status_of(&mut cmd)?;
+        if !status.success() {
+            bail!("cargo build --release failed ({})", explain(status));
+        }
+        let lb = self.lb_bin();
+        if !lb.is_file() {
+            bail!("the build succeeded but {} is missing", lb.display());
+        }
+        Ok(())
+    }
+}
+
+/// Do the user's arguments to `lb run` already name a config file?
+fn names_config(args: &[OsString]) -> bool {
+    args.iter().any(|a| {
+        let a = a.to_string_lossy();
+        a == "--config" || a.starts_with("--config=")
+    })
+}
+
+fn status_of(cmd: &mut Command) -> Result<ExitStatus> {
+    cmd.status()
+        .with_context(|| format!("starting {}", describe(cmd)))
+}
+
+/// The exit code that reports `status` to our caller (128 + signal for a killed child).
+fn exit_code(status: ExitStatus) -> i32 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 1,
+    }
+}
+
+fn explain(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => status.to_string(),
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    let program = Path::new(cmd.get_program());
+    // Show `cargo` rather than the full path of the toolchain's cargo.
+    let program = if program.file_name().is_some_and(|n| n == "cargo") {
+        "cargo".to_string()
+    } else {
+        program.display().to_string()
+    };
+    std::iter::once(program)
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Effective uid 0, read from /proc (no libc dependency needed for one number).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn say(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_of(argv: &[&str]) -> Vec<String> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("xtask").chain(argv.iter().copied())).unwrap();
+        let args = match cli.task {
+            Task::Run { args }
+            | Task::Test { args }
+            | Task::Bench { args }
+            | Task::Demo { args } => args,
+            Task::Setup | Task::Build => Vec::new(),
+        };
+        args.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn forwards_arguments_after_the_separator_verbatim() {
+        assert_eq!(
+            args_of(&["test", "--", "-p", "lb-tests", "--", "--nocapture"]),
+            ["-p", "lb-tests", "--", "--nocapture"]
+        );
+        assert_eq!(
+            args_of(&["test", "-p", "lb-tests", "failover"]),
+            ["-p", "lb-tests", "failover"]
+        );
+        assert_eq!(
+            args_of(&["run", "--", "--config", "x.toml"]),
+            ["--config", "x.toml"]
+        );
+        assert_eq!(args_of(&["bench"]), Vec::<String>::new());
+        assert!(
+            Cli::try_parse_from(["xtask", "--no-setup", "build"])
+                .unwrap()
+                .no_setup
+        );
+        assert!(
+            Cli::try_parse_from(["xtask", "test", "--no-setup"])
+                .unwrap()
+                .no_setup
+        );
+    }
+
+    #[test]
+    fn notices_a_config_given_to_lb_run() {
+        let os = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(names_config(&os(&["--config", "a.toml"])));
+        assert!(names_config(&os(&["-v", "--config=a.toml"])));
+        assert!(!names_config(&os(&["-v"])));
+    }
+}
