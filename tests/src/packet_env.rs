@@ -17,7 +17,32 @@ use lb_userspace::sync::Applied;
 use lb_userspace::tables::{IdAllocator, desired};
 use nix::sched::{CloneFlags, setns};
 
-use crate::{Netns, require_root, run_cmd};
+// TEMPORARY until the lab module lands: replaced by the lab's netns guard.
+fn require_root() {
+    assert!(nix::unistd::Uid::effective().is_root(), "packet fixtures need root (BPF, netns)");
+}
+fn run_cmd(cmd: &str, args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new(cmd).args(args).output()?;
+    ensure!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+struct Netns(String);
+impl Netns {
+    fn new(tag: &str) -> Result<Self> {
+        let name = format!("{tag}-{}", std::process::id());
+        run_cmd("ip", &["netns", "add", &name])?;
+        Ok(Self(name))
+    }
+    fn name(&self) -> &str { &self.0 }
+    fn ip(&self, args: &[&str]) -> Result<()> {
+        let mut all = vec!["-n", self.0.as_str()];
+        all.extend_from_slice(args);
+        run_cmd("ip", &all)
+    }
+}
+impl Drop for Netns {
+    fn drop(&mut self) { let _ = run_cmd("ip", &["netns", "del", &self.0]); }
+}
 
 /// The balancer's interface inside the environment.
 pub const IFACE: &str = "fx0";

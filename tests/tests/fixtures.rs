@@ -3,7 +3,7 @@
 //! etherparse with freshly computed checksums, so equal bytes also prove that the
 //! program's incremental checksum updates are right.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 use anyhow::Result;
 use etherparse::{
@@ -89,7 +89,6 @@ const VIP4: [u8; 4] = [10, 100, 0, 1];
 const VIP4_DSR: [u8; 4] = [10, 100, 0, 2];
 const BACKEND4: [u8; 4] = [10, 0, 1, 11];
 const BACKEND4_UDP: [u8; 4] = [10, 0, 1, 12];
-const BACKEND4_DSR: [u8; 4] = [10, 0, 1, 13];
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 2];
 const CPORT: u16 = 40000;
 const PAYLOAD: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
@@ -297,16 +296,9 @@ fn icmp_errors_about_a_vip_flow_go_to_its_backend() -> Result<()> {
     };
     let input = icmp(VIP4, &quoted_v4(VIP4, CLIENT4, 80, CPORT), LB_MAC);
     // The backend must see an error about what it sent: backend:8080 -> balancer:port.
+    // (The quote holds 8 bytes of TCP: ports and sequence number, no checksum.)
     let mut want = icmp(BACKEND4, &quoted_v4(BACKEND4, LB4, 8080, port), neighbour_mac(11));
-    want[..6].copy_from_slice(&neighbour_mac(11));
     want[6..12].copy_from_slice(&LB_MAC);
-    // The quoted TCP checksum is left as it was (nobody verifies it); patch it in.
-    let quoted_at = 14 + 20 + 8 + 20 + 16;
-    let original = icmp(VIP4, &quoted_v4(VIP4, CLIENT4, 80, CPORT), LB_MAC);
-    want[quoted_at..quoted_at + 2].copy_from_slice(&original[quoted_at..quoted_at + 2]);
-    let icmp_csum_at = 14 + 20 + 2;
-    let fixed = fix_icmpv4_checksum(&want[14 + 20..]);
-    want[icmp_csum_at..icmp_csum_at + 2].copy_from_slice(&fixed.to_be_bytes());
     f.case("icmp frag-needed to nat vip", &input, XDP_TX, Some(&want))?;
 
     // Quoting a flow nobody has: dropped and counted.
@@ -332,21 +324,6 @@ fn icmp_errors_about_a_vip_flow_go_to_its_backend() -> Result<()> {
     f.case("icmpv6 packet-too-big to dsr vip", &too_big(CLIENT_MAC, LB_MAC), XDP_TX, Some(&too_big(LB_MAC, neighbour_mac(0x13))))
 }
 
-fn fix_icmpv4_checksum(icmp: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for (i, chunk) in icmp.chunks(2).enumerate() {
-        if i == 1 {
-            continue; // the checksum field itself
-        }
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += word as u32;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 #[test]
 fn unusual_packets_are_passed_or_dropped_on_purpose_and_counted() -> Result<()> {
     let mut f = Fixtures::new("fxbad");
@@ -357,11 +334,11 @@ fn unusual_packets_are_passed_or_dropped_on_purpose_and_counted() -> Result<()> 
     f.case("v4 fragment to another host", &fragment_elsewhere, XDP_PASS, Some(&fragment_elsewhere))?;
     assert_eq!(f.global().drop_fragment, 1);
 
-    let options = tcp4_with(VIP4, |ip| ip.set_options(&[1, 1, 1, 0]).expect("options"));
+    let options = tcp4_with(VIP4, |ip| ip.options = [1u8, 1, 1, 0][..].try_into().expect("options"));
     f.case("v4 options to a vip", &options, XDP_DROP, None)?;
     assert_eq!(f.global().drop_ip_options, 1);
 
-    let mut ext = Ipv6Header {
+    let ext = Ipv6Header {
         traffic_class: 0,
         flow_label: Ipv6FlowLabel::ZERO,
         payload_length: 8,
@@ -383,8 +360,8 @@ fn unusual_packets_are_passed_or_dropped_on_purpose_and_counted() -> Result<()> 
     let mut long = syn.clone();
     long[14 + 2..14 + 4].copy_from_slice(&2000u16.to_be_bytes());
     f.case("ipv4 total length beyond the frame", &long, XDP_DROP, None)?;
-    f.case("runt ethernet frame", &syn[..10], XDP_DROP, None)?;
-    assert_eq!(f.global().drop_malformed, 4);
+    // (Frames shorter than an Ethernet header never reach XDP: BPF_PROG_TEST_RUN refuses them.)
+    assert_eq!(f.global().drop_malformed, 3);
 
     let unknown_port = tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 81, true);
     f.case("unknown port on a vip address", &unknown_port, XDP_DROP, None)?;
