@@ -155,7 +155,12 @@ impl Dataplane {
             }
         }
         if let Some(dir) = &self.pin_dir {
-            std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", dir.display()));
+                }
+                _ => {}
+            }
         }
         Ok(())
     }
