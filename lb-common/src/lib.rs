@@ -33,6 +33,7 @@ pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const MAP_VIP_STATS: &str = "VIP_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
+pub const MAP_NEXT_HOPS: &str = "NEXT_HOPS";
 
 /// Program names in the object.
 pub const PROG_LB: &str = "xdp_lb";
@@ -137,6 +138,33 @@ pub struct Settings {
     pub hash_seed: u32,
     pub nat_port_min: u16,
     pub nat_port_max: u16,
+    /// Bit `vip_addr_filter_bit(a)` is set for every VIP address `a`: a packet whose
+    /// destination's bit is clear is not for a VIP, with no hash lookup at all.
+    pub vip_addr_filter: [u64; 4],
+}
+
+/// Which bit of `Settings::vip_addr_filter` stands for `addr`.
+#[inline(always)]
+pub fn vip_addr_filter_bit(addr: &Addr) -> u32 {
+    let mut h = 0u32;
+    let mut i = 0;
+    while i < 4 {
+        h = murmur_round(h, word(addr, i));
+        i += 1;
+    }
+    murmur_fmix(h) & 0xff
+}
+
+/// Where the balancer sends packets for a backend: a per-CPU cache of the kernel's FIB and
+/// neighbour answer, so that packets of existing flows skip the FIB lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// When the entry was filled (CLOCK_MONOTONIC, coarse); zero: never.
+    pub refreshed_ns: u64,
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
 }
 
 /// Per-VIP counters (per CPU; readers sum over CPUs).
@@ -201,6 +229,7 @@ mod pod {
     unsafe impl aya::Pod for VipStats {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for GlobalStats {}
+    unsafe impl aya::Pod for NextHop {}
 }
 
 /// Flow hash: deterministic given the key and the shared seed, so every balancer host

@@ -10,7 +10,7 @@ mod packet;
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -40,6 +40,10 @@ static VIP_STATS: PerCpuArray<VipStats, { DEFAULT_MAX_VIPS as usize }> = PerCpuA
 #[btf_map]
 static BACKEND_STATS: PerCpuArray<BackendStats, { DEFAULT_MAX_BACKENDS as usize }> =
     PerCpuArray::new();
+/// Per CPU, so that the hot path never writes a cache line another CPU reads.
+#[btf_map]
+static NEXT_HOPS: PerCpuArray<NextHop, { DEFAULT_MAX_BACKENDS as usize }> = PerCpuArray::new();
+
 /// Working memory for one packet (see `Scratch`); typed as words so its BTF stays plain.
 #[btf_map]
 static SCRATCH: PerCpuArray<[u64; SCRATCH_WORDS], 1> = PerCpuArray::new();
@@ -53,6 +57,11 @@ const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 /// Source-port candidates tried for a new nat flow before giving up.
 const NAT_PORT_TRIES: u32 = 4;
+/// Candidate ports are spread over the range (a stride coprime to any span that is not a
+/// multiple of it), so that taken ports don't cluster the way consecutive probes would.
+const NAT_PORT_STRIDE: u32 = 0x9e37;
+/// How long a cached next hop is used before the FIB is asked again.
+const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
 /// What the packet path works on. It lives in a per-CPU map, not on the stack: BPF allows
 /// 512 bytes of stack for a whole call chain, and keys of 40 bytes add up quickly.
@@ -117,8 +126,10 @@ fn count_global(reason: Reason) {
 fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, Reason> {
     let scratch = SCRATCH.get_ptr_mut(0).ok_or(Reason::Internal)?;
     // SAFETY: per-CPU, large and aligned enough (asserted above); an XDP run is not
-    // preempted by another run on the same CPU.
+    // preempted by another run on the same CPU. Zeroed memory is a valid `Scratch`.
     let s = unsafe { &mut *scratch.cast::<Scratch>() };
+    // Reset first: LLVM may otherwise store uninitialised registers into the unused parts
+    // of the headers, which the verifier refuses.
     s.headers = Headers::default();
     let h = &mut s.headers;
     if let Parsed::Unusual(reason) = packet::parse(ctx, h)? {
@@ -126,23 +137,29 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, Reason> {
         // traffic, but a VIP flow cannot be classified without its ports.
         return Err(if is_vip_addr(&h.dst, h.family) { reason } else { Reason::Passed });
     }
+    let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
+    let bit = vip_addr_filter_bit(&h.dst);
+    let maybe_vip = settings.vip_addr_filter[(bit / 64) as usize & 3] & (1 << (bit % 64)) != 0;
+    if !maybe_vip && h.dst != own_addr(settings, h.family) {
+        return Err(Reason::Passed);
+    }
     match h.l4 {
-        L4::Ports { dport, .. } => {
-            let vip_key = VipKey { addr: h.dst, port: dport, proto: h.proto, family: h.family };
+        L4::Ports => {
+            let vip_key = VipKey { addr: h.dst, port: h.dport, proto: h.proto, family: h.family };
             // SAFETY: values are only replaced whole by the controller (never written in place).
             if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
                 return to_backend(ctx, s, vip);
             }
-            let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
             if h.dst == own_addr(settings, h.family) {
                 return to_client(ctx, s);
             }
             Err(if is_vip_addr(&h.dst, h.family) { Reason::UnknownVipPort } else { Reason::Passed })
         }
-        L4::IcmpError { inner_l3 } => {
+        L4::IcmpError => {
             if !is_vip_addr(&h.dst, h.family) {
                 return Err(Reason::Passed);
             }
+            let inner_l3 = h.inner_l3;
             icmp_error_to_backend(ctx, s, inner_l3)
         }
         // Any other protocol to a VIP address has no VIP to go to either.
@@ -224,11 +241,27 @@ fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, R
         s.to = Translation { src: own_addr(settings, h.family), dst: backend.addr, sport: nat_port, dport: backend.port };
         packet::rewrite(ctx, h, &s.to)?;
     }
-    let action = forward(ctx, h, &backend.addr);
+    let action = forward_to_backend(ctx, h, backend_id, &backend.addr);
     if action == xdp_action::XDP_DROP {
         vip_stats.drop_no_route += 1;
     }
     Ok(action)
+}
+
+/// Forwards towards a backend through its cached next hop, refreshing it when stale.
+#[inline(always)]
+fn forward_to_backend(ctx: &XdpContext, h: &Headers, backend_id: u32, addr: &Addr) -> u32 {
+    let Some(hop) = NEXT_HOPS.get_ptr_mut(backend_id) else {
+        return forward(ctx, h, addr, None);
+    };
+    // SAFETY: per-CPU value.
+    let hop = unsafe { &mut *hop };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if hop.refreshed_ns != 0 && now.wrapping_sub(hop.refreshed_ns) < NEXT_HOP_TTL_NS {
+        return transmit(ctx, hop);
+    }
+    forward(ctx, h, addr, Some(hop))
 }
 
 /// The backend for a new flow from the VIP's Maglev table, if it has one.
@@ -267,7 +300,7 @@ fn reserve_nat_port(s: &mut Scratch, backend: &Backend) -> u32 {
         _pad: [0; 2],
     };
     for i in 0..NAT_PORT_TRIES {
-        s.reply.dport = (settings.nat_port_min as u32 + start.wrapping_add(i) % span) as u16;
+        s.reply.dport = (settings.nat_port_min as u32 + start.wrapping_add(i * NAT_PORT_STRIDE) % span) as u16;
         if NAT.insert(&s.reply, &s.nat, BPF_NOEXIST as u64).is_ok() {
             return s.reply.dport as u32;
         }
@@ -307,7 +340,7 @@ fn to_client(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
     let client = &s.nat.client;
     s.to = Translation { src: client.dst, dst: client.src, sport: client.dport, dport: client.sport };
     packet::rewrite(ctx, h, &s.to)?;
-    let action = forward(ctx, h, &s.nat.client.src);
+    let action = forward(ctx, h, &s.nat.client.src, None);
     if action == xdp_action::XDP_DROP {
         vip_stats.drop_no_route += 1;
     }
@@ -346,15 +379,16 @@ fn icmp_error_to_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize) -> 
         // SAFETY: per-CPU value.
         unsafe { (*stats).icmp_errors_forwarded += 1 };
     }
-    Ok(forward(ctx, &s.headers, &backend.addr))
+    Ok(forward_to_backend(ctx, &s.headers, state.backend_id, &backend.addr))
 }
 
 /// Routes the (rewritten) packet towards `next` with the kernel's FIB and neighbour table,
-/// fills in the MAC addresses and transmits it. No route or no resolved neighbour is a drop:
-/// the kernel could not deliver a packet with a VIP it does not own either.
+/// fills in the MAC addresses and transmits it; the answer is also stored in `cache`.
+/// No route or no resolved neighbour is a drop: the kernel could not deliver a packet with
+/// a VIP it does not own either.
 // A BPF subprogram of its own: its stack frame is not added to its siblings'.
 #[inline(never)]
-fn forward(ctx: &XdpContext, h: &Headers, next: &Addr) -> u32 {
+fn forward(ctx: &XdpContext, h: &Headers, next: &Addr, cache: Option<&mut NextHop>) -> u32 {
     // SAFETY: all-zero is a valid bpf_fib_lookup.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.l4_protocol = h.proto;
@@ -382,12 +416,27 @@ fn forward(ctx: &XdpContext, h: &Headers, next: &Addr) -> u32 {
     if rc != 0 {
         return xdp_action::XDP_DROP;
     }
-    packet::set_macs(ctx, &fib.smac, &fib.dmac);
-    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+    let hop = NextHop {
+        // SAFETY: plain helper call.
+        refreshed_ns: unsafe { bpf_ktime_get_coarse_ns() },
+        ifindex: fib.ifindex,
+        smac: fib.smac,
+        dmac: fib.dmac,
+    };
+    if let Some(cache) = cache {
+        *cache = hop;
+    }
+    transmit(ctx, &hop)
+}
+
+#[inline(always)]
+fn transmit(ctx: &XdpContext, hop: &NextHop) -> u32 {
+    packet::set_macs(ctx, &hop.smac, &hop.dmac);
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
         xdp_action::XDP_TX
     } else {
         // SAFETY: plain helper call.
-        unsafe { bpf_redirect(fib.ifindex, 0) as u32 }
+        unsafe { bpf_redirect(hop.ifindex, 0) as u32 }
     }
 }
 

@@ -41,25 +41,38 @@ pub struct Headers {
     pub src: Addr,
     pub dst: Addr,
     pub l4: L4,
+    /// With `L4::Ports`.
+    pub sport: u16,
+    pub dport: u16,
+    /// With `L4::IcmpError`: where the quoted packet's IP header starts.
+    pub inner_l3: usize,
 }
 
 impl Headers {
     /// The connection this TCP/UDP packet belongs to, as seen in its direction.
     #[inline(always)]
     pub fn flow_key(&self) -> FlowKey {
-        let (sport, dport) = match self.l4 {
-            L4::Ports { sport, dport } => (sport, dport),
-            _ => (0, 0),
-        };
-        FlowKey { src: self.src, dst: self.dst, sport, dport, proto: self.proto, family: self.family, _pad: [0; 2] }
+        FlowKey {
+            src: self.src,
+            dst: self.dst,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            family: self.family,
+            _pad: [0; 2],
+        }
     }
 }
 
-#[derive(Default)]
+/// What follows the IP header. A field-less enum with the details in `Headers`: enums with
+/// payloads let LLVM store undefined bytes, which the verifier refuses.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum L4 {
-    Ports { sport: u16, dport: u16 },
-    /// An ICMP/ICMPv6 error; the quoted packet's IP header starts at offset `inner_l3`.
-    IcmpError { inner_l3: usize },
+    /// TCP or UDP.
+    Ports,
+    /// An ICMP/ICMPv6 error.
+    IcmpError,
     #[default]
     Other,
 }
@@ -208,7 +221,7 @@ fn parse_v4(ctx: &XdpContext, h: &mut Headers, l3: usize, frame_len: u32) -> Res
     h.l4_start = l3 + IPV4_HLEN;
     h.frame_len = frame_len;
     h.ip_len = tot_len;
-    h.l4 = parse_l4(ctx, h.l4_start, h.proto, PROTO_ICMP)?;
+    parse_l4(ctx, h, PROTO_ICMP)?;
     Ok(Parsed::Ip)
 }
 
@@ -234,15 +247,19 @@ fn parse_v6(ctx: &XdpContext, h: &mut Headers, l3: usize, frame_len: u32) -> Res
     h.l4_start = l3 + IPV6_HLEN;
     h.frame_len = frame_len;
     h.ip_len = (IPV6_HLEN + payload_len) as u16;
-    h.l4 = parse_l4(ctx, h.l4_start, next_header, PROTO_ICMPV6)?;
+    parse_l4(ctx, h, PROTO_ICMPV6)?;
     Ok(Parsed::Ip)
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, off: usize, proto: u8, icmp_proto: u8) -> Result<L4, Reason> {
+fn parse_l4(ctx: &XdpContext, h: &mut Headers, icmp_proto: u8) -> Result<(), Reason> {
+    let (off, proto) = (h.l4_start, h.proto);
     if proto == PROTO_TCP || proto == PROTO_UDP {
         let l4 = at(ctx, off, if proto == PROTO_TCP { TCP_MIN_HLEN } else { UDP_HLEN })?;
-        return Ok(L4::Ports { sport: read_be16(l4), dport: read_be16(l4 + 2) });
+        h.sport = read_be16(l4);
+        h.dport = read_be16(l4 + 2);
+        h.l4 = L4::Ports;
+        return Ok(());
     }
     if proto == icmp_proto {
         let l4 = at(ctx, off, ICMP_HLEN)?;
@@ -255,10 +272,13 @@ fn parse_l4(ctx: &XdpContext, off: usize, proto: u8, icmp_proto: u8) -> Result<L
             (1..=3).contains(&icmp_type)
         };
         if is_error {
-            return Ok(L4::IcmpError { inner_l3: off + ICMP_HLEN });
+            h.inner_l3 = off + ICMP_HLEN;
+            h.l4 = L4::IcmpError;
+            return Ok(());
         }
     }
-    Ok(L4::Other)
+    h.l4 = L4::Other;
+    Ok(())
 }
 
 /// Reads the IP and port header of the packet quoted in an ICMP error. Only a TCP or UDP

@@ -80,6 +80,7 @@ impl Dataplane {
             .map_max_entries(MAP_VIP_STATS, sizes.max_vips)
             .map_max_entries(MAP_BACKENDS, sizes.max_backends)
             .map_max_entries(MAP_BACKEND_STATS, sizes.max_backends)
+            .map_max_entries(MAP_NEXT_HOPS, sizes.max_backends)
             .map_max_entries(MAP_MAGLEV, maglev_slots)
             .map_max_entries(MAP_FLOWS, sizes.flow_entries)
             .map_max_entries(MAP_NAT, sizes.flow_entries)

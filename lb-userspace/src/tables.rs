@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use lb_common::{
     Addr, BACKEND_ACTIVE, Backend, FAMILY_V4, FAMILY_V6, MODE_DSR, MODE_NAT, Settings, VipAddrKey,
-    VipKey,
+    VipKey, vip_addr_filter_bit,
 };
 
 use crate::config::{BackendConfig, Config, ForwardingMode, VipConfig};
@@ -166,6 +166,10 @@ pub fn desired(config: &Config, ids: &mut IdAllocator) -> DesiredTables {
         let vip_id = ids.vip_id(&key).expect("assigned above");
         vips.insert(key, DesiredVip { name: vip.name.clone(), vip_id, mode, table });
     }
+    for key in vip_addrs.keys() {
+        let bit = vip_addr_filter_bit(&key.addr);
+        settings.vip_addr_filter[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
     DesiredTables { settings, table_size: balancer.maglev_table_size, backends, vips, vip_addrs }
 }
 
@@ -210,6 +214,9 @@ weight = 3
         let heavy = vip.table.iter().filter(|&&id| id == 1).count() as f64 / 1009.0;
         assert!((heavy - 0.75).abs() < 0.02, "weight 3 of 4 got {heavy}");
         assert_eq!(t.vip_addrs.values().copied().collect::<Vec<_>>(), vec![1]);
+        let bit = vip_addr_filter_bit(&t.vip_addrs.keys().next().expect("one address").addr);
+        assert_eq!(t.settings.vip_addr_filter.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+        assert_ne!(t.settings.vip_addr_filter[(bit / 64) as usize] & (1 << (bit % 64)), 0);
     }
 
     #[test]
