@@ -55,10 +55,15 @@ pub struct SyncReport {
 impl Applied {
     pub fn sync(&mut self, desired: &DesiredTables, maps: &mut impl MapWriter) -> Result<SyncReport> {
         let mut report = SyncReport::default();
-        if self.settings != Some(desired.settings) {
-            maps.set_settings(&desired.settings)?;
-            self.settings = Some(desired.settings);
+        // While VIPs come and go, the VIP address filter must let through both the old and
+        // the new addresses; it narrows to the new ones once the old VIPs are gone.
+        let mut widened = desired.settings;
+        if let Some(old) = &self.settings {
+            for (word, old_word) in widened.vip_addr_filter.iter_mut().zip(old.vip_addr_filter) {
+                *word |= old_word;
+            }
         }
+        self.write_settings(&widened, maps)?;
         for (&id, backend) in &desired.backends {
             if self.backends.get(&id) != Some(backend) {
                 maps.set_backend(id, backend)?;
@@ -124,7 +129,16 @@ impl Applied {
             self.backends.remove(&id);
             report.backends_written += 1;
         }
+        self.write_settings(&desired.settings, maps)?;
         Ok(report)
+    }
+
+    fn write_settings(&mut self, settings: &Settings, maps: &mut impl MapWriter) -> Result<()> {
+        if self.settings.as_ref() != Some(settings) {
+            maps.set_settings(settings)?;
+            self.settings = Some(*settings);
+        }
+        Ok(())
     }
 }
 
@@ -263,6 +277,6 @@ mod tests {
         rec.ops.clear();
         let empty = "[balancer]\ninterfaces = [\"eth0\"]\nipv4 = \"10.0.0.1\"\nmaglev_table_size = 211\n";
         applied.sync(&tables(empty, &mut ids), &mut rec).expect("sync");
-        assert_eq!(rec.ops, ["remove vip", "remove vip addr", "backend 0 flags 0"]);
+        assert_eq!(rec.ops, ["remove vip", "remove vip addr", "backend 0 flags 0", "settings"]);
     }
 }
