@@ -17,32 +17,7 @@ use lb_userspace::sync::Applied;
 use lb_userspace::tables::{IdAllocator, desired};
 use nix::sched::{CloneFlags, setns};
 
-// TEMPORARY until the lab module lands: replaced by the lab's netns guard.
-fn require_root() {
-    assert!(nix::unistd::Uid::effective().is_root(), "packet fixtures need root (BPF, netns)");
-}
-fn run_cmd(cmd: &str, args: &[&str]) -> Result<()> {
-    let out = std::process::Command::new(cmd).args(args).output()?;
-    ensure!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
-struct Netns(String);
-impl Netns {
-    fn new(tag: &str) -> Result<Self> {
-        let name = format!("{tag}-{}", std::process::id());
-        run_cmd("ip", &["netns", "add", &name])?;
-        Ok(Self(name))
-    }
-    fn name(&self) -> &str { &self.0 }
-    fn ip(&self, args: &[&str]) -> Result<()> {
-        let mut all = vec!["-n", self.0.as_str()];
-        all.extend_from_slice(args);
-        run_cmd("ip", &all)
-    }
-}
-impl Drop for Netns {
-    fn drop(&mut self) { let _ = run_cmd("ip", &["netns", "del", &self.0]); }
-}
+use crate::lab::{Netns, require_root, run_cmd, unique_prefix};
 
 /// The balancer's interface inside the environment.
 pub const IFACE: &str = "fx0";
@@ -77,7 +52,7 @@ impl PacketEnv {
     /// and writes the tables of `config_toml`.
     pub fn new(tag: &str, config_toml: &str, neighbours: &[&str]) -> Result<Self> {
         require_root();
-        let ns = Netns::new(tag)?;
+        let ns = Netns::new(&unique_prefix(tag))?;
         let peer = "fx1";
         ns.ip(&["link", "add", IFACE, "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", peer])?;
         for link in [IFACE, peer, "lo"] {

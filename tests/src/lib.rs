@@ -1,0 +1,4 @@
+//! Test support: the netns lab, and the environment for packet fixtures and benchmarks.
+
+pub mod lab;
+pub mod packet_env;
