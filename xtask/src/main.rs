@@ -153,10 +153,13 @@ fn run(cli: Cli) -> Result<i32> {
                 ws.lb_bin().display(),
                 describe(&cmd)
             ));
-            let status = status_of(&mut cmd)?;
+            let (status, totals) = run_counting_tests(&mut cmd)?;
             if !status.success() {
                 say(&format!("tests failed ({})", explain(status)));
             }
+            // One closing line over all test binaries (cargo's own last line is usually a
+            // doc-test run with nothing in it).
+            println!("{} passed, {} failed", totals.passed, totals.failed);
             Ok(exit_code(status))
         }
         Task::Bench { args } => {
@@ -292,6 +295,48 @@ fn status_of(cmd: &mut Command) -> Result<ExitStatus> {
         .with_context(|| format!("starting {}", describe(cmd)))
 }
 
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    /// Adds the counts of a libtest summary line (`test result: ok. 7 passed; 0 failed; ...`).
+    fn add_summary(&mut self, line: &str) {
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            if let [.., count, kind] = words.as_slice() {
+                match (*kind, count.parse::<u64>()) {
+                    ("passed", Ok(n)) => self.passed += n,
+                    ("failed", Ok(n)) => self.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Runs `cmd`, echoing its standard output while adding up the test summaries in it.
+fn run_counting_tests(cmd: &mut Command) -> Result<(ExitStatus, TestTotals)> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut totals = TestTotals::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading test output")?;
+        println!("{line}");
+        totals.add_summary(&line);
+    }
+    Ok((child.wait()?, totals))
+}
+
 /// The exit code that reports `status` to our caller (128 + signal for a killed child).
 fn exit_code(status: ExitStatus) -> i32 {
     match (status.code(), status.signal()) {
@@ -355,6 +400,15 @@ mod tests {
             Task::Setup | Task::Build => Vec::new(),
         };
         args.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn adds_up_libtest_summaries() {
+        let mut totals = TestTotals::default();
+        totals.add_summary("test result: ok. 45 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.07s");
+        totals.add_summary("test result: FAILED. 4 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
+        totals.add_summary("test something ... ok");
+        assert_eq!(totals, TestTotals { passed: 49, failed: 2 });
     }
 
     #[test]
