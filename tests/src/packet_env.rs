@@ -34,6 +34,9 @@ pub struct PacketEnv {
     _ns: Netns,
 }
 
+/// The veth peer of [`IFACE`] in the environment.
+pub const PEER: &str = "fx1";
+
 /// `struct xdp_md` as BPF_PROG_TEST_RUN takes it for its context.
 #[repr(C)]
 #[derive(Default)]
@@ -53,9 +56,8 @@ impl PacketEnv {
     pub fn new(tag: &str, config_toml: &str, neighbours: &[&str]) -> Result<Self> {
         require_root();
         let ns = Netns::new(&unique_prefix(tag))?;
-        let peer = "fx1";
-        ns.ip(&["link", "add", IFACE, "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", peer])?;
-        for link in [IFACE, peer, "lo"] {
+        ns.ip(&["link", "add", IFACE, "address", "02:00:00:00:00:01", "type", "veth", "peer", "name", PEER])?;
+        for link in [IFACE, PEER, "lo"] {
             ns.ip(&["link", "set", link, "up"])?;
         }
         ns.ip(&["addr", "add", "10.0.0.1/16", "dev", IFACE])?;
@@ -95,22 +97,26 @@ impl PacketEnv {
     /// per run. With `repeat > 1` the kernel reuses the buffer, so a program that rewrites
     /// the packet sees its own output from the second run on.
     pub fn run_timed(&mut self, program: &str, input: &[u8], repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration)> {
-        let ctx = XdpMd { data_end: input.len() as u32, ingress_ifindex: self.ifindex, ..Default::default() };
-        // SAFETY: XdpMd is repr(C) plain integers.
-        let ctx_bytes = unsafe {
-            std::slice::from_raw_parts((&ctx as *const XdpMd).cast::<u8>(), std::mem::size_of::<XdpMd>())
-        };
+        let ctx = xdp_context(input.len(), self.ifindex);
         let mut output = vec![0u8; input.len() + 256];
         let result = self.dataplane.program(program)?.test_run(TestRunOptions {
             data_in: Some(input),
             data_out: Some(&mut output),
-            ctx_in: Some(ctx_bytes),
+            ctx_in: Some(&ctx),
             repeat,
             ..TestRunOptions::new()
         })?;
         output.truncate(result.data_size_out as usize);
         Ok((result.return_value, output, result.duration))
     }
+}
+
+/// The context of a BPF_PROG_TEST_RUN of an XDP program: a frame of `len` bytes arriving
+/// on interface `ifindex`, as the bytes of a `struct xdp_md`.
+pub fn xdp_context(len: usize, ifindex: u32) -> Vec<u8> {
+    let ctx = XdpMd { data_end: len as u32, ingress_ifindex: ifindex, ..Default::default() };
+    // SAFETY: XdpMd is repr(C), plain integers without padding.
+    unsafe { std::slice::from_raw_parts((&ctx as *const XdpMd).cast::<u8>(), std::mem::size_of::<XdpMd>()) }.to_vec()
 }
 
 impl Drop for PacketEnv {

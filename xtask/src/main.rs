@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +29,13 @@ struct Cli {
     task: Task,
 }
 
+/// Arguments handed on as they are (after `--`, or anything that follows the task).
+#[derive(Args)]
+struct PassThrough {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    args: Vec<OsString>,
+}
+
 #[derive(Subcommand)]
 enum Task {
     /// Install what building and testing needs (root; idempotent): apt packages,
@@ -38,46 +45,14 @@ enum Task {
     Build,
     /// Build, then run `lb run --config config/lb.toml ARGS...` (no default config if ARGS
     /// name one with --config).
-    Run {
-        /// arguments for `lb run`
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
-        args: Vec<OsString>,
-    },
+    Run(PassThrough),
     /// Build, then run every test in the workspace (`cargo test --release --workspace ARGS`)
     /// with LB_BIN pointing at the built `lb`. Needs root.
-    Test {
-        /// arguments for `cargo test` (after another `--`: for the test binaries)
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
-        args: Vec<OsString>,
-    },
+    Test(PassThrough),
     /// Run the benchmarks (`lb-bench` from lb-tests) with ARGS.
-    Bench {
-        /// arguments for lb-bench
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
-        args: Vec<OsString>,
-    },
+    Bench(PassThrough),
     /// Build, then run the self-contained demo lab (`lb-demo` from lb-tests) with ARGS.
-    Demo {
-        /// arguments for lb-demo
-        #[arg(
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "ARGS"
-        )]
-        args: Vec<OsString>,
-    },
+    Demo(PassThrough),
 }
 
 fn main() {
@@ -109,7 +84,7 @@ fn run(cli: Cli) -> Result<i32> {
             say(&format!("built {}", ws.lb_bin().display()));
             Ok(0)
         }
-        Task::Run { args } => {
+        Task::Run(PassThrough { args }) => {
             if setup_first {
                 ws.setup()?;
             }
@@ -133,7 +108,7 @@ fn run(cli: Cli) -> Result<i32> {
             let err = cmd.exec();
             Err(err).with_context(|| format!("executing {}", lb.display()))
         }
-        Task::Test { args } => {
+        Task::Test(PassThrough { args }) => {
             if !is_root() {
                 bail!(
                     "the tests need root (they create network namespaces, attach XDP programs and pin maps \
@@ -162,7 +137,7 @@ fn run(cli: Cli) -> Result<i32> {
             println!("{} passed, {} failed", totals.passed, totals.failed);
             Ok(exit_code(status))
         }
-        Task::Bench { args } => {
+        Task::Bench(PassThrough { args }) => {
             if setup_first {
                 ws.setup()?;
             }
@@ -180,7 +155,7 @@ fn run(cli: Cli) -> Result<i32> {
             say(&format!("benchmarking: {}", describe(&cmd)));
             Ok(exit_code(status_of(&mut cmd)?))
         }
-        Task::Demo { args } => {
+        Task::Demo(PassThrough { args }) => {
             if setup_first {
                 ws.setup()?;
             }
@@ -393,10 +368,10 @@ mod tests {
         let cli =
             Cli::try_parse_from(std::iter::once("xtask").chain(argv.iter().copied())).unwrap();
         let args = match cli.task {
-            Task::Run { args }
-            | Task::Test { args }
-            | Task::Bench { args }
-            | Task::Demo { args } => args,
+            Task::Run(PassThrough { args })
+            | Task::Test(PassThrough { args })
+            | Task::Bench(PassThrough { args })
+            | Task::Demo(PassThrough { args }) => args,
             Task::Setup | Task::Build => Vec::new(),
         };
         args.into_iter().map(|a| a.into_string().unwrap()).collect()

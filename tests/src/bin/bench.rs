@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode};
 use etherparse::PacketBuilder;
 use lb_common::{PROG_DROP, PROG_LB, PROG_MAC_SWAP};
-use lb_tests::packet_env::{IFACE, LB_MAC, PacketEnv, neighbour_mac};
+use lb_tests::packet_env::{IFACE, LB_MAC, PEER, PacketEnv, neighbour_mac, xdp_context};
 use lb_userspace::maglev::{self, MaglevBackend};
 
 const XDP_DROP: u32 = 1;
@@ -611,18 +611,6 @@ fn maglev_build(sizes: &Sizes) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // 4. Throughput on veth in driver mode
 
-/// `struct xdp_md` as BPF_PROG_TEST_RUN takes it for its context.
-#[repr(C)]
-#[derive(Default)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
-}
-
 /// The veth counters of `iface` (`ethtool -S`), in the calling thread's netns.
 fn ethtool_stats(iface: &str) -> Result<std::collections::BTreeMap<String, u64>> {
     let out = std::process::Command::new("ethtool")
@@ -676,18 +664,7 @@ fn live_run(
     rx_iface: &str,
     frames: u32,
 ) -> Result<TputRun> {
-    let ctx = XdpMd {
-        data_end: frame.len() as u32,
-        ingress_ifindex: gen_ifindex,
-        ..Default::default()
-    };
-    // SAFETY: XdpMd is repr(C) plain integers.
-    let ctx_bytes = unsafe {
-        std::slice::from_raw_parts(
-            (&ctx as *const XdpMd).cast::<u8>(),
-            std::mem::size_of::<XdpMd>(),
-        )
-    };
+    let ctx_bytes = xdp_context(frame.len(), gen_ifindex);
     let (b0, a0) = (ethtool_stats(rx_iface)?, ethtool_stats(gen_iface)?);
     let start = Instant::now();
     let result = env
@@ -695,7 +672,7 @@ fn live_run(
         .program(PROG_MAC_SWAP)?
         .test_run(TestRunOptions {
             data_in: Some(frame),
-            ctx_in: Some(ctx_bytes),
+            ctx_in: Some(&ctx_bytes),
             repeat: frames,
             attrs: TestRunAttrs::new().xdp_live_frames(64),
             ..TestRunOptions::new()
@@ -726,7 +703,7 @@ fn throughput(sizes: &Sizes) -> Result<()> {
         // fx0 (B) is the balancer's wire with its neighbours; fx1 (A), its veth peer, is
         // the traffic generator.
         let mut env = new_env("lbb-tput")?;
-        let (rx_iface, gen_iface) = (IFACE, "fx1");
+        let (rx_iface, gen_iface) = (IFACE, PEER);
         let gen_ifindex = nix::net::if_::if_nametoindex(gen_iface).context("generator ifindex")?;
         let counters = ethtool_stats(rx_iface)?
             .keys()
