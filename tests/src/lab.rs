@@ -5,6 +5,23 @@
 //!
 //! Addresses are the same in every lab (namespaces isolate them); names are unique per lab,
 //! so tests run in parallel.
+//!
+//! Layout (IPv4 10.0.0.0/16, IPv6 fd00::/64, one bridge `br0` in the switch namespace):
+//!
+//! | host | namespace | addresses on `eth0` | switch port |
+//! | --- | --- | --- | --- |
+//! | client | `<prefix>-c` | 10.0.0.2, fd00::2; routes 10.100.0.0/16 via 10.0.0.1, fd00:100::/64 via fd00::1 | `pc` |
+//! | balancer | `<prefix>-lb` | 10.0.0.1, fd00::1 | `plb` |
+//! | backend i | `<prefix>-b<i>` | 10.0.1.(11+i), fd00::1:(0x11+i) (10.0.1.11 and fd00::1:11, ...) | `pb<i>` |
+//!
+//! Code that opens sockets must run inside a namespace: [`Netns::run`] / [`Netns::spawn`]
+//! run a closure on a thread that entered it (`setns`), and the client helpers
+//! ([`http_get`], [`udp_request`], [`LineConnection`], [`ping`]) are meant to be called there.
+//!
+//! veth and XDP_TX: frames a driver-mode XDP program sends back out with XDP_TX are queued
+//! on the peer (`plb`), which only delivers them when it has an XDP program itself; GRO on
+//! the peer is not enough (on kernel 6.18 the frames then sit in the peer's ring until some
+//! other packet wakes it up). The lab therefore attaches `xdp_pass` to `plb`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -14,7 +31,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, U
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,12 +55,36 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Panics unless running as root: these tests cannot do their job otherwise.
 pub fn require_root() {
-    assert!(nix::unistd::Uid::effective().is_root(), "this test needs root (netns, XDP, BPF); run it through `cargo xtask test`");
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root (netns, XDP, BPF); run it through `cargo xtask test`"
+    );
+}
+
+/// Panics unless every tool the lab runs is installed (`ip`, `ethtool`, `nsenter`).
+pub fn require_tools() {
+    for tool in ["ip", "ethtool", "nsenter"] {
+        let found = std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+            .unwrap_or(false);
+        assert!(
+            found,
+            "the lab needs `{tool}` on PATH (apt install iproute2 ethtool util-linux; or `cargo xtask setup`)"
+        );
+    }
 }
 
 pub fn run_cmd(cmd: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
-    ensure!(out.status.success(), "{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(())
 }
 
@@ -56,13 +97,19 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 /// A name prefix unique to this process and call: `tag-pid-n`.
 pub fn unique_prefix(tag: &str) -> String {
-    format!("{tag}-{}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl Netns {
     pub fn new(name: &str) -> Result<Self> {
         run_cmd("ip", &["netns", "add", name])?;
-        let ns = Self { name: name.to_owned() };
+        let ns = Self {
+            name: name.to_owned(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -88,6 +135,23 @@ impl Netns {
         run_cmd("ip", &all)
     }
 
+    /// Runs a command inside the namespace and returns its standard output.
+    pub fn output(&self, cmd: &[&str]) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.name.as_str()])
+            .args(cmd)
+            .output()
+            .with_context(|| format!("running {}", cmd.join(" ")))?;
+        ensure!(
+            out.status.success(),
+            "{} (in {}): {}",
+            cmd.join(" "),
+            self.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn sysctl(&self, setting: &str) -> Result<()> {
         self.exec(&["sysctl", "-qw", setting])
     }
@@ -95,11 +159,16 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace: sockets it opens live here.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let handle = self.spawn(f)?;
-        handle.join().map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))
     }
 
     /// Like [`Self::run`], without waiting.
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<JoinHandle<T>> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<JoinHandle<T>> {
         let file = File::open(self.path()).with_context(|| format!("opening {}", self.path()))?;
         Ok(std::thread::spawn(move || {
             setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("entering the namespace");
@@ -124,12 +193,20 @@ pub struct BackendSpec {
 }
 
 /// `regions` x `zones_per_region` x `per_zone` backends named r1-z1-b1 and so on.
-pub fn backends_across(regions: usize, zones_per_region: usize, per_zone: usize) -> Vec<BackendSpec> {
+pub fn backends_across(
+    regions: usize,
+    zones_per_region: usize,
+    per_zone: usize,
+) -> Vec<BackendSpec> {
     let mut out = Vec::new();
     for r in 1..=regions {
         for z in 1..=zones_per_region {
             for b in 1..=per_zone {
-                out.push(BackendSpec { name: format!("r{r}-z{z}-b{b}"), region: format!("r{r}"), zone: format!("z{z}") });
+                out.push(BackendSpec {
+                    name: format!("r{r}-z{z}-b{b}"),
+                    region: format!("r{r}"),
+                    zone: format!("z{z}"),
+                });
             }
         }
     }
@@ -140,23 +217,84 @@ pub struct Backend {
     pub spec: BackendSpec,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
-    pub ns: Netns,
+    // Declared before `ns`: fields drop in order, so the servers stop before the namespace goes.
     servers: Option<Servers>,
+    served: Arc<ServedCounters>,
+    dsr: bool,
+    pub ns: Netns,
+}
+
+/// Requests a backend's servers have answered, by protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Served {
+    /// HTTP requests on port 80.
+    pub http: u64,
+    /// Lines on port 7 (not connections).
+    pub line: u64,
+    /// Datagrams on port 9000.
+    pub udp: u64,
+}
+
+/// Each is incremented just before the answer is sent, so a client that got an answer
+/// always finds it counted.
+#[derive(Default)]
+struct ServedCounters {
+    http: AtomicU64,
+    line: AtomicU64,
+    udp: AtomicU64,
 }
 
 impl Backend {
     pub fn addr(&self, v6: bool) -> IpAddr {
-        if v6 { IpAddr::V6(self.v6) } else { IpAddr::V4(self.v4) }
+        if v6 {
+            IpAddr::V6(self.v6)
+        } else {
+            IpAddr::V4(self.v4)
+        }
     }
 
-    /// Stops the backend's servers: new connections are refused from then on.
+    /// Stops the backend's servers: new connections are refused from then on (connections
+    /// already open are closed within a few hundred milliseconds).
     pub fn stop(&mut self) {
         self.servers.take();
+    }
+
+    /// Starts the servers again after [`Self::stop`] (a no-op if they run).
+    pub fn restart(&mut self) -> Result<()> {
+        if self.servers.is_none() {
+            self.servers = Some(Servers::start(
+                &self.ns,
+                &self.spec.name,
+                &self.local_addrs(),
+                self.served.clone(),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Requests answered so far (counted since the lab was built; never reset).
+    pub fn served(&self) -> Served {
+        Served {
+            http: self.served.http.load(Ordering::Relaxed),
+            line: self.served.line.load(Ordering::Relaxed),
+            udp: self.served.udp.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The addresses its UDP server answers on (the VIPs too in a dsr lab).
+    fn local_addrs(&self) -> Vec<IpAddr> {
+        let mut local: Vec<IpAddr> = vec![self.v4.into(), self.v6.into()];
+        if self.dsr {
+            local.extend([IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)]);
+        }
+        local
     }
 }
 
 pub struct Lab {
     pub prefix: String,
+    /// Whether the backends hold the VIPs on loopback (built for dsr).
+    pub dsr: bool,
     pub backends: Vec<Backend>,
     pub client: Netns,
     pub lb: Netns,
@@ -166,39 +304,122 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Builds the lab; with `dsr`, backends also hold the VIPs on loopback.
+    /// Builds the lab; with `dsr`, backends also hold the VIPs ([`VIP_V4`], [`VIP_V6`]) on
+    /// loopback and neither answer ARP for them nor use them as ARP sources. `tag` (a few
+    /// letters) starts every name the lab creates. Panics when not root or a tool is missing.
     pub fn build(tag: &str, backends: Vec<BackendSpec>, dsr: bool) -> Result<Self> {
         require_root();
+        require_tools();
         let prefix = unique_prefix(tag);
         let switch = Netns::new(&format!("{prefix}-sw"))?;
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
-        let client = host(&switch, &format!("{prefix}-c"), "pc", &[&format!("{CLIENT_V4}/16"), &format!("{CLIENT_V6}/64")])?;
+        let client = host(
+            &switch,
+            &format!("{prefix}-c"),
+            "pc",
+            &[&format!("{CLIENT_V4}/16"), &format!("{CLIENT_V6}/64")],
+        )?;
         client.ip(&["route", "add", "10.100.0.0/16", "via", &LB_V4.to_string()])?;
-        client.ip(&["-6", "route", "add", "fd00:100::/64", "via", &LB_V6.to_string()])?;
-        let lb = host(&switch, &format!("{prefix}-lb"), "plb", &[&format!("{LB_V4}/16"), &format!("{LB_V6}/64")])?;
+        client.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:100::/64",
+            "via",
+            &LB_V6.to_string(),
+        ])?;
+        let lb = host(
+            &switch,
+            &format!("{prefix}-lb"),
+            "plb",
+            &[&format!("{LB_V4}/16"), &format!("{LB_V6}/64")],
+        )?;
         let mut hosts = Vec::new();
         for (i, spec) in backends.into_iter().enumerate() {
             let v4 = Ipv4Addr::new(10, 0, 1, 11 + i as u8);
             let v6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 1, 0x11 + i as u16);
-            let ns = host(&switch, &format!("{prefix}-b{i}"), &format!("pb{i}"), &[&format!("{v4}/16"), &format!("{v6}/64")])?;
-            let mut local: Vec<IpAddr> = vec![v4.into(), v6.into()];
+            let ns = host(
+                &switch,
+                &format!("{prefix}-b{i}"),
+                &format!("pb{i}"),
+                &[&format!("{v4}/16"), &format!("{v6}/64")],
+            )?;
             if dsr {
                 ns.ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"])?;
-                ns.ip(&["addr", "add", &format!("{VIP_V6}/128"), "dev", "lo", "nodad"])?;
-                ns.sysctl("net.ipv4.conf.all.arp_ignore=1")?;
-                ns.sysctl("net.ipv4.conf.all.arp_announce=2")?;
-                local.extend([IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)]);
+                ns.ip(&[
+                    "addr",
+                    "add",
+                    &format!("{VIP_V6}/128"),
+                    "dev",
+                    "lo",
+                    "nodad",
+                ])?;
+                for setting in [
+                    "all.arp_ignore=1",
+                    "all.arp_announce=2",
+                    "eth0.arp_ignore=1",
+                    "eth0.arp_announce=2",
+                ] {
+                    ns.sysctl(&format!("net.ipv4.conf.{setting}"))?;
+                }
             }
-            let servers = Servers::start(&ns, &spec.name, &local)?;
-            hosts.push(Backend { spec, v4, v6, ns, servers: Some(servers) });
+            let mut backend = Backend {
+                spec,
+                v4,
+                v6,
+                servers: None,
+                served: Arc::default(),
+                dsr,
+                ns,
+            };
+            backend.restart()?;
+            hosts.push(backend);
         }
+        // Offloads of the switch port do not matter with xdp_pass attached, but GRO keeps the
+        // peer's NAPI (and so XDP_REDIRECT into it) working should the program go away.
+        switch.exec(&["ethtool", "-K", "plb", "gro", "on"])?;
         let peer_pass = attach_pass(&switch, "plb")?;
-        Ok(Self { prefix, backends: hosts, client, lb, _peer_pass: Some(peer_pass), _switch: switch })
+        Ok(Self {
+            prefix,
+            dsr,
+            backends: hosts,
+            client,
+            lb,
+            _peer_pass: Some(peer_pass),
+            _switch: switch,
+        })
     }
 
     pub fn backend(&mut self, name: &str) -> &mut Backend {
-        self.backends.iter_mut().find(|b| b.spec.name == name).expect("no such backend")
+        self.backends
+            .iter_mut()
+            .find(|b| b.spec.name == name)
+            .expect("no such backend")
+    }
+
+    /// Requests served so far, by backend name.
+    pub fn served(&self) -> BTreeMap<String, Served> {
+        self.backends
+            .iter()
+            .map(|b| (b.spec.name.clone(), b.served()))
+            .collect()
+    }
+
+    /// The switch namespace (the bridge `br0` and the switch ports `pc`, `plb`, `pb<i>`).
+    pub fn switch(&self) -> &Netns {
+        &self._switch
+    }
+
+    /// Names of every namespace of this lab.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut names = vec![
+            self._switch.name().to_owned(),
+            self.client.name().to_owned(),
+            self.lb.name().to_owned(),
+        ];
+        names.extend(self.backends.iter().map(|b| b.ns.name().to_owned()));
+        names
     }
 
     pub fn pin_dir(&self) -> PathBuf {
@@ -209,10 +430,39 @@ impl Lab {
 /// A host namespace plugged into the switch, with its addresses.
 fn host(switch: &Netns, name: &str, peer: &str, addrs: &[&str]) -> Result<Netns> {
     let ns = Netns::new(name)?;
-    for setting in ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"] {
+    for setting in [
+        "net.ipv6.conf.all.accept_dad=0",
+        "net.ipv6.conf.default.accept_dad=0",
+        "net.ipv4.conf.all.rp_filter=0",
+        "net.ipv4.conf.default.rp_filter=0",
+        // ICMP echo from unprivileged-style datagram sockets, for `ping`.
+        "net.ipv4.ping_group_range=0 2147483647",
+    ] {
         ns.sysctl(setting)?;
     }
-    run_cmd("ip", &["link", "add", "eth0", "netns", ns.name(), "type", "veth", "peer", "name", peer, "netns", switch.name()])?;
+    run_cmd(
+        "ip",
+        &[
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            ns.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            switch.name(),
+        ],
+    )?;
+    for setting in [
+        "net.ipv6.conf.eth0.accept_dad=0",
+        "net.ipv4.conf.eth0.rp_filter=0",
+    ] {
+        ns.sysctl(setting)?;
+    }
     switch.ip(&["link", "set", peer, "master", "br0"])?;
     switch.ip(&["link", "set", peer, "up"])?;
     for addr in addrs {
@@ -228,11 +478,21 @@ fn host(switch: &Netns, name: &str, peer: &str, addrs: &[&str]) -> Result<Netns>
     Ok(ns)
 }
 
+/// Attaches `xdp_pass` in driver mode to `iface` in the switch namespace (see the module
+/// documentation for why XDP_TX on the peer needs it).
 fn attach_pass(switch: &Netns, iface: &'static str) -> Result<Dataplane> {
-    let sizes = MapSizes { max_vips: 1, max_backends: 1, table_size: 2, flow_entries: 1 };
+    let sizes = MapSizes {
+        max_vips: 1,
+        max_backends: 1,
+        table_size: 2,
+        flow_entries: 1,
+    };
     switch.run(move || -> Result<Dataplane> {
         let mut dataplane = Dataplane::load(sizes, None)?;
-        dataplane.program(PROG_PASS)?.attach(iface, XdpMode::Driver).context("attaching xdp_pass to the switch port")?;
+        dataplane
+            .program(PROG_PASS)?
+            .attach(iface, XdpMode::Driver)
+            .context("attaching xdp_pass to the switch port")?;
         Ok(dataplane)
     })?
 }
@@ -244,21 +504,33 @@ struct Servers {
 }
 
 impl Servers {
-    fn start(ns: &Netns, name: &str, local: &[IpAddr]) -> Result<Self> {
+    fn start(
+        ns: &Netns,
+        name: &str,
+        local: &[IpAddr],
+        served: Arc<ServedCounters>,
+    ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let started = 3 + local.len();
         for port in [HTTP_PORT, LINE_PORT] {
-            let (stop, name, ready) = (stop.clone(), name.to_owned(), ready_tx.clone());
+            let (stop, name, ready, served) = (
+                stop.clone(),
+                name.to_owned(),
+                ready_tx.clone(),
+                served.clone(),
+            );
             threads.push(ns.spawn(move || {
                 // Dual-stack: also accepts IPv4 (v4-mapped).
-                let listener = match TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
+                let listener = match TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                {
                     Ok(l) => l,
                     Err(e) => return ready.send(Err(e.into())).unwrap_or(()),
                 };
                 let _ = ready.send(Ok(()));
-                serve_tcp(&listener, &stop, &name, port);
+                serve_tcp(&listener, &stop, &name, port, &served);
             })?);
         }
         {
@@ -271,10 +543,18 @@ impl Servers {
             })?);
         }
         for &addr in local {
-            let (stop, name, ready) = (stop.clone(), name.to_owned(), ready_tx.clone());
+            let (stop, name, ready, served) = (
+                stop.clone(),
+                name.to_owned(),
+                ready_tx.clone(),
+                served.clone(),
+            );
             // One socket per local address, so replies leave from the address asked (the VIP in dsr).
             threads.push(ns.spawn(move || {
-                let socket = match UdpSocket::bind((addr, UDP_PORT)).and_then(|s| s.set_read_timeout(Some(Duration::from_millis(20))).map(|()| s)) {
+                let socket = match UdpSocket::bind((addr, UDP_PORT)).and_then(|s| {
+                    s.set_read_timeout(Some(Duration::from_millis(20)))
+                        .map(|()| s)
+                }) {
                     Ok(s) => s,
                     Err(e) => return ready.send(Err(e.into())).unwrap_or(()),
                 };
@@ -282,13 +562,17 @@ impl Servers {
                 let mut buf = [0u8; 1500];
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                        // Counted before answering: whoever sees the answer sees the count.
+                        served.udp.fetch_add(1, Ordering::Relaxed);
                         let _ = socket.send_to(name.as_bytes(), from);
                     }
                 }
             })?);
         }
         for _ in 0..started {
-            ready_rx.recv_timeout(Duration::from_secs(10)).context("backend server did not start")??;
+            ready_rx
+                .recv_timeout(Duration::from_secs(10))
+                .context("backend server did not start")??;
         }
         Ok(Self { stop, threads })
     }
@@ -303,13 +587,25 @@ impl Drop for Servers {
     }
 }
 
-fn serve_tcp(listener: &TcpListener, stop: &AtomicBool, name: &str, port: u16) {
+/// Accepts until `stop`; each connection gets a thread (threads spawned here inherit the
+/// namespace of this one). Connection threads also end soon after `stop`.
+fn serve_tcp(
+    listener: &TcpListener,
+    stop: &Arc<AtomicBool>,
+    name: &str,
+    port: u16,
+    served: &Arc<ServedCounters>,
+) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let name = name.to_owned();
+                let (name, stop, served) = (name.to_owned(), stop.clone(), served.clone());
                 std::thread::spawn(move || {
-                    let _ = if port == HTTP_PORT { answer_http(stream, &name) } else { answer_lines(stream, &name) };
+                    let _ = if port == HTTP_PORT {
+                        answer_http(stream, &name, &served)
+                    } else {
+                        answer_lines(stream, &name, &stop, &served)
+                    };
                 });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -317,7 +613,7 @@ fn serve_tcp(listener: &TcpListener, stop: &AtomicBool, name: &str, port: u16) {
     }
 }
 
-fn answer_http(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
+fn answer_http(mut stream: TcpStream, name: &str, served: &ServedCounters) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut request = Vec::new();
@@ -330,41 +626,129 @@ fn answer_http(mut stream: TcpStream, name: &str) -> std::io::Result<()> {
         request.extend_from_slice(&buf[..n]);
     }
     let body = format!("{name}\n");
-    write!(stream, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    served.http.fetch_add(1, Ordering::Relaxed);
+    write!(
+        stream,
+        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
 }
 
-fn answer_lines(stream: TcpStream, name: &str) -> std::io::Result<()> {
+/// Answers every line with the backend's name and keeps the connection open until the
+/// client closes it or the servers stop.
+fn answer_lines(
+    stream: TcpStream,
+    name: &str,
+    stop: &AtomicBool,
+    served: &ServedCounters,
+) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
     let mut writer = stream.try_clone()?;
-    for line in BufReader::new(stream).lines() {
-        line?;
-        writeln!(writer, "{name}")?;
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) if line.ends_with(b"\n") => {
+                served.line.fetch_add(1, Ordering::Relaxed);
+                writeln!(writer, "{name}")?;
+                line.clear();
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
 
 /// One HTTP GET over a new connection; returns the body (the backend's name).
 pub fn http_get(addr: SocketAddr) -> Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.write_all(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header end")?;
-    ensure!(head.starts_with("HTTP/1.0 200"), "unexpected response: {head}");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no HTTP header end")?;
+    ensure!(
+        head.starts_with("HTTP/1.0 200"),
+        "unexpected response: {head}"
+    );
     Ok(body.trim().to_owned())
 }
 
 /// One UDP request from a new socket (so a new source port); returns the answering backend.
 pub fn udp_request(addr: SocketAddr) -> Result<String> {
-    let bind: SocketAddr = if addr.is_ipv6() { (Ipv6Addr::UNSPECIFIED, 0).into() } else { (Ipv4Addr::UNSPECIFIED, 0).into() };
+    let bind: SocketAddr = if addr.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
     let socket = UdpSocket::bind(bind)?;
     socket.connect(addr)?;
     socket.set_read_timeout(Some(Duration::from_secs(1)))?;
     socket.send(b"who")?;
     let mut buf = [0u8; 256];
-    let n = socket.recv(&mut buf).with_context(|| format!("no UDP answer from {addr}"))?;
+    let n = socket
+        .recv(&mut buf)
+        .with_context(|| format!("no UDP answer from {addr}"))?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// One ICMP echo (IPv4 or IPv6, by the address) with a timeout of one second; `Ok` when the
+/// echo reply came back. Uses a datagram ICMP socket (the lab allows them in its namespaces
+/// through `net.ipv4.ping_group_range`), so no `ping` binary is needed.
+pub fn ping(addr: IpAddr) -> Result<()> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6, recv, sendto,
+        setsockopt, socket, sockopt,
+    };
+    use nix::sys::time::TimeVal;
+    let (family, protocol, echo_request, echo_reply) = match addr {
+        IpAddr::V4(_) => (AddressFamily::Inet, SockProtocol::Icmp, 8u8, 0u8),
+        IpAddr::V6(_) => (AddressFamily::Inet6, SockProtocol::IcmpV6, 128u8, 129u8),
+    };
+    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, protocol)
+        .context("opening an ICMP socket")?;
+    setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(1, 0))?;
+    // type, code, checksum (the kernel fills it in), identifier (the kernel's), sequence 1.
+    let mut request = [echo_request, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+    request[8..].copy_from_slice(b"lb-lab!!");
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+    match addr {
+        IpAddr::V4(a) => sendto(
+            raw,
+            &request,
+            &SockaddrIn::from(std::net::SocketAddrV4::new(a, 0)),
+            nix::sys::socket::MsgFlags::empty(),
+        ),
+        IpAddr::V6(a) => sendto(
+            raw,
+            &request,
+            &SockaddrIn6::from(std::net::SocketAddrV6::new(a, 0, 0, 0)),
+            nix::sys::socket::MsgFlags::empty(),
+        ),
+    }
+    .with_context(|| format!("sending an echo request to {addr}"))?;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut buf = [0u8; 1500];
+    loop {
+        ensure!(Instant::now() < deadline, "no echo reply from {addr}");
+        let n = recv(raw, &mut buf, nix::sys::socket::MsgFlags::empty())
+            .with_context(|| format!("no echo reply from {addr}"))?;
+        // The socket is connected to nothing, so skip anything but our reply.
+        if n >= 8 && buf[0] == echo_reply && buf[6..8] == [0, 1] {
+            return Ok(());
+        }
+    }
 }
 
 /// A connection that stays open; each `ask` answers with the backend's name.
@@ -377,7 +761,10 @@ impl LineConnection {
     pub fn open(addr: SocketAddr) -> Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        Ok(Self { writer: stream.try_clone()?, reader: BufReader::new(stream) })
+        Ok(Self {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+        })
     }
 
     pub fn ask(&mut self) -> Result<String> {
@@ -410,31 +797,141 @@ pub struct VipSpec {
 }
 
 impl VipSpec {
-    pub fn new(name: &str, address: IpAddr, port: u16, protocol: &'static str, mode: &'static str, backends: Vec<(usize, u32)>) -> Self {
-        Self { name: name.to_owned(), address, port, protocol, mode, backends }
+    pub fn new(
+        name: &str,
+        address: IpAddr,
+        port: u16,
+        protocol: &'static str,
+        mode: &'static str,
+        backends: Vec<(usize, u32)>,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            address,
+            port,
+            protocol,
+            mode,
+            backends,
+        }
     }
 }
 
-/// The balancer's config for this lab.
+/// The balancer's config for this lab: [`render_config`] with the lab's pin directory and
+/// backend indexes resolved to addresses (of the VIP's family) and locality labels.
 pub fn lb_config(lab: &Lab, vips: &[VipSpec]) -> String {
-    let mut out = format!(
-        "[balancer]\ninterfaces = [\"eth0\"]\nxdp_mode = \"driver\"\nipv4 = \"{LB_V4}\"\nipv6 = \"{LB_V6}\"\npin_dir = \"{}\"\nmaglev_table_size = 65537\n",
-        lab.pin_dir().display()
+    let vips: Vec<ConfigVip> = vips
+        .iter()
+        .map(|vip| ConfigVip {
+            name: vip.name.clone(),
+            address: vip.address,
+            port: vip.port,
+            protocol: vip.protocol.to_owned(),
+            mode: vip.mode.to_owned(),
+            backends: vip
+                .backends
+                .iter()
+                .map(|&(index, weight)| {
+                    let b = &lab.backends[index];
+                    ConfigBackend {
+                        address: b.addr(vip.address.is_ipv6()),
+                        port: None,
+                        weight,
+                        region: b.spec.region.clone(),
+                        zone: b.spec.zone.clone(),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    render_config(&lab.pin_dir(), &vips)
+}
+
+/// A `[[vip]]` of a generated config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigVip {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// `nat` or `dsr`.
+    pub mode: String,
+    pub backends: Vec<ConfigBackend>,
+}
+
+/// A `[[vip.backend]]` of a generated config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigBackend {
+    pub address: IpAddr,
+    /// Left out (the VIP's port) when `None`.
+    pub port: Option<u16>,
+    pub weight: u32,
+    pub region: String,
+    pub zone: String,
+}
+
+/// A TOML string literal (quotes and escapes).
+fn toml_str(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A controller config for the lab's balancer: interface `eth0` in driver mode, the lab's
+/// balancer addresses ([`LB_V4`], [`LB_V6`]) as NAT sources, maps pinned at `pin_dir`.
+pub fn render_config(pin_dir: &std::path::Path, vips: &[ConfigVip]) -> String {
+    let mut out = String::from("[balancer]\ninterfaces = [\"eth0\"]\nxdp_mode = \"driver\"\n");
+    let _ = writeln!(
+        out,
+        "ipv4 = {}\nipv6 = {}",
+        toml_str(&LB_V4.to_string()),
+        toml_str(&LB_V6.to_string())
+    );
+    let _ = writeln!(
+        out,
+        "pin_dir = {}\nmaglev_table_size = 65537",
+        toml_str(&pin_dir.display().to_string())
     );
     for vip in vips {
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "\n[[vip]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nprotocol = \"{}\"\nmode = \"{}\"\n",
-            vip.name, vip.address, vip.port, vip.protocol, vip.mode
+            "\n[[vip]]\nname = {}\naddress = {}",
+            toml_str(&vip.name),
+            toml_str(&vip.address.to_string())
         );
-        for &(index, weight) in &vip.backends {
-            let b = &lab.backends[index];
-            let _ = write!(
+        let _ = writeln!(
+            out,
+            "port = {}\nprotocol = {}\nmode = {}",
+            vip.port,
+            toml_str(&vip.protocol),
+            toml_str(&vip.mode)
+        );
+        for b in &vip.backends {
+            let _ = writeln!(
                 out,
-                "\n[[vip.backend]]\naddress = \"{}\"\nweight = {weight}\nregion = \"{}\"\nzone = \"{}\"\n",
-                b.addr(vip.address.is_ipv6()),
-                b.spec.region,
-                b.spec.zone
+                "\n[[vip.backend]]\naddress = {}",
+                toml_str(&b.address.to_string())
+            );
+            if let Some(port) = b.port {
+                let _ = writeln!(out, "port = {port}");
+            }
+            let _ = writeln!(
+                out,
+                "weight = {}\nregion = {}\nzone = {}",
+                b.weight,
+                toml_str(&b.region),
+                toml_str(&b.zone)
             );
         }
     }
@@ -453,10 +950,20 @@ pub struct LbProcess {
 /// Where `cargo xtask test` put the controller binary.
 pub fn lb_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("LB_BIN") {
-        return PathBuf::from(bin);
+        let bin = PathBuf::from(bin);
+        assert!(
+            bin.is_file(),
+            "LB_BIN={} does not exist (run `cargo xtask build`, or unset LB_BIN)",
+            bin.display()
+        );
+        return bin;
     }
     let fallback = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/lb"));
-    assert!(fallback.exists(), "no controller binary: set LB_BIN or run `cargo xtask test` (looked for {})", fallback.display());
+    assert!(
+        fallback.exists(),
+        "no controller binary: set LB_BIN or run `cargo xtask test` (looked for {})",
+        fallback.display()
+    );
     fallback
 }
 
@@ -466,7 +973,18 @@ impl LbProcess {
         std::fs::write(&config_path, config)?;
         // nsenter switches only the network namespace: `ip netns exec` would also remount
         // /sys and with it bpffs, hiding the pinned maps.
-        let mut child = Command::new("nsenter")
+        let mut command = Command::new("nsenter");
+        // If the test process dies without running destructors (a signal), the controller
+        // dies with it. (PDEATHSIG follows the spawning *thread*: keep the LbProcess on the
+        // thread that started it, as tests do.)
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command
             .arg(format!("--net={}", lab.lb.path()))
             .arg(lb_bin())
             .args(["run", "--config"])
@@ -486,7 +1004,13 @@ impl LbProcess {
                 }
             }
         });
-        let mut lb = Self { child, config_path, pin_dir: lab.pin_dir(), log, lines: Vec::new() };
+        let mut lb = Self {
+            child,
+            config_path,
+            pin_dir: lab.pin_dir(),
+            log,
+            lines: Vec::new(),
+        };
         lb.wait_for(" ready", Duration::from_secs(60))?;
         Ok(lb)
     }
@@ -504,9 +1028,36 @@ impl LbProcess {
                         return Ok(());
                     }
                 }
-                Err(_) => bail!("lb never logged {needle:?}; its log:\n{}", self.lines.join("\n")),
+                Err(_) => {
+                    let status = match self.child.try_wait() {
+                        Ok(Some(status)) => format!("it exited ({status})"),
+                        _ => "it is still running".to_owned(),
+                    };
+                    bail!(
+                        "lb never logged {needle:?} ({status}); its log:\n{}",
+                        self.lines.join("\n")
+                    )
+                }
             }
         }
+    }
+
+    /// The controller's process id (nsenter execs it, so this is `lb` itself).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Where the config is written.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config_path
+    }
+
+    /// Log lines read so far (stderr of `lb`); lines not yet waited for are drained first.
+    pub fn log(&mut self) -> &[String] {
+        while let Ok(line) = self.log.try_recv() {
+            self.lines.push(line);
+        }
+        &self.lines
     }
 
     /// Replaces the config and reloads it with SIGHUP.
@@ -535,5 +1086,273 @@ impl Drop for LbProcess {
         }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_file(&self.config_path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The lab without a balancer: these prove the topology, the servers and the clients.
+
+    use super::*;
+
+    fn sock(addr: IpAddr, port: u16) -> SocketAddr {
+        SocketAddr::new(addr, port)
+    }
+
+    #[test]
+    fn client_reaches_every_backend_and_the_balancer_directly_over_v4_and_v6() -> Result<()> {
+        let lab = Lab::build("ut", backends_across(1, 2, 1), false)?;
+        let targets: Vec<(String, IpAddr, IpAddr)> = lab
+            .backends
+            .iter()
+            .map(|b| (b.spec.name.clone(), b.addr(false), b.addr(true)))
+            .collect();
+        lab.client.run(move || -> Result<()> {
+            for (name, v4, v6) in &targets {
+                for addr in [*v4, *v6] {
+                    assert_eq!(http_get(sock(addr, HTTP_PORT))?, *name, "http to {addr}");
+                    assert_eq!(udp_request(sock(addr, UDP_PORT))?, *name, "udp to {addr}");
+                    let mut conn = LineConnection::open(sock(addr, LINE_PORT))?;
+                    assert_eq!(conn.ask()?, *name, "line to {addr}");
+                    assert_eq!(conn.ask()?, *name, "second line to {addr}");
+                    ping(addr)?;
+                }
+            }
+            ping(IpAddr::V4(LB_V4))?;
+            ping(IpAddr::V6(LB_V6))?;
+            // Nobody holds this address on the lab's segment: ping must say so.
+            assert!(
+                ping("10.0.0.99".parse()?).is_err(),
+                "ping to an unused address succeeded"
+            );
+            Ok(())
+        })??;
+        for backend in &lab.backends {
+            assert_eq!(
+                backend.served(),
+                Served {
+                    http: 2,
+                    line: 4,
+                    udp: 2
+                },
+                "{}",
+                backend.spec.name
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn hosts_are_set_up_as_the_balancer_needs() -> Result<()> {
+        let lab = Lab::build("ut", backends_across(1, 1, 1), false)?;
+        // Routes to the VIP ranges go through the balancer.
+        let route = lab
+            .client
+            .output(&["ip", "route", "get", &VIP_V4.to_string()])?;
+        assert!(route.contains(&format!("via {LB_V4}")), "{route}");
+        let route = lab
+            .client
+            .output(&["ip", "-6", "route", "get", &VIP_V6.to_string()])?;
+        assert!(route.contains(&format!("via {LB_V6}")), "{route}");
+        // Locally generated packets carry full checksums.
+        for ns in [&lab.client, &lab.lb, &lab.backends[0].ns] {
+            let features = ns.output(&["ethtool", "-k", "eth0"])?;
+            assert!(
+                features.contains("tx-checksumming: off"),
+                "{}: {features}",
+                ns.name()
+            );
+            assert_eq!(
+                ns.output(&["sysctl", "-n", "net.ipv4.conf.eth0.rp_filter"])?
+                    .trim(),
+                "0"
+            );
+        }
+        // No address is left tentative (DAD off), so IPv6 works at once.
+        let addrs = lab
+            .client
+            .output(&["ip", "-6", "addr", "show", "dev", "eth0"])?;
+        assert!(!addrs.contains("tentative"), "{addrs}");
+        // The switch port of the balancer has an XDP program, so XDP_TX frames are delivered.
+        let port = lab.switch().output(&["ip", "link", "show", "plb"])?;
+        assert!(port.contains("prog/xdp"), "{port}");
+        Ok(())
+    }
+
+    #[test]
+    fn dsr_backends_hold_the_vips_on_loopback_and_answer_from_them() -> Result<()> {
+        let lab = Lab::build("ut", backends_across(1, 1, 1), true)?;
+        let backend = &lab.backends[0];
+        let lo = backend.ns.output(&["ip", "addr", "show", "dev", "lo"])?;
+        assert!(
+            lo.contains(&format!("{VIP_V4}/32")) && lo.contains(&format!("{VIP_V6}/128")),
+            "{lo}"
+        );
+        for key in ["all.arp_ignore", "eth0.arp_ignore"] {
+            assert_eq!(
+                backend
+                    .ns
+                    .output(&["sysctl", "-n", &format!("net.ipv4.conf.{key}")])?
+                    .trim(),
+                "1",
+                "{key}"
+            );
+        }
+        for key in ["all.arp_announce", "eth0.arp_announce"] {
+            assert_eq!(
+                backend
+                    .ns
+                    .output(&["sysctl", "-n", &format!("net.ipv4.conf.{key}")])?
+                    .trim(),
+                "2",
+                "{key}"
+            );
+        }
+        // The servers answer on the VIPs (asked from the backend itself) and the UDP reply
+        // comes from the VIP (the client socket is connected, so it takes no other source).
+        let name = backend.spec.name.clone();
+        let answers = backend.ns.run(|| -> Result<Vec<String>> {
+            Ok(vec![
+                udp_request(sock(IpAddr::V4(VIP_V4), UDP_PORT))?,
+                udp_request(sock(IpAddr::V6(VIP_V6), UDP_PORT))?,
+                http_get(sock(IpAddr::V4(VIP_V4), HTTP_PORT))?,
+                http_get(sock(IpAddr::V6(VIP_V6), HTTP_PORT))?,
+            ])
+        })??;
+        assert_eq!(answers, vec![name; 4]);
+        // Its own addresses still work from the client.
+        let v4 = backend.addr(false);
+        assert_eq!(
+            lab.client.run(move || udp_request(sock(v4, UDP_PORT)))??,
+            backend.spec.name
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_stopped_backend_refuses_and_a_restarted_one_answers_again() -> Result<()> {
+        let mut lab = Lab::build("ut", backends_across(1, 1, 1), false)?;
+        let addr = sock(lab.backends[0].addr(false), HTTP_PORT);
+        let line = sock(lab.backends[0].addr(true), LINE_PORT);
+        let mut conn = lab.client.run(move || LineConnection::open(line))??;
+        lab.client.run(move || conn.ask().map(|_| conn))??;
+        lab.backends[0].stop();
+        let refused = lab.client.run(move || http_get(addr))?;
+        assert!(refused.is_err(), "a stopped backend answered: {refused:?}");
+        lab.backends[0].restart()?;
+        assert_eq!(
+            lab.client.run(move || http_get(addr))??,
+            lab.backends[0].spec.name
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn dropping_a_lab_removes_its_namespaces() -> Result<()> {
+        let lab = Lab::build("ut", backends_across(1, 1, 2), true)?;
+        let names = lab.namespaces();
+        assert_eq!(names.len(), 5);
+        let listed = |names: &[String]| -> Result<Vec<String>> {
+            let out = Command::new("ip").args(["netns", "list"]).output()?;
+            let list = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok(names
+                .iter()
+                .filter(|n| {
+                    list.lines()
+                        .any(|l| l.split_whitespace().next() == Some(n.as_str()))
+                })
+                .cloned()
+                .collect())
+        };
+        assert_eq!(listed(&names)?, names);
+        drop(lab);
+        assert!(
+            listed(&names)?.is_empty(),
+            "left behind: {:?}",
+            listed(&names)?
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn unique_prefixes_differ() {
+        let a = unique_prefix("e2flow");
+        let b = unique_prefix("e2flow");
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with(&format!("e2flow-{}-", std::process::id())),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn generated_config_is_accepted_by_the_controller() {
+        let vips = vec![
+            ConfigVip {
+                name: "web \"v4\"".into(),
+                address: IpAddr::V4(VIP_V4),
+                port: HTTP_PORT,
+                protocol: "tcp".into(),
+                mode: "nat".into(),
+                backends: vec![
+                    ConfigBackend {
+                        address: "10.0.1.11".parse().unwrap(),
+                        port: None,
+                        weight: 1,
+                        region: "r1".into(),
+                        zone: "z1".into(),
+                    },
+                    ConfigBackend {
+                        address: "10.0.1.12".parse().unwrap(),
+                        port: Some(8080),
+                        weight: 4,
+                        region: "r1".into(),
+                        zone: "z2".into(),
+                    },
+                ],
+            },
+            ConfigVip {
+                name: "dns6".into(),
+                address: IpAddr::V6(VIP_V6),
+                port: UDP_PORT,
+                protocol: "udp".into(),
+                mode: "dsr".into(),
+                backends: vec![ConfigBackend {
+                    address: "fd00::1:11".parse().unwrap(),
+                    port: None,
+                    weight: 2,
+                    region: "r2".into(),
+                    zone: "z1".into(),
+                }],
+            },
+        ];
+        let text = render_config(std::path::Path::new("/sys/fs/bpf/ut-test"), &vips);
+        let config = lb_userspace::config::parse(&text, "generated")
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.balancer.interfaces, vec!["eth0".to_owned()]);
+        assert_eq!(config.balancer.ipv4, Some(LB_V4));
+        assert_eq!(config.balancer.ipv6, Some(LB_V6));
+        assert_eq!(
+            config.balancer.pin_dir,
+            PathBuf::from("/sys/fs/bpf/ut-test")
+        );
+        assert_eq!(config.vips.len(), 2);
+        assert_eq!(config.vips[0].name, "web \"v4\"");
+        assert_eq!(
+            config.vips[0].backends[0].port, HTTP_PORT,
+            "defaults to the VIP's port"
+        );
+        assert_eq!(config.vips[0].backends[1].port, 8080);
+        assert_eq!(config.vips[0].backends[1].weight, 4);
+        assert_eq!(config.vips[0].backends[1].zone, "z2");
+        assert_eq!(
+            config.vips[1].mode,
+            lb_userspace::config::ForwardingMode::Dsr
+        );
+        assert_eq!(config.vips[1].protocol, lb_userspace::config::Protocol::Udp);
+        assert_eq!(
+            config.vips[1].backends[0].address,
+            "fd00::1:11".parse::<IpAddr>().unwrap()
+        );
     }
 }
