@@ -809,9 +809,83 @@ fn throughput(sizes: &Sizes) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
+// 5. The shared flow table across CPUs
 
-/// The namespaces' tags (PacketEnv names them `TAG-PID`).
-const NETNS_TAGS: [&str; 3] = ["lbb-pkt", "lbb-lru", "lbb-tput"];
+/// New flows per second with one CPU creating them, then with every CPU at once, all into
+/// the one shared LRU flow table (and NAT table). The shared table is the design choice this
+/// checks: per-CPU tables would avoid contention, but nat replies and ICMP errors can arrive
+/// on any CPU and must find their flow, and RSS or ECMP changes move flows between CPUs.
+fn flows_across_cpus(sizes: &Sizes) -> Result<()> {
+    let per_thread = sizes.calls as u32 * 5;
+    let cpus = std::thread::available_parallelism()?.get();
+    let rows = on_thread("flows-across-cpus", move || -> Result<Vec<(usize, f64, f64)>> {
+        let mut env = new_env("lbb-cpu")?;
+        let pin = std::path::PathBuf::from(format!("/sys/fs/bpf/lbb-cpu-{}", std::process::id()));
+        env.dataplane.program(PROG_LB)?.pin(&pin)?;
+        let result = (|| {
+            let mut rows = Vec::new();
+            for threads in [1, cpus] {
+                let started = Instant::now();
+                let kernel_ns = std::thread::scope(|scope| -> Result<Vec<f64>> {
+                    let handles: Vec<_> = (0..threads)
+                        .map(|cpu| {
+                            let pin = &pin;
+                            // Threads inherit the netns of the thread that spawns them.
+                            scope.spawn(move || new_flows_on_cpu(pin, cpu, threads, per_thread, env.ifindex))
+                        })
+                        .collect();
+                    handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?).collect()
+                })?;
+                let rate = (threads as u32 * per_thread) as f64 / started.elapsed().as_secs_f64();
+                rows.push((threads, rate, kernel_ns.iter().sum::<f64>() / kernel_ns.len() as f64));
+            }
+            Ok(rows)
+        })();
+        std::fs::remove_file(&pin)?;
+        result
+    })?;
+    println!("{:<8} {:>14} {:>18} {:>10}", "CPUs", "new flows/s", "kernel ns per SYN", "speedup");
+    let single = rows[0].1;
+    for (threads, rate, ns) in &rows {
+        println!("{threads:<8} {rate:>14.0} {ns:>18.1} {:>9.2}x", rate / single);
+    }
+    println!(
+        "(new dsr flows, {per_thread} per CPU, each worker pinned to its CPU and sending distinct clients, all into one shared\n BPF_MAP_TYPE_LRU_HASH; speedup = aggregate rate over the one-CPU rate, ideal {cpus}.00x)"
+    );
+    Ok(())
+}
+
+/// One worker of [`flows_across_cpus`]: `count` new flows through the pinned program, from
+/// CPU `cpu`; returns the kernel's mean time per SYN.
+fn new_flows_on_cpu(pin: &std::path::Path, cpu: usize, stride: usize, count: u32, ifindex: u32) -> Result<f64> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    let program = aya::programs::Xdp::from_pin(pin, aya_obj::programs::XdpAttachType::Interface)?;
+    // Distinct clients per worker: interleave the sequence of fresh clients.
+    let mut clients = FreshClients(cpu as u32);
+    let mut total = Duration::ZERO;
+    for _ in 0..count {
+        let syn = clients.syn(VIP_DSR);
+        clients.0 += stride as u32 - 1;
+        let ctx = xdp_context(syn.len(), ifindex);
+        let mut out = vec![0u8; syn.len() + 64];
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(&syn),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::new()
+        })?;
+        ensure!(result.return_value == XDP_TX, "new flow on cpu {cpu}: verdict {}", result.return_value);
+        total += result.duration;
+    }
+    Ok(total.as_nanos() as f64 / count as f64)
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// The namespaces' tags (PacketEnv names them `TAG-PID-N`).
+const NETNS_TAGS: [&str; 4] = ["lbb-pkt", "lbb-lru", "lbb-tput", "lbb-cpu"];
 
 /// Deletes namespaces left by an lb-bench that was killed (a guard cannot run on SIGKILL or
 /// an unhandled SIGINT): ours by name, and only when their process is gone.
@@ -821,7 +895,8 @@ fn sweep_stale_netns() {
     };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some((tag, pid)) = name.rsplit_once('-') else {
+        let mut parts = name.rsplitn(3, '-');
+        let (Some(_n), Some(pid), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
         let Ok(pid) = pid.parse::<u32>() else {
@@ -847,7 +922,7 @@ type Section = fn(&Sizes) -> Result<()>;
 
 fn main() -> ExitCode {
     let mut quick = false;
-    let mut only: Vec<u32> = vec![1, 2, 3, 4];
+    let mut only: Vec<u32> = vec![1, 2, 3, 4, 5];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -864,7 +939,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: lb-bench [--quick] [--only 1,2,3,4]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput"
+                    "usage: lb-bench [--quick] [--only 1,2,3,4,5]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput, 5 flow table across CPUs"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -874,9 +949,9 @@ fn main() -> ExitCode {
             }
         }
     }
-    if (only.iter().any(|s| [1, 2, 4].contains(s))) && !nix::unistd::Uid::effective().is_root() {
+    if (only.iter().any(|s| [1, 2, 4, 5].contains(s))) && !nix::unistd::Uid::effective().is_root() {
         eprintln!(
-            "lb-bench: sections 1, 2 and 4 need root (BPF, network namespaces); try --only 3"
+            "lb-bench: sections 1, 2, 4 and 5 need root (BPF, network namespaces); try --only 3"
         );
         return ExitCode::from(2);
     }
@@ -905,7 +980,7 @@ fn main() -> ExitCode {
             tput_window: Duration::from_millis(700),
         }
     };
-    let sections: [(u32, &str, Section); 4] = [
+    let sections: [(u32, &str, Section); 5] = [
         (
             1,
             "per-packet cost (BPF_PROG_TEST_RUN) vs xdp_drop",
@@ -918,6 +993,7 @@ fn main() -> ExitCode {
             "throughput, veth in driver mode, vs xdp_mac_swap",
             throughput,
         ),
+        (5, "the shared flow table across CPUs", flows_across_cpus),
     ];
     let total = Instant::now();
     let mut failed = 0;
