@@ -1188,25 +1188,9 @@ mod tests {
             lo.contains(&format!("{VIP_V4}/32")) && lo.contains(&format!("{VIP_V6}/128")),
             "{lo}"
         );
-        for key in ["all.arp_ignore", "eth0.arp_ignore"] {
-            assert_eq!(
-                backend
-                    .ns
-                    .output(&["sysctl", "-n", &format!("net.ipv4.conf.{key}")])?
-                    .trim(),
-                "1",
-                "{key}"
-            );
-        }
-        for key in ["all.arp_announce", "eth0.arp_announce"] {
-            assert_eq!(
-                backend
-                    .ns
-                    .output(&["sysctl", "-n", &format!("net.ipv4.conf.{key}")])?
-                    .trim(),
-                "2",
-                "{key}"
-            );
+        for (key, want) in [("all.arp_ignore", "1"), ("eth0.arp_ignore", "1"), ("all.arp_announce", "2"), ("eth0.arp_announce", "2")] {
+            let got = backend.ns.output(&["sysctl", "-n", &format!("net.ipv4.conf.{key}")])?;
+            assert_eq!(got.trim(), want, "{key}");
         }
         // The servers answer on the VIPs (asked from the backend itself) and the UDP reply
         // comes from the VIP (the client socket is connected, so it takes no other source).

@@ -141,17 +141,7 @@ fn run(cli: Cli) -> Result<i32> {
             if setup_first {
                 ws.setup()?;
             }
-            let mut cmd = ws.cargo();
-            cmd.args([
-                "run",
-                "--release",
-                "-p",
-                "lb-tests",
-                "--bin",
-                "lb-bench",
-                "--",
-            ])
-            .args(&args);
+            let mut cmd = ws.lb_tests_bin("lb-bench", &args);
             say(&format!("benchmarking: {}", describe(&cmd)));
             Ok(exit_code(status_of(&mut cmd)?))
         }
@@ -160,18 +150,8 @@ fn run(cli: Cli) -> Result<i32> {
                 ws.setup()?;
             }
             ws.build_release()?;
-            let mut cmd = ws.cargo();
-            cmd.args([
-                "run",
-                "--release",
-                "-p",
-                "lb-tests",
-                "--bin",
-                "lb-demo",
-                "--",
-            ])
-            .args(&args)
-            .env("LB_BIN", ws.lb_bin());
+            let mut cmd = ws.lb_tests_bin("lb-demo", &args);
+            cmd.env("LB_BIN", ws.lb_bin());
             say(&format!("starting the demo lab: {}", describe(&cmd)));
             Ok(exit_code(status_of(&mut cmd)?))
         }
@@ -217,6 +197,13 @@ impl Workspace {
     /// The controller binary a release build leaves behind.
     fn lb_bin(&self) -> PathBuf {
         self.target_dir.join("release").join("lb")
+    }
+
+    /// `cargo run --release` of one of lb-tests' programs with `args`.
+    fn lb_tests_bin(&self, name: &str, args: &[OsString]) -> Command {
+        let mut cmd = self.cargo();
+        cmd.args(["run", "--release", "-p", "lb-tests", "--bin", name, "--"]).args(args);
+        cmd
     }
 
     /// cargo (the same one that started us), run from the workspace root.
