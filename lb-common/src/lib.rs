@@ -3,6 +3,9 @@
 //!
 //! Every map type is `#[repr(C)]`, padded explicitly (no implicit holes, so keys hash the
 //! same on both sides) and stores ports in host byte order so `bpftool map dump` reads well.
+//! Types holding an `Addr` are 4-byte aligned (their sizes are multiples of 4, so this adds
+//! no padding): the XDP program copies and compares addresses as 32-bit words, where
+//! byte-aligned fields would cost a load and a store per byte.
 #![no_std]
 
 /// Address family tags used in keys (not the kernel's AF_* numbers, which differ by OS).
@@ -52,7 +55,16 @@ pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
 /// An IP address in 16 bytes: IPv4 in the first 4 bytes, the rest zero.
 pub type Addr = [u8; 16];
 
-#[repr(C)]
+// The alignment of the key types must not change their layout (shared with the kernel).
+const _: () = {
+    assert!(core::mem::size_of::<VipKey>() == 20);
+    assert!(core::mem::size_of::<VipAddrKey>() == 20);
+    assert!(core::mem::size_of::<Backend>() == 20);
+    assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<NatState>() == 48);
+};
+
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VipKey {
     pub addr: Addr,
@@ -78,7 +90,7 @@ pub struct VipInfo {
 
 /// Key of `VIP_ADDRS`: every address that has at least one VIP, so traffic to a VIP
 /// address that the program cannot or will not serve is dropped and counted, not passed.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VipAddrKey {
     pub addr: Addr,
@@ -86,7 +98,7 @@ pub struct VipAddrKey {
     pub _pad: [u8; 3],
 }
 
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
     pub addr: Addr,
@@ -96,7 +108,7 @@ pub struct Backend {
 }
 
 /// A connection as seen on the wire in one direction.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: Addr,

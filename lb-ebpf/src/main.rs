@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use lb_common::*;
-use packet::{Headers, L4, Parsed, Quoted, Translation};
+use packet::{Headers, L4, Parsed, Quoted, Translation, addr_eq, copy_addr, set_flow_key_tail};
 
 #[btf_map]
 static VIPS: HashMap<VipKey, VipInfo, { DEFAULT_MAX_VIPS as usize }> = HashMap::new();
@@ -128,9 +128,8 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, Reason> {
     // SAFETY: per-CPU, large and aligned enough (asserted above); an XDP run is not
     // preempted by another run on the same CPU. Zeroed memory is a valid `Scratch`.
     let s = unsafe { &mut *scratch.cast::<Scratch>() };
-    // Reset first: LLVM may otherwise store uninitialised registers into the unused parts
-    // of the headers, which the verifier refuses.
-    s.headers = Headers::default();
+    // `parse` writes every field of the headers that this packet's path reads (no reset:
+    // all stores are of defined values, and a reset costs as much as the parse).
     let h = &mut s.headers;
     if let Parsed::Unusual(reason) = packet::parse(ctx, h)? {
         // Fragments, options and extension headers are fine for the kernel's own
@@ -140,17 +139,17 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, Reason> {
     let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
     let bit = vip_addr_filter_bit(&h.dst);
     let maybe_vip = settings.vip_addr_filter[(bit / 64) as usize & 3] & (1 << (bit % 64)) != 0;
-    if !maybe_vip && h.dst != own_addr(settings, h.family) {
+    if !maybe_vip && !addr_eq(&h.dst, own_addr(settings, h.family)) {
         return Err(Reason::Passed);
     }
     match h.l4 {
         L4::Ports => {
-            let vip_key = VipKey { addr: h.dst, port: h.dport, proto: h.proto, family: h.family };
+            let vip_key = vip_key(&h.dst, h.dport, h.proto, h.family);
             // SAFETY: values are only replaced whole by the controller (never written in place).
-            if let Some(vip) = unsafe { VIPS.get(&vip_key) } {
+            if let Some(vip) = unsafe { VIPS.get(vip_key.as_key()) } {
                 return to_backend(ctx, s, vip);
             }
-            if h.dst == own_addr(settings, h.family) {
+            if addr_eq(&h.dst, own_addr(settings, h.family)) {
                 return to_client(ctx, s);
             }
             Err(if is_vip_addr(&h.dst, h.family) { Reason::UnknownVipPort } else { Reason::Passed })
@@ -170,14 +169,63 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, Reason> {
 }
 
 #[inline(always)]
-fn own_addr(settings: &Settings, family: u8) -> Addr {
-    if family == FAMILY_V4 { settings.ipv4 } else { settings.ipv6 }
+fn own_addr(settings: &Settings, family: u8) -> &Addr {
+    if family == FAMILY_V4 { &settings.ipv4 } else { &settings.ipv6 }
+}
+
+/// A map key built as words on the stack: field-by-field construction of keys with byte
+/// arrays and zero padding makes LLVM emit `memset`/`memmove` calls, which the BPF backend
+/// here turns into subprograms with byte loops.
+#[repr(C, align(4))]
+struct Words<K, const N: usize>([u32; N], core::marker::PhantomData<K>);
+
+impl<K, const N: usize> Words<K, N> {
+    #[inline(always)]
+    fn as_key(&self) -> &K {
+        const { assert!(core::mem::size_of::<K>() == N * 4 && core::mem::align_of::<K>() <= 4) };
+        // SAFETY: same size, alignment satisfied, every bit pattern of the keys' integer
+        // fields is valid.
+        unsafe { &*(self.0.as_ptr().cast::<K>()) }
+    }
+}
+
+/// `VipKey { addr, port, proto, family }`.
+#[inline(always)]
+fn vip_key(addr: &Addr, port: u16, proto: u8, family: u8) -> Words<VipKey, 5> {
+    let a = packet::addr_words(addr);
+    Words([a[0], a[1], a[2], a[3], port as u32 | (proto as u32) << 16 | (family as u32) << 24], core::marker::PhantomData)
 }
 
 #[inline(always)]
 fn is_vip_addr(addr: &Addr, family: u8) -> bool {
-    let key = VipAddrKey { addr: *addr, family, _pad: [0; 3] };
-    VIP_ADDRS.get_ptr(&key).is_some()
+    let a = packet::addr_words(addr);
+    let key: Words<VipAddrKey, 5> = Words([a[0], a[1], a[2], a[3], family as u32], core::marker::PhantomData);
+    VIP_ADDRS.get_ptr(key.as_key()).is_some()
+}
+
+/// Copies a value of `T` (4-byte aligned, a multiple of 4 bytes) word by word; the stores
+/// are volatile so that LLVM can't turn the copy back into a `memmove` call.
+#[inline(always)]
+fn copy_words<T>(to: &mut T, from: &T) {
+    const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    let (to, from) = ((to as *mut T).cast::<u32>(), (from as *const T).cast::<u32>());
+    for i in 0..core::mem::size_of::<T>() / 4 {
+        // SAFETY: in bounds and aligned (asserted above).
+        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read(from.add(i))) };
+    }
+}
+
+/// Compares two values of `T` (as `copy_words`) word by word.
+#[inline(always)]
+fn words_eq<T>(a: &T, b: &T) -> bool {
+    const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    let (a, b) = ((a as *const T).cast::<u32>(), (b as *const T).cast::<u32>());
+    let mut diff = 0;
+    for i in 0..core::mem::size_of::<T>() / 4 {
+        // SAFETY: in bounds and aligned (asserted above).
+        diff |= unsafe { core::ptr::read(a.add(i)) ^ core::ptr::read(b.add(i)) };
+    }
+    diff == 0
 }
 
 /// Client -> VIP: find or choose the backend, rewrite, forward.
@@ -185,7 +233,7 @@ fn is_vip_addr(addr: &Addr, family: u8) -> bool {
 #[inline(never)]
 fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, Reason> {
     let Scratch { headers: h, flow, nat, .. } = s;
-    *flow = h.flow_key();
+    h.flow_key_into(flow);
     let vip_stats = VIP_STATS.get_ptr_mut(vip.vip_id).ok_or(Reason::Internal)?;
     // SAFETY: per-CPU value.
     let vip_stats = unsafe { &mut *vip_stats };
@@ -206,7 +254,9 @@ fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, R
                 return Ok(xdp_action::XDP_DROP);
             };
             let nat_port = if vip.mode == MODE_NAT {
-                *nat = NatState { client: *flow, vip_id: vip.vip_id, backend_id };
+                copy_words(&mut nat.client, flow);
+                nat.vip_id = vip.vip_id;
+                nat.backend_id = backend_id;
                 match reserve_nat_port(s, backend) {
                     0 => {
                         vip_stats.drop_nat_ports_exhausted += 1;
@@ -218,10 +268,10 @@ fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, R
             } else {
                 0
             };
-            let state = FlowState { backend_id, vip_id: vip.vip_id, nat_port, _pad: [0; 6] };
+            let state: Words<FlowState, 4> = Words([backend_id, vip.vip_id, nat_port as u32, 0], core::marker::PhantomData);
             // An LRU insert only fails on allocation failure; the flow then re-hashes to
             // the same backend on its next packet, so forwarding goes on.
-            let _ = FLOWS.insert(&s.flow, &state, 0);
+            let _ = FLOWS.insert(&s.flow, state.as_key(), 0);
             vip_stats.new_flows += 1;
             if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
                 // SAFETY: per-CPU value.
@@ -238,7 +288,10 @@ fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, R
         b.bytes += h.frame_len as u64;
     }
     if vip.mode == MODE_NAT {
-        s.to = Translation { src: own_addr(settings, h.family), dst: backend.addr, sport: nat_port, dport: backend.port };
+        copy_addr(&mut s.to.src, own_addr(settings, h.family));
+        copy_addr(&mut s.to.dst, &backend.addr);
+        s.to.sport = nat_port;
+        s.to.dport = backend.port;
         packet::rewrite(ctx, h, &s.to)?;
     }
     let action = forward_to_backend(ctx, h, backend_id, &backend.addr);
@@ -259,7 +312,7 @@ fn forward_to_backend(ctx: &XdpContext, h: &Headers, backend_id: u32, addr: &Add
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if hop.refreshed_ns != 0 && now.wrapping_sub(hop.refreshed_ns) < NEXT_HOP_TTL_NS {
-        return transmit(ctx, hop);
+        return transmit_hop(ctx, hop);
     }
     forward(ctx, h, addr, Some(hop))
 }
@@ -290,15 +343,9 @@ fn reserve_nat_port(s: &mut Scratch, backend: &Backend) -> u32 {
         return 0;
     }
     let start = flow_hash(&s.nat.client, !settings.hash_seed);
-    s.reply = FlowKey {
-        src: backend.addr,
-        dst: own_addr(settings, backend.family),
-        sport: backend.port,
-        dport: 0,
-        proto: s.nat.client.proto,
-        family: backend.family,
-        _pad: [0; 2],
-    };
+    copy_addr(&mut s.reply.src, &backend.addr);
+    copy_addr(&mut s.reply.dst, own_addr(settings, backend.family));
+    set_flow_key_tail(&mut s.reply, backend.port, 0, s.nat.client.proto, backend.family);
     for i in 0..NAT_PORT_TRIES {
         s.reply.dport = (settings.nat_port_min as u32 + start.wrapping_add(i * NAT_PORT_STRIDE) % span) as u16;
         if NAT.insert(&s.reply, &s.nat, BPF_NOEXIST as u64).is_ok() {
@@ -306,7 +353,7 @@ fn reserve_nat_port(s: &mut Scratch, backend: &Backend) -> u32 {
         }
         // The port may already be ours: the same client flow picked again.
         // SAFETY: read in place, compared, not kept.
-        if unsafe { NAT.get(&s.reply) }.is_some_and(|held| held.client == s.nat.client) {
+        if unsafe { NAT.get(&s.reply) }.is_some_and(|held| words_eq(&held.client, &s.nat.client)) {
             let _ = NAT.insert(&s.reply, &s.nat, 0);
             return s.reply.dport as u32;
         }
@@ -319,12 +366,12 @@ fn reserve_nat_port(s: &mut Scratch, backend: &Backend) -> u32 {
 // A BPF subprogram of its own: its stack frame is not added to its siblings'.
 #[inline(never)]
 fn to_client(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
-    s.reply = s.headers.flow_key();
+    s.headers.flow_key_into(&mut s.reply);
     // SAFETY: copied out; a concurrent LRU reuse only makes the copy stale.
-    let Some(nat) = unsafe { NAT.get(&s.reply) }.copied() else {
+    let Some(nat) = (unsafe { NAT.get(&s.reply) }) else {
         return Err(Reason::Passed);
     };
-    s.nat = nat;
+    copy_words(&mut s.nat, nat);
     let h = &s.headers;
     let vip_stats = VIP_STATS.get_ptr_mut(s.nat.vip_id).ok_or(Reason::Internal)?;
     // SAFETY: per-CPU value.
@@ -338,7 +385,10 @@ fn to_client(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
         b.reply_bytes += h.frame_len as u64;
     }
     let client = &s.nat.client;
-    s.to = Translation { src: client.dst, dst: client.src, sport: client.dport, dport: client.sport };
+    copy_addr(&mut s.to.src, &client.dst);
+    copy_addr(&mut s.to.dst, &client.src);
+    s.to.sport = client.dport;
+    s.to.dport = client.sport;
     packet::rewrite(ctx, h, &s.to)?;
     let action = forward(ctx, h, &s.nat.client.src, None);
     if action == xdp_action::XDP_DROP {
@@ -353,26 +403,25 @@ fn to_client(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
 #[inline(never)]
 fn icmp_error_to_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize) -> Result<u32, Reason> {
     let family = s.headers.family;
-    s.quoted = packet::parse_quoted(ctx, family, inner_l3).ok_or(Reason::IcmpUnmatched)?;
+    if !packet::parse_quoted(ctx, family, inner_l3, &mut s.quoted) {
+        return Err(Reason::IcmpUnmatched);
+    }
     let quoted = &s.quoted;
     // The quoted packet went VIP -> client; the flow was keyed client -> VIP.
-    s.flow = FlowKey {
-        src: quoted.dst,
-        dst: quoted.src,
-        sport: quoted.dport,
-        dport: quoted.sport,
-        proto: quoted.proto,
-        family,
-        _pad: [0; 2],
-    };
-    let vip_key = VipKey { addr: s.flow.dst, port: s.flow.dport, proto: s.flow.proto, family };
+    copy_addr(&mut s.flow.src, &quoted.dst);
+    copy_addr(&mut s.flow.dst, &quoted.src);
+    set_flow_key_tail(&mut s.flow, quoted.dport, quoted.sport, quoted.proto, family);
+    let vip_key = vip_key(&s.flow.dst, s.flow.dport, s.flow.proto, family);
     // SAFETY: copies only.
-    let vip = unsafe { VIPS.get(&vip_key) }.copied().ok_or(Reason::IcmpUnmatched)?;
+    let vip = unsafe { VIPS.get(vip_key.as_key()) }.copied().ok_or(Reason::IcmpUnmatched)?;
     let state = unsafe { FLOWS.get(&s.flow) }.copied().ok_or(Reason::IcmpUnmatched)?;
     let backend = BACKENDS.get(state.backend_id).ok_or(Reason::IcmpUnmatched)?;
     if vip.mode == MODE_NAT {
         let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
-        s.to = Translation { src: backend.addr, dst: own_addr(settings, family), sport: backend.port, dport: state.nat_port };
+        copy_addr(&mut s.to.src, &backend.addr);
+        copy_addr(&mut s.to.dst, own_addr(settings, family));
+        s.to.sport = backend.port;
+        s.to.dport = state.nat_port;
         packet::rewrite_icmp_error(ctx, &s.headers, &s.quoted, &s.to)?;
     }
     if let Some(stats) = VIP_STATS.get_ptr_mut(vip.vip_id) {
@@ -389,26 +438,34 @@ fn icmp_error_to_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize) -> 
 // A BPF subprogram of its own: its stack frame is not added to its siblings'.
 #[inline(never)]
 fn forward(ctx: &XdpContext, h: &Headers, next: &Addr, cache: Option<&mut NextHop>) -> u32 {
-    // SAFETY: all-zero is a valid bpf_fib_lookup.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    // SAFETY: all-zero is a valid bpf_fib_lookup; zeroed by word (volatile: not a memset
+    // call) before any field is set.
+    let mut fib_mem = core::mem::MaybeUninit::<FibParams>::uninit();
+    let fib: &mut FibParams = unsafe {
+        let words = fib_mem.as_mut_ptr().cast::<u64>();
+        for i in 0..core::mem::size_of::<FibParams>() / 8 {
+            core::ptr::write_volatile(words.add(i), 0);
+        }
+        fib_mem.assume_init_mut()
+    };
     fib.l4_protocol = h.proto;
     fib.ifindex = ctx.ingress_ifindex() as u32;
     fib.__bindgen_anon_1.tot_len = h.ip_len;
     if h.family == FAMILY_V4 {
         fib.family = AF_INET;
-        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([h.src[0], h.src[1], h.src[2], h.src[3]]);
-        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([next[0], next[1], next[2], next[3]]);
+        fib.__bindgen_anon_3.ipv4_src = packet::addr_words(&h.src)[0];
+        fib.__bindgen_anon_4.ipv4_dst = packet::addr_words(next)[0];
     } else {
         fib.family = AF_INET6;
         // SAFETY: both are 16 bytes.
-        fib.__bindgen_anon_3.ipv6_src = unsafe { core::mem::transmute::<Addr, [u32; 4]>(h.src) };
-        fib.__bindgen_anon_4.ipv6_dst = unsafe { core::mem::transmute::<Addr, [u32; 4]>(*next) };
+        fib.__bindgen_anon_3.ipv6_src = packet::addr_words(&h.src);
+        fib.__bindgen_anon_4.ipv6_dst = packet::addr_words(next);
     }
     // SAFETY: the helper reads and writes only `fib`.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx.cast(),
-            &mut fib,
+            fib,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
@@ -416,27 +473,39 @@ fn forward(ctx: &XdpContext, h: &Headers, next: &Addr, cache: Option<&mut NextHo
     if rc != 0 {
         return xdp_action::XDP_DROP;
     }
-    let hop = NextHop {
-        // SAFETY: plain helper call.
-        refreshed_ns: unsafe { bpf_ktime_get_coarse_ns() },
-        ifindex: fib.ifindex,
-        smac: fib.smac,
-        dmac: fib.dmac,
-    };
     if let Some(cache) = cache {
-        *cache = hop;
+        // SAFETY: plain helper call.
+        cache.refreshed_ns = unsafe { bpf_ktime_get_coarse_ns() };
+        cache.ifindex = fib.ifindex;
+        copy_mac(&mut cache.smac, &fib.smac);
+        copy_mac(&mut cache.dmac, &fib.dmac);
     }
-    transmit(ctx, &hop)
+    transmit(ctx, fib.ifindex, &fib.smac, &fib.dmac)
+}
+
+/// Copies a MAC address between 2-byte aligned arrays (`NextHop`, `bpf_fib_lookup`).
+#[inline(always)]
+fn copy_mac(to: &mut [u8; 6], from: &[u8; 6]) {
+    let (to, from) = (to.as_mut_ptr().cast::<u16>(), from.as_ptr().cast::<u16>());
+    for i in 0..3 {
+        // SAFETY: 6 bytes each, 2-byte aligned as said above.
+        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read(from.add(i))) };
+    }
 }
 
 #[inline(always)]
-fn transmit(ctx: &XdpContext, hop: &NextHop) -> u32 {
-    packet::set_macs(ctx, &hop.smac, &hop.dmac);
-    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+fn transmit_hop(ctx: &XdpContext, hop: &NextHop) -> u32 {
+    transmit(ctx, hop.ifindex, &hop.smac, &hop.dmac)
+}
+
+#[inline(always)]
+fn transmit(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> u32 {
+    packet::set_macs(ctx, smac, dmac);
+    if ifindex == ctx.ingress_ifindex() as u32 {
         xdp_action::XDP_TX
     } else {
         // SAFETY: plain helper call.
-        unsafe { bpf_redirect(hop.ifindex, 0) as u32 }
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
     }
 }
 

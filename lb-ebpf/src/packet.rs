@@ -29,38 +29,67 @@ const IPV6_EXTENSIONS: [u8; 7] = [0, 43, 51, 60, 135, 139, 140];
 /// or IPv6 with TCP/UDP/ICMPv6 as the first next header.
 /// Positions are offsets from the start of the frame: the verifier forbids arithmetic
 /// beyond add/sub on packet pointers, and LLVM would shift pointers stored in a struct.
-#[derive(Default)]
+/// Laid out by hand and aligned, so that addresses are copied and compared as words.
+/// `parse` writes every field a path reads, so it needs no reset per packet.
+#[repr(C, align(8))]
 pub struct Headers {
+    pub src: Addr,
+    pub dst: Addr,
     pub l3: usize,
     pub l4_start: usize,
+    /// With `L4::IcmpError`: where the quoted packet's IP header starts.
+    pub inner_l3: usize,
     pub frame_len: u32,
     /// The IP packet's length, for the FIB's MTU check.
     pub ip_len: u16,
     pub family: u8,
     pub proto: u8,
-    pub src: Addr,
-    pub dst: Addr,
-    pub l4: L4,
     /// With `L4::Ports`.
     pub sport: u16,
     pub dport: u16,
-    /// With `L4::IcmpError`: where the quoted packet's IP header starts.
-    pub inner_l3: usize,
+    pub l4: L4,
+    pub _pad: [u8; 7],
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Headers {
+            src: [0; 16],
+            dst: [0; 16],
+            l3: 0,
+            l4_start: 0,
+            inner_l3: 0,
+            frame_len: 0,
+            ip_len: 0,
+            family: 0,
+            proto: 0,
+            sport: 0,
+            dport: 0,
+            l4: L4::Other,
+            _pad: [0; 7],
+        }
+    }
 }
 
 impl Headers {
-    /// The connection this TCP/UDP packet belongs to, as seen in its direction.
+    /// Writes the connection this TCP/UDP packet belongs to, as seen in its direction.
     #[inline(always)]
-    pub fn flow_key(&self) -> FlowKey {
-        FlowKey {
-            src: self.src,
-            dst: self.dst,
-            sport: self.sport,
-            dport: self.dport,
-            proto: self.proto,
-            family: self.family,
-            _pad: [0; 2],
-        }
+    pub fn flow_key_into(&self, key: &mut FlowKey) {
+        copy_addr(&mut key.src, &self.src);
+        copy_addr(&mut key.dst, &self.dst);
+        set_flow_key_tail(key, self.sport, self.dport, self.proto, self.family);
+    }
+}
+
+/// Ports, protocol, family and padding of a `FlowKey`, as two word stores.
+#[inline(always)]
+pub fn set_flow_key_tail(key: &mut FlowKey, sport: u16, dport: u16, proto: u8, family: u8) {
+    let p = (key as *mut FlowKey).cast::<u32>();
+    // SAFETY: words 8 and 9 of the 40-byte, 4-byte aligned key hold sport, dport (host
+    // order), proto, family and two bytes of padding (little-endian target).
+    unsafe {
+        core::ptr::write_volatile(p.add(8), sport as u32 | (dport as u32) << 16);
+        core::ptr::write_volatile(p.add(9), proto as u32 | (family as u32) << 8);
     }
 }
 
@@ -90,6 +119,7 @@ pub enum Parsed {
 
 /// New addresses and ports for a packet (or for the packet quoted in an ICMP error).
 #[derive(Default)]
+#[repr(C, align(8))]
 pub struct Translation {
     pub src: Addr,
     pub dst: Addr,
@@ -99,14 +129,15 @@ pub struct Translation {
 
 /// The packet quoted inside an ICMP error.
 #[derive(Default)]
+#[repr(C, align(8))]
 pub struct Quoted {
-    pub l3: usize,
-    pub l4: usize,
-    pub proto: u8,
     pub src: Addr,
     pub dst: Addr,
+    pub l3: usize,
+    pub l4: usize,
     pub sport: u16,
     pub dport: u16,
+    pub proto: u8,
 }
 
 #[inline(always)]
@@ -142,42 +173,110 @@ fn read_u8(addr: usize) -> u8 {
     unsafe { *(addr as *const u8) }
 }
 
+// Packet accesses below assume what XDP guarantees in practice: the frame starts at least
+// 2-byte aligned, so every 16-bit header field is 2-byte aligned (the Ethernet header is
+// 14 bytes, a VLAN tag 4). 32-bit fields are accessed as two 16-bit halves: the BPF
+// backend would split a misaligned 32-bit access into four byte accesses.
+
 #[inline(always)]
 fn read_be16(addr: usize) -> u16 {
-    // SAFETY: callers checked `addr + 2 <= end`.
-    u16::from_be(unsafe { core::ptr::read_unaligned(addr as *const u16) })
+    // SAFETY: callers checked `addr + 2 <= end`; aligned as said above.
+    u16::from_be(unsafe { core::ptr::read(addr as *const u16) })
 }
 
 #[inline(always)]
 fn write_be16(addr: usize, value: u16) {
-    // SAFETY: callers checked `addr + 2 <= end`.
-    unsafe { core::ptr::write_unaligned(addr as *mut u16, value.to_be()) }
+    // SAFETY: callers checked `addr + 2 <= end`; aligned as said above.
+    unsafe { core::ptr::write(addr as *mut u16, value.to_be()) }
+}
+
+/// 4 bytes of the packet as a word in memory order (as `Addr` words are kept).
+#[inline(always)]
+fn read_word(addr: usize) -> u32 {
+    // SAFETY: callers checked `addr + 4 <= end`; aligned as said above.
+    unsafe {
+        let lo = core::ptr::read(addr as *const u16) as u32;
+        let hi = core::ptr::read((addr + 2) as *const u16) as u32;
+        lo | hi << 16
+    }
 }
 
 #[inline(always)]
-fn read_addr(addr: usize, family: u8) -> Addr {
-    let mut out = [0u8; 16];
-    // SAFETY: callers checked the address bytes are inside the packet.
+fn write_word(addr: usize, value: u32) {
+    // SAFETY: callers checked `addr + 4 <= end`; aligned as said above.
     unsafe {
-        if family == FAMILY_V4 {
-            core::ptr::copy_nonoverlapping(addr as *const u8, out.as_mut_ptr(), 4);
-        } else {
-            core::ptr::copy_nonoverlapping(addr as *const u8, out.as_mut_ptr(), 16);
-        }
+        core::ptr::write(addr as *mut u16, value as u16);
+        core::ptr::write((addr + 2) as *mut u16, (value >> 16) as u16);
     }
-    out
+}
+
+/// The address `a` as four words in memory order. Every `Addr` the program touches sits
+/// 4-byte aligned in a `#[repr(C, align(..))]` struct (see lb-common).
+#[inline(always)]
+pub fn addr_words(a: &Addr) -> [u32; 4] {
+    // SAFETY: 16 bytes, 4-byte aligned as said above.
+    unsafe { core::ptr::read(a.as_ptr() as *const [u32; 4]) }
+}
+
+/// Stores four words into `a` (4-byte aligned, see `addr_words`). The words go out one by
+/// one and volatile, so that LLVM can't merge zeros into a `memset` call (the BPF backend
+/// here lowers every memset to a call of a byte loop).
+#[inline(always)]
+pub fn set_addr_words(a: &mut Addr, w: [u32; 4]) {
+    let p = a.as_mut_ptr() as *mut u32;
+    // SAFETY: 16 bytes, 4-byte aligned as said above.
+    unsafe {
+        core::ptr::write_volatile(p, w[0]);
+        core::ptr::write_volatile(p.add(1), w[1]);
+        core::ptr::write_volatile(p.add(2), w[2]);
+        core::ptr::write_volatile(p.add(3), w[3]);
+    }
+}
+
+/// Copies an address (both 4-byte aligned, see `addr_words`).
+#[inline(always)]
+pub fn copy_addr(to: &mut Addr, from: &Addr) {
+    set_addr_words(to, addr_words(from));
 }
 
 #[inline(always)]
-fn write_addr(addr: usize, value: &Addr, family: u8) {
-    // SAFETY: callers checked the address bytes are inside the packet.
-    unsafe {
-        if family == FAMILY_V4 {
-            core::ptr::copy_nonoverlapping(value.as_ptr(), addr as *mut u8, 4);
-        } else {
-            core::ptr::copy_nonoverlapping(value.as_ptr(), addr as *mut u8, 16);
-        }
+pub fn addr_eq(a: &Addr, b: &Addr) -> bool {
+    let (a, b) = (addr_words(a), addr_words(b));
+    ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0
+}
+
+/// Reads the address at `pkt` into `to`; IPv4 fills the first word and zeroes the rest.
+#[inline(always)]
+fn read_addr(to: &mut Addr, pkt: usize, family: u8) {
+    if family == FAMILY_V4 {
+        set_addr_words(to, [read_word(pkt), 0, 0, 0]);
+    } else {
+        set_addr_words(to, [read_word(pkt), read_word(pkt + 4), read_word(pkt + 8), read_word(pkt + 12)]);
     }
+}
+
+#[inline(always)]
+fn write_addr(pkt: usize, value: &Addr, family: u8) {
+    let w = addr_words(value);
+    write_word(pkt, w[0]);
+    if family != FAMILY_V4 {
+        write_word(pkt + 4, w[1]);
+        write_word(pkt + 8, w[2]);
+        write_word(pkt + 12, w[3]);
+    }
+}
+
+/// `csum_replace_addr` on words: a big-endian 32-bit value is the byte swap of the word.
+#[inline(always)]
+fn csum_addr(mut csum: u16, old: &Addr, new: &Addr, family: u8) -> u16 {
+    let (old, new) = (addr_words(old), addr_words(new));
+    csum = csum_replace4(csum, old[0].swap_bytes(), new[0].swap_bytes());
+    if family != FAMILY_V4 {
+        csum = csum_replace4(csum, old[1].swap_bytes(), new[1].swap_bytes());
+        csum = csum_replace4(csum, old[2].swap_bytes(), new[2].swap_bytes());
+        csum = csum_replace4(csum, old[3].swap_bytes(), new[3].swap_bytes());
+    }
+    csum
 }
 
 #[inline(always)]
@@ -207,7 +306,7 @@ fn parse_v4(ctx: &XdpContext, h: &mut Headers, l3: usize, frame_len: u32) -> Res
     if version_ihl >> 4 != 4 || ihl < IPV4_HLEN || (tot_len as usize) < ihl || l3 + tot_len as usize > frame_len as usize {
         return Err(Reason::Malformed);
     }
-    h.dst = read_addr(ip + 16, FAMILY_V4);
+    read_addr(&mut h.dst, ip + 16, FAMILY_V4);
     h.family = FAMILY_V4;
     if read_be16(ip + 6) & 0x3fff != 0 {
         return Ok(Parsed::Unusual(Reason::Fragment));
@@ -216,7 +315,7 @@ fn parse_v4(ctx: &XdpContext, h: &mut Headers, l3: usize, frame_len: u32) -> Res
         return Ok(Parsed::Unusual(Reason::IpOptions));
     }
     h.proto = read_u8(ip + 9);
-    h.src = read_addr(ip + 12, FAMILY_V4);
+    read_addr(&mut h.src, ip + 12, FAMILY_V4);
     h.l3 = l3;
     h.l4_start = l3 + IPV4_HLEN;
     h.frame_len = frame_len;
@@ -233,7 +332,7 @@ fn parse_v6(ctx: &XdpContext, h: &mut Headers, l3: usize, frame_len: u32) -> Res
         return Err(Reason::Malformed);
     }
     let next_header = read_u8(ip + 6);
-    h.dst = read_addr(ip + 24, FAMILY_V6);
+    read_addr(&mut h.dst, ip + 24, FAMILY_V6);
     h.family = FAMILY_V6;
     if next_header == IPV6_FRAGMENT {
         return Ok(Parsed::Unusual(Reason::Fragment));
@@ -242,7 +341,7 @@ fn parse_v6(ctx: &XdpContext, h: &mut Headers, l3: usize, frame_len: u32) -> Res
         return Ok(Parsed::Unusual(Reason::IpOptions));
     }
     h.proto = next_header;
-    h.src = read_addr(ip + 8, FAMILY_V6);
+    read_addr(&mut h.src, ip + 8, FAMILY_V6);
     h.l3 = l3;
     h.l4_start = l3 + IPV6_HLEN;
     h.frame_len = frame_len;
@@ -281,47 +380,61 @@ fn parse_l4(ctx: &XdpContext, h: &mut Headers, icmp_proto: u8) -> Result<(), Rea
     Ok(())
 }
 
-/// Reads the IP and port header of the packet quoted in an ICMP error. Only a TCP or UDP
-/// packet without IPv4 options can belong to a flow.
+/// Reads the IP and port header of the packet quoted in an ICMP error into `q`. Only a TCP
+/// or UDP packet without IPv4 options can belong to a flow.
 #[inline(always)]
-pub fn parse_quoted(ctx: &XdpContext, family: u8, l3: usize) -> Option<Quoted> {
-    let (l4, proto, src, dst) = if family == FAMILY_V4 {
-        let ip = at(ctx, l3, IPV4_HLEN).ok()?;
+pub fn parse_quoted(ctx: &XdpContext, family: u8, l3: usize, q: &mut Quoted) -> bool {
+    let (l4, proto) = if family == FAMILY_V4 {
+        let Ok(ip) = at(ctx, l3, IPV4_HLEN) else {
+            return false;
+        };
         if read_u8(ip) != 0x45 {
-            return None;
+            return false;
         }
-        (l3 + IPV4_HLEN, read_u8(ip + 9), read_addr(ip + 12, FAMILY_V4), read_addr(ip + 16, FAMILY_V4))
+        read_addr(&mut q.src, ip + 12, FAMILY_V4);
+        read_addr(&mut q.dst, ip + 16, FAMILY_V4);
+        (l3 + IPV4_HLEN, read_u8(ip + 9))
     } else {
-        let ip = at(ctx, l3, IPV6_HLEN).ok()?;
-        (l3 + IPV6_HLEN, read_u8(ip + 6), read_addr(ip + 8, FAMILY_V6), read_addr(ip + 24, FAMILY_V6))
+        let Ok(ip) = at(ctx, l3, IPV6_HLEN) else {
+            return false;
+        };
+        read_addr(&mut q.src, ip + 8, FAMILY_V6);
+        read_addr(&mut q.dst, ip + 24, FAMILY_V6);
+        (l3 + IPV6_HLEN, read_u8(ip + 6))
     };
     if proto != PROTO_TCP && proto != PROTO_UDP {
-        return None;
+        return false;
     }
-    let ports = at(ctx, l4, 4).ok()?;
-    Some(Quoted { l3, l4, proto, src, dst, sport: read_be16(ports), dport: read_be16(ports + 2) })
-}
-
-/// Offsets of the source and destination address in an IP header.
-#[inline(always)]
-fn addr_offsets(family: u8) -> (usize, usize) {
-    if family == FAMILY_V4 { (12, 16) } else { (8, 24) }
+    let Ok(ports) = at(ctx, l4, 4) else {
+        return false;
+    };
+    q.l3 = l3;
+    q.l4 = l4;
+    q.proto = proto;
+    q.sport = read_be16(ports);
+    q.dport = read_be16(ports + 2);
+    true
 }
 
 /// Rewrites addresses and ports of a TCP/UDP packet, updating checksums incrementally.
 #[inline(never)]
 pub fn rewrite(ctx: &XdpContext, h: &Headers, to: &Translation) -> Result<(), Reason> {
     let family = h.family;
-    let (src_off, dst_off) = addr_offsets(family);
-    let ip = at(ctx, h.l3, if family == FAMILY_V4 { IPV4_HLEN } else { IPV6_HLEN })?;
+    // One bounds check per family, with constant offsets after it: the verifier can't
+    // relate a length chosen by family to offsets chosen by family.
     if family == FAMILY_V4 {
+        let ip = at(ctx, h.l3, IPV4_HLEN)?;
         let mut csum = read_be16(ip + IPV4_CSUM_OFF);
-        csum = csum_replace_addr(csum, &h.src, &to.src, family);
-        csum = csum_replace_addr(csum, &h.dst, &to.dst, family);
+        csum = csum_addr(csum, &h.src, &to.src, FAMILY_V4);
+        csum = csum_addr(csum, &h.dst, &to.dst, FAMILY_V4);
         write_be16(ip + IPV4_CSUM_OFF, csum);
+        write_addr(ip + 12, &to.src, FAMILY_V4);
+        write_addr(ip + 16, &to.dst, FAMILY_V4);
+    } else {
+        let ip = at(ctx, h.l3, IPV6_HLEN)?;
+        write_addr(ip + 8, &to.src, FAMILY_V6);
+        write_addr(ip + 24, &to.dst, FAMILY_V6);
     }
-    write_addr(ip + src_off, &to.src, family);
-    write_addr(ip + dst_off, &to.dst, family);
     // Each access gets its own bounds check: the verifier can't relate a length chosen by
     // protocol to an offset chosen by protocol.
     let csum_off = if h.proto == PROTO_TCP { TCP_CSUM_OFF } else { UDP_CSUM_OFF };
@@ -331,8 +444,8 @@ pub fn rewrite(ctx: &XdpContext, h: &Headers, to: &Translation) -> Result<(), Re
     let old_csum = read_be16(csum_at);
     // A UDP/IPv4 datagram may be sent without a checksum (zero); it stays without.
     if !(h.proto == PROTO_UDP && family == FAMILY_V4 && old_csum == 0) {
-        let mut csum = csum_replace_addr(old_csum, &h.src, &to.src, family);
-        csum = csum_replace_addr(csum, &h.dst, &to.dst, family);
+        let mut csum = csum_addr(old_csum, &h.src, &to.src, family);
+        csum = csum_addr(csum, &h.dst, &to.dst, family);
         csum = csum_replace2(csum, old_sport, to.sport);
         csum = csum_replace2(csum, old_dport, to.dport);
         if h.proto == PROTO_UDP && csum == 0 {
@@ -367,37 +480,41 @@ fn update_icmp_csum(ctx: &XdpContext, h: &Headers, update: impl FnOnce(u16) -> u
 
 #[inline(never)]
 fn icmp_outer_destination(ctx: &XdpContext, h: &Headers, to: &Translation) -> Result<(), Reason> {
-    let family = h.family;
-    let ip = at(ctx, h.l3, if family == FAMILY_V4 { IPV4_HLEN } else { IPV6_HLEN })?;
-    if family == FAMILY_V4 {
-        let ip_csum = csum_replace_addr(read_be16(ip + IPV4_CSUM_OFF), &h.dst, &to.src, family);
+    if h.family == FAMILY_V4 {
+        let ip = at(ctx, h.l3, IPV4_HLEN)?;
+        let ip_csum = csum_addr(read_be16(ip + IPV4_CSUM_OFF), &h.dst, &to.src, FAMILY_V4);
         write_be16(ip + IPV4_CSUM_OFF, ip_csum);
+        write_addr(ip + 16, &to.src, FAMILY_V4);
     } else {
         // ICMPv6 checksums cover the pseudo-header, so the outer destination counts too.
-        update_icmp_csum(ctx, h, |c| csum_replace_addr(c, &h.dst, &to.src, family))?;
+        update_icmp_csum(ctx, h, |c| csum_addr(c, &h.dst, &to.src, FAMILY_V6))?;
+        let ip = at(ctx, h.l3, IPV6_HLEN)?;
+        write_addr(ip + 24, &to.src, FAMILY_V6);
     }
-    write_addr(ip + addr_offsets(family).1, &to.src, family);
     Ok(())
 }
 
 #[inline(never)]
 fn icmp_quoted_addresses(ctx: &XdpContext, h: &Headers, quoted: &Quoted, to: &Translation) -> Result<(), Reason> {
     let family = h.family;
-    let (src_off, dst_off) = addr_offsets(family);
-    let inner = at(ctx, quoted.l3, if family == FAMILY_V4 { IPV4_HLEN } else { IPV6_HLEN })?;
     let mut inner_csum = (0, 0);
     if family == FAMILY_V4 {
+        let inner = at(ctx, quoted.l3, IPV4_HLEN)?;
         // The quoted IPv4 header has its own checksum, itself covered by the ICMP one.
         let old = read_be16(inner + IPV4_CSUM_OFF);
-        let new = csum_replace_addr(csum_replace_addr(old, &quoted.src, &to.src, family), &quoted.dst, &to.dst, family);
+        let new = csum_addr(csum_addr(old, &quoted.src, &to.src, FAMILY_V4), &quoted.dst, &to.dst, FAMILY_V4);
         write_be16(inner + IPV4_CSUM_OFF, new);
         inner_csum = (old, new);
+        write_addr(inner + 12, &to.src, FAMILY_V4);
+        write_addr(inner + 16, &to.dst, FAMILY_V4);
+    } else {
+        let inner = at(ctx, quoted.l3, IPV6_HLEN)?;
+        write_addr(inner + 8, &to.src, FAMILY_V6);
+        write_addr(inner + 24, &to.dst, FAMILY_V6);
     }
-    write_addr(inner + src_off, &to.src, family);
-    write_addr(inner + dst_off, &to.dst, family);
     update_icmp_csum(ctx, h, |c| {
         let c = csum_replace2(c, inner_csum.0, inner_csum.1);
-        csum_replace_addr(csum_replace_addr(c, &quoted.src, &to.src, family), &quoted.dst, &to.dst, family)
+        csum_addr(csum_addr(c, &quoted.src, &to.src, family), &quoted.dst, &to.dst, family)
     })
 }
 
@@ -409,13 +526,17 @@ fn icmp_quoted_ports(ctx: &XdpContext, h: &Headers, quoted: &Quoted, to: &Transl
     update_icmp_csum(ctx, h, |c| csum_replace2(csum_replace2(c, quoted.sport, to.sport), quoted.dport, to.dport))
 }
 
+/// Sets the Ethernet addresses; both arrays must be 2-byte aligned (they are in `NextHop`).
 #[inline(always)]
 pub fn set_macs(ctx: &XdpContext, src: &[u8; 6], dst: &[u8; 6]) {
     if let Ok(eth) = at(ctx, 0, ETH_HLEN) {
-        // SAFETY: `at` checked the 14 bytes.
+        let (src, dst, eth) = (src.as_ptr().cast::<u16>(), dst.as_ptr().cast::<u16>(), eth as *mut u16);
+        // SAFETY: `at` checked the 14 bytes; 2-byte aligned as said above.
         unsafe {
-            core::ptr::copy_nonoverlapping(dst.as_ptr(), eth as *mut u8, 6);
-            core::ptr::copy_nonoverlapping(src.as_ptr(), (eth + 6) as *mut u8, 6);
+            for i in 0..3 {
+                core::ptr::write_volatile(eth.add(i), core::ptr::read(dst.add(i)));
+                core::ptr::write_volatile(eth.add(3 + i), core::ptr::read(src.add(i)));
+            }
         }
     }
 }
