@@ -158,13 +158,18 @@ pub struct Settings {
 /// Which bit of `Settings::vip_addr_filter` stands for `addr`.
 #[inline(always)]
 pub fn vip_addr_filter_bit(addr: &Addr) -> u32 {
-    let mut h = 0u32;
-    let mut i = 0;
-    while i < 4 {
-        h = murmur_round(h, word(addr, i));
-        i += 1;
-    }
-    murmur_fmix(h) & 0xff
+    vip_addr_filter_bit_words([word(addr, 0), word(addr, 1), word(addr, 2), word(addr, 3)])
+}
+
+/// [`vip_addr_filter_bit`] of the address whose 32-bit words (little-endian, in address
+/// order) are `w`. Runs for every packet the balancer sees, so it is as cheap as it can be
+/// while spreading addresses: xor-fold to one word, then multiply-shift (the top 8 bits of
+/// the product depend on every bit of the word; addresses that differ only in their last
+/// byte, as VIPs of one subnet do, always get different bits). A collision only costs a
+/// `VIP_ADDRS` lookup for the non-VIP traffic to the other address.
+#[inline(always)]
+pub fn vip_addr_filter_bit_words(w: [u32; 4]) -> u32 {
+    (w[0] ^ w[1] ^ w[2] ^ w[3]).wrapping_mul(0x9e37_79b1) >> 24
 }
 
 /// Where the balancer sends packets for a backend: a per-CPU cache of the kernel's FIB and
@@ -350,6 +355,33 @@ mod tests {
         let after = full_csum(&words);
         let step = csum_replace4(before, old, new);
         assert_eq!(csum_replace2(step, old_word, 0x1234), after);
+    }
+
+    #[test]
+    fn vip_addr_filter_bits_spread_addresses() {
+        // Addresses that differ in the last byte (v4 and v6) never share a bit.
+        for family_len in [4, 16] {
+            let mut seen = [false; 256];
+            for v in 0..=255u8 {
+                let mut a: Addr = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                a[family_len - 1] = v;
+                let bit = vip_addr_filter_bit(&a) as usize;
+                assert!(!seen[bit], "last byte {v} of a {family_len}-byte address");
+                seen[bit] = true;
+            }
+        }
+        // Any single byte that changes moves the bit most of the time.
+        let base: Addr = [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let bit = vip_addr_filter_bit(&base);
+        let mut same = 0;
+        for i in 0..16 {
+            for v in 1..=255u8 {
+                let mut b = base;
+                b[i] ^= v;
+                same += (vip_addr_filter_bit(&b) == bit) as u32;
+            }
+        }
+        assert!(same < 16 * 255 / 64, "{same} of {} one-byte changes keep the bit", 16 * 255);
     }
 
     #[test]
