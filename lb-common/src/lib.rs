@@ -179,6 +179,10 @@ pub fn vip_addr_filter_bit_words(w: [u32; 4]) -> u32 {
 pub struct NextHop {
     /// When the entry was filled (CLOCK_MONOTONIC, coarse); zero: never.
     pub refreshed_ns: u64,
+    /// While `jiffies` is below this, the entry is known to be younger than its time to
+    /// live without reading the clock (an inlined load instead of a helper call); then the
+    /// clock decides, as without it. Zero: ask the clock.
+    pub fresh_until_jiffies: u64,
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],

@@ -10,7 +10,7 @@ mod packet;
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_redirect},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -62,6 +62,20 @@ const NAT_PORT_TRIES: u32 = 4;
 const NAT_PORT_STRIDE: u32 = 0x9e37;
 /// How long a cached next hop is used before the FIB is asked again.
 const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+/// An upper bound on the length of a jiffy: HZ is at least 20 on every Linux configuration.
+const MAX_JIFFY_NS: u64 = 50_000_000;
+
+/// The jiffies value below which a next hop with `remaining_ns` of its time to live left
+/// (read from the coarse clock now) is certainly still fresh by that clock. The coarse
+/// clock and jiffies advance together at the tick; two ticks of margin cover a tick that
+/// falls between reading the one and the other, here and when the bound is used.
+#[inline(always)]
+fn fresh_until_jiffies(jiffies: u64, remaining_ns: u64) -> u64 {
+    match (remaining_ns / MAX_JIFFY_NS).checked_sub(2) {
+        Some(ticks) if ticks > 0 => jiffies + ticks,
+        _ => 0,
+    }
+}
 
 /// What the packet path works on. It lives in a per-CPU map, not on the stack: BPF allows
 /// 512 bytes of stack for a whole call chain, and keys of 40 bytes add up quickly.
@@ -309,9 +323,16 @@ fn forward_to_backend(ctx: &XdpContext, h: &Headers, backend_id: u32, addr: &Add
     };
     // SAFETY: per-CPU value.
     let hop = unsafe { &mut *hop };
+    // SAFETY: plain helper call (inlined by the kernel: a load of jiffies_64).
+    let jiffies = unsafe { bpf_jiffies64() };
+    if jiffies < hop.fresh_until_jiffies {
+        return transmit_hop(ctx, hop);
+    }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if hop.refreshed_ns != 0 && now.wrapping_sub(hop.refreshed_ns) < NEXT_HOP_TTL_NS {
+    let age = now.wrapping_sub(hop.refreshed_ns);
+    if hop.refreshed_ns != 0 && age < NEXT_HOP_TTL_NS {
+        hop.fresh_until_jiffies = fresh_until_jiffies(jiffies, NEXT_HOP_TTL_NS - age);
         return transmit_hop(ctx, hop);
     }
     forward(ctx, h, addr, Some(hop))
@@ -474,8 +495,10 @@ fn forward(ctx: &XdpContext, h: &Headers, next: &Addr, cache: Option<&mut NextHo
         return xdp_action::XDP_DROP;
     }
     if let Some(cache) = cache {
-        // SAFETY: plain helper call.
+        // SAFETY: plain helper calls.
+        let jiffies = unsafe { bpf_jiffies64() };
         cache.refreshed_ns = unsafe { bpf_ktime_get_coarse_ns() };
+        cache.fresh_until_jiffies = fresh_until_jiffies(jiffies, NEXT_HOP_TTL_NS);
         cache.ifindex = fib.ifindex;
         copy_mac(&mut cache.smac, &fib.smac);
         copy_mac(&mut cache.dmac, &fib.dmac);
