@@ -416,25 +416,40 @@ pub fn parse_quoted(ctx: &XdpContext, family: u8, l3: usize, q: &mut Quoted) -> 
     true
 }
 
+/// Rewrites the source and destination of the IP header at offset `l3` from `old_*` to
+/// `to`, keeping an IPv4 header checksum right; returns that checksum before and after
+/// (zeros for IPv6, which has none). One bounds check per family, with constant offsets
+/// after it: the verifier can't relate a length chosen by family to offsets chosen by family.
+#[inline(always)]
+fn rewrite_ip_addrs(
+    ctx: &XdpContext,
+    l3: usize,
+    family: u8,
+    old_src: &Addr,
+    old_dst: &Addr,
+    to: &Translation,
+) -> Result<(u16, u16), Reason> {
+    if family == FAMILY_V4 {
+        let ip = at(ctx, l3, IPV4_HLEN)?;
+        let old = read_be16(ip + IPV4_CSUM_OFF);
+        let new = csum_addr(csum_addr(old, old_src, &to.src, FAMILY_V4), old_dst, &to.dst, FAMILY_V4);
+        write_be16(ip + IPV4_CSUM_OFF, new);
+        write_addr(ip + 12, &to.src, FAMILY_V4);
+        write_addr(ip + 16, &to.dst, FAMILY_V4);
+        Ok((old, new))
+    } else {
+        let ip = at(ctx, l3, IPV6_HLEN)?;
+        write_addr(ip + 8, &to.src, FAMILY_V6);
+        write_addr(ip + 24, &to.dst, FAMILY_V6);
+        Ok((0, 0))
+    }
+}
+
 /// Rewrites addresses and ports of a TCP/UDP packet, updating checksums incrementally.
 #[inline(never)]
 pub fn rewrite(ctx: &XdpContext, h: &Headers, to: &Translation) -> Result<(), Reason> {
     let family = h.family;
-    // One bounds check per family, with constant offsets after it: the verifier can't
-    // relate a length chosen by family to offsets chosen by family.
-    if family == FAMILY_V4 {
-        let ip = at(ctx, h.l3, IPV4_HLEN)?;
-        let mut csum = read_be16(ip + IPV4_CSUM_OFF);
-        csum = csum_addr(csum, &h.src, &to.src, FAMILY_V4);
-        csum = csum_addr(csum, &h.dst, &to.dst, FAMILY_V4);
-        write_be16(ip + IPV4_CSUM_OFF, csum);
-        write_addr(ip + 12, &to.src, FAMILY_V4);
-        write_addr(ip + 16, &to.dst, FAMILY_V4);
-    } else {
-        let ip = at(ctx, h.l3, IPV6_HLEN)?;
-        write_addr(ip + 8, &to.src, FAMILY_V6);
-        write_addr(ip + 24, &to.dst, FAMILY_V6);
-    }
+    rewrite_ip_addrs(ctx, h.l3, family, &h.src, &h.dst, to)?;
     // Each access gets its own bounds check: the verifier can't relate a length chosen by
     // protocol to an offset chosen by protocol.
     let csum_off = if h.proto == PROTO_TCP { TCP_CSUM_OFF } else { UDP_CSUM_OFF };
@@ -497,21 +512,8 @@ fn icmp_outer_destination(ctx: &XdpContext, h: &Headers, to: &Translation) -> Re
 #[inline(never)]
 fn icmp_quoted_addresses(ctx: &XdpContext, h: &Headers, quoted: &Quoted, to: &Translation) -> Result<(), Reason> {
     let family = h.family;
-    let mut inner_csum = (0, 0);
-    if family == FAMILY_V4 {
-        let inner = at(ctx, quoted.l3, IPV4_HLEN)?;
-        // The quoted IPv4 header has its own checksum, itself covered by the ICMP one.
-        let old = read_be16(inner + IPV4_CSUM_OFF);
-        let new = csum_addr(csum_addr(old, &quoted.src, &to.src, FAMILY_V4), &quoted.dst, &to.dst, FAMILY_V4);
-        write_be16(inner + IPV4_CSUM_OFF, new);
-        inner_csum = (old, new);
-        write_addr(inner + 12, &to.src, FAMILY_V4);
-        write_addr(inner + 16, &to.dst, FAMILY_V4);
-    } else {
-        let inner = at(ctx, quoted.l3, IPV6_HLEN)?;
-        write_addr(inner + 8, &to.src, FAMILY_V6);
-        write_addr(inner + 24, &to.dst, FAMILY_V6);
-    }
+    // The quoted IPv4 header has its own checksum, itself covered by the ICMP one.
+    let inner_csum = rewrite_ip_addrs(ctx, quoted.l3, family, &quoted.src, &quoted.dst, to)?;
     update_icmp_csum(ctx, h, |c| {
         let c = csum_replace2(c, inner_csum.0, inner_csum.1);
         csum_addr(csum_addr(c, &quoted.src, &to.src, family), &quoted.dst, &to.dst, family)
