@@ -512,70 +512,71 @@ impl Servers {
     ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
-        let started = 3 + local.len();
+        let (ready, ready_rx) = mpsc::channel::<Result<()>>();
         for port in [HTTP_PORT, LINE_PORT] {
-            let (stop, name, ready, served) = (
-                stop.clone(),
-                name.to_owned(),
-                ready_tx.clone(),
-                served.clone(),
-            );
-            threads.push(ns.spawn(move || {
+            let (stop, name, served) = (stop.clone(), name.to_owned(), served.clone());
+            threads.push(spawn_server(
+                ns,
+                &ready,
                 // Dual-stack: also accepts IPv4 (v4-mapped).
-                let listener = match TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                {
-                    Ok(l) => l,
-                    Err(e) => return ready.send(Err(e.into())).unwrap_or(()),
-                };
-                let _ = ready.send(Ok(()));
-                serve_tcp(&listener, &stop, &name, port, &served);
-            })?);
-        }
-        {
-            let (stop, ready) = (stop.clone(), ready_tx.clone());
-            threads.push(ns.spawn(move || {
-                let _ = ready.send(Ok(()));
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            })?);
+                move || {
+                    let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
+                    listener.set_nonblocking(true)?;
+                    Ok(listener)
+                },
+                move |listener| serve_tcp(&listener, &stop, &name, port, &served),
+            )?);
         }
         for &addr in local {
-            let (stop, name, ready, served) = (
-                stop.clone(),
-                name.to_owned(),
-                ready_tx.clone(),
-                served.clone(),
-            );
+            let (stop, name, served) = (stop.clone(), name.to_owned(), served.clone());
             // One socket per local address, so replies leave from the address asked (the VIP in dsr).
-            threads.push(ns.spawn(move || {
-                let socket = match UdpSocket::bind((addr, UDP_PORT)).and_then(|s| {
-                    s.set_read_timeout(Some(Duration::from_millis(20)))
-                        .map(|()| s)
-                }) {
-                    Ok(s) => s,
-                    Err(e) => return ready.send(Err(e.into())).unwrap_or(()),
-                };
-                let _ = ready.send(Ok(()));
-                let mut buf = [0u8; 1500];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((_, from)) = socket.recv_from(&mut buf) {
-                        // Counted before answering: whoever sees the answer sees the count.
-                        served.udp.fetch_add(1, Ordering::Relaxed);
-                        let _ = socket.send_to(name.as_bytes(), from);
+            threads.push(spawn_server(
+                ns,
+                &ready,
+                move || {
+                    let socket = UdpSocket::bind((addr, UDP_PORT))?;
+                    socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+                    Ok(socket)
+                },
+                move |socket| {
+                    let mut buf = [0u8; 1500];
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                            // Counted before answering: whoever sees the answer sees the count.
+                            served.udp.fetch_add(1, Ordering::Relaxed);
+                            let _ = socket.send_to(name.as_bytes(), from);
+                        }
                     }
-                }
-            })?);
+                },
+            )?);
         }
-        for _ in 0..started {
+        for _ in 0..threads.len() {
             ready_rx
                 .recv_timeout(Duration::from_secs(10))
                 .context("backend server did not start")??;
         }
         Ok(Self { stop, threads })
     }
+}
+
+/// Spawns a server thread in `ns`: `bind` runs there and its outcome is reported on
+/// `ready`; on success `serve` runs with what it bound.
+fn spawn_server<S: 'static>(
+    ns: &Netns,
+    ready: &mpsc::Sender<Result<()>>,
+    bind: impl FnOnce() -> std::io::Result<S> + Send + 'static,
+    serve: impl FnOnce(S) + Send + 'static,
+) -> Result<JoinHandle<()>> {
+    let ready = ready.clone();
+    ns.spawn(move || match bind() {
+        Ok(bound) => {
+            let _ = ready.send(Ok(()));
+            serve(bound);
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e.into()));
+        }
+    })
 }
 
 impl Drop for Servers {
