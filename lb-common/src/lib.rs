@@ -155,6 +155,19 @@ pub struct Settings {
     pub vip_addr_filter: [u64; 4],
 }
 
+impl Settings {
+    /// Sets `bit` (from [`vip_addr_filter_bit`]) in the VIP address filter.
+    pub fn mark_vip_addr_bit(&mut self, bit: u32) {
+        self.vip_addr_filter[(bit / 64) as usize & 3] |= 1 << (bit % 64);
+    }
+
+    /// Whether `bit` is set in the VIP address filter; clear means certainly no VIP.
+    #[inline(always)]
+    pub fn may_be_vip_addr_bit(&self, bit: u32) -> bool {
+        self.vip_addr_filter[(bit / 64) as usize & 3] & (1 << (bit % 64)) != 0
+    }
+}
+
 /// Which bit of `Settings::vip_addr_filter` stands for `addr`.
 #[inline(always)]
 pub fn vip_addr_filter_bit(addr: &Addr) -> u32 {

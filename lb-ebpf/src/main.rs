@@ -151,8 +151,7 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, Reason> {
         return Err(if is_vip_addr(&h.dst, h.family) { reason } else { Reason::Passed });
     }
     let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
-    let bit = vip_addr_filter_bit_words(packet::addr_words(&h.dst));
-    let maybe_vip = settings.vip_addr_filter[(bit / 64) as usize & 3] & (1 << (bit % 64)) != 0;
+    let maybe_vip = settings.may_be_vip_addr_bit(vip_addr_filter_bit_words(packet::addr_words(&h.dst)));
     if !maybe_vip && !addr_eq(&h.dst, own_addr(settings, h.family)) {
         return Err(Reason::Passed);
     }

@@ -167,8 +167,7 @@ pub fn desired(config: &Config, ids: &mut IdAllocator) -> DesiredTables {
         vips.insert(key, DesiredVip { name: vip.name.clone(), vip_id, mode, table });
     }
     for key in vip_addrs.keys() {
-        let bit = vip_addr_filter_bit(&key.addr);
-        settings.vip_addr_filter[(bit / 64) as usize] |= 1 << (bit % 64);
+        settings.mark_vip_addr_bit(vip_addr_filter_bit(&key.addr));
     }
     DesiredTables { settings, table_size: balancer.maglev_table_size, backends, vips, vip_addrs }
 }
@@ -216,7 +215,7 @@ weight = 3
         assert_eq!(t.vip_addrs.values().copied().collect::<Vec<_>>(), vec![1]);
         let bit = vip_addr_filter_bit(&t.vip_addrs.keys().next().expect("one address").addr);
         assert_eq!(t.settings.vip_addr_filter.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
-        assert_ne!(t.settings.vip_addr_filter[(bit / 64) as usize] & (1 << (bit % 64)), 0);
+        assert!(t.settings.may_be_vip_addr_bit(bit));
     }
 
     #[test]
