@@ -37,6 +37,8 @@ pub const MAP_VIP_STATS: &str = "VIP_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_NEXT_HOPS: &str = "NEXT_HOPS";
+pub const MAP_RATE_STATE: &str = "RATE_STATE";
+pub const MAP_SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
 
 /// Program names in the object.
 pub const PROG_LB: &str = "xdp_lb";
@@ -51,6 +53,7 @@ pub const DEFAULT_MAX_VIPS: u32 = 64;
 pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
 pub const DEFAULT_RING_SIZE: u32 = 65537;
 pub const DEFAULT_FLOW_ENTRIES: u32 = 262_144;
+pub const DEFAULT_SOURCE_ENTRIES: u32 = 65_536;
 
 /// An IP address in 16 bytes: IPv4 in the first 4 bytes, the rest zero.
 pub type Addr = [u8; 16];
@@ -62,6 +65,8 @@ const _: () = {
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<NatState>() == 48);
+    assert!(core::mem::size_of::<SourceKey>() == 20);
+    assert!(core::mem::size_of::<VipInfo>() == 64);
 };
 
 #[repr(C, align(4))]
@@ -75,7 +80,7 @@ pub struct VipKey {
 
 /// What packets need to know about a VIP. Replaced as one map element, which is how a new
 /// Maglev table is switched in atomically: the table is written aside, then `table_offset`
-/// changes in a single update.
+/// changes in a single update. Rate limits change the same way.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipInfo {
@@ -85,7 +90,81 @@ pub struct VipInfo {
     /// Number of slots in the table (a prime); zero means no backend is available.
     pub table_size: u32,
     pub mode: u8,
-    pub _pad: [u8; 3],
+    /// Which of the buckets below are enforced (`LIMIT_*` bits); zero costs one test.
+    pub limits: u8,
+    /// Sources that share a `source_limit` bucket: the client address masked to this
+    /// many leading bits.
+    pub source_prefix_len: u8,
+    pub _pad: u8,
+    /// New flows to the VIP (TCP SYNs and first packets of UDP flows).
+    pub new_flow_limit: TokenBucket,
+    /// Every packet to the VIP, of new and established flows.
+    pub packet_limit: TokenBucket,
+    /// New flows from one source prefix (see `source_prefix_len`), tracked in `SOURCE_BUCKETS`.
+    pub source_limit: TokenBucket,
+}
+
+/// `VipInfo::limits` bits.
+pub const LIMIT_NEW_FLOWS: u8 = 1;
+pub const LIMIT_PACKETS: u8 = 2;
+pub const LIMIT_SOURCES: u8 = 4;
+
+/// A token bucket in its GCRA form: its whole state is one timestamp, the theoretical
+/// arrival time (TAT). The bucket is full when the TAT is not ahead of now; each token
+/// taken moves it `emission_ns` (one token's worth of refill time) forward; a token may be
+/// taken while that keeps the TAT within `tolerance_ns` (burst x emission) of now. One
+/// timestamp updated with compare-and-swap makes the bucket exact when every CPU shares it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub emission_ns: u64,
+    pub tolerance_ns: u64,
+}
+
+impl TokenBucket {
+    /// The bucket's next TAT if a token can be taken at `now` from a bucket at `tat`.
+    /// Taking tokens never moves a TAT beyond the tolerance, so one that is beyond it was
+    /// left by an earlier configuration of the bucket (or an earlier VIP with the same
+    /// id): the bucket starts over, full.
+    #[inline(always)]
+    pub fn take(&self, tat: u64, now: u64) -> Option<u64> {
+        let limit = now + self.tolerance_ns;
+        let start = if tat > now && tat <= limit { tat } else { now };
+        let next = start + self.emission_ns;
+        if next <= limit { Some(next) } else { None }
+    }
+}
+
+/// Value of `RATE_STATE`, per VIP id: the TATs of the VIP's shared buckets, each on a
+/// cache line of its own (every CPU writes them).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipRateState {
+    pub new_flows_tat_ns: u64,
+    pub _pad1: [u64; 7],
+    pub packets_tat_ns: u64,
+    pub _pad2: [u64; 7],
+}
+
+/// Key of `SOURCE_BUCKETS` (an LRU map, so a flood of sources evicts the least recent
+/// ones instead of exhausting memory): a client prefix of one VIP. The value is the
+/// bucket's TAT.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    /// The client address masked to `VipInfo::source_prefix_len` bits.
+    pub addr: Addr,
+    pub vip_id: u32,
+}
+
+/// The 32-bit word `i` (memory order, as read from an `Addr`) of the mask that keeps the
+/// first `prefix_len` bits of an address.
+#[inline(always)]
+pub fn prefix_mask_word(prefix_len: u8, i: u32) -> u32 {
+    let bits = (prefix_len as u32).saturating_sub(i * 32);
+    let mask = if bits >= 32 { u32::MAX } else if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+    // Addresses are kept in network byte order; words are read little-endian.
+    mask.swap_bytes()
 }
 
 /// Key of `VIP_ADDRS`: every address that has at least one VIP, so traffic to a VIP
@@ -214,6 +293,12 @@ pub struct VipStats {
     pub drop_no_backend: u64,
     pub drop_no_route: u64,
     pub drop_nat_ports_exhausted: u64,
+    /// New flows dropped by the VIP's `new_flow_limit`.
+    pub rate_limited_new_flows: u64,
+    /// New flows dropped by the per-source `source_limit`.
+    pub rate_limited_sources: u64,
+    /// Packets dropped by the VIP's `packet_limit`.
+    pub rate_limited_packets: u64,
 }
 
 /// Per-backend counters (per CPU).
@@ -264,6 +349,8 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for GlobalStats {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for VipRateState {}
+    unsafe impl aya::Pod for SourceKey {}
 }
 
 /// Flow hash: deterministic given the key and the shared seed, so every balancer host
@@ -399,6 +486,79 @@ mod tests {
             }
         }
         assert!(same < 16 * 255 / 64, "{same} of {} one-byte changes keep the bit", 16 * 255);
+    }
+
+    /// 10 tokens a second (100 ms each), burst 3.
+    const BUCKET: TokenBucket = TokenBucket { emission_ns: 100_000_000, tolerance_ns: 300_000_000 };
+    const SECOND: u64 = 1_000_000_000;
+
+    /// Takes tokens at `now` until the bucket refuses; returns how many and the TAT.
+    fn drain(bucket: &TokenBucket, mut tat: u64, now: u64) -> (u32, u64) {
+        let mut taken = 0;
+        while let Some(next) = bucket.take(tat, now) {
+            tat = next;
+            taken += 1;
+        }
+        (taken, tat)
+    }
+
+    #[test]
+    fn token_bucket_starts_full_and_empties_after_its_burst() {
+        let (taken, tat) = drain(&BUCKET, 0, 50 * SECOND);
+        assert_eq!(taken, 3);
+        assert_eq!(tat, 50 * SECOND + 300_000_000);
+        assert_eq!(BUCKET.take(tat, 50 * SECOND + 99_999_999), None, "no token before one refill");
+    }
+
+    #[test]
+    fn token_bucket_refills_one_token_per_emission_interval() {
+        let now = 50 * SECOND;
+        let (_, tat) = drain(&BUCKET, 0, now);
+        assert_eq!(drain(&BUCKET, tat, now + 100_000_000).0, 1);
+        assert_eq!(drain(&BUCKET, tat, now + 250_000_000).0, 2);
+        // Refill stops at the burst, however long the bucket rested.
+        assert_eq!(drain(&BUCKET, tat, now + 100 * SECOND).0, 3);
+    }
+
+    #[test]
+    fn token_bucket_admits_its_rate_under_steady_overload() {
+        // 1000 attempts a second for 10 s: burst + rate x time, exactly.
+        let (mut tat, mut admitted) = (0, 0);
+        for i in 0..10_000u64 {
+            if let Some(next) = BUCKET.take(tat, 50 * SECOND + i * 1_000_000) {
+                tat = next;
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 3 + 100 - 1);
+    }
+
+    #[test]
+    fn token_bucket_starts_over_from_a_tat_beyond_its_tolerance() {
+        // Left by an earlier configuration with a longer burst: an hour ahead.
+        let now = 50 * SECOND;
+        assert_eq!(drain(&BUCKET, now + 3600 * SECOND, now).0, 3);
+    }
+
+    #[test]
+    fn prefix_masks_keep_the_leading_bits_in_network_order() {
+        let addr: Addr = [192, 168, 37, 201, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let masked = |len: u8| {
+            let mut out = [0u8; 16];
+            for i in 0..4 {
+                let w = word(&addr, i as usize) & prefix_mask_word(len, i);
+                out[i as usize * 4..i as usize * 4 + 4].copy_from_slice(&w.to_le_bytes());
+            }
+            out
+        };
+        assert_eq!(masked(32)[..4], [192, 168, 37, 201]);
+        assert_eq!(masked(24)[..4], [192, 168, 37, 0]);
+        assert_eq!(masked(20)[..4], [192, 168, 32, 0]);
+        assert_eq!(masked(8)[..4], [192, 0, 0, 0]);
+        let v6: Addr = [0x20, 0x01, 0x0d, 0xb8, 0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4, 5, 6, 7, 8];
+        let w = |len: u8, i: u32| word(&v6, i as usize) & prefix_mask_word(len, i);
+        assert_eq!([w(48, 0), w(48, 1), w(48, 2), w(48, 3)], [word(&v6, 0), u32::from_le_bytes([0xaa, 0xbb, 0, 0]), 0, 0]);
+        assert_eq!(w(128, 3), word(&v6, 3));
     }
 
     #[test]

@@ -4,17 +4,20 @@
 //! purpose and counted by reason (see `GlobalStats`).
 #![no_std]
 #![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod packet;
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action},
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use aya_log_ebpf::warn;
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use lb_common::*;
 use packet::{Headers, L4, Parsed, Quoted, Translation, addr_eq, copy_addr, set_flow_key_tail};
 
@@ -44,6 +47,14 @@ static BACKEND_STATS: PerCpuArray<BackendStats, { DEFAULT_MAX_BACKENDS as usize 
 #[btf_map]
 static NEXT_HOPS: PerCpuArray<NextHop, { DEFAULT_MAX_BACKENDS as usize }> = PerCpuArray::new();
 
+/// The shared buckets of each VIP's rate limits (see `TokenBucket`).
+#[btf_map]
+static RATE_STATE: Array<VipRateState, { DEFAULT_MAX_VIPS as usize }> = Array::new();
+/// Per-source new-flow buckets: the value is the bucket's TAT.
+#[btf_map]
+static SOURCE_BUCKETS: LruHashMap<SourceKey, u64, { DEFAULT_SOURCE_ENTRIES as usize }> =
+    LruHashMap::new();
+
 /// Working memory for one packet (see `Scratch`); typed as words so its BTF stays plain.
 #[btf_map]
 static SCRATCH: PerCpuArray<[u64; SCRATCH_WORDS], 1> = PerCpuArray::new();
@@ -60,6 +71,9 @@ const NAT_PORT_TRIES: u32 = 4;
 /// Candidate ports are spread over the range (a stride coprime to any span that is not a
 /// multiple of it), so that taken ports don't cluster the way consecutive probes would.
 const NAT_PORT_STRIDE: u32 = 0x9e37;
+/// Compare-and-swap attempts on a contended bucket before the packet counts as over the
+/// limit (each failure means another CPU just took a token).
+const TOKEN_TRIES: u32 = 4;
 /// How long a cached next hop is used before the FIB is asked again.
 const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 /// An upper bound on the length of a jiffy: HZ is at least 20 on every Linux configuration.
@@ -252,6 +266,10 @@ fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, R
     let vip_stats = unsafe { &mut *vip_stats };
     vip_stats.packets += 1;
     vip_stats.bytes += h.frame_len as u64;
+    if vip.limits & LIMIT_PACKETS != 0 && !take_vip_token(vip, LIMIT_PACKETS) {
+        vip_stats.rate_limited_packets += 1;
+        return Ok(xdp_action::XDP_DROP);
+    }
 
     let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
     // SAFETY: copied out; a concurrent LRU reuse only makes the copy stale.
@@ -262,6 +280,19 @@ fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, R
     }) {
         Some(found) => found,
         None => {
+            if vip.limits & (LIMIT_NEW_FLOWS | LIMIT_SOURCES) != 0 && h.opens_flow() {
+                match admit_new_flow(flow, vip) {
+                    Admission::Admitted => {}
+                    Admission::SourceLimited => {
+                        vip_stats.rate_limited_sources += 1;
+                        return Ok(xdp_action::XDP_DROP);
+                    }
+                    Admission::VipLimited => {
+                        vip_stats.rate_limited_new_flows += 1;
+                        return Ok(xdp_action::XDP_DROP);
+                    }
+                }
+            }
             let Some((backend_id, backend)) = pick_backend(vip, flow, settings.hash_seed) else {
                 vip_stats.drop_no_backend += 1;
                 return Ok(xdp_action::XDP_DROP);
@@ -312,6 +343,104 @@ fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, R
         vip_stats.drop_no_route += 1;
     }
     Ok(action)
+}
+
+/// What the new-flow limits say about a flow's first packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Admission {
+    Admitted,
+    SourceLimited,
+    VipLimited,
+}
+
+/// Applies the VIP's per-source limit, then its new-flow limit, to the new `flow`. The
+/// source goes first so that a flooding source's excess does not use up the VIP's tokens,
+/// which the other sources need.
+// A BPF subprogram of its own: its stack frame is not added to its siblings'.
+#[inline(never)]
+fn admit_new_flow(flow: &FlowKey, vip: &VipInfo) -> Admission {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if vip.limits & LIMIT_SOURCES != 0 {
+        let a = packet::addr_words(&flow.src);
+        let p = vip.source_prefix_len;
+        let key: Words<SourceKey, 5> = Words(
+            [
+                a[0] & prefix_mask_word(p, 0),
+                a[1] & prefix_mask_word(p, 1),
+                a[2] & prefix_mask_word(p, 2),
+                a[3] & prefix_mask_word(p, 3),
+                vip.vip_id,
+            ],
+            core::marker::PhantomData,
+        );
+        let admitted = match SOURCE_BUCKETS.get_ptr_mut(key.as_key()) {
+            Some(tat) => take_token(tat, &vip.source_limit, now),
+            None => match vip.source_limit.take(0, now) {
+                // A source seen for the first time (or evicted since) starts full. Two
+                // CPUs racing on its first packets may each insert: one token too many.
+                Some(tat) => {
+                    let _ = SOURCE_BUCKETS.insert(key.as_key(), &tat, 0);
+                    true
+                }
+                None => false,
+            },
+        };
+        if !admitted {
+            return Admission::SourceLimited;
+        }
+    }
+    if vip.limits & LIMIT_NEW_FLOWS != 0 && !take_vip_token_at(vip, LIMIT_NEW_FLOWS, now) {
+        return Admission::VipLimited;
+    }
+    Admission::Admitted
+}
+
+/// Takes a token from the VIP's shared bucket `which` (`LIMIT_PACKETS` or `LIMIT_NEW_FLOWS`).
+#[inline(always)]
+fn take_vip_token(vip: &VipInfo, which: u8) -> bool {
+    // SAFETY: plain helper call.
+    take_vip_token_at(vip, which, unsafe { bpf_ktime_get_ns() })
+}
+
+#[inline(always)]
+fn take_vip_token_at(vip: &VipInfo, which: u8, now: u64) -> bool {
+    let Some(state) = RATE_STATE.get_ptr_mut(vip.vip_id) else {
+        return false;
+    };
+    // SAFETY: a map value, shared by all CPUs; only touched through atomics.
+    let (tat, bucket) = unsafe {
+        if which == LIMIT_PACKETS {
+            (&raw mut (*state).packets_tat_ns, &vip.packet_limit)
+        } else {
+            (&raw mut (*state).new_flows_tat_ns, &vip.new_flow_limit)
+        }
+    };
+    take_token(tat, bucket, now)
+}
+
+/// Takes one token from the bucket whose TAT is at `tat` (shared by all CPUs).
+#[inline(always)]
+fn take_token(tat: *mut u64, bucket: &TokenBucket, now: u64) -> bool {
+    // SAFETY (both): `tat` points into a map value, 8-byte aligned, alive while the
+    // program runs; every CPU accesses it atomically. (The BPF target has no
+    // `AtomicU64::compare_exchange`, but the instruction exists: the intrinsic emits it.)
+    // An aligned 8-byte load is atomic (the BPF backend has no `AtomicLoad` before v4).
+    let mut seen = unsafe { core::ptr::read_volatile(tat) };
+    for _ in 0..TOKEN_TRIES {
+        let Some(next) = bucket.take(seen, now) else {
+            return false;
+        };
+        let (current, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(tat, seen, next)
+        };
+        if swapped {
+            return true;
+        }
+        seen = current;
+    }
+    false
 }
 
 /// Forwards towards a backend through its cached next hop, refreshing it when stale.
@@ -432,8 +561,8 @@ fn icmp_error_to_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize) -> 
     copy_addr(&mut s.flow.dst, &quoted.src);
     set_flow_key_tail(&mut s.flow, quoted.dport, quoted.sport, quoted.proto, family);
     let vip_key = vip_key(&s.flow.dst, s.flow.dport, s.flow.proto, family);
-    // SAFETY: copies only.
-    let vip = unsafe { VIPS.get(vip_key.as_key()) }.copied().ok_or(Reason::IcmpUnmatched)?;
+    // SAFETY: values are only replaced whole by the controller; the flow state is copied.
+    let vip = unsafe { VIPS.get(vip_key.as_key()) }.ok_or(Reason::IcmpUnmatched)?;
     let state = unsafe { FLOWS.get(&s.flow) }.copied().ok_or(Reason::IcmpUnmatched)?;
     let backend = BACKENDS.get(state.backend_id).ok_or(Reason::IcmpUnmatched)?;
     if vip.mode == MODE_NAT {

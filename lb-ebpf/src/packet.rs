@@ -20,6 +20,9 @@ const TCP_CSUM_OFF: usize = 16;
 const UDP_CSUM_OFF: usize = 6;
 const ICMP_CSUM_OFF: usize = 2;
 const IPV4_CSUM_OFF: usize = 10;
+const TCP_FLAGS_OFF: usize = 13;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 const IPV6_FRAGMENT: u8 = 44;
 /// IPv6 extension headers that are not fragments (hop-by-hop, routing, AH, destination
 /// options, mobility, HIP, shim6).
@@ -48,7 +51,9 @@ pub struct Headers {
     pub sport: u16,
     pub dport: u16,
     pub l4: L4,
-    pub _pad: [u8; 7],
+    /// With `L4::Ports` and TCP: the flags byte (`TCP_SYN`, `TCP_ACK`, ...); zero for UDP.
+    pub tcp_flags: u8,
+    pub _pad: [u8; 6],
 }
 
 impl Default for Headers {
@@ -66,12 +71,21 @@ impl Default for Headers {
             sport: 0,
             dport: 0,
             l4: L4::Other,
-            _pad: [0; 7],
+            tcp_flags: 0,
+            _pad: [0; 6],
         }
     }
 }
 
 impl Headers {
+    /// Whether the packet may open a flow: a TCP SYN (without ACK) or any UDP datagram.
+    /// Other TCP packets without a flow entry belong to connections that already exist
+    /// (their entry was evicted, or ECMP moved them to this host): no new-flow limit applies.
+    #[inline(always)]
+    pub fn opens_flow(&self) -> bool {
+        self.proto == PROTO_UDP || self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+
     /// Writes the connection this TCP/UDP packet belongs to, as seen in its direction.
     #[inline(always)]
     pub fn flow_key_into(&self, key: &mut FlowKey) {
@@ -357,6 +371,7 @@ fn parse_l4(ctx: &XdpContext, h: &mut Headers, icmp_proto: u8) -> Result<(), Rea
         let l4 = at(ctx, off, if proto == PROTO_TCP { TCP_MIN_HLEN } else { UDP_HLEN })?;
         h.sport = read_be16(l4);
         h.dport = read_be16(l4 + 2);
+        h.tcp_flags = if proto == PROTO_TCP { read_u8(l4 + TCP_FLAGS_OFF) } else { 0 };
         h.l4 = L4::Ports;
         return Ok(());
     }

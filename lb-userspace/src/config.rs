@@ -14,6 +14,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 use toml_edit::{Array, ArrayOfTables, ImDocument, InlineTable, Item, Table, Value};
@@ -33,6 +34,18 @@ pub const MAX_WEIGHT: u32 = 65_535;
 pub const MIN_NAT_PORT: u16 = 1024;
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const MAX_IFNAME_LEN: usize = 15;
+/// Fastest rate a token bucket may have: one token per 50 ns keeps the rounding of the
+/// per-token time (whole nanoseconds, in the packet path) under 1%.
+pub const MIN_TOKEN_NS: u64 = 50;
+/// Longest time an empty bucket may take to refill completely.
+pub const MAX_REFILL: Duration = Duration::from_secs(24 * 3600);
+/// Bounds of `fill_interval`.
+pub const MIN_FILL_INTERVAL: Duration = Duration::from_millis(1);
+pub const MAX_FILL_INTERVAL: Duration = Duration::from_secs(3600);
+/// Allowed and default `source_limit.prefix_len` per family: one IPv6 host usually holds
+/// a whole /64.
+pub const SOURCE_PREFIX_V4: (u8, u8, u8) = (8, 32, 32);
+pub const SOURCE_PREFIX_V6: (u8, u8, u8) = (32, 128, 64);
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +86,9 @@ pub struct BalancerConfig {
     pub max_backends: u32,
     #[serde(default = "default_flow_table_size")]
     pub flow_table_size: u32,
+    /// Entries of the LRU map of per-source rate-limit buckets (all VIPs together).
+    #[serde(default = "default_source_table_size")]
+    pub source_table_size: u32,
     #[serde(default = "default_nat_port_min")]
     pub nat_port_min: u16,
     #[serde(default = "default_nat_port_max")]
@@ -109,8 +125,46 @@ pub struct VipConfig {
     pub protocol: Protocol,
     #[serde(default)]
     pub mode: ForwardingMode,
+    /// Token bucket for new flows to the VIP (TCP SYNs, first datagrams of UDP flows).
+    #[serde(default)]
+    pub new_flow_limit: Option<RateLimitConfig>,
+    /// Token bucket for every packet to the VIP.
+    #[serde(default)]
+    pub packet_limit: Option<RateLimitConfig>,
+    /// Token bucket for new flows from each source prefix (`prefix_len`).
+    #[serde(default)]
+    pub source_limit: Option<RateLimitConfig>,
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
+}
+
+/// A token bucket, as a gateway's local rate limiter describes one: `quota` tokens every
+/// `fill_interval`, at most `burst` held. (Refill is continuous, at quota / fill_interval.)
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub quota: u64,
+    /// Like "1s" or "100ms"; default 1 s.
+    #[serde(default = "default_fill_interval", with = "humantime_serde")]
+    pub fill_interval: Duration,
+    /// Tokens the bucket holds when full; defaults to `quota`.
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// `source_limit` only: leading bits of the client address that make a source
+    /// (IPv4 8..=32, default 32; IPv6 32..=128, default 64).
+    #[serde(default)]
+    pub prefix_len: Option<u8>,
+}
+
+impl RateLimitConfig {
+    pub fn burst(&self) -> u64 {
+        self.burst.unwrap_or(self.quota)
+    }
+
+    /// The time one token stands for, in whole nanoseconds.
+    pub fn token_ns(&self) -> u64 {
+        (self.fill_interval.as_nanos() / self.quota.max(1) as u128) as u64
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
@@ -202,6 +256,12 @@ fn default_max_backends() -> u32 {
 }
 fn default_flow_table_size() -> u32 {
     lb_common::DEFAULT_FLOW_ENTRIES
+}
+fn default_source_table_size() -> u32 {
+    lb_common::DEFAULT_SOURCE_ENTRIES
+}
+fn default_fill_interval() -> Duration {
+    Duration::from_secs(1)
 }
 fn default_nat_port_min() -> u16 {
     20000
@@ -557,13 +617,27 @@ fn fields_at(path: &[Seg]) -> &'static [&'static str] {
             "max_vips",
             "max_backends",
             "flow_table_size",
+            "source_table_size",
             "nat_port_min",
             "nat_port_max",
             "region",
             "zone",
         ],
         [Key(v), Index(_)] if v == "vip" => {
-            &["name", "address", "port", "protocol", "mode", "backend"]
+            &[
+                "name",
+                "address",
+                "port",
+                "protocol",
+                "mode",
+                "new_flow_limit",
+                "packet_limit",
+                "source_limit",
+                "backend",
+            ]
+        }
+        [Key(v), Index(_), Key(_)] if v == "vip" => {
+            &["quota", "fill_interval", "burst", "prefix_len"]
         }
         [Key(v), Index(_), Key(b), Index(_)] if v == "vip" && b == "backend" => {
             &["address", "port", "weight", "region", "zone"]
@@ -653,6 +727,7 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
         ("max_vips", b.max_vips),
         ("max_backends", b.max_backends),
         ("flow_table_size", b.flow_table_size),
+        ("source_table_size", b.source_table_size),
     ] {
         if value == 0 {
             return Err(cx.err(&path!["balancer", key], "must be at least 1"));
@@ -769,6 +844,8 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
             }
         }
 
+        validate_rate_limits(vip, i, cx)?;
+
         if vip.backends.len() > m as usize {
             return Err(cx.err(
                 &path!["vip", i, "backend"],
@@ -833,6 +910,68 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
                     ),
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+fn validate_rate_limits(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(), ConfigError> {
+    for (key, limit) in [
+        ("new_flow_limit", &vip.new_flow_limit),
+        ("packet_limit", &vip.packet_limit),
+        ("source_limit", &vip.source_limit),
+    ] {
+        let Some(limit) = limit else { continue };
+        if limit.quota == 0 {
+            return Err(cx.err(&path!["vip", i, key, "quota"], "must be at least 1 token"));
+        }
+        if !(MIN_FILL_INTERVAL..=MAX_FILL_INTERVAL).contains(&limit.fill_interval) {
+            return Err(cx.err(
+                &path!["vip", i, key, "fill_interval"],
+                format!(
+                    "must be between 1ms and 1h (got {})",
+                    humantime::format_duration(limit.fill_interval)
+                ),
+            ));
+        }
+        if limit.token_ns() < MIN_TOKEN_NS {
+            return Err(cx.err(
+                &path!["vip", i, key, "quota"],
+                format!(
+                    "{} tokens every {} is more than the packet path enforces accurately ({} per second)",
+                    limit.quota,
+                    humantime::format_duration(limit.fill_interval),
+                    1_000_000_000 / MIN_TOKEN_NS
+                ),
+            ));
+        }
+        if limit.burst() == 0 {
+            return Err(cx.err(&path!["vip", i, key, "burst"], "must be at least 1 token"));
+        }
+        if limit.burst() as u128 * limit.token_ns() as u128 > MAX_REFILL.as_nanos() {
+            return Err(cx.err(
+                &path!["vip", i, key, "burst"],
+                format!("{} tokens take more than 24h to refill at this rate", limit.burst()),
+            ));
+        }
+        match (key, limit.prefix_len) {
+            ("source_limit", Some(len)) => {
+                let (min, max, _) = if vip.address.is_ipv4() { SOURCE_PREFIX_V4 } else { SOURCE_PREFIX_V6 };
+                if !(min..=max).contains(&len) {
+                    return Err(cx.err(
+                        &path!["vip", i, key, "prefix_len"],
+                        format!("must be {min}..={max} for an {} VIP (got {len})", family_name(vip.address)),
+                    ));
+                }
+            }
+            ("source_limit", None) => {}
+            (_, Some(_)) => {
+                return Err(cx.err(
+                    &path!["vip", i, key, "prefix_len"],
+                    "only source_limit groups clients by prefix",
+                ));
+            }
+            (_, None) => {}
         }
     }
     Ok(())
@@ -1513,6 +1652,43 @@ nat_port_max = 1024
         // dsr VIPs do not need it.
         let text = "[balancer]\ninterfaces = [\"eth0\"]\n[[vip]]\nname = \"a\"\naddress = \"10.100.0.1\"\nport = 80\nmode = \"dsr\"\n";
         parse(text, "t").unwrap();
+    }
+
+    #[test]
+    fn rate_limits_parse_with_defaults() {
+        let text = replace(
+            GOOD,
+            "port = 80\n",
+            "port = 80\nnew_flow_limit = { quota = 100 }\npacket_limit = { quota = 5, fill_interval = \"10ms\", burst = 50 }\n\n[vip.source_limit]\nquota = 10\nprefix_len = 24\n",
+        );
+        let c = parse(&text, "t").unwrap();
+        let web = &c.vips[0];
+        let flows = web.new_flow_limit.as_ref().unwrap();
+        assert_eq!((flows.quota, flows.fill_interval, flows.burst(), flows.token_ns()), (100, Duration::from_secs(1), 100, 10_000_000));
+        let packets = web.packet_limit.as_ref().unwrap();
+        assert_eq!((packets.burst(), packets.token_ns()), (50, 2_000_000));
+        assert_eq!(web.source_limit.as_ref().unwrap().prefix_len, Some(24));
+        assert_eq!(c.vips[1].new_flow_limit, None);
+        assert_eq!(c.balancer.source_table_size, 65536);
+    }
+
+    #[test]
+    fn rate_limits_validated() {
+        let with = |limit: &str| replace(GOOD, "port = 80\n", &format!("port = 80\n{limit}\n"));
+        let line = line_with(GOOD, "port = 80", 0) + 1;
+        expect(&with("new_flow_limit = { quota = 0 }"), "vip[0].new_flow_limit.quota", line, "at least 1");
+        expect(&with("source_limit = { quota = 1, burst = 0 }"), "vip[0].source_limit.burst", line, "at least 1");
+        expect(&with("packet_limit = { quota = 1, fill_interval = \"2h\" }"), "vip[0].packet_limit.fill_interval", line, "between 1ms and 1h (got 2h)");
+        expect(&with("packet_limit = { quota = 100000000 }"), "vip[0].packet_limit.quota", line, "enforces accurately (20000000 per second)");
+        expect(&with("packet_limit = { quota = 1, burst = 100000 }"), "vip[0].packet_limit.burst", line, "more than 24h");
+        expect(&with("source_limit = { quota = 1, prefix_len = 33 }"), "vip[0].source_limit.prefix_len", line, "8..=32 for an IPv4 VIP (got 33)");
+        expect(&with("new_flow_limit = { quota = 1, prefix_len = 24 }"), "vip[0].new_flow_limit.prefix_len", line, "only source_limit");
+        let e = err(&with("new_flow_limit = { quota = 1, fill_interval = \"soon\" }"));
+        assert_eq!((e.key.as_str(), e.line), ("vip[0].new_flow_limit.fill_interval", Some(line)), "{e}");
+        let e = err(&with("new_flow_limit = { quota = 1, rate = 2 }"));
+        assert_eq!((e.key.as_str(), e.line), ("vip[0].new_flow_limit.rate", Some(line)), "{e}");
+        let v6 = replace(GOOD, "port = 443\n", "port = 443\nsource_limit = { quota = 1, prefix_len = 16 }\n");
+        expect(&v6, "vip[2].source_limit.prefix_len", line_with(GOOD, "port = 443", 0) + 1, "32..=128 for an IPv6 VIP (got 16)");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub struct MapSizes {
     pub max_backends: u32,
     pub table_size: u32,
     pub flow_entries: u32,
+    pub source_entries: u32,
 }
 
 impl MapSizes {
@@ -32,6 +33,7 @@ impl MapSizes {
             max_backends: balancer.max_backends,
             table_size: balancer.maglev_table_size,
             flow_entries: balancer.flow_table_size,
+            source_entries: balancer.source_table_size,
         }
     }
 }
@@ -84,6 +86,8 @@ impl Dataplane {
             .map_max_entries(MAP_MAGLEV, maglev_slots)
             .map_max_entries(MAP_FLOWS, sizes.flow_entries)
             .map_max_entries(MAP_NAT, sizes.flow_entries)
+            .map_max_entries(MAP_RATE_STATE, sizes.max_vips)
+            .map_max_entries(MAP_SOURCE_BUCKETS, sizes.source_entries)
             .load(crate::EBPF_OBJECT)
             .context("loading the XDP object")?;
         if let Some(dir) = pin_dir {
@@ -188,6 +192,9 @@ impl Dataplane {
             drop_no_backend: a.drop_no_backend + s.drop_no_backend,
             drop_no_route: a.drop_no_route + s.drop_no_route,
             drop_nat_ports_exhausted: a.drop_nat_ports_exhausted + s.drop_nat_ports_exhausted,
+            rate_limited_new_flows: a.rate_limited_new_flows + s.rate_limited_new_flows,
+            rate_limited_sources: a.rate_limited_sources + s.rate_limited_sources,
+            rate_limited_packets: a.rate_limited_packets + s.rate_limited_packets,
         }))
     }
 

@@ -74,7 +74,7 @@ impl Applied {
         for (key, vip) in &desired.vips {
             let applied = self.vips.get_mut(key).filter(|a| a.info.vip_id == vip.vip_id);
             let (half, slots_written) = match applied {
-                Some(a) if a.halves[a.active_half] == vip.table && a.info.mode == vip.mode => continue,
+                Some(a) if a.halves[a.active_half] == vip.table => (a.active_half, 0),
                 Some(a) => {
                     let half = 1 - a.active_half;
                     let written = write_table(maps, vip.vip_id, half, desired.table_size, &a.halves[half], &vip.table)?;
@@ -95,10 +95,18 @@ impl Applied {
                 table_offset: table_offset(vip.vip_id, half, desired.table_size),
                 table_size: if vip.table.is_empty() { 0 } else { desired.table_size },
                 mode: vip.mode,
-                _pad: [0; 3],
+                limits: vip.limits.flags,
+                source_prefix_len: vip.limits.source_prefix_len,
+                _pad: 0,
+                new_flow_limit: vip.limits.new_flows,
+                packet_limit: vip.limits.packets,
+                source_limit: vip.limits.sources,
             };
-            maps.set_vip(key, &info)?;
             let applied = self.vips.get_mut(key).expect("inserted above");
+            if applied.info == info {
+                continue;
+            }
+            maps.set_vip(key, &info)?;
             applied.info = info;
             applied.active_half = half;
             report.slots_written += slots_written;

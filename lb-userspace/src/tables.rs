@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use lb_common::{
-    Addr, BACKEND_ACTIVE, Backend, FAMILY_V4, FAMILY_V6, MODE_DSR, MODE_NAT, Settings, VipAddrKey,
-    VipKey, vip_addr_filter_bit,
+    Addr, BACKEND_ACTIVE, Backend, FAMILY_V4, FAMILY_V6, LIMIT_NEW_FLOWS, LIMIT_PACKETS, LIMIT_SOURCES,
+    MODE_DSR, MODE_NAT, Settings, TokenBucket, VipAddrKey, VipKey, vip_addr_filter_bit,
 };
 
-use crate::config::{BackendConfig, Config, ForwardingMode, VipConfig};
+use crate::config::{
+    BackendConfig, Config, ForwardingMode, RateLimitConfig, SOURCE_PREFIX_V4, SOURCE_PREFIX_V6, VipConfig,
+};
 use crate::maglev::{self, MaglevBackend};
 
 /// Everything the maps should hold, keyed the way the maps are.
@@ -30,6 +32,42 @@ pub struct DesiredVip {
     pub mode: u8,
     /// Maglev table of backend ids; empty when the VIP has no backend to offer.
     pub table: Vec<u32>,
+    pub limits: RateLimits,
+}
+
+/// A VIP's rate limits as the packet path reads them (the limit fields of `VipInfo`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    /// `LIMIT_*` bits of the buckets in force.
+    pub flags: u8,
+    pub source_prefix_len: u8,
+    pub new_flows: TokenBucket,
+    pub packets: TokenBucket,
+    pub sources: TokenBucket,
+}
+
+impl RateLimits {
+    fn of(vip: &VipConfig) -> Self {
+        let mut limits = RateLimits::default();
+        for (limit, flag, bucket) in [
+            (&vip.new_flow_limit, LIMIT_NEW_FLOWS, &mut limits.new_flows),
+            (&vip.packet_limit, LIMIT_PACKETS, &mut limits.packets),
+            (&vip.source_limit, LIMIT_SOURCES, &mut limits.sources),
+        ] {
+            if let Some(limit) = limit {
+                limits.flags |= flag;
+                *bucket = token_bucket(limit);
+            }
+        }
+        let (_, _, default_prefix) = if vip.address.is_ipv4() { SOURCE_PREFIX_V4 } else { SOURCE_PREFIX_V6 };
+        limits.source_prefix_len = vip.source_limit.as_ref().and_then(|l| l.prefix_len).unwrap_or(default_prefix);
+        limits
+    }
+}
+
+fn token_bucket(limit: &RateLimitConfig) -> TokenBucket {
+    let emission_ns = limit.token_ns();
+    TokenBucket { emission_ns, tolerance_ns: emission_ns * limit.burst() }
 }
 
 /// Identity of a backend across VIPs and reloads: one id per (address, port).
@@ -164,7 +202,7 @@ pub fn desired(config: &Config, ids: &mut IdAllocator) -> DesiredTables {
             ForwardingMode::Dsr => MODE_DSR,
         };
         let vip_id = ids.vip_id(&key).expect("assigned above");
-        vips.insert(key, DesiredVip { name: vip.name.clone(), vip_id, mode, table });
+        vips.insert(key, DesiredVip { name: vip.name.clone(), vip_id, mode, table, limits: RateLimits::of(vip) });
     }
     for key in vip_addrs.keys() {
         settings.mark_vip_addr_bit(vip_addr_filter_bit(&key.addr));
@@ -229,6 +267,24 @@ weight = 3
         let replaced = BASE.replace("10.0.1.11", "10.0.1.99");
         let third = tables(&replaced, &mut ids);
         assert_eq!(third.backends[&0].addr[..4], [10, 0, 1, 99]);
+    }
+
+    #[test]
+    fn rate_limits_become_token_buckets() {
+        let mut ids = IdAllocator::new(64, 4096);
+        let vip = |text: &str, ids: &mut IdAllocator| tables(text, ids).vips.into_values().next().expect("one vip");
+        assert_eq!(vip(BASE, &mut ids).limits, RateLimits { source_prefix_len: 32, ..Default::default() });
+        let limited = BASE.replace(
+            "protocol = \"tcp\"\n",
+            "protocol = \"tcp\"\nnew_flow_limit = { quota = 100, burst = 20 }\nsource_limit = { quota = 5, fill_interval = \"100ms\", prefix_len = 24 }\n",
+        );
+        let limits = vip(&limited, &mut ids).limits;
+        assert_eq!(limits.flags, LIMIT_NEW_FLOWS | LIMIT_SOURCES);
+        assert_eq!(limits.new_flows, TokenBucket { emission_ns: 10_000_000, tolerance_ns: 200_000_000 });
+        assert_eq!(limits.sources, TokenBucket { emission_ns: 20_000_000, tolerance_ns: 100_000_000 });
+        assert_eq!(limits.source_prefix_len, 24);
+        let v6 = BASE.replace("10.100.0.1", "fd00::100").replace("10.0.1.1", "fd00::1").replace("ipv4 = \"10.0.0.1\"", "ipv6 = \"fd00::1:1\"");
+        assert_eq!(vip(&v6, &mut IdAllocator::new(64, 4096)).limits.source_prefix_len, 64);
     }
 
     #[test]

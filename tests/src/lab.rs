@@ -486,6 +486,7 @@ fn attach_pass(switch: &Netns, iface: &'static str) -> Result<Dataplane> {
         max_backends: 1,
         table_size: 2,
         flow_entries: 1,
+        source_entries: 1,
     };
     switch.run(move || -> Result<Dataplane> {
         let mut dataplane = Dataplane::load(sizes, None)?;

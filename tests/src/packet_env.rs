@@ -30,6 +30,8 @@ pub fn neighbour_mac(last_byte: u8) -> [u8; 6] {
 pub struct PacketEnv {
     pub dataplane: Dataplane,
     pub ifindex: u32,
+    ids: IdAllocator,
+    applied: Applied,
     home: File,
     _ns: Netns,
 }
@@ -74,16 +76,24 @@ impl PacketEnv {
         for family in ["ipv4", "ipv6"] {
             run_cmd("ip", &["netns", "exec", ns.name(), "sysctl", "-qw", &format!("net.{family}.conf.{IFACE}.forwarding=1")])?;
         }
-        let config = config::parse(config_toml, "fixture.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut dataplane = Dataplane::load(MapSizes::from_config(&config.balancer), None)?;
-        let mut ids = IdAllocator::new(config.balancer.max_vips, config.balancer.max_backends);
-        Applied::default().sync(&desired(&config, &mut ids), &mut dataplane)?;
+        let config = parse_config(config_toml)?;
+        let dataplane = Dataplane::load(MapSizes::from_config(&config.balancer), None)?;
+        let ids = IdAllocator::new(config.balancer.max_vips, config.balancer.max_backends);
 
         let home = File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
         let target = File::open(format!("/run/netns/{}", ns.name())).context("opening the fixture netns")?;
         setns(target.as_fd(), CloneFlags::CLONE_NEWNET).context("entering the fixture netns")?;
         let ifindex = nix::net::if_::if_nametoindex(IFACE).context("fixture interface index")?;
-        Ok(Self { dataplane, ifindex, home, _ns: ns })
+        let mut env = Self { dataplane, ifindex, ids, applied: Applied::default(), home, _ns: ns };
+        env.reconfigure(config_toml)?;
+        Ok(env)
+    }
+
+    /// Writes the tables of `config_toml` as a reload would: only the differences.
+    pub fn reconfigure(&mut self, config_toml: &str) -> Result<()> {
+        let config = parse_config(config_toml)?;
+        self.applied.sync(&desired(&config, &mut self.ids), &mut self.dataplane)?;
+        Ok(())
     }
 
     /// Runs `program` once on `input`, arriving on the environment's interface.
@@ -109,6 +119,10 @@ impl PacketEnv {
         output.truncate(result.data_size_out as usize);
         Ok((result.return_value, output, result.duration))
     }
+}
+
+fn parse_config(text: &str) -> Result<config::Config> {
+    config::parse(text, "fixture.toml").map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// The context of a BPF_PROG_TEST_RUN of an XDP program: a frame of `len` bytes arriving

@@ -383,3 +383,133 @@ fn unusual_packets_are_passed_or_dropped_on_purpose_and_counted() -> Result<()> 
     assert_eq!(f.global().passed, 6);
     Ok(())
 }
+
+/// The balancer section of [`CONFIG`], then a dsr TCP VIP (id 0, 10.100.0.2:80) and a nat
+/// UDP VIP (id 1, 10.100.0.1:53), both with the rate-limit tables `limits`.
+fn limited(limits: &str) -> String {
+    let balancer = CONFIG.split("[[vip]]").next().expect("balancer section");
+    format!(
+        r#"{balancer}
+[[vip]]
+name = "limited-tcp"
+address = "10.100.0.2"
+port = 80
+mode = "dsr"
+{limits}
+[[vip.backend]]
+address = "10.0.1.13"
+
+[[vip]]
+name = "limited-udp"
+address = "10.100.0.1"
+port = 53
+protocol = "udp"
+{limits}
+[[vip.backend]]
+address = "10.0.1.12"
+port = 5353
+"#
+    )
+}
+
+const LIMITED_TCP: u32 = 0;
+const LIMITED_UDP: u32 = 1;
+
+impl Fixtures {
+    fn with_limits(tag: &str, limits: &str) -> Self {
+        Self { env: PacketEnv::new(tag, &limited(limits), NEIGHBOURS).expect("fixture environment") }
+    }
+
+    /// The verdicts of a TCP packet from `client`:`port` to the limited dsr VIP.
+    fn tcp(&mut self, client: [u8; 4], port: u16, syn: bool) -> Result<u32> {
+        Ok(self.env.run("xdp_lb", &tcp4(CLIENT_MAC, LB_MAC, client, VIP4_DSR, port, 80, syn))?.0)
+    }
+
+    /// The verdicts of SYNs from `client` on each of `ports`.
+    fn syns(&mut self, client: [u8; 4], ports: std::ops::Range<u16>) -> Result<Vec<u32>> {
+        ports.map(|port| self.tcp(client, port, true)).collect()
+    }
+
+    fn udp(&mut self, port: u16) -> Result<u32> {
+        Ok(self.env.run("xdp_lb", &udp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, port, 53))?.0)
+    }
+
+    fn vip(&self, vip_id: u32) -> lb_common::VipStats {
+        self.env.dataplane.vip_stats(vip_id).expect("vip stats")
+    }
+}
+
+/// A bucket that refills one token an hour: within a test, it only empties.
+const HOURLY: &str = r#"fill_interval = "1h""#;
+
+#[test]
+fn new_flow_limit_admits_its_burst_then_drops_only_new_flows() -> Result<()> {
+    let mut f = Fixtures::with_limits("fxrlnew", &format!("new_flow_limit = {{ quota = 1, burst = 3, {HOURLY} }}"));
+    assert_eq!(f.syns(CLIENT4, 1000..1005)?, [XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP], "burst of 3 SYNs");
+    // A retransmitted SYN of an admitted flow and its later packets are not new flows.
+    assert_eq!(f.tcp(CLIENT4, 1000, true)?, XDP_TX, "SYN retransmission of an admitted flow");
+    assert_eq!(f.tcp(CLIENT4, 1001, false)?, XDP_TX, "ACK of an admitted flow");
+    // A non-SYN packet without a flow entry belongs to a connection that exists elsewhere
+    // (evicted entry, ECMP change): never cut by the new-flow limit.
+    assert_eq!(f.tcp(CLIENT4, 1010, false)?, XDP_TX, "ACK of an unknown connection");
+    let stats = f.vip(LIMITED_TCP);
+    assert_eq!((stats.new_flows, stats.rate_limited_new_flows), (4, 2));
+    assert_eq!((stats.rate_limited_sources, stats.rate_limited_packets), (0, 0));
+
+    // UDP: every datagram of a new flow counts; the flow's next datagrams don't.
+    let verdicts: Vec<u32> = (2000..2004).map(|port| f.udp(port)).collect::<Result<_>>()?;
+    assert_eq!(verdicts, [XDP_TX, XDP_TX, XDP_TX, XDP_DROP], "burst of 3 UDP flows");
+    assert_eq!(f.udp(2000)?, XDP_TX, "second datagram of an admitted UDP flow");
+    assert_eq!(f.udp(2003)?, XDP_DROP, "a refused flow stays refused while the bucket is empty");
+    let stats = f.vip(LIMITED_UDP);
+    assert_eq!((stats.new_flows, stats.rate_limited_new_flows), (3, 2));
+    Ok(())
+}
+
+#[test]
+fn source_limit_groups_clients_by_prefix_and_goes_before_the_vip_limit() -> Result<()> {
+    let mut f = Fixtures::with_limits(
+        "fxrlsrc",
+        &format!("source_limit = {{ quota = 1, burst = 2, prefix_len = 24, {HOURLY} }}\nnew_flow_limit = {{ quota = 1, burst = 3, {HOURLY} }}"),
+    );
+    assert_eq!(f.syns(CLIENT4, 1000..1005)?, [XDP_TX, XDP_TX, XDP_DROP, XDP_DROP, XDP_DROP], "2 per source prefix");
+    assert_eq!(f.syns([10, 0, 0, 77], 1000..1001)?, [XDP_DROP], "same /24, same bucket");
+    // The 3 refused SYNs above took no VIP token: another prefix still gets the VIP's third.
+    assert_eq!(f.syns([10, 0, 5, 2], 1000..1002)?, [XDP_TX, XDP_DROP], "other prefix: VIP limit");
+    let stats = f.vip(LIMITED_TCP);
+    assert_eq!((stats.new_flows, stats.rate_limited_sources, stats.rate_limited_new_flows), (3, 4, 1));
+    Ok(())
+}
+
+#[test]
+fn packet_limit_counts_packets_of_every_flow() -> Result<()> {
+    let mut f = Fixtures::with_limits("fxrlpkt", &format!("packet_limit = {{ quota = 1, burst = 3, {HOURLY} }}"));
+    let verdicts = [f.tcp(CLIENT4, 1000, true)?, f.tcp(CLIENT4, 1000, false)?, f.tcp(CLIENT4, 1001, true)?, f.tcp(CLIENT4, 1000, false)?];
+    assert_eq!(verdicts, [XDP_TX, XDP_TX, XDP_TX, XDP_DROP]);
+    let stats = f.vip(LIMITED_TCP);
+    assert_eq!((stats.packets, stats.rate_limited_packets, stats.new_flows), (4, 1, 2));
+    Ok(())
+}
+
+#[test]
+fn buckets_refill_at_their_rate() -> Result<()> {
+    // One token every 500 ms, burst 1.
+    let mut f = Fixtures::with_limits("fxrlfill", r#"new_flow_limit = { quota = 2, burst = 1 }"#);
+    assert_eq!(f.syns(CLIENT4, 1000..1002)?, [XDP_TX, XDP_DROP]);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(f.syns(CLIENT4, 1002..1004)?, [XDP_TX, XDP_DROP], "one token after one refill interval");
+    Ok(())
+}
+
+#[test]
+fn limits_change_with_the_config_without_reloading_the_program() -> Result<()> {
+    let limits = |burst: u32| format!("new_flow_limit = {{ quota = 1, burst = {burst}, {HOURLY} }}");
+    let mut f = Fixtures::with_limits("fxrlreload", &limits(1));
+    assert_eq!(f.syns(CLIENT4, 1000..1002)?, [XDP_TX, XDP_DROP]);
+    f.env.reconfigure(&limited(""))?;
+    assert_eq!(f.syns(CLIENT4, 1100..1104)?, [XDP_TX; 4], "limit removed");
+    // A bigger burst: the token taken above still counts against it.
+    f.env.reconfigure(&limited(&limits(5)))?;
+    assert_eq!(f.syns(CLIENT4, 1200..1206)?, [XDP_TX, XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP]);
+    Ok(())
+}
