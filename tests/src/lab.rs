@@ -777,6 +777,80 @@ impl LineConnection {
     }
 }
 
+/// What one [`connect_flood`] sender saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Flood {
+    /// Connection attempts (SYNs) sent.
+    pub sent: u64,
+    /// Attempts that were answered (connected) within [`FLOOD_ANSWER_WAIT`].
+    pub connected: u64,
+    pub first_sent: Instant,
+    pub last_sent: Instant,
+}
+
+/// How long a flood attempt may take to connect: far above the lab's RTT, well below the
+/// kernel's first SYN retransmission (1 s), so every attempt is exactly one SYN.
+pub const FLOOD_ANSWER_WAIT: Duration = Duration::from_millis(500);
+
+/// Opens TCP connections from `source` to `target` at `rate` per second for `duration`,
+/// each a new flow (a fresh ephemeral port), closing each as soon as it connects or after
+/// [`FLOOD_ANSWER_WAIT`]. With `cpu`, the thread first pins itself to that CPU, so the
+/// packets it sends are processed there (veth delivers on the sending CPU). Runs in the
+/// calling thread's network namespace.
+pub fn connect_flood(source: IpAddr, target: SocketAddr, rate: f64, duration: Duration, cpu: Option<usize>) -> Result<Flood> {
+    use socket2::{Domain, Socket, Type};
+    if let Some(cpu) = cpu {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu)?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    }
+    let mut pending: std::collections::VecDeque<(Socket, Instant)> = Default::default();
+    let mut connected = 0;
+    let mut reap = |pending: &mut std::collections::VecDeque<(Socket, Instant)>, now: Instant| {
+        pending.retain(|(socket, sent)| {
+            if socket.peer_addr().is_ok() {
+                connected += 1;
+                return false;
+            }
+            now.duration_since(*sent) < FLOOD_ANSWER_WAIT
+        })
+    };
+    let start = Instant::now();
+    let (mut sent, mut last_sent, mut last_reap) = (0u64, start, start);
+    loop {
+        let due = start + Duration::from_secs_f64(sent as f64 / rate);
+        let now = Instant::now();
+        if due.duration_since(start) >= duration {
+            break;
+        }
+        if now.duration_since(last_reap) >= Duration::from_millis(10) {
+            reap(&mut pending, now);
+            last_reap = now;
+        }
+        if now < due {
+            std::thread::sleep((due - now).min(Duration::from_millis(2)));
+            continue;
+        }
+        let socket = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+        match socket.connect(&target.into()) {
+            Err(e) if e.raw_os_error() != Some(nix::errno::Errno::EINPROGRESS as i32) => {
+                return Err(e).context("connect");
+            }
+            _ => {}
+        }
+        pending.push_back((socket, now));
+        sent += 1;
+        last_sent = now;
+    }
+    while !pending.is_empty() {
+        std::thread::sleep(Duration::from_millis(10));
+        reap(&mut pending, Instant::now());
+    }
+    Ok(Flood { sent, connected, first_sent: start, last_sent })
+}
+
 /// Counts answers by backend name.
 pub fn tally(names: impl IntoIterator<Item = String>) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
