@@ -38,6 +38,7 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_GLOBAL_STATS: &str = "GLOBAL_STATS";
 pub const MAP_NEXT_HOPS: &str = "NEXT_HOPS";
 pub const MAP_RATE_STATE: &str = "RATE_STATE";
+pub const MAP_RATE_CPU_TOKENS: &str = "RATE_CPU_TOKENS";
 pub const MAP_SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
 
 /// Program names in the object.
@@ -66,7 +67,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<NatState>() == 48);
     assert!(core::mem::size_of::<SourceKey>() == 20);
-    assert!(core::mem::size_of::<VipInfo>() == 64);
+    assert!(core::mem::size_of::<VipInfo>() == 88);
 };
 
 #[repr(C, align(4))]
@@ -111,7 +112,7 @@ pub const LIMIT_SOURCES: u8 = 4;
 
 /// A token bucket in its GCRA form: its whole state is one timestamp, the theoretical
 /// arrival time (TAT). The bucket is full when the TAT is not ahead of now; each token
-/// taken moves it `emission_ns` (one token's worth of refill time) forward; a token may be
+/// taken moves it `emission_ns` (one token's worth of refill time) forward; tokens may be
 /// taken while that keeps the TAT within `tolerance_ns` (burst x emission) of now. One
 /// timestamp updated with compare-and-swap makes the bucket exact when every CPU shares it.
 #[repr(C)]
@@ -119,20 +120,40 @@ pub const LIMIT_SOURCES: u8 = 4;
 pub struct TokenBucket {
     pub emission_ns: u64,
     pub tolerance_ns: u64,
+    /// Tokens a CPU takes from a VIP's shared bucket at once and then spends without
+    /// touching the shared TAT (see `VipCpuTokens`): about a millisecond's worth, so CPUs
+    /// hold back at most that much of the rate each. 1 means every token is taken alone.
+    pub batch: u32,
+    pub _pad: u32,
 }
 
 impl TokenBucket {
     /// The bucket's next TAT if a token can be taken at `now` from a bucket at `tat`.
+    #[inline(always)]
+    pub fn take(&self, tat: u64, now: u64) -> Option<u64> {
+        self.take_n(tat, now, 1)
+    }
+
+    /// The bucket's next TAT if `n` tokens can be taken at `now` from a bucket at `tat`.
     /// Taking tokens never moves a TAT beyond the tolerance, so one that is beyond it was
     /// left by an earlier configuration of the bucket (or an earlier VIP with the same
     /// id): the bucket starts over, full.
     #[inline(always)]
-    pub fn take(&self, tat: u64, now: u64) -> Option<u64> {
+    pub fn take_n(&self, tat: u64, now: u64, n: u32) -> Option<u64> {
         let limit = now + self.tolerance_ns;
         let start = if tat > now && tat <= limit { tat } else { now };
-        let next = start + self.emission_ns;
+        let next = start + self.emission_ns * n as u64;
         if next <= limit { Some(next) } else { None }
     }
+}
+
+/// Value of `RATE_CPU_TOKENS` (per CPU, per VIP id): tokens this CPU took from the VIP's
+/// shared buckets in a batch and has not spent yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipCpuTokens {
+    pub new_flows: u32,
+    pub packets: u32,
 }
 
 /// Value of `RATE_STATE`, per VIP id: the TATs of the VIP's shared buckets, each on a
@@ -350,6 +371,7 @@ mod pod {
     unsafe impl aya::Pod for GlobalStats {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for VipRateState {}
+    unsafe impl aya::Pod for VipCpuTokens {}
     unsafe impl aya::Pod for SourceKey {}
 }
 
@@ -489,7 +511,7 @@ mod tests {
     }
 
     /// 10 tokens a second (100 ms each), burst 3.
-    const BUCKET: TokenBucket = TokenBucket { emission_ns: 100_000_000, tolerance_ns: 300_000_000 };
+    const BUCKET: TokenBucket = TokenBucket { emission_ns: 100_000_000, tolerance_ns: 300_000_000, batch: 1, _pad: 0 };
     const SECOND: u64 = 1_000_000_000;
 
     /// Takes tokens at `now` until the bucket refuses; returns how many and the TAT.
@@ -531,6 +553,16 @@ mod tests {
             }
         }
         assert_eq!(admitted, 3 + 100 - 1);
+    }
+
+    #[test]
+    fn token_bucket_gives_batches_only_whole() {
+        let now = 50 * SECOND;
+        assert_eq!(BUCKET.take_n(0, now, 3), Some(now + 300_000_000));
+        assert_eq!(BUCKET.take_n(0, now, 4), None);
+        let one = BUCKET.take(0, now).unwrap();
+        assert_eq!(BUCKET.take_n(one, now, 3), None);
+        assert_eq!(BUCKET.take_n(one, now, 2), Some(now + 300_000_000));
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl Dataplane {
             .map_max_entries(MAP_FLOWS, sizes.flow_entries)
             .map_max_entries(MAP_NAT, sizes.flow_entries)
             .map_max_entries(MAP_RATE_STATE, sizes.max_vips)
+            .map_max_entries(MAP_RATE_CPU_TOKENS, sizes.max_vips)
             .map_max_entries(MAP_SOURCE_BUCKETS, sizes.source_entries)
             .load(crate::EBPF_OBJECT)
             .context("loading the XDP object")?;

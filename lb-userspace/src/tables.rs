@@ -65,9 +65,18 @@ impl RateLimits {
     }
 }
 
+/// Most tokens a CPU takes from a VIP's shared bucket at once.
+const MAX_TOKEN_BATCH: u64 = 64;
+/// A batch is about this much of the bucket's refill time.
+const TOKEN_BATCH_NS: u64 = 1_000_000;
+
 fn token_bucket(limit: &RateLimitConfig) -> TokenBucket {
     let emission_ns = limit.token_ns();
-    TokenBucket { emission_ns, tolerance_ns: emission_ns * limit.burst() }
+    let burst = limit.burst();
+    // Never more than a quarter of the burst, so that CPUs holding batches can't make a
+    // full bucket look empty to the others.
+    let batch = (TOKEN_BATCH_NS / emission_ns).min(MAX_TOKEN_BATCH).min(burst / 4).max(1);
+    TokenBucket { emission_ns, tolerance_ns: emission_ns * burst, batch: batch as u32, _pad: 0 }
 }
 
 /// Identity of a backend across VIPs and reloads: one id per (address, port).
@@ -280,8 +289,15 @@ weight = 3
         );
         let limits = vip(&limited, &mut ids).limits;
         assert_eq!(limits.flags, LIMIT_NEW_FLOWS | LIMIT_SOURCES);
-        assert_eq!(limits.new_flows, TokenBucket { emission_ns: 10_000_000, tolerance_ns: 200_000_000 });
-        assert_eq!(limits.sources, TokenBucket { emission_ns: 20_000_000, tolerance_ns: 100_000_000 });
+        assert_eq!(limits.new_flows, TokenBucket { emission_ns: 10_000_000, tolerance_ns: 200_000_000, batch: 1, _pad: 0 });
+        assert_eq!(limits.sources, TokenBucket { emission_ns: 20_000_000, tolerance_ns: 100_000_000, batch: 1, _pad: 0 });
+        // Fast buckets are taken from in batches of about a millisecond, at most 64, at
+        // most a quarter of the burst.
+        let batch = |quota: u64, burst: u64| {
+            let limit = RateLimitConfig { quota, fill_interval: std::time::Duration::from_secs(1), burst: Some(burst), prefix_len: None };
+            token_bucket(&limit).batch
+        };
+        assert_eq!((batch(5000, 50), batch(5000, 8), batch(1_000_000, 10_000), batch(100, 100)), (5, 2, 64, 1));
         assert_eq!(limits.source_prefix_len, 24);
         let v6 = BASE.replace("10.100.0.1", "fd00::100").replace("10.0.1.1", "fd00::1").replace("ipv4 = \"10.0.0.1\"", "ipv6 = \"fd00::1:1\"");
         assert_eq!(vip(&v6, &mut IdAllocator::new(64, 4096)).limits.source_prefix_len, 64);
