@@ -134,8 +134,149 @@ pub struct VipConfig {
     /// Token bucket for new flows from each source prefix (`prefix_len`).
     #[serde(default)]
     pub source_limit: Option<RateLimitConfig>,
+    /// Active health checks of every backend of the VIP.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive outlier ejection from what the packet path sees (nat VIPs only: dsr replies
+    /// bypass the balancer).
+    #[serde(default)]
+    pub outlier_detection: Option<OutlierDetectionConfig>,
+    /// The VIP speaks plain HTTP/1: the status line of each response's first segment
+    /// counts for `outlier_detection.consecutive_5xx` (nat mode).
+    #[serde(default)]
+    pub http: bool,
+    /// Percent of the VIP's backends that must be available (healthy, not ejected); below
+    /// it the VIP balances over all its backends, ignoring health, rather than overload the
+    /// few left or black-hole the VIP. 0 disables (default 50, as a service mesh).
+    #[serde(default = "default_panic_threshold")]
+    pub panic_threshold: u32,
+    /// Regions to fail over to, in order, after the balancer's own region; regions not
+    /// listed come last, together.
+    #[serde(default)]
+    pub failover_regions: Vec<String>,
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
+}
+
+/// Active health checking of a VIP's backends.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// `tcp` (a connect) or `http` (a GET whose status must be expected).
+    #[serde(rename = "type")]
+    pub kind: HealthCheckKind,
+    /// Time between checks of one backend (default 5 s).
+    #[serde(default = "default_check_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// A check not finished after this fails (default 1 s; less than the interval).
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Up to this much random time is added to each interval, so checks of many backends
+    /// spread out (default 0).
+    #[serde(default, with = "humantime_serde")]
+    pub jitter: Duration,
+    /// Consecutive passes that make an unhealthy backend healthy (default 2).
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy backend unhealthy (default 3).
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Port to check; defaults to the backend's.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `http`: the request path (default "/").
+    #[serde(default = "default_check_path")]
+    pub path: String,
+    /// `http`: the Host header (default: the backend's address).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `http`: status codes that pass, as codes or "from-to" ranges (default ["200-299"]).
+    #[serde(default = "default_expected_statuses")]
+    pub expected_statuses: Vec<StatusRange>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    Tcp,
+    Http,
+}
+
+/// An inclusive range of HTTP status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub from: u16,
+    pub to: u16,
+}
+
+impl StatusRange {
+    pub fn contains(&self, status: u16) -> bool {
+        (self.from..=self.to).contains(&status)
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Code(u16),
+            Range(String),
+        }
+        let range = match Raw::deserialize(d)? {
+            Raw::Code(c) => StatusRange { from: c, to: c },
+            Raw::Range(text) => {
+                let parsed = text.split_once('-').and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+                let Some((from, to)) = parsed else {
+                    return Err(serde::de::Error::custom(format!("{text:?} is neither a status code nor a range like \"200-299\"")));
+                };
+                StatusRange { from, to }
+            }
+        };
+        if !(100..=599).contains(&range.from) || !(100..=599).contains(&range.to) || range.from > range.to {
+            return Err(serde::de::Error::custom(format!(
+                "status codes must be 100..=599, ranges low-high (got {}-{})",
+                range.from, range.to
+            )));
+        }
+        Ok(range)
+    }
+}
+
+/// Outlier ejection, with a service mesh's meanings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetectionConfig {
+    /// Consecutive 5xx responses (and, unless split, local-origin failures) that eject a
+    /// backend (default 5; 0 disables).
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_5xx: u32,
+    /// With `split_external_local_origin_errors`: consecutive local-origin failures
+    /// (connection refused or reset, ICMP unreachable, answering a connection attempt)
+    /// that eject a backend (default 5; 0 disables).
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_local_origin_failures: u32,
+    /// Count local-origin failures apart from 5xx responses (default false: they count as
+    /// 5xx).
+    #[serde(default)]
+    pub split_external_local_origin_errors: bool,
+    /// Time between ejection sweeps: ejected backends whose time is up return, and the
+    /// ejection multiplier of backends that stayed well decreases (default 10 s).
+    #[serde(default = "default_outlier_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// An ejection lasts this times the number of times the backend was ejected (default 30 s)...
+    #[serde(default = "default_base_ejection_time", with = "humantime_serde")]
+    pub base_ejection_time: Duration,
+    /// ...but never longer than this (default 300 s).
+    #[serde(default = "default_max_ejection_time", with = "humantime_serde")]
+    pub max_ejection_time: Duration,
+    /// At most this percent of the VIP's backends are ejected at once; at least one may
+    /// always be (default 10).
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+    /// An ejected backend that passes an active health check returns at once (default true).
+    #[serde(default = "default_true")]
+    pub uneject_on_healthy_check: bool,
 }
 
 /// A token bucket, as a gateway's local rate limiter describes one: `quota` tokens every
@@ -234,6 +375,9 @@ pub struct BackendConfig {
     pub region: String,
     #[serde(default)]
     pub zone: String,
+    /// Takes no new flows; its existing flows stay (default false).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 impl BackendConfig {
@@ -256,6 +400,45 @@ fn default_max_backends() -> u32 {
 }
 fn default_flow_table_size() -> u32 {
     lb_common::DEFAULT_FLOW_ENTRIES
+}
+fn default_panic_threshold() -> u32 {
+    50
+}
+fn default_check_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+fn default_check_path() -> String {
+    "/".to_owned()
+}
+fn default_expected_statuses() -> Vec<StatusRange> {
+    vec![StatusRange { from: 200, to: 299 }]
+}
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_outlier_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_base_ejection_time() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ejection_time() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_ejection_percent() -> u32 {
+    10
+}
+fn default_true() -> bool {
+    true
 }
 fn default_source_table_size() -> u32 {
     lb_common::DEFAULT_SOURCE_ENTRIES
@@ -633,14 +816,41 @@ fn fields_at(path: &[Seg]) -> &'static [&'static str] {
                 "new_flow_limit",
                 "packet_limit",
                 "source_limit",
+                "health_check",
+                "outlier_detection",
+                "http",
+                "panic_threshold",
+                "failover_regions",
                 "backend",
             ]
         }
+        [Key(v), Index(_), Key(h)] if v == "vip" && h == "health_check" => &[
+            "type",
+            "interval",
+            "timeout",
+            "jitter",
+            "healthy_threshold",
+            "unhealthy_threshold",
+            "port",
+            "path",
+            "host",
+            "expected_statuses",
+        ],
+        [Key(v), Index(_), Key(o)] if v == "vip" && o == "outlier_detection" => &[
+            "consecutive_5xx",
+            "consecutive_local_origin_failures",
+            "split_external_local_origin_errors",
+            "interval",
+            "base_ejection_time",
+            "max_ejection_time",
+            "max_ejection_percent",
+            "uneject_on_healthy_check",
+        ],
         [Key(v), Index(_), Key(_)] if v == "vip" => {
             &["quota", "fill_interval", "burst", "prefix_len"]
         }
         [Key(v), Index(_), Key(b), Index(_)] if v == "vip" && b == "backend" => {
-            &["address", "port", "weight", "region", "zone"]
+            &["address", "port", "weight", "region", "zone", "draining"]
         }
         _ => &[],
     }
@@ -845,6 +1055,7 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
         }
 
         validate_rate_limits(vip, i, cx)?;
+        validate_health(vip, i, cx)?;
 
         if vip.backends.len() > m as usize {
             return Err(cx.err(
@@ -977,6 +1188,76 @@ fn validate_rate_limits(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(), Confi
     Ok(())
 }
 
+fn validate_health(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(), ConfigError> {
+    if vip.panic_threshold > 100 {
+        return Err(cx.err(&path!["vip", i, "panic_threshold"], format!("a percentage, 0..=100 (got {})", vip.panic_threshold)));
+    }
+    if let Some(check) = &vip.health_check {
+        let at = |key: &str| cx.err(&path!["vip", i, "health_check", key], "");
+        let fail = |key: &str, message: String| ConfigError { message, ..at(key) };
+        if check.interval < Duration::from_millis(100) {
+            return Err(fail("interval", "must be at least 100ms".into()));
+        }
+        if check.timeout.is_zero() || check.timeout > check.interval {
+            return Err(fail("timeout", format!(
+                "must be more than 0 and at most the interval ({})",
+                humantime::format_duration(check.interval)
+            )));
+        }
+        if check.jitter > check.interval {
+            return Err(fail("jitter", "must be at most the interval".into()));
+        }
+        for key in ["healthy_threshold", "unhealthy_threshold"] {
+            let value = if key == "healthy_threshold" { check.healthy_threshold } else { check.unhealthy_threshold };
+            if value == 0 {
+                return Err(fail(key, "must be at least 1".into()));
+            }
+        }
+        if check.port == Some(0) {
+            return Err(fail("port", "must be 1..65535".into()));
+        }
+        if !check.path.starts_with('/') || check.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(fail("path", format!("must start with '/' and hold no spaces (got {:?})", check.path)));
+        }
+        if check.host.as_deref().is_some_and(|h| h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control())) {
+            return Err(fail("host", "must be a host name without spaces".into()));
+        }
+        if check.expected_statuses.is_empty() {
+            return Err(fail("expected_statuses", "at least one status code or range".into()));
+        }
+    }
+    if let Some(outlier) = &vip.outlier_detection {
+        let fail = |key: &str, message: String| cx.err(&path!["vip", i, "outlier_detection", key], message);
+        if vip.mode == ForwardingMode::Dsr {
+            return Err(cx.err(
+                &path!["vip", i, "outlier_detection"],
+                "needs nat mode: in dsr mode replies bypass the balancer, so it sees no failures",
+            ));
+        }
+        if outlier.interval < Duration::from_millis(100) {
+            return Err(fail("interval", "must be at least 100ms".into()));
+        }
+        if outlier.base_ejection_time.is_zero() {
+            return Err(fail("base_ejection_time", "must be more than 0".into()));
+        }
+        if outlier.max_ejection_time < outlier.base_ejection_time {
+            return Err(fail("max_ejection_time", "must be at least base_ejection_time".into()));
+        }
+        if outlier.max_ejection_percent > 100 {
+            return Err(fail("max_ejection_percent", format!("a percentage, 0..=100 (got {})", outlier.max_ejection_percent)));
+        }
+    }
+    if vip.http && vip.mode == ForwardingMode::Dsr {
+        return Err(cx.err(&path!["vip", i, "http"], "needs nat mode: in dsr mode responses bypass the balancer"));
+    }
+    for (j, region) in vip.failover_regions.iter().enumerate() {
+        if region.is_empty() || vip.failover_regions[..j].contains(region) {
+            return Err(cx.err(&path!["vip", i, "failover_regions", j], format!("empty or repeated region {region:?}")));
+        }
+    }
+    Ok(())
+}
+
 /// ", line N" for a key path, or nothing when the line is unknown.
 fn at_line(cx: &Ctx, path: &[Seg]) -> String {
     cx.line(path)
@@ -1102,7 +1383,8 @@ address = "fd00:1::11"
                 port: 8080,
                 weight: 2,
                 region: "r1".into(),
-                zone: "z1".into()
+                zone: "z1".into(),
+                draining: false,
             }
         );
         // Port defaults to the VIP's, weight to 1, labels to "".
@@ -1113,7 +1395,8 @@ address = "fd00:1::11"
                 port: 80,
                 weight: 1,
                 region: "".into(),
-                zone: "".into()
+                zone: "".into(),
+                draining: false,
             }
         );
         let dns = &c.vips[1];
@@ -1689,6 +1972,52 @@ nat_port_max = 1024
         assert_eq!((e.key.as_str(), e.line), ("vip[0].new_flow_limit.rate", Some(line)), "{e}");
         let v6 = replace(GOOD, "port = 443\n", "port = 443\nsource_limit = { quota = 1, prefix_len = 16 }\n");
         expect(&v6, "vip[2].source_limit.prefix_len", line_with(GOOD, "port = 443", 0) + 1, "32..=128 for an IPv6 VIP (got 16)");
+    }
+
+    #[test]
+    fn health_and_outlier_settings_parse_with_defaults() {
+        let text = replace(
+            GOOD,
+            "port = 80\n",
+            "port = 80\nhttp = true\nfailover_regions = [\"r3\", \"r2\"]\nhealth_check = { type = \"http\", path = \"/healthz\", expected_statuses = [200, \"300-302\"] }\noutlier_detection = { consecutive_5xx = 3 }\n",
+        );
+        let c = parse(&text, "t").unwrap();
+        let web = &c.vips[0];
+        assert!(web.http);
+        assert_eq!(web.panic_threshold, 50);
+        assert_eq!(web.failover_regions, ["r3", "r2"]);
+        let check = web.health_check.as_ref().unwrap();
+        assert_eq!(check.kind, HealthCheckKind::Http);
+        assert_eq!((check.interval, check.timeout, check.jitter), (Duration::from_secs(5), Duration::from_secs(1), Duration::ZERO));
+        assert_eq!((check.healthy_threshold, check.unhealthy_threshold, check.port), (2, 3, None));
+        assert_eq!(check.expected_statuses, [StatusRange { from: 200, to: 200 }, StatusRange { from: 300, to: 302 }]);
+        let outlier = web.outlier_detection.as_ref().unwrap();
+        assert_eq!((outlier.consecutive_5xx, outlier.consecutive_local_origin_failures), (3, 5));
+        assert!(!outlier.split_external_local_origin_errors && outlier.uneject_on_healthy_check);
+        assert_eq!(
+            (outlier.interval, outlier.base_ejection_time, outlier.max_ejection_time, outlier.max_ejection_percent),
+            (Duration::from_secs(10), Duration::from_secs(30), Duration::from_secs(300), 10)
+        );
+        assert!(!web.backends[0].draining);
+    }
+
+    #[test]
+    fn health_and_outlier_settings_validated() {
+        let with = |extra: &str| replace(GOOD, "port = 80\n", &format!("port = 80\n{extra}\n"));
+        let line = line_with(GOOD, "port = 80", 0) + 1;
+        expect(&with("panic_threshold = 101"), "vip[0].panic_threshold", line, "0..=100");
+        expect(&with("health_check = { type = \"tcp\", timeout = \"6s\" }"), "vip[0].health_check.timeout", line, "at most the interval");
+        expect(&with("health_check = { type = \"tcp\", unhealthy_threshold = 0 }"), "vip[0].health_check.unhealthy_threshold", line, "at least 1");
+        expect(&with("health_check = { type = \"http\", path = \"healthz\" }"), "vip[0].health_check.path", line, "start with '/'");
+        let e = err(&with("health_check = { type = \"http\", expected_statuses = [\"299-200\"] }"));
+        assert_eq!((e.key.as_str(), e.line), ("vip[0].health_check.expected_statuses", Some(line)), "{e}");
+        let e = err(&with("health_check = { type = \"icmp\" }"));
+        assert_eq!((e.key.as_str(), e.line), ("vip[0].health_check.type", Some(line)), "{e}");
+        expect(&with("outlier_detection = { max_ejection_time = \"1s\" }"), "vip[0].outlier_detection.max_ejection_time", line, "at least base_ejection_time");
+        expect(&with("failover_regions = [\"r2\", \"r2\"]"), "vip[0].failover_regions[1]", line, "repeated region");
+        let dsr_line = line_with(GOOD, "mode = \"dsr\"", 0) + 1;
+        let dsr = replace(GOOD, "mode = \"dsr\"\n", "mode = \"dsr\"\noutlier_detection = {}\n");
+        expect(&dsr, "vip[1].outlier_detection", dsr_line, "needs nat mode");
     }
 
     #[test]
