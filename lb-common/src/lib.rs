@@ -40,6 +40,7 @@ pub const MAP_NEXT_HOPS: &str = "NEXT_HOPS";
 pub const MAP_RATE_STATE: &str = "RATE_STATE";
 pub const MAP_RATE_CPU_TOKENS: &str = "RATE_CPU_TOKENS";
 pub const MAP_SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
+pub const MAP_HEALTH_SIGNALS: &str = "HEALTH_SIGNALS";
 
 /// Program names in the object.
 pub const PROG_LB: &str = "xdp_lb";
@@ -65,7 +66,7 @@ const _: () = {
     assert!(core::mem::size_of::<VipAddrKey>() == 20);
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<FlowKey>() == 40);
-    assert!(core::mem::size_of::<NatState>() == 48);
+    assert!(core::mem::size_of::<NatState>() == 52);
     assert!(core::mem::size_of::<SourceKey>() == 20);
     assert!(core::mem::size_of::<VipInfo>() == 88);
 };
@@ -96,13 +97,41 @@ pub struct VipInfo {
     /// Sources that share a `source_limit` bucket: the client address masked to this
     /// many leading bits.
     pub source_prefix_len: u8,
-    pub _pad: u8,
+    /// Which passive health signals the program reports for the VIP's nat flows
+    /// (`WATCH_*` bits, copied into each flow's `NatState`).
+    pub watch: u8,
     /// New flows to the VIP (TCP SYNs and first packets of UDP flows).
     pub new_flow_limit: TokenBucket,
     /// Every packet to the VIP, of new and established flows.
     pub packet_limit: TokenBucket,
     /// New flows from one source prefix (see `source_prefix_len`), tracked in `SOURCE_BUCKETS`.
     pub source_limit: TokenBucket,
+}
+
+/// `VipInfo::watch` / `NatState::watch` bits: report how connection attempts are answered
+/// (SYN-ACK, or RST / ICMP unreachable), and the status class of the first HTTP response.
+pub const WATCH_CONNECT: u8 = 1;
+pub const WATCH_HTTP: u8 = 2;
+
+/// `NatState::seen` bits: what of the flow's replies was already reported.
+pub const SEEN_CONNECT_ANSWER: u8 = 1;
+pub const SEEN_HTTP_STATUS: u8 = 2;
+
+/// `HealthSignal::kind`: what the packet path saw a backend do.
+pub const SIGNAL_CONNECT_FAILED: u32 = 1;
+pub const SIGNAL_CONNECTED: u32 = 2;
+pub const SIGNAL_HTTP_5XX: u32 = 3;
+pub const SIGNAL_HTTP_OK: u32 = 4;
+
+/// A record of `HEALTH_SIGNALS` (a ring buffer the controller reads as they come): a
+/// passive health signal about one backend of a nat VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HealthSignal {
+    pub backend_id: u32,
+    pub vip_id: u32,
+    pub kind: u32,
+    pub _pad: u32,
 }
 
 /// `VipInfo::limits` bits.
@@ -238,6 +267,11 @@ pub struct NatState {
     pub client: FlowKey,
     pub vip_id: u32,
     pub backend_id: u32,
+    /// `WATCH_*` bits of the VIP when the flow began.
+    pub watch: u8,
+    /// `SEEN_*` bits: signals already reported for this flow (written in place).
+    pub seen: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Balancer-wide settings, one element in `SETTINGS`.
@@ -331,6 +365,10 @@ pub struct BackendStats {
     pub new_flows: u64,
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    /// Connection attempts of watched nat flows answered with RST or ICMP unreachable.
+    pub connect_failures: u64,
+    /// First HTTP responses of watched flows with a 5xx status.
+    pub responses_5xx: u64,
 }
 
 /// Counters for packets that belong to no VIP, or whose VIP could not be determined.
@@ -352,6 +390,8 @@ pub struct GlobalStats {
     pub drop_icmp_unmatched: u64,
     /// The map lookup that every VIP packet needs failed (a controller bug or a race).
     pub drop_internal: u64,
+    /// Passive health signals not reported because `HEALTH_SIGNALS` was full.
+    pub health_signals_lost: u64,
 }
 
 #[cfg(feature = "user")]
@@ -372,6 +412,7 @@ mod pod {
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for VipRateState {}
     unsafe impl aya::Pod for VipCpuTokens {}
+    unsafe impl aya::Pod for HealthSignal {}
     unsafe impl aya::Pod for SourceKey {}
 }
 

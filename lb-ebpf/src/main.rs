@@ -11,7 +11,7 @@ mod packet;
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action},
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_redirect},
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -19,7 +19,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use lb_common::*;
-use packet::{Headers, L4, Parsed, Quoted, Translation, addr_eq, copy_addr, set_flow_key_tail};
+use packet::{Headers, L4, Parsed, Quoted, TCP_ACK, TCP_RST, TCP_SYN, Translation, addr_eq, copy_addr, set_flow_key_tail};
 
 #[btf_map]
 static VIPS: HashMap<VipKey, VipInfo, { DEFAULT_MAX_VIPS as usize }> = HashMap::new();
@@ -57,6 +57,11 @@ static RATE_CPU_TOKENS: PerCpuArray<VipCpuTokens, { DEFAULT_MAX_VIPS as usize }>
 #[btf_map]
 static SOURCE_BUCKETS: LruHashMap<SourceKey, u64, { DEFAULT_SOURCE_ENTRIES as usize }> =
     LruHashMap::new();
+
+/// Passive health signals for the controller (see `HealthSignal`): a few per connection at
+/// most, and only for VIPs with outlier detection.
+#[btf_map]
+static HEALTH_SIGNALS: RingBuf<HealthSignal, { 256 * 1024 }> = RingBuf::new();
 
 /// Working memory for one packet (see `Scratch`); typed as words so its BTF stays plain.
 #[btf_map]
@@ -185,6 +190,11 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, Reason> {
             Err(if is_vip_addr(&h.dst, h.family) { Reason::UnknownVipPort } else { Reason::Passed })
         }
         L4::IcmpError => {
+            if h.icmp_unreachable && addr_eq(&h.dst, own_addr(settings, h.family)) {
+                let inner_l3 = h.inner_l3;
+                observe_unreachable_backend(ctx, s, inner_l3);
+                return Err(Reason::Passed);
+            }
             if !is_vip_addr(&h.dst, h.family) {
                 return Err(Reason::Passed);
             }
@@ -304,6 +314,8 @@ fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, R
                 copy_words(&mut nat.client, flow);
                 nat.vip_id = vip.vip_id;
                 nat.backend_id = backend_id;
+                nat.watch = vip.watch;
+                nat.seen = 0;
                 match reserve_nat_port(s, backend) {
                     0 => {
                         vip_stats.drop_nat_ports_exhausted += 1;
@@ -546,6 +558,10 @@ fn to_client(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
         b.reply_packets += 1;
         b.reply_bytes += h.frame_len as u64;
     }
+    if s.nat.watch & !s.nat.seen != 0 {
+        observe_reply(ctx, s);
+    }
+    let h = &s.headers;
     let client = &s.nat.client;
     copy_addr(&mut s.to.src, &client.dst);
     copy_addr(&mut s.to.dst, &client.src);
@@ -557,6 +573,86 @@ fn to_client(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
         vip_stats.drop_no_route += 1;
     }
     Ok(action)
+}
+
+/// Reports how a watched nat flow's backend answers: the answer to the connection attempt
+/// (SYN-ACK, RST, or for UDP any reply) and the status class of the first HTTP response.
+// A BPF subprogram of its own: its stack frame is not added to its siblings'.
+#[inline(never)]
+fn observe_reply(ctx: &XdpContext, s: &mut Scratch) {
+    let (h, nat) = (&s.headers, &s.nat);
+    // `WATCH_*` and `SEEN_*` share their bit values: pending = watched and not yet seen.
+    let pending = nat.watch & !nat.seen;
+    let (mut kind, mut seen) = (0, 0);
+    if pending & WATCH_CONNECT != 0 {
+        if h.proto == PROTO_UDP || h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+            (kind, seen) = (SIGNAL_CONNECTED, SEEN_CONNECT_ANSWER);
+        } else if h.tcp_flags & TCP_RST != 0 {
+            (kind, seen) = (SIGNAL_CONNECT_FAILED, SEEN_CONNECT_ANSWER);
+        }
+    }
+    if kind == 0 && pending & WATCH_HTTP != 0 && h.proto == PROTO_TCP {
+        match packet::http_status_class(ctx, h) {
+            Some(5) => (kind, seen) = (SIGNAL_HTTP_5XX, SEEN_HTTP_STATUS),
+            Some(_) => (kind, seen) = (SIGNAL_HTTP_OK, SEEN_HTTP_STATUS),
+            None => {}
+        }
+    }
+    if kind == 0 {
+        return;
+    }
+    if let Some(state) = NAT.get_ptr_mut(&s.reply) {
+        // SAFETY: a map value; a racing writer of the same byte only repeats a signal.
+        unsafe { (*state).seen |= seen };
+    }
+    signal(s.nat.backend_id, s.nat.vip_id, kind);
+}
+
+/// An ICMP destination unreachable sent to the balancer's own address may quote a packet it
+/// sent to a backend: if that opened a watched nat flow that has no answer yet, the
+/// connection attempt failed.
+// A BPF subprogram of its own: its stack frame is not added to its siblings'.
+#[inline(never)]
+fn observe_unreachable_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize) {
+    let family = s.headers.family;
+    if !packet::parse_quoted(ctx, family, inner_l3, &mut s.quoted) {
+        return;
+    }
+    // The quoted packet went balancer -> backend; the flow's replies are keyed the other way.
+    let q = &s.quoted;
+    copy_addr(&mut s.reply.src, &q.dst);
+    copy_addr(&mut s.reply.dst, &q.src);
+    set_flow_key_tail(&mut s.reply, q.dport, q.sport, q.proto, family);
+    let Some(state) = NAT.get_ptr_mut(&s.reply) else {
+        return;
+    };
+    // SAFETY: a map value, read and written in place (see `observe_reply`).
+    let (watch, seen, backend_id, vip_id) = unsafe { ((*state).watch, (*state).seen, (*state).backend_id, (*state).vip_id) };
+    if watch & WATCH_CONNECT == 0 || seen & SEEN_CONNECT_ANSWER != 0 {
+        return;
+    }
+    unsafe { (*state).seen = seen | SEEN_CONNECT_ANSWER };
+    signal(backend_id, vip_id, SIGNAL_CONNECT_FAILED);
+}
+
+/// Counts a passive health signal for the backend and hands it to the controller.
+#[inline(always)]
+fn signal(backend_id: u32, vip_id: u32, kind: u32) {
+    if let Some(stats) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU value.
+        let stats = unsafe { &mut *stats };
+        match kind {
+            SIGNAL_CONNECT_FAILED => stats.connect_failures += 1,
+            SIGNAL_HTTP_5XX => stats.responses_5xx += 1,
+            _ => {}
+        }
+    }
+    if HEALTH_SIGNALS.output(HealthSignal { backend_id, vip_id, kind, _pad: 0 }, 0).is_err()
+        && let Some(stats) = GLOBAL_STATS.get_ptr_mut(0)
+    {
+        // SAFETY: per-CPU value.
+        unsafe { (*stats).health_signals_lost += 1 };
+    }
 }
 
 /// An ICMP error sent to a VIP address quotes a packet the VIP sent to a client: deliver it

@@ -21,6 +21,7 @@ const UDP_CSUM_OFF: usize = 6;
 const ICMP_CSUM_OFF: usize = 2;
 const IPV4_CSUM_OFF: usize = 10;
 const TCP_FLAGS_OFF: usize = 13;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
 const IPV6_FRAGMENT: u8 = 44;
@@ -53,7 +54,10 @@ pub struct Headers {
     pub l4: L4,
     /// With `L4::Ports` and TCP: the flags byte (`TCP_SYN`, `TCP_ACK`, ...); zero for UDP.
     pub tcp_flags: u8,
-    pub _pad: [u8; 6],
+    /// With `L4::IcmpError`: whether it reports a destination unreachable (not a packet too
+    /// big or a time exceeded).
+    pub icmp_unreachable: bool,
+    pub _pad: [u8; 5],
 }
 
 impl Default for Headers {
@@ -72,7 +76,8 @@ impl Default for Headers {
             dport: 0,
             l4: L4::Other,
             tcp_flags: 0,
-            _pad: [0; 6],
+            icmp_unreachable: false,
+            _pad: [0; 5],
         }
     }
 }
@@ -386,6 +391,9 @@ fn parse_l4(ctx: &XdpContext, h: &mut Headers, icmp_proto: u8) -> Result<(), Rea
             (1..=3).contains(&icmp_type)
         };
         if is_error {
+            // v4 code 4 is "fragmentation needed": path MTU, not unreachability.
+            let code = read_u8(l4 + 1);
+            h.icmp_unreachable = if proto == PROTO_ICMP { icmp_type == 3 && code != 4 } else { icmp_type == 1 };
             h.inner_l3 = off + ICMP_HLEN;
             h.l4 = L4::IcmpError;
             return Ok(());
@@ -393,6 +401,18 @@ fn parse_l4(ctx: &XdpContext, h: &mut Headers, icmp_proto: u8) -> Result<(), Rea
     }
     h.l4 = L4::Other;
     Ok(())
+}
+
+/// The first digit of the status code if the TCP segment's payload starts with an HTTP/1
+/// status line (`HTTP/1.x NNN`).
+#[inline(always)]
+pub fn http_status_class(ctx: &XdpContext, h: &Headers) -> Option<u8> {
+    let tcp = at(ctx, h.l4_start, TCP_MIN_HLEN).ok()?;
+    let data_offset = ((read_u8(tcp + 12) >> 4) as usize) * 4;
+    let line = at(ctx, h.l4_start + (data_offset & 0x3c), 12).ok()?;
+    let prefix = [read_u8(line), read_u8(line + 1), read_u8(line + 2), read_u8(line + 3), read_u8(line + 4), read_u8(line + 5)];
+    let class = read_u8(line + 9);
+    (prefix == *b"HTTP/1" && read_u8(line + 8) == b' ' && (b'1'..=b'5').contains(&class)).then_some(class - b'0')
 }
 
 /// Reads the IP and port header of the packet quoted in an ICMP error into `q`. Only a TCP

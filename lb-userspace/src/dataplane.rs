@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::*;
@@ -41,6 +41,30 @@ impl MapSizes {
 /// Rare events the XDP program reports through aya-log; the owner polls it.
 pub type PacketLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
+/// The reader of `HEALTH_SIGNALS`; the owner polls its fd for readability.
+pub struct HealthSignals(RingBuf<MapData>);
+
+impl HealthSignals {
+    /// Every signal the program wrote since the last call, oldest first.
+    pub fn drain(&mut self) -> Vec<HealthSignal> {
+        let mut signals = Vec::new();
+        while let Some(record) = self.0.next() {
+            if record.len() >= std::mem::size_of::<HealthSignal>() {
+                // SAFETY: the program writes whole `HealthSignal`s (plain integers); the
+                // read is unaligned-safe.
+                signals.push(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<HealthSignal>()) });
+            }
+        }
+        signals
+    }
+}
+
+impl std::os::fd::AsRawFd for HealthSignals {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// The loaded program and its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
@@ -53,6 +77,7 @@ pub struct Dataplane {
     backend_stats: PerCpuArray<MapData, BackendStats>,
     global_stats: PerCpuArray<MapData, GlobalStats>,
     logger: Option<PacketLogger>,
+    health_signals: Option<HealthSignals>,
     pin_dir: Option<PathBuf>,
     links: Vec<(String, XdpLinkId)>,
 }
@@ -126,6 +151,7 @@ impl Dataplane {
             vip_stats: take(&mut ebpf, MAP_VIP_STATS)?,
             backend_stats: take(&mut ebpf, MAP_BACKEND_STATS)?,
             global_stats: take(&mut ebpf, MAP_GLOBAL_STATS)?,
+            health_signals: Some(HealthSignals(take(&mut ebpf, MAP_HEALTH_SIGNALS)?)),
             ebpf,
             logger,
             pin_dir: pin_dir.map(Path::to_owned),
@@ -176,6 +202,11 @@ impl Dataplane {
         self.logger.take()
     }
 
+    /// The reader of the program's passive health signals, to be polled by the caller.
+    pub fn take_health_signals(&mut self) -> Option<HealthSignals> {
+        self.health_signals.take()
+    }
+
     /// A loaded XDP program of the object, for BPF_PROG_TEST_RUN and attaching baselines.
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
         Ok(self.ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?)
@@ -207,6 +238,8 @@ impl Dataplane {
             new_flows: a.new_flows + s.new_flows,
             reply_packets: a.reply_packets + s.reply_packets,
             reply_bytes: a.reply_bytes + s.reply_bytes,
+            connect_failures: a.connect_failures + s.connect_failures,
+            responses_5xx: a.responses_5xx + s.responses_5xx,
         }))
     }
 
@@ -220,6 +253,7 @@ impl Dataplane {
             drop_unknown_vip_port: a.drop_unknown_vip_port + s.drop_unknown_vip_port,
             drop_icmp_unmatched: a.drop_icmp_unmatched + s.drop_icmp_unmatched,
             drop_internal: a.drop_internal + s.drop_internal,
+            health_signals_lost: a.health_signals_lost + s.health_signals_lost,
         }))
     }
 }

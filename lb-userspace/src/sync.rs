@@ -97,7 +97,7 @@ impl Applied {
                 mode: vip.mode,
                 limits: vip.limits.flags,
                 source_prefix_len: vip.limits.source_prefix_len,
-                _pad: 0,
+                watch: vip.watch,
                 new_flow_limit: vip.limits.new_flows,
                 packet_limit: vip.limits.packets,
                 source_limit: vip.limits.sources,

@@ -6,7 +6,8 @@ use std::net::IpAddr;
 
 use lb_common::{
     Addr, BACKEND_ACTIVE, Backend, FAMILY_V4, FAMILY_V6, LIMIT_NEW_FLOWS, LIMIT_PACKETS, LIMIT_SOURCES,
-    MODE_DSR, MODE_NAT, Settings, TokenBucket, VipAddrKey, VipKey, vip_addr_filter_bit,
+    MODE_DSR, MODE_NAT, Settings, TokenBucket, VipAddrKey, VipKey, WATCH_CONNECT, WATCH_HTTP,
+    vip_addr_filter_bit,
 };
 
 use crate::config::{
@@ -33,6 +34,8 @@ pub struct DesiredVip {
     /// Maglev table of backend ids; empty when the VIP has no backend to offer.
     pub table: Vec<u32>,
     pub limits: RateLimits,
+    /// `WATCH_*` bits: the passive health signals the packet path reports for the VIP.
+    pub watch: u8,
 }
 
 /// A VIP's rate limits as the packet path reads them (the limit fields of `VipInfo`).
@@ -211,7 +214,12 @@ pub fn desired(config: &Config, ids: &mut IdAllocator) -> DesiredTables {
             ForwardingMode::Dsr => MODE_DSR,
         };
         let vip_id = ids.vip_id(&key).expect("assigned above");
-        vips.insert(key, DesiredVip { name: vip.name.clone(), vip_id, mode, table, limits: RateLimits::of(vip) });
+        let watch = match (&vip.outlier_detection, vip.http) {
+            (None, _) => 0,
+            (Some(_), false) => WATCH_CONNECT,
+            (Some(_), true) => WATCH_CONNECT | WATCH_HTTP,
+        };
+        vips.insert(key, DesiredVip { name: vip.name.clone(), vip_id, mode, table, limits: RateLimits::of(vip), watch });
     }
     for key in vip_addrs.keys() {
         settings.mark_vip_addr_bit(vip_addr_filter_bit(&key.addr));

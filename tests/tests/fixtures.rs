@@ -10,7 +10,10 @@ use etherparse::{
     IpHeaders, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, VlanId,
     icmpv4::DestUnreachableHeader, Icmpv4Type, Icmpv6Type,
 };
-use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, GlobalStats, PROTO_TCP, PROTO_UDP, flow_hash};
+use lb_common::{
+    FAMILY_V4, FAMILY_V6, FlowKey, GlobalStats, PROTO_TCP, PROTO_UDP, SIGNAL_CONNECT_FAILED, SIGNAL_CONNECTED,
+    SIGNAL_HTTP_5XX, flow_hash,
+};
 use lb_tests::packet_env::{LB_MAC, PacketEnv, expect_bytes, neighbour_mac};
 
 const XDP_DROP: u32 = 1;
@@ -511,5 +514,79 @@ fn limits_change_with_the_config_without_reloading_the_program() -> Result<()> {
     // A bigger burst: the token taken above still counts against it.
     f.env.reconfigure(&limited(&limits(5)))?;
     assert_eq!(f.syns(CLIENT4, 1200..1206)?, [XDP_TX, XDP_TX, XDP_TX, XDP_TX, XDP_DROP, XDP_DROP]);
+    Ok(())
+}
+
+/// [`CONFIG`]'s IPv4 nat TCP VIP with outlier detection on, as an HTTP VIP.
+fn watched() -> String {
+    CONFIG.replacen("protocol = \"tcp\"\n", "protocol = \"tcp\"\nhttp = true\noutlier_detection = {}\n", 1)
+}
+
+/// A TCP segment from the v4 nat backend to the balancer's `port`, with `flags` set by
+/// `tweak` and `payload`.
+fn from_backend(port: u16, payload: &[u8], tweak: impl FnOnce(&mut etherparse::TcpHeader)) -> Vec<u8> {
+    let mut tcp = etherparse::TcpHeader::new(8080, port, 7000, 64240);
+    tweak(&mut tcp);
+    write(|out| {
+        PacketBuilder::ethernet2(neighbour_mac(11), LB_MAC)
+            .ipv4(BACKEND4, LB4, 64)
+            .tcp_header(tcp)
+            .write(out, payload)
+            .expect("backend segment")
+    })
+}
+
+#[test]
+fn passive_health_signals_report_how_backends_answer() -> Result<()> {
+    let mut f = Fixtures { env: PacketEnv::new("fxsig", &watched(), NEIGHBOURS).expect("fixture environment") };
+    let mut signals = f.env.dataplane.take_health_signals().expect("health signal reader");
+    let kinds = |signals: &mut lb_userspace::dataplane::HealthSignals| -> Vec<(u32, u32, u32)> {
+        signals.drain().into_iter().map(|s| (s.vip_id, s.backend_id, s.kind)).collect()
+    };
+    let open = |f: &mut Fixtures, cport: u16| -> Result<u16> {
+        f.case("SYN", &tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, cport, 80, true), XDP_TX, None)?;
+        Ok(nat_port(addr16(CLIENT4), addr16(VIP4), cport, 80, PROTO_TCP, FAMILY_V4))
+    };
+
+    // Accepted, then a 503: one signal each, then nothing more for the flow.
+    let port = open(&mut f, CPORT)?;
+    f.case("SYN-ACK", &from_backend(port, b"", |t| { t.syn = true; t.ack = true; }), XDP_TX, None)?;
+    let response = |status: &str| from_backend(port, format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(), |t| { t.ack = true; t.psh = true; });
+    f.case("503 response", &response("503 Service Unavailable"), XDP_TX, None)?;
+    f.case("a later response", &response("200 OK"), XDP_TX, None)?;
+    assert_eq!(kinds(&mut signals), [(0, 0, SIGNAL_CONNECTED), (0, 0, SIGNAL_HTTP_5XX)]);
+
+    // Refused: a RST answers the SYN, and goes on to the client.
+    let port = open(&mut f, CPORT + 1)?;
+    f.case("RST", &from_backend(port, b"", |t| { t.rst = true; t.ack = true; }), XDP_TX, None)?;
+    assert_eq!(kinds(&mut signals), [(0, 0, SIGNAL_CONNECT_FAILED)]);
+
+    // Unreachable: an ICMP error to the balancer quoting the SYN it sent the backend.
+    let port = open(&mut f, CPORT + 2)?;
+    let quoted = write(|out| {
+        PacketBuilder::ipv4(LB4, BACKEND4, 63).tcp(port, 8080, 1000, 64240).syn().write(out, b"").expect("quoted")
+    });
+    let unreachable = write(|out| {
+        PacketBuilder::ethernet2(neighbour_mac(11), LB_MAC)
+            .ipv4([10, 0, 0, 254], LB4, 64)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Host))
+            .write(out, &quoted[..28])
+            .expect("icmp")
+    });
+    f.case("host unreachable about a backend leg", &unreachable, XDP_PASS, None)?;
+    f.case("the same, again", &unreachable, XDP_PASS, None)?;
+    assert_eq!(kinds(&mut signals), [(0, 0, SIGNAL_CONNECT_FAILED)]);
+
+    let backend = f.env.dataplane.backend_stats(0)?;
+    assert_eq!((backend.connect_failures, backend.responses_5xx), (2, 1));
+
+    // Unwatched VIPs (here the UDP one) report nothing.
+    f.case("unwatched UDP query", &udp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 53), XDP_TX, None)?;
+    let port = nat_port(addr16(CLIENT4), addr16(VIP4), CPORT, 53, PROTO_UDP, FAMILY_V4);
+    let answer = write(|out| {
+        PacketBuilder::ethernet2(neighbour_mac(12), LB_MAC).ipv4(BACKEND4_UDP, LB4, 64).udp(5353, port).write(out, b"answer").expect("udp answer")
+    });
+    f.case("unwatched UDP answer", &answer, XDP_TX, None)?;
+    assert_eq!(kinds(&mut signals), []);
     Ok(())
 }
