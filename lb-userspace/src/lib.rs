@@ -6,6 +6,7 @@ pub mod controller;
 pub mod dataplane;
 pub mod maglev;
 pub mod neighbors;
+pub mod probe;
 pub mod sync;
 pub mod tables;
 

@@ -1,0 +1,216 @@
+//! Active health checks: one tokio task per (VIP, backend), each on its own timer, so
+//! thousands of backends are checked from one controller and a slow backend only delays
+//! its own checks. Results go to the controller loop as events; thresholds are applied
+//! there (`health::CheckStatus`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinHandle;
+
+use crate::config::{HealthCheckConfig, HealthCheckKind};
+
+/// What a check is about: the VIP's name and the backend's address.
+pub type TargetKey = (String, SocketAddr);
+
+/// One backend to check, as the VIP's `health_check` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub key: TargetKey,
+    pub check: HealthCheckConfig,
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckResult {
+    pub key: TargetKey,
+    /// `Err` says why it failed (refused, timed out, status 503...).
+    pub outcome: Result<(), String>,
+}
+
+/// The running checks.
+pub struct Prober {
+    results: UnboundedSender<CheckResult>,
+    running: BTreeMap<TargetKey, (HealthCheckConfig, JoinHandle<()>)>,
+}
+
+impl Prober {
+    pub fn new(results: UnboundedSender<CheckResult>) -> Self {
+        Self { results, running: BTreeMap::new() }
+    }
+
+    /// Checks exactly `targets` from now on: new ones start, removed ones stop, and ones
+    /// whose check changed restart; the others go on undisturbed.
+    pub fn set_targets(&mut self, targets: Vec<Target>) {
+        let wanted: BTreeMap<TargetKey, HealthCheckConfig> = targets.into_iter().map(|t| (t.key, t.check)).collect();
+        self.running.retain(|key, (check, task)| {
+            let keep = wanted.get(key) == Some(check);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (key, check) in wanted {
+            if !self.running.contains_key(&key) {
+                let task = tokio::spawn(check_forever(key.clone(), check.clone(), self.results.clone()));
+                self.running.insert(key, (check, task));
+            }
+        }
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        for (_, task) in self.running.values() {
+            task.abort();
+        }
+    }
+}
+
+/// Checks one backend every interval (plus jitter) until aborted. The first check comes
+/// after a random part of the interval, so checks of many backends don't start in step.
+async fn check_forever(key: TargetKey, check: HealthCheckConfig, results: UnboundedSender<CheckResult>) {
+    tokio::time::sleep(random_part_of(check.interval)).await;
+    loop {
+        let started = tokio::time::Instant::now();
+        let outcome = match tokio::time::timeout(check.timeout, check_once(key.1, &check)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("no answer within {}", humantime::format_duration(check.timeout))),
+        };
+        if results.send(CheckResult { key: key.clone(), outcome }).is_err() {
+            return;
+        }
+        tokio::time::sleep_until(started + check.interval + random_part_of(check.jitter)).await;
+    }
+}
+
+fn random_part_of(span: Duration) -> Duration {
+    span.mul_f64(fastrand::f64())
+}
+
+/// One check: a TCP connect, and for `http` a GET whose status must be expected.
+async fn check_once(backend: SocketAddr, check: &HealthCheckConfig) -> Result<(), String> {
+    let addr = SocketAddr::new(backend.ip(), check.port.unwrap_or(backend.port()));
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    if check.kind == HealthCheckKind::Tcp {
+        return Ok(());
+    }
+    let host = check.host.clone().unwrap_or_else(|| addr.to_string());
+    let request = format!("GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-health-check\r\nConnection: close\r\n\r\n", check.path);
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("sending the request: {e}"))?;
+    // Only the status line matters; the rest of the response is not read.
+    let mut status_line = String::new();
+    BufReader::new(stream).read_line(&mut status_line).await.map_err(|e| format!("reading the status line: {e}"))?;
+    let status = parse_status_line(&status_line).ok_or_else(|| format!("not an HTTP status line: {:?}", status_line.trim_end()))?;
+    if check.expected_statuses.iter().any(|r| r.contains(status)) {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+/// The status code of an HTTP/1 status line (`HTTP/1.1 200 OK`).
+fn parse_status_line(line: &str) -> Option<u16> {
+    let mut parts = line.split_ascii_whitespace();
+    parts.next().filter(|v| v.starts_with("HTTP/1."))?;
+    parts.next()?.parse().ok().filter(|s| (100..=599).contains(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StatusRange;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    fn http_check() -> HealthCheckConfig {
+        HealthCheckConfig {
+            kind: HealthCheckKind::Http,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(500),
+            jitter: Duration::ZERO,
+            healthy_threshold: 1,
+            unhealthy_threshold: 1,
+            port: None,
+            path: "/healthz".into(),
+            host: Some("svc.example".into()),
+            expected_statuses: vec![StatusRange { from: 200, to: 299 }],
+        }
+    }
+
+    /// A loopback HTTP server answering every connection with `status`; returns its
+    /// address and the first request it received.
+    async fn server(status: &'static str) -> (SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let mut first = Some(tx);
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 1024];
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+                let _ = stream.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+            }
+        });
+        (addr, rx)
+    }
+
+    #[test]
+    fn status_lines_parse() {
+        assert_eq!(parse_status_line("HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(parse_status_line("HTTP/1.0 503\r\n"), Some(503));
+        assert_eq!(parse_status_line("HTTP/2 200\r\n"), None);
+        assert_eq!(parse_status_line("HTTP/1.1 2000 OK\r\n"), None);
+        assert_eq!(parse_status_line(""), None);
+    }
+
+    #[tokio::test]
+    async fn http_check_sends_path_and_host_and_expects_the_status() {
+        let (addr, request) = server("204 No Content").await;
+        assert_eq!(check_once(addr, &http_check()).await, Ok(()));
+        let request = request.await.unwrap();
+        assert!(request.starts_with("GET /healthz HTTP/1.1\r\nHost: svc.example\r\n"), "{request}");
+        let (addr, _) = server("503 Service Unavailable").await;
+        assert_eq!(check_once(addr, &http_check()).await, Err("status 503".into()));
+    }
+
+    #[tokio::test]
+    async fn tcp_check_needs_only_a_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let check = HealthCheckConfig { kind: HealthCheckKind::Tcp, ..http_check() };
+        assert_eq!(check_once(addr, &check).await, Ok(()));
+        drop(listener);
+        assert!(check_once(addr, &check).await.unwrap_err().starts_with("connect:"));
+    }
+
+    #[tokio::test]
+    async fn prober_reports_each_target_on_its_own_timer_and_stops_removed_ones() {
+        let (ok, _) = server("200 OK").await;
+        // A backend that accepts but never answers: its checks time out without holding up the other's.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let slow = silent.local_addr().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut prober = Prober::new(tx);
+        let target = |addr| Target { key: ("web".to_owned(), addr), check: http_check() };
+        prober.set_targets(vec![target(ok), target(slow)]);
+        let (mut passes, mut failures) = (0, 0);
+        while passes < 4 || failures < 1 {
+            let result = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+            match result.key.1 {
+                a if a == ok => passes += result.outcome.map(|_| 1).unwrap(),
+                _ => failures += result.outcome.map(|_| 0).unwrap_or(1),
+            }
+        }
+        prober.set_targets(vec![target(ok)]);
+        assert_eq!(prober.running.len(), 1);
+        drop(silent);
+    }
+}
