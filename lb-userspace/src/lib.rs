@@ -4,8 +4,11 @@
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod health;
+pub mod locality;
 pub mod maglev;
 pub mod neighbors;
+pub mod outlier;
 pub mod sync;
 pub mod tables;
 
