@@ -4,8 +4,12 @@
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod failover;
+pub mod health;
+pub mod locality;
 pub mod maglev;
 pub mod neighbors;
+pub mod outlier;
 pub mod probe;
 pub mod sync;
 pub mod tables;
