@@ -1,10 +1,12 @@
-//! The controller loop: load and attach, then keep the maps equal to what the config says.
-//! Events (start, SIGHUP reload, a periodic tick) update one state; `tables::desired` turns
-//! it into tables; `sync` writes the difference.
+//! The controller loop: load and attach, then keep the maps equal to what the config and
+//! the backends' state say. Events (SIGHUP reload, active check results, passive signals
+//! from the packet path, ejection sweeps) update one state (`Controller`);
+//! `tables::desired_with` turns it into tables; `sync` writes the difference.
 
-use std::net::IpAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 use tokio::io::unix::AsyncFd;
@@ -12,12 +14,74 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
-use crate::dataplane::{Dataplane, MapSizes, PacketLogger};
+use crate::dataplane::{Dataplane, HealthSignals, MapSizes, PacketLogger};
+use crate::failover::BackendStates;
+use crate::locality::Plan;
+use crate::probe::Prober;
 use crate::sync::Applied;
 use crate::tables::{self, IdAllocator};
 
 /// How often neighbour entries of backends are refreshed.
 const NEIGHBOR_REFRESH: Duration = Duration::from_secs(10);
+/// How often due ejection sweeps run (each VIP sweeps at its own `interval`).
+const SWEEP_TICK: Duration = Duration::from_millis(250);
+
+/// Everything the controller knows; `apply` makes the maps match it.
+struct Controller {
+    config: Config,
+    states: BackendStates,
+    ids: IdAllocator,
+    applied: Applied,
+    /// Each VIP's plan as last applied, to log failovers and failbacks.
+    plans: BTreeMap<String, Plan>,
+}
+
+impl Controller {
+    /// Recomputes the tables from the config and the backends' state, writes the
+    /// difference, and logs every VIP whose priority level or panic state changed.
+    fn apply(&mut self, dataplane: &mut Dataplane) -> Result<()> {
+        let states = &self.states;
+        let desired = tables::desired_with(&self.config, &|vip, b| states.availability(vip, b), &mut self.ids);
+        let report = self.applied.sync(&desired, dataplane).context("writing the maps")?;
+        if report != Default::default() {
+            info!(
+                slots = report.slots_written,
+                vips_switched = report.vips_switched,
+                vips_removed = report.vips_removed,
+                backends = report.backends_written,
+                "tables synced"
+            );
+        }
+        let mut plans = BTreeMap::new();
+        for vip in desired.vips.into_values() {
+            let before = self.plans.remove(&vip.name);
+            log_plan_change(&vip.name, before.as_ref(), &vip.plan);
+            plans.insert(vip.name, vip.plan);
+        }
+        self.plans = plans;
+        Ok(())
+    }
+
+    /// The VIP name and backend address of a signal's ids, if they are still configured.
+    fn signal_target(&self, vip_id: u32, backend_id: u32) -> Option<(String, SocketAddr)> {
+        let key = self.ids.vip_of(vip_id)?;
+        let vip = self.config.vips.iter().find(|v| tables::vip_key(v) == key)?;
+        let (address, port) = self.ids.backend_of(backend_id)?;
+        Some((vip.name.clone(), SocketAddr::new(address, port)))
+    }
+}
+
+fn log_plan_change(vip: &str, before: Option<&Plan>, after: &Plan) {
+    if before.map(|p| (p.level, p.panic)) == Some((after.level, after.panic)) {
+        return;
+    }
+    match (after.level, after.panic) {
+        (None, _) => error!(vip, "no backend can take new flows: the VIP drops them"),
+        (Some(level), true) => warn!(vip, level, "panic: too few backends available, balancing over all of them"),
+        (Some(level), false) if before.is_some() => warn!(vip, level, "serving from priority level {level}"),
+        (Some(level), false) => info!(vip, level, "serving from priority level {level}"),
+    }
+}
 
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let config = config::load(&config_path)?;
@@ -26,38 +90,73 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     if let Some(logger) = dataplane.take_logger() {
         tokio::spawn(forward_packet_logs(logger));
     }
-    let mut ids = IdAllocator::new(balancer.max_vips, balancer.max_backends);
-    let mut applied = Applied::default();
-    let mut current = config;
-    apply(&current, &mut ids, &mut applied, &mut dataplane)?;
-    crate::neighbors::prime(neighbors_of(&current));
-    for iface in &current.balancer.interfaces {
-        dataplane.attach(iface, current.balancer.xdp_mode)?;
+    let (signal_tx, mut signals) = tokio::sync::mpsc::unbounded_channel();
+    if let Some(reader) = dataplane.take_health_signals() {
+        tokio::spawn(forward_health_signals(reader, signal_tx));
     }
-    info!(vips = current.vips.len(), pin_dir = %current.balancer.pin_dir.display(), "ready");
+    let (check_tx, mut checks) = tokio::sync::mpsc::unbounded_channel();
+    let mut prober = Prober::new(check_tx);
+    let mut states = BackendStates::default();
+    states.reconfigure(&config, Instant::now());
+    prober.set_targets(BackendStates::check_targets(&config));
+    let mut lb = Controller {
+        ids: IdAllocator::new(balancer.max_vips, balancer.max_backends),
+        config,
+        states,
+        applied: Applied::default(),
+        plans: BTreeMap::new(),
+    };
+    lb.apply(&mut dataplane)?;
+    crate::neighbors::prime(neighbors_of(&lb.config));
+    for iface in &lb.config.balancer.interfaces {
+        dataplane.attach(iface, lb.config.balancer.xdp_mode)?;
+    }
+    info!(vips = lb.config.vips.len(), pin_dir = %lb.config.balancer.pin_dir.display(), "ready");
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(NEIGHBOR_REFRESH);
+    let mut neighbor_tick = tokio::time::interval(NEIGHBOR_REFRESH);
+    let mut sweep_tick = tokio::time::interval(SWEEP_TICK);
     let mut generation = 1u64;
     loop {
-        tokio::select! {
+        let changed = tokio::select! {
             _ = hangup.recv() => {
-                match reload(&config_path, &current) {
+                match reload(&config_path, &lb.config) {
                     Ok(next) => {
-                        apply(&next, &mut ids, &mut applied, &mut dataplane)?;
+                        lb.states.reconfigure(&next, Instant::now());
+                        prober.set_targets(BackendStates::check_targets(&next));
                         crate::neighbors::prime(neighbors_of(&next));
-                        current = next;
+                        lb.config = next;
+                        lb.apply(&mut dataplane)?;
                         generation += 1;
-                        info!(generation, vips = current.vips.len(), "config applied");
+                        info!(generation, vips = lb.config.vips.len(), "config applied");
                     }
                     Err(e) => error!("reload refused, keeping the running config: {e:#}"),
                 }
+                false
             }
-            _ = tick.tick() => crate::neighbors::prime(neighbors_of(&current)),
+            Some(result) = checks.recv() => lb.states.on_check(&lb.config, &result),
+            Some(batch) = signals.recv() => {
+                let now = Instant::now();
+                let mut changed = false;
+                for signal in batch {
+                    if let Some((vip, backend)) = lb.signal_target(signal.vip_id, signal.backend_id) {
+                        changed |= lb.states.on_signal(now, &vip, backend, signal.kind);
+                    }
+                }
+                changed
+            }
+            _ = sweep_tick.tick() => lb.states.sweep(Instant::now()),
+            _ = neighbor_tick.tick() => {
+                crate::neighbors::prime(neighbors_of(&lb.config));
+                false
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+        };
+        if changed {
+            lb.apply(&mut dataplane)?;
         }
     }
     info!("stopping: detaching and removing pins");
@@ -79,22 +178,32 @@ fn reload(path: &std::path::Path, current: &Config) -> Result<Config> {
     Ok(next)
 }
 
-fn apply(config: &Config, ids: &mut IdAllocator, applied: &mut Applied, dataplane: &mut Dataplane) -> Result<()> {
-    let desired = tables::desired(config, ids);
-    let report = applied.sync(&desired, dataplane).context("writing the maps")?;
-    info!(
-        slots = report.slots_written,
-        vips_switched = report.vips_switched,
-        vips_removed = report.vips_removed,
-        backends = report.backends_written,
-        "tables synced"
-    );
-    Ok(())
-}
-
 fn neighbors_of(config: &Config) -> impl Iterator<Item = IpAddr> + '_ {
     let mut seen = std::collections::BTreeSet::new();
     config.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).filter(move |a| seen.insert(*a))
+}
+
+/// Hands every batch of passive health signals to the controller loop as soon as the
+/// packet path writes them.
+async fn forward_health_signals(reader: HealthSignals, to: tokio::sync::mpsc::UnboundedSender<Vec<lb_common::HealthSignal>>) {
+    // SAFETY: as in `forward_packet_logs`: the reader owns its fd, the AsyncFd owns it.
+    let mut fd = match unsafe { AsyncFd::register(reader) } {
+        Ok(fd) => fd,
+        Err(e) => return error!("passive health signals not readable: {e}"),
+    };
+    loop {
+        match fd.readable_mut().await {
+            Ok(mut guard) => {
+                // Cleared before reading: a signal written meanwhile wakes the next wait.
+                guard.clear_ready();
+                let batch = guard.get_inner_mut().drain();
+                if !batch.is_empty() && to.send(batch).is_err() {
+                    return;
+                }
+            }
+            Err(e) => return error!("passive health signals stopped: {e}"),
+        }
+    }
 }
 
 async fn forward_packet_logs(logger: PacketLogger) {

@@ -13,6 +13,7 @@ use lb_common::{
 use crate::config::{
     BackendConfig, Config, ForwardingMode, RateLimitConfig, SOURCE_PREFIX_V4, SOURCE_PREFIX_V6, VipConfig,
 };
+use crate::locality::{self, Availability, Plan};
 use crate::maglev::{self, MaglevBackend};
 
 /// Everything the maps should hold, keyed the way the maps are.
@@ -36,6 +37,8 @@ pub struct DesiredVip {
     pub limits: RateLimits,
     /// `WATCH_*` bits: the passive health signals the packet path reports for the VIP.
     pub watch: u8,
+    /// Which backends serve new flows, from which priority level, in panic or not.
+    pub plan: Plan,
 }
 
 /// A VIP's rate limits as the packet path reads them (the limit fields of `VipInfo`).
@@ -132,6 +135,16 @@ impl IdAllocator {
     pub fn vip_id(&self, key: &VipKey) -> Option<u32> {
         self.vips.get(key).copied()
     }
+
+    /// The VIP that holds `id` (for what the packet path reports by id).
+    pub fn vip_of(&self, id: u32) -> Option<VipKey> {
+        self.vips.iter().find(|&(_, &v)| v == id).map(|(k, _)| *k)
+    }
+
+    /// The backend that holds `id`.
+    pub fn backend_of(&self, id: u32) -> Option<BackendIdentity> {
+        self.backends.iter().find(|&(_, &v)| v == id).map(|(k, _)| *k)
+    }
 }
 
 fn lowest_free<'a>(used: impl Iterator<Item = &'a u32>, limit: u32) -> u32 {
@@ -165,8 +178,20 @@ fn maglev_identity(backend: &BackendConfig) -> String {
     std::net::SocketAddr::new(backend.address, backend.port).to_string()
 }
 
-/// Computes the tables for `config`, assigning ids through `ids`.
+/// Computes the tables for `config` with every backend taking new flows unless the config
+/// drains it, assigning ids through `ids`.
 pub fn desired(config: &Config, ids: &mut IdAllocator) -> DesiredTables {
+    let by_config = |_: &VipConfig, b: &BackendConfig| if b.draining { Availability::Draining } else { Availability::Available };
+    desired_with(config, &by_config, ids)
+}
+
+/// Computes the tables for `config` given each backend's `availability` (health, ejection,
+/// draining): every VIP serves from its best priority level (`locality::plan`).
+pub fn desired_with(
+    config: &Config,
+    availability: &dyn Fn(&VipConfig, &BackendConfig) -> Availability,
+    ids: &mut IdAllocator,
+) -> DesiredTables {
     ids.assign(config);
     let balancer = &config.balancer;
     let mut settings = Settings {
@@ -187,11 +212,12 @@ pub fn desired(config: &Config, ids: &mut IdAllocator) -> DesiredTables {
     for vip in &config.vips {
         let key = vip_key(vip);
         let identities: Vec<String> = vip.backends.iter().map(maglev_identity).collect();
-        let candidates: Vec<MaglevBackend> = vip
-            .backends
+        let available: Vec<Availability> = vip.backends.iter().map(|b| availability(vip, b)).collect();
+        let plan = locality::plan(&balancer.region, &balancer.zone, vip, &available);
+        let candidates: Vec<MaglevBackend> = identities
             .iter()
-            .zip(&identities)
-            .map(|(b, identity)| MaglevBackend { identity: identity.as_bytes(), weight: b.weight })
+            .zip(&plan.weights)
+            .map(|(identity, &weight)| MaglevBackend { identity: identity.as_bytes(), weight })
             .collect();
         let ids_by_index: Vec<u32> = vip
             .backends
@@ -219,7 +245,7 @@ pub fn desired(config: &Config, ids: &mut IdAllocator) -> DesiredTables {
             (Some(_), false) => WATCH_CONNECT,
             (Some(_), true) => WATCH_CONNECT | WATCH_HTTP,
         };
-        vips.insert(key, DesiredVip { name: vip.name.clone(), vip_id, mode, table, limits: RateLimits::of(vip), watch });
+        vips.insert(key, DesiredVip { name: vip.name.clone(), vip_id, mode, table, limits: RateLimits::of(vip), watch, plan });
     }
     for key in vip_addrs.keys() {
         settings.mark_vip_addr_bit(vip_addr_filter_bit(&key.addr));

@@ -1,0 +1,185 @@
+//! The state of every (VIP, backend) pair that decides whether it takes new flows: active
+//! checks with thresholds, passive outlier ejection per VIP, and draining. Events come in
+//! (check results, packet-path signals, sweeps, reloads); `availability` comes out, which
+//! `tables::desired_with` turns into Maglev tables. Pure: the caller passes the time in.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use lb_common::{SIGNAL_CONNECT_FAILED, SIGNAL_CONNECTED, SIGNAL_HTTP_5XX, SIGNAL_HTTP_OK};
+use tracing::{info, warn};
+
+use crate::config::{BackendConfig, Config, VipConfig};
+use crate::health::CheckStatus;
+use crate::locality::Availability;
+use crate::outlier::{Decision, OutlierDetector, OutlierStats, Outcome};
+use crate::probe::{CheckResult, Target, TargetKey};
+
+/// What every backend of every VIP is known to be doing.
+#[derive(Default)]
+pub struct BackendStates {
+    checks: BTreeMap<TargetKey, CheckStatus>,
+    outliers: BTreeMap<String, VipOutliers>,
+    /// Drained at run time (by the operator), on top of the config's `draining`.
+    drained: BTreeSet<TargetKey>,
+}
+
+struct VipOutliers {
+    detector: OutlierDetector<SocketAddr>,
+    interval: std::time::Duration,
+    next_sweep: Instant,
+}
+
+impl BackendStates {
+    /// Follows a (new) config: the state of pairs that remain is kept, that of pairs that
+    /// are gone is forgotten, new pairs start healthy and not ejected.
+    pub fn reconfigure(&mut self, config: &Config, now: Instant) {
+        let keys: BTreeSet<TargetKey> = pairs(config).map(|(vip, b)| key(vip, b)).collect();
+        let checked: BTreeSet<TargetKey> =
+            pairs(config).filter(|(vip, _)| vip.health_check.is_some()).map(|(vip, b)| key(vip, b)).collect();
+        self.checks.retain(|k, _| checked.contains(k));
+        for k in checked {
+            self.checks.entry(k).or_insert_with(CheckStatus::new);
+        }
+        self.drained.retain(|k| keys.contains(k));
+        let mut outliers = BTreeMap::new();
+        for vip in &config.vips {
+            let Some(outlier) = &vip.outlier_detection else { continue };
+            let mut state = self.outliers.remove(&vip.name).unwrap_or_else(|| VipOutliers {
+                detector: OutlierDetector::new(outlier.clone()),
+                interval: outlier.interval,
+                next_sweep: now + outlier.interval,
+            });
+            state.interval = outlier.interval;
+            state.detector.reconfigure(outlier.clone(), vip.backends.iter().map(BackendConfig::socket_addr));
+            outliers.insert(vip.name.clone(), state);
+        }
+        self.outliers = outliers;
+    }
+
+    /// The active checks `config` asks for.
+    pub fn check_targets(config: &Config) -> Vec<Target> {
+        pairs(config)
+            .filter_map(|(vip, b)| Some(Target { key: key(vip, b), check: vip.health_check.clone()? }))
+            .collect()
+    }
+
+    /// One active check result; true when a backend's availability changed.
+    pub fn on_check(&mut self, config: &Config, result: &CheckResult) -> bool {
+        let (vip_name, backend) = &result.key;
+        let Some(check) = config.vips.iter().find(|v| &v.name == vip_name).and_then(|v| v.health_check.as_ref()) else {
+            return false;
+        };
+        let Some(status) = self.checks.get_mut(&result.key) else { return false };
+        let flipped = status.record(result.outcome.is_ok(), check.healthy_threshold, check.unhealthy_threshold);
+        match (flipped, &result.outcome) {
+            (Some(false), Err(why)) => warn!(vip = %vip_name, %backend, reason = %why, "backend unhealthy: active checks failing"),
+            (Some(true), _) => info!(vip = %vip_name, %backend, "backend healthy again: active checks passing"),
+            _ => {}
+        }
+        let returned = result.outcome.is_ok()
+            && self
+                .outliers
+                .get_mut(vip_name)
+                .and_then(|o| o.detector.health_check_passed(backend))
+                .inspect(|d| log_decision(vip_name, d))
+                .is_some();
+        flipped.is_some() || returned
+    }
+
+    /// One passive signal from the packet path; true when a backend's availability changed.
+    pub fn on_signal(&mut self, now: Instant, vip: &str, backend: SocketAddr, kind: u32) -> bool {
+        let outcome = match kind {
+            SIGNAL_CONNECT_FAILED => Outcome::LocalOriginFailure,
+            SIGNAL_CONNECTED => Outcome::LocalOriginSuccess,
+            SIGNAL_HTTP_5XX => Outcome::Http5xx,
+            SIGNAL_HTTP_OK => Outcome::HttpOk,
+            _ => return false,
+        };
+        let Some(outliers) = self.outliers.get_mut(vip) else { return false };
+        match outliers.detector.record(now, &backend, outcome) {
+            Some(decision) => {
+                log_decision(vip, &decision);
+                matches!(decision, Decision::Ejected { .. })
+            }
+            None => false,
+        }
+    }
+
+    /// Runs the ejection sweeps that are due; true when a backend returned.
+    pub fn sweep(&mut self, now: Instant) -> bool {
+        let mut returned = false;
+        for (vip, state) in &mut self.outliers {
+            if now < state.next_sweep {
+                continue;
+            }
+            for decision in state.detector.sweep(now) {
+                log_decision(vip, &decision);
+                returned = true;
+            }
+            state.next_sweep = now + state.interval;
+        }
+        returned
+    }
+
+    /// When the next sweep is due.
+    pub fn next_sweep(&self) -> Option<Instant> {
+        self.outliers.values().map(|o| o.next_sweep).min()
+    }
+
+    /// Drains (or undrains) a backend of a VIP at run time; false if there is no such pair.
+    pub fn set_drained(&mut self, config: &Config, vip: &str, backend: SocketAddr, drained: bool) -> bool {
+        if !pairs(config).any(|(v, b)| v.name == vip && b.socket_addr() == backend) {
+            return false;
+        }
+        let k = (vip.to_owned(), backend);
+        if drained { self.drained.insert(k) } else { self.drained.remove(&k) };
+        true
+    }
+
+    /// Whether a backend takes new flows, as far as its own state goes (locality and panic
+    /// are decided per VIP, in `locality::plan`). Draining wins over everything, then a
+    /// failing active check, then an ejection.
+    pub fn availability(&self, vip: &VipConfig, backend: &BackendConfig) -> Availability {
+        let k = key(vip, backend);
+        if backend.draining || self.drained.contains(&k) {
+            Availability::Draining
+        } else if self.checks.get(&k).is_some_and(|c| !c.is_healthy()) {
+            Availability::Unhealthy
+        } else if self.outliers.get(&vip.name).is_some_and(|o| o.detector.is_ejected(&k.1)) {
+            Availability::Ejected
+        } else {
+            Availability::Available
+        }
+    }
+
+    pub fn outlier_stats(&self, vip: &str) -> Option<OutlierStats> {
+        self.outliers.get(vip).map(|o| o.detector.stats())
+    }
+}
+
+fn pairs(config: &Config) -> impl Iterator<Item = (&VipConfig, &BackendConfig)> {
+    config.vips.iter().flat_map(|v| v.backends.iter().map(move |b| (v, b)))
+}
+
+fn key(vip: &VipConfig, backend: &BackendConfig) -> TargetKey {
+    (vip.name.clone(), backend.socket_addr())
+}
+
+fn log_decision(vip: &str, decision: &Decision<SocketAddr>) {
+    match decision {
+        Decision::Ejected { backend, until, ejections, reason } => warn!(
+            vip,
+            %backend,
+            ?reason,
+            ejections,
+            for_secs = until.saturating_duration_since(Instant::now()).as_secs(),
+            "backend ejected"
+        ),
+        Decision::Refused { backend, reason } => {
+            warn!(vip, %backend, ?reason, "ejection refused: max_ejection_percent already reached")
+        }
+        Decision::Returned { backend } => info!(vip, %backend, "ejected backend returned"),
+    }
+}

@@ -1,0 +1,181 @@
+//! Failover end to end: `lb run` in the lab with health checks, outlier ejection and
+//! locality, while backends are killed, black-holed and healed. Each test waits for the
+//! controller's log line that says it acted, then checks where new connections go.
+//! Timing only enters as lower bounds (a backend may not come back sooner than its
+//! thresholds allow), which a slow machine cannot break.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+use lb_tests::lab::{
+    LINE_PORT, Lab, LbProcess, LineConnection, VIP_V4, VipSpec, backends_across, lb_config, tally,
+};
+
+const DETECTION_WAIT: Duration = Duration::from_secs(20);
+
+/// A nat VIP on the line port over every backend of `lab`, with `extra` keys in its
+/// `[[vip]]` table; the balancer is in region r1, zone z1.
+fn config(lab: &Lab, extra: &str) -> String {
+    let vip = VipSpec::new("line", IpAddr::V4(VIP_V4), LINE_PORT, "tcp", "nat", (0..lab.backends.len()).map(|i| (i, 1)).collect());
+    lb_config(lab, &[vip])
+        .replacen("[balancer]\n", "[balancer]\nregion = \"r1\"\nzone = \"z1\"\n", 1)
+        .replacen("mode = \"nat\"\n", &format!("mode = \"nat\"\n{extra}\n"), 1)
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(VIP_V4), LINE_PORT)
+}
+
+/// `n` new connections, one after the other, each asking once: the backends that answered
+/// and the number of attempts that failed.
+fn connections(lab: &Lab, n: usize) -> Result<(BTreeMap<String, usize>, usize)> {
+    lab.client.run(move || {
+        let mut answers = Vec::new();
+        let mut failed = 0;
+        for _ in 0..n {
+            match LineConnection::open(vip()).and_then(|mut c| c.ask()) {
+                Ok(name) => answers.push(name),
+                Err(_) => failed += 1,
+            }
+        }
+        (tally(answers), failed)
+    })
+}
+
+/// Opens `n` connections that stay open, with the backend each landed on.
+fn open_connections(lab: &Lab, n: usize) -> Result<Vec<(LineConnection, String)>> {
+    lab.client.run(move || {
+        (0..n)
+            .map(|_| {
+                let mut c = LineConnection::open(vip())?;
+                let name = c.ask()?;
+                Ok((c, name))
+            })
+            .collect::<Result<Vec<_>>>()
+    })?
+}
+
+/// Every open connection not on `dead` still answers, from the same backend.
+fn assert_untouched(open: &mut [(LineConnection, String)], dead: &[&str]) -> Result<()> {
+    let mut checked = 0;
+    for (connection, name) in open.iter_mut().filter(|(_, name)| !dead.contains(&name.as_str())) {
+        ensure!(connection.ask()? == *name, "a connection on {name} moved");
+        checked += 1;
+    }
+    ensure!(checked > 0, "no open connection on a healthy backend to check");
+    Ok(())
+}
+
+#[test]
+fn a_refused_backend_is_ejected_from_the_packet_path_and_returns_after_its_ejection_time() -> Result<()> {
+    let mut lab = Lab::build("foeject", backends_across(1, 1, 4), false)?;
+    let mut lb = LbProcess::start(
+        &lab,
+        &config(&lab, "outlier_detection = { consecutive_5xx = 3, interval = \"500ms\", base_ejection_time = \"2s\" }"),
+    )?;
+    let mut open = open_connections(&lab, 16)?;
+    let dead = lab.backends[0].spec.name.clone();
+    lab.backends[0].stop();
+
+    // Connections to the dead backend are refused until it has refused 3 in a row.
+    let (mut failed, mut attempts) = (0, 0);
+    while !lb.log().iter().any(|l| l.contains("backend ejected")) {
+        ensure!(attempts < 400, "no ejection after {attempts} connections ({failed} refused)");
+        failed += connections(&lab, 1)?.1;
+        attempts += 1;
+    }
+    ensure!(failed >= 3, "ejected after only {failed} refused connections");
+    let ejected_at = Instant::now();
+    let (answers, failed) = connections(&lab, 100)?;
+    assert_eq!(failed, 0, "connections failed after the ejection: {answers:?}");
+    assert!(!answers.contains_key(&dead), "{dead} got connections after its ejection: {answers:?}");
+    assert_untouched(&mut open, &[&dead])?;
+
+    // Back up: it returns at a sweep after its 2 s ejection, not before.
+    lab.backends[0].restart()?;
+    lb.wait_for("ejected backend returned", DETECTION_WAIT)?;
+    assert!(ejected_at.elapsed() >= Duration::from_millis(1500), "returned after {:?}", ejected_at.elapsed());
+    let (answers, failed) = connections(&lab, 200)?;
+    assert_eq!(failed, 0);
+    assert!(answers.get(&dead).is_some_and(|&n| n > 20), "{dead} not back in the rotation: {answers:?}");
+    Ok(())
+}
+
+#[test]
+fn a_black_holed_backend_fails_its_checks_and_fails_back_after_healthy_threshold() -> Result<()> {
+    let mut lab = Lab::build("fohole", backends_across(1, 1, 4), false)?;
+    let check = "health_check = { type = \"tcp\", interval = \"300ms\", timeout = \"200ms\", unhealthy_threshold = 2, healthy_threshold = 3 }";
+    let mut lb = LbProcess::start(&lab, &config(&lab, check))?;
+    let mut open = open_connections(&lab, 16)?;
+    let dead = lab.backends[0].spec.name.clone();
+    lab.backends[0].ns.ip(&["link", "set", "eth0", "down"])?;
+    lb.wait_for("backend unhealthy", DETECTION_WAIT)?;
+    let (answers, failed) = connections(&lab, 100)?;
+    assert_eq!(failed, 0, "connections failed after detection: {answers:?}");
+    assert!(!answers.contains_key(&dead), "{dead} chosen while unhealthy: {answers:?}");
+    assert_untouched(&mut open, &[&dead])?;
+
+    lab.backends[0].ns.ip(&["link", "set", "eth0", "up"])?;
+    let healed = Instant::now();
+    lb.wait_for("backend healthy again", DETECTION_WAIT)?;
+    // Three passing checks, 300 ms apart, take at least 600 ms.
+    assert!(healed.elapsed() >= Duration::from_millis(600), "healthy again after {:?}", healed.elapsed());
+    let (answers, failed) = connections(&lab, 200)?;
+    assert_eq!(failed, 0);
+    assert!(answers.get(&dead).is_some_and(|&n| n > 20), "{dead} not back in the rotation: {answers:?}");
+    Ok(())
+}
+
+#[test]
+fn a_flapping_backend_is_not_let_back_in_before_healthy_threshold() -> Result<()> {
+    let mut lab = Lab::build("foflap", backends_across(1, 1, 2), false)?;
+    let check = "health_check = { type = \"tcp\", interval = \"200ms\", timeout = \"100ms\", unhealthy_threshold = 3, healthy_threshold = 3 }";
+    let mut lb = LbProcess::start(&lab, &config(&lab, check))?;
+    // Down for 1 s (about 5 failed checks: out), then up for 300 ms (at most 2 passes: not
+    // enough to come back), four times over; then up for good.
+    for _ in 0..4 {
+        lab.backends[0].ns.ip(&["link", "set", "eth0", "down"])?;
+        std::thread::sleep(Duration::from_millis(1000));
+        lab.backends[0].ns.ip(&["link", "set", "eth0", "up"])?;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lb.wait_for("backend healthy again", DETECTION_WAIT)?;
+    let count = |lb: &mut LbProcess, needle: &str| lb.log().iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count(&mut lb, "backend unhealthy"), 1, "flapped out more than once: {:#?}", lb.log());
+    assert_eq!(count(&mut lb, "backend healthy again"), 1, "let back in during a short up: {:#?}", lb.log());
+    Ok(())
+}
+
+#[test]
+fn zone_and_region_failures_move_traffic_down_the_priority_levels_and_back() -> Result<()> {
+    // r1-z1-b1 (level 0), r1-z2-b1 (level 1), r2-z1-b1 and r2-z2-b1 (level 2).
+    let mut lab = Lab::build("fozone", backends_across(2, 2, 1), false)?;
+    let check = "health_check = { type = \"tcp\", interval = \"300ms\", timeout = \"200ms\", unhealthy_threshold = 2, healthy_threshold = 2 }\npanic_threshold = 0";
+    let mut lb = LbProcess::start(&lab, &config(&lab, check))?;
+    let only = |lab: &Lab, names: &[&str]| -> Result<()> {
+        let (answers, failed) = connections(lab, 60)?;
+        ensure!(failed == 0, "{failed} connections failed: {answers:?}");
+        ensure!(answers.keys().all(|n| names.contains(&n.as_str())), "expected only {names:?}: {answers:?}");
+        Ok(())
+    };
+    only(&lab, &["r1-z1-b1"])?;
+
+    lab.backends[0].stop();
+    lb.wait_for("serving from priority level 1", DETECTION_WAIT)?;
+    only(&lab, &["r1-z2-b1"])?;
+
+    lab.backends[1].stop();
+    lb.wait_for("serving from priority level 2", DETECTION_WAIT)?;
+    only(&lab, &["r2-z1-b1", "r2-z2-b1"])?;
+
+    // Failback to the local zone once it passes its checks again; the connections opened
+    // on level 2 meanwhile stay where they are.
+    let mut on_level_2 = open_connections(&lab, 8)?;
+    lab.backends[0].restart()?;
+    lb.wait_for("serving from priority level 0", DETECTION_WAIT)?;
+    only(&lab, &["r1-z1-b1"])?;
+    assert_untouched(&mut on_level_2, &[])?;
+    Ok(())
+}
