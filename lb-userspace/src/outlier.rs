@@ -6,6 +6,7 @@
 //! Pure state: the caller passes the time in, feeds signals from the packet path and
 //! active health checks, and applies the returned [`Decision`]s to the tables.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -159,9 +160,9 @@ impl<K: Ord + Clone> OutlierDetector<K> {
     pub fn reconfigure(&mut self, config: OutlierDetectionConfig, backends: impl IntoIterator<Item = K>) {
         let mut kept = BTreeMap::new();
         for key in backends {
-            if !kept.contains_key(&key) {
-                let state = self.backends.remove(&key).unwrap_or_default();
-                kept.insert(key, state);
+            if let Entry::Vacant(slot) = kept.entry(key) {
+                let state = self.backends.remove(slot.key()).unwrap_or_default();
+                slot.insert(state);
             }
         }
         self.backends = kept;
