@@ -142,7 +142,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 let mut changed = false;
                 for signal in batch {
                     if let Some((vip, backend)) = lb.signal_target(signal.vip_id, signal.backend_id) {
-                        changed |= lb.states.on_signal(now, &vip, backend, signal.kind);
+                        changed |= lb.states.on_signal(&lb.config, now, &vip, backend, signal.kind);
                     }
                 }
                 changed

@@ -89,9 +89,13 @@ impl BackendStates {
     }
 
     /// One passive signal from the packet path; true when a backend's availability changed.
-    pub fn on_signal(&mut self, now: Instant, vip: &str, backend: SocketAddr, kind: u32) -> bool {
+    pub fn on_signal(&mut self, config: &Config, now: Instant, vip: &str, backend: SocketAddr, kind: u32) -> bool {
         let outcome = match kind {
             SIGNAL_CONNECT_FAILED => Outcome::LocalOriginFailure,
+            // Every HTTP flow reports its connect before its status: when both count in one
+            // streak (not split), the connect would reset it before every 5xx, so for HTTP
+            // VIPs only the status counts as success, as a mesh ignores connect successes.
+            SIGNAL_CONNECTED if counts_5xx_only(config, vip) => return false,
             SIGNAL_CONNECTED => Outcome::LocalOriginSuccess,
             SIGNAL_HTTP_5XX => Outcome::Http5xx,
             SIGNAL_HTTP_OK => Outcome::HttpOk,
@@ -157,6 +161,14 @@ impl BackendStates {
     pub fn outlier_stats(&self, vip: &str) -> Option<OutlierStats> {
         self.outliers.get(vip).map(|o| o.detector.stats())
     }
+}
+
+/// Whether `vip` is an HTTP VIP whose outlier detection counts local-origin failures in
+/// the 5xx streak.
+fn counts_5xx_only(config: &Config, vip: &str) -> bool {
+    config.vips.iter().any(|v| {
+        v.name == vip && v.http && v.outlier_detection.as_ref().is_some_and(|o| !o.split_external_local_origin_errors)
+    })
 }
 
 fn pairs(config: &Config) -> impl Iterator<Item = (&VipConfig, &BackendConfig)> {

@@ -28,6 +28,19 @@ fn vip() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(VIP_V4), LINE_PORT)
 }
 
+/// Waits for a log line with `needle` (or finds it already read), then for the table sync
+/// that follows it: the moment the maps say what the line says.
+fn wait_until_applied(lb: &mut LbProcess, needle: &str) -> Result<()> {
+    if !lb.log().iter().any(|l| l.contains(needle)) {
+        lb.wait_for(needle, DETECTION_WAIT)?;
+    }
+    let at = lb.log().iter().rposition(|l| l.contains(needle)).expect("seen above");
+    if !lb.log()[at..].iter().any(|l| l.contains("tables synced")) {
+        lb.wait_for("tables synced", DETECTION_WAIT)?;
+    }
+    Ok(())
+}
+
 /// `n` new connections, one after the other, each asking once: the backends that answered
 /// and the number of attempts that failed.
 fn connections(lab: &Lab, n: usize) -> Result<(BTreeMap<String, usize>, usize)> {
@@ -88,6 +101,7 @@ fn a_refused_backend_is_ejected_from_the_packet_path_and_returns_after_its_eject
     }
     ensure!(failed >= 3, "ejected after only {failed} refused connections");
     let ejected_at = Instant::now();
+    wait_until_applied(&mut lb, "backend ejected")?;
     let (answers, failed) = connections(&lab, 100)?;
     assert_eq!(failed, 0, "connections failed after the ejection: {answers:?}");
     assert!(!answers.contains_key(&dead), "{dead} got connections after its ejection: {answers:?}");
@@ -95,7 +109,7 @@ fn a_refused_backend_is_ejected_from_the_packet_path_and_returns_after_its_eject
 
     // Back up: it returns at a sweep after its 2 s ejection, not before.
     lab.backends[0].restart()?;
-    lb.wait_for("ejected backend returned", DETECTION_WAIT)?;
+    wait_until_applied(&mut lb, "ejected backend returned")?;
     assert!(ejected_at.elapsed() >= Duration::from_millis(1500), "returned after {:?}", ejected_at.elapsed());
     let (answers, failed) = connections(&lab, 200)?;
     assert_eq!(failed, 0);
@@ -111,7 +125,7 @@ fn a_black_holed_backend_fails_its_checks_and_fails_back_after_healthy_threshold
     let mut open = open_connections(&lab, 16)?;
     let dead = lab.backends[0].spec.name.clone();
     lab.backends[0].ns.ip(&["link", "set", "eth0", "down"])?;
-    lb.wait_for("backend unhealthy", DETECTION_WAIT)?;
+    wait_until_applied(&mut lb, "backend unhealthy")?;
     let (answers, failed) = connections(&lab, 100)?;
     assert_eq!(failed, 0, "connections failed after detection: {answers:?}");
     assert!(!answers.contains_key(&dead), "{dead} chosen while unhealthy: {answers:?}");
@@ -119,7 +133,7 @@ fn a_black_holed_backend_fails_its_checks_and_fails_back_after_healthy_threshold
 
     lab.backends[0].ns.ip(&["link", "set", "eth0", "up"])?;
     let healed = Instant::now();
-    lb.wait_for("backend healthy again", DETECTION_WAIT)?;
+    wait_until_applied(&mut lb, "backend healthy again")?;
     // Three passing checks, 300 ms apart, take at least 600 ms.
     assert!(healed.elapsed() >= Duration::from_millis(600), "healthy again after {:?}", healed.elapsed());
     let (answers, failed) = connections(&lab, 200)?;
