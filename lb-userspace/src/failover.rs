@@ -195,3 +195,113 @@ fn log_decision(vip: &str, decision: &Decision<SocketAddr>) {
         Decision::Returned { backend } => info!(vip, %backend, "ejected backend returned"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use std::time::Duration;
+
+    const CONFIG: &str = r#"
+[balancer]
+interfaces = ["eth0"]
+ipv4 = "10.0.0.1"
+
+[[vip]]
+name = "web"
+address = "10.100.0.1"
+port = 80
+http = true
+health_check = { type = "tcp", healthy_threshold = 2, unhealthy_threshold = 2 }
+outlier_detection = { consecutive_5xx = 2, base_ejection_time = "10s", interval = "1s", max_ejection_percent = 50 }
+backend = [{ address = "10.0.1.1" }, { address = "10.0.1.2" }, { address = "10.0.1.3", draining = true }]
+"#;
+
+    fn setup(text: &str) -> (Config, BackendStates, Instant) {
+        let config = config::parse(text, "test.toml").expect("valid config");
+        let mut states = BackendStates::default();
+        let t0 = Instant::now();
+        states.reconfigure(&config, t0);
+        (config, states, t0)
+    }
+
+    fn addr(last: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 1, last], 80))
+    }
+
+    fn availability(config: &Config, states: &BackendStates) -> Vec<Availability> {
+        let vip = &config.vips[0];
+        vip.backends.iter().map(|b| states.availability(vip, b)).collect()
+    }
+
+    fn check(states: &mut BackendStates, config: &Config, last: u8, passed: bool) -> bool {
+        let outcome = if passed { Ok(()) } else { Err("connect: refused".into()) };
+        states.on_check(config, &CheckResult { key: ("web".into(), addr(last)), outcome })
+    }
+
+    use Availability::*;
+
+    #[test]
+    fn checks_apply_thresholds_and_draining_wins() {
+        let (config, mut states, _) = setup(CONFIG);
+        assert_eq!(availability(&config, &states), [Available, Available, Draining]);
+        assert!(!check(&mut states, &config, 1, false), "one failure is not enough");
+        assert!(check(&mut states, &config, 1, false));
+        assert!(!check(&mut states, &config, 3, false));
+        assert!(check(&mut states, &config, 3, false));
+        assert_eq!(availability(&config, &states), [Unhealthy, Available, Draining]);
+        assert!(!check(&mut states, &config, 1, true));
+        assert!(check(&mut states, &config, 1, true));
+        assert_eq!(availability(&config, &states)[0], Available);
+        assert_eq!(BackendStates::check_targets(&config).len(), 3);
+    }
+
+    #[test]
+    fn signals_eject_and_sweeps_return() {
+        let (config, mut states, t0) = setup(CONFIG);
+        let signal = |states: &mut BackendStates, last, kind| states.on_signal(&config, t0, "web", addr(last), kind);
+        // An HTTP VIP without split: connects don't break a 5xx streak.
+        assert!(!signal(&mut states, 2, SIGNAL_HTTP_5XX));
+        assert!(!signal(&mut states, 2, SIGNAL_CONNECTED));
+        assert!(signal(&mut states, 2, SIGNAL_HTTP_5XX));
+        assert_eq!(availability(&config, &states), [Available, Ejected, Draining]);
+        assert_eq!(states.outlier_stats("web").map(|s| s.ejections_active), Some(1));
+        // Refused connections are local-origin failures, counted with the 5xx.
+        assert!(!signal(&mut states, 1, SIGNAL_CONNECT_FAILED));
+        assert!(!signal(&mut states, 1, SIGNAL_HTTP_OK));
+        assert!(!signal(&mut states, 1, SIGNAL_CONNECT_FAILED), "the OK reset the streak");
+        assert!(!states.sweep(t0 + Duration::from_secs(5)), "not yet");
+        assert_eq!(states.next_sweep(), Some(t0 + Duration::from_secs(6)));
+        assert!(states.sweep(t0 + Duration::from_secs(11)));
+        assert_eq!(availability(&config, &states), [Available, Available, Draining]);
+        assert!(!states.on_signal(&config, t0, "nope", addr(1), SIGNAL_HTTP_5XX));
+    }
+
+    #[test]
+    fn a_passing_check_returns_an_ejected_backend() {
+        let (config, mut states, t0) = setup(CONFIG);
+        for _ in 0..2 {
+            states.on_signal(&config, t0, "web", addr(1), SIGNAL_CONNECT_FAILED);
+        }
+        assert_eq!(availability(&config, &states)[0], Ejected);
+        assert!(check(&mut states, &config, 1, true));
+        assert_eq!(availability(&config, &states)[0], Available);
+    }
+
+    #[test]
+    fn reloads_keep_the_state_of_what_remains() {
+        let (config, mut states, t0) = setup(CONFIG);
+        check(&mut states, &config, 1, false);
+        check(&mut states, &config, 1, false);
+        assert!(states.set_drained(&config, "web", addr(2), true));
+        assert!(!states.set_drained(&config, "web", addr(9), true));
+        let fewer = CONFIG.replace(", { address = \"10.0.1.3\", draining = true }", "");
+        let fewer = config::parse(&fewer, "test.toml").expect("valid config");
+        states.reconfigure(&fewer, t0);
+        assert_eq!(availability(&fewer, &states), [Unhealthy, Draining]);
+        let unchecked = config::parse(&CONFIG.replace("health_check = { type = \"tcp\", healthy_threshold = 2, unhealthy_threshold = 2 }\n", ""), "t").unwrap();
+        states.reconfigure(&unchecked, t0);
+        assert_eq!(availability(&unchecked, &states)[0], Available, "no checks, no check state");
+        assert!(BackendStates::check_targets(&unchecked).is_empty());
+    }
+}

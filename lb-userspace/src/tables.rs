@@ -338,6 +338,28 @@ weight = 3
     }
 
     #[test]
+    fn tables_serve_from_the_plan_of_each_vip() {
+        let mut ids = IdAllocator::new(64, 4096);
+        let text = BASE
+            .replace("maglev_table_size = 1009\n", "maglev_table_size = 1009\nregion = \"r1\"\nzone = \"z1\"\n")
+            .replace("address = \"10.0.1.11\"\n", "address = \"10.0.1.11\"\nzone = \"z1\"\n")
+            .replace("address = \"10.0.1.12\"\n", "address = \"10.0.1.12\"\nzone = \"z2\"\n")
+            .replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\npanic_threshold = 0\n");
+        let config = config::parse(&text, "test.toml").expect("valid config");
+        let ids_in = |t: &DesiredTables| -> std::collections::BTreeSet<u32> { t.vips.values().next().expect("one vip").table.iter().copied().collect() };
+        let all = desired(&config, &mut ids);
+        assert_eq!(ids_in(&all), [0].into(), "the local zone only");
+        let local_down = desired_with(&config, &|_, b| if b.zone == "z1" { Availability::Unhealthy } else { Availability::Available }, &mut ids);
+        assert_eq!(ids_in(&local_down), [1].into(), "the next zone of the region");
+        let vip = local_down.vips.values().next().expect("one vip");
+        assert_eq!((vip.plan.level, vip.plan.panic), (Some(1), false));
+        // Every backend stays in BACKENDS: flows already on the unhealthy one keep going.
+        assert_eq!(local_down.backends.len(), 2);
+        let none = desired_with(&config, &|_, _| Availability::Ejected, &mut ids);
+        assert!(none.vips.values().next().expect("one vip").table.is_empty());
+    }
+
+    #[test]
     fn a_vip_without_backends_has_an_empty_table() {
         let mut ids = IdAllocator::new(64, 4096);
         let text = BASE.replace("weight = 3", "weight = 0").replace(
