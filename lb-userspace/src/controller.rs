@@ -88,11 +88,18 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let balancer = &config.balancer;
     let mut dataplane = Dataplane::load(MapSizes::from_config(balancer), Some(&balancer.pin_dir))?;
     if let Some(logger) = dataplane.take_logger() {
-        tokio::spawn(forward_packet_logs(logger));
+        tokio::spawn(on_readable(logger, "packet-path logs", |logger: &mut PacketLogger| {
+            logger.flush();
+            true
+        }));
     }
+    // Passive health signals reach the loop as soon as the packet path writes them.
     let (signal_tx, mut signals) = tokio::sync::mpsc::unbounded_channel();
     if let Some(reader) = dataplane.take_health_signals() {
-        tokio::spawn(forward_health_signals(reader, signal_tx));
+        tokio::spawn(on_readable(reader, "passive health signals", move |reader: &mut HealthSignals| {
+            let batch = reader.drain();
+            batch.is_empty() || signal_tx.send(batch).is_ok()
+        }));
     }
     let (check_tx, mut checks) = tokio::sync::mpsc::unbounded_channel();
     let mut prober = Prober::new(check_tx);
@@ -183,43 +190,25 @@ fn neighbors_of(config: &Config) -> impl Iterator<Item = IpAddr> + '_ {
     config.vips.iter().flat_map(|v| v.backends.iter().map(|b| b.address)).filter(move |a| seen.insert(*a))
 }
 
-/// Hands every batch of passive health signals to the controller loop as soon as the
-/// packet path writes them.
-async fn forward_health_signals(reader: HealthSignals, to: tokio::sync::mpsc::UnboundedSender<Vec<lb_common::HealthSignal>>) {
-    // SAFETY: as in `forward_packet_logs`: the reader owns its fd, the AsyncFd owns it.
-    let mut fd = match unsafe { AsyncFd::register(reader) } {
+/// Calls `read` on `source` each time its fd becomes readable, until `read` returns false
+/// or the fd fails; `what` names the source in logs.
+async fn on_readable<T: std::os::fd::AsRawFd>(source: T, what: &'static str, mut read: impl FnMut(&mut T) -> bool) {
+    // SAFETY: `source` owns its fd, which stays open as long as it lives, and the AsyncFd
+    // owns `source`.
+    let mut fd = match unsafe { AsyncFd::register(source) } {
         Ok(fd) => fd,
-        Err(e) => return error!("passive health signals not readable: {e}"),
+        Err(e) => return error!("{what} not readable: {e}"),
     };
     loop {
         match fd.readable_mut().await {
             Ok(mut guard) => {
-                // Cleared before reading: a signal written meanwhile wakes the next wait.
+                // Cleared before reading: what is written meanwhile wakes the next wait.
                 guard.clear_ready();
-                let batch = guard.get_inner_mut().drain();
-                if !batch.is_empty() && to.send(batch).is_err() {
+                if !read(guard.get_inner_mut()) {
                     return;
                 }
             }
-            Err(e) => return error!("passive health signals stopped: {e}"),
-        }
-    }
-}
-
-async fn forward_packet_logs(logger: PacketLogger) {
-    // SAFETY: the logger owns its ring buffer fd, which stays open as long as it lives,
-    // and the AsyncFd owns the logger.
-    let mut fd = match unsafe { AsyncFd::register(logger) } {
-        Ok(fd) => fd,
-        Err(e) => return warn!("packet-path logs not readable: {e}"),
-    };
-    loop {
-        match fd.readable_mut().await {
-            Ok(mut guard) => {
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-            Err(e) => return warn!("packet-path logs stopped: {e}"),
+            Err(e) => return error!("{what} stopped: {e}"),
         }
     }
 }
