@@ -338,6 +338,7 @@ pub struct NextHop {
 /// Per-VIP counters (per CPU; readers sum over CPUs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct VipStats {
     pub packets: u64,
     pub bytes: u64,
@@ -359,6 +360,7 @@ pub struct VipStats {
 /// Per-backend counters (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct BackendStats {
     pub packets: u64,
     pub bytes: u64,
@@ -374,6 +376,7 @@ pub struct BackendStats {
 /// Counters for packets that belong to no VIP, or whose VIP could not be determined.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct GlobalStats {
     /// Not IPv4/IPv6, or not addressed to a VIP: handed to the kernel untouched.
     pub passed: u64,

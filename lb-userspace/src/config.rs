@@ -51,8 +51,33 @@ pub const SOURCE_PREFIX_V6: (u8, u8, u8) = (32, 128, 64);
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub balancer: BalancerConfig,
+    /// The admin HTTP interface (status, metrics, drain, reload).
+    #[serde(default)]
+    pub admin: AdminConfig,
     #[serde(rename = "vip", default)]
     pub vips: Vec<VipConfig>,
+}
+
+/// Where the admin interface listens, and the token it asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Default 127.0.0.1:9180. Any address other than a loopback one needs `token`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// When set, every request must carry `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: default_admin_listen(), token: None }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9180))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -350,6 +375,13 @@ pub enum ForwardingMode {
 }
 
 impl ForwardingMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ForwardingMode::Nat => "nat",
+            ForwardingMode::Dsr => "dsr",
+        }
+    }
+
     /// The value of `lb_common::VipInfo::mode` (`MODE_NAT` / `MODE_DSR`).
     pub fn number(&self) -> u8 {
         match self {
@@ -503,14 +535,28 @@ impl std::error::Error for ConfigError {}
 
 /// Reads and parses a configuration file; an unreadable file is a [`ConfigError`] too.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        origin: origin.clone(),
+    parse(&read(path)?, &path.display().to_string())
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: path.display().to_string(),
         line: None,
         key: String::new(),
         message: format!("cannot read the file: {e}"),
-    })?;
-    parse(&text, &origin)
+    })
+}
+
+/// Only the `[admin]` section of a config file, for the commands that talk to a running
+/// controller: they must work while the file holds a config the controller refused. A file
+/// that is not TOML at all gives the defaults.
+pub fn load_admin(path: &Path) -> Result<AdminConfig, ConfigError> {
+    #[derive(Deserialize)]
+    struct AdminOnly {
+        #[serde(default)]
+        admin: AdminConfig,
+    }
+    Ok(toml::from_str::<AdminOnly>(&read(path)?).map(|c| c.admin).unwrap_or_default())
 }
 
 /// Parses and validates a configuration; `origin` (the file name) prefixes error messages.
@@ -788,7 +834,8 @@ impl Ctx<'_> {
 fn fields_at(path: &[Seg]) -> &'static [&'static str] {
     use Seg::{Index, Key};
     match path {
-        [] => &["balancer", "vip"],
+        [] => &["balancer", "admin", "vip"],
+        [Key(a)] if a == "admin" => &["listen", "token"],
         [Key(b)] if b == "balancer" => &[
             "interfaces",
             "xdp_mode",
@@ -980,6 +1027,19 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
         return Err(cx.err(&path!["balancer", "ipv6"], format!("{a} is {what}")));
     }
 
+    let admin = &c.admin;
+    if let Some(token) = &admin.token
+        && (token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(cx.err(&path!["admin", "token"], "must be at least 16 characters, without spaces"));
+    }
+    if !admin.listen.ip().is_loopback() && admin.token.is_none() {
+        return Err(cx.err(
+            &path!["admin", "listen"],
+            format!("{} is not a loopback address: set admin.token, or listen on 127.0.0.1", admin.listen),
+        ));
+    }
+
     if c.vips.len() > b.max_vips as usize {
         return Err(cx.err(
             &path!["vip", b.max_vips as usize],
@@ -995,8 +1055,11 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
     let mut services: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
     let mut all_backends: HashSet<SocketAddr> = HashSet::new();
     for (i, vip) in c.vips.iter().enumerate() {
-        if vip.name.trim().is_empty() {
-            return Err(cx.err(&path!["vip", i, "name"], "must not be empty"));
+        if vip.name.is_empty() || !vip.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(cx.err(
+                &path!["vip", i, "name"],
+                format!("{:?}: use letters, digits, '.', '_' and '-' (it names the VIP in metrics and admin URLs)", vip.name),
+            ));
         }
         if let Some(&j) = names.get(vip.name.as_str()) {
             return Err(cx.err(
@@ -1707,7 +1770,7 @@ nat_port_max = 1024
     }
 
     #[test]
-    fn vip_names_unique_and_non_empty() {
+    fn vip_names_unique_and_plain() {
         let text = replace(GOOD, "name = \"dns\"", "name = \"web\"");
         let e = expect(
             &text,
@@ -1722,13 +1785,10 @@ nat_port_max = 1024
             )),
             "{e}"
         );
-        let text = replace(GOOD, "name = \"dns\"", "name = \"\"");
-        expect(
-            &text,
-            "vip[1].name",
-            line_with(&text, "name = \"\"", 0),
-            "must not be empty",
-        );
+        for bad in ["", "a b", "web/1"] {
+            let text = replace(GOOD, "name = \"dns\"", &format!("name = \"{bad}\""));
+            expect(&text, "vip[1].name", line_with(&text, &format!("name = \"{bad}\""), 0), "use letters, digits");
+        }
     }
 
     #[test]
@@ -2018,6 +2078,19 @@ nat_port_max = 1024
         let dsr_line = line_with(GOOD, "mode = \"dsr\"", 0) + 1;
         let dsr = replace(GOOD, "mode = \"dsr\"\n", "mode = \"dsr\"\noutlier_detection = {}\n");
         expect(&dsr, "vip[1].outlier_detection", dsr_line, "needs nat mode");
+    }
+
+    #[test]
+    fn admin_listens_on_loopback_unless_a_token_is_set() {
+        let c = parse(GOOD, "t").unwrap();
+        assert_eq!(c.admin, AdminConfig { listen: "127.0.0.1:9180".parse().unwrap(), token: None });
+        let open = format!("{GOOD}\n[admin]\nlisten = \"0.0.0.0:9180\"\n");
+        let line = open.lines().count();
+        expect(&open, "admin.listen", line, "not a loopback address");
+        let short = format!("{GOOD}\n[admin]\ntoken = \"abc\"\n");
+        expect(&short, "admin.token", short.lines().count(), "at least 16 characters");
+        let good = format!("{GOOD}\n[admin]\nlisten = \"[::]:9000\"\ntoken = \"0123456789abcdef\"\n");
+        assert_eq!(parse(&good, "t").unwrap().admin.token.as_deref(), Some("0123456789abcdef"));
     }
 
     #[test]

@@ -13,11 +13,13 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
+use crate::admin::AdminRequest;
 use crate::config::{self, Config};
 use crate::dataplane::{Dataplane, HealthSignals, MapSizes, PacketLogger};
 use crate::failover::BackendStates;
 use crate::locality::Plan;
 use crate::probe::Prober;
+use crate::status::{BackendStatus, ReloadOutcome, Status, VipStatus};
 use crate::sync::Applied;
 use crate::tables::{self, IdAllocator};
 
@@ -28,8 +30,13 @@ const SWEEP_TICK: Duration = Duration::from_millis(250);
 
 /// Everything the controller knows; `apply` makes the maps match it.
 struct Controller {
+    config_path: PathBuf,
     config: Config,
+    /// 1 for the config loaded at start, +1 for each applied reload.
+    generation: u64,
+    last_reload: Option<ReloadOutcome>,
     states: BackendStates,
+    prober: Prober,
     ids: IdAllocator,
     applied: Applied,
     /// Each VIP's plan as last applied, to log failovers and failbacks.
@@ -37,6 +44,109 @@ struct Controller {
 }
 
 impl Controller {
+    /// Reads, validates and applies the config file again; a refused config leaves the
+    /// running one in place. Returns the new generation, or why the file was refused.
+    fn reload(&mut self, dataplane: &mut Dataplane) -> Result<u64, String> {
+        let outcome = match read_reload(&self.config_path, &self.config) {
+            Ok(next) => {
+                self.states.reconfigure(&next, Instant::now());
+                self.prober.set_targets(BackendStates::check_targets(&next));
+                crate::neighbors::prime(neighbors_of(&next));
+                self.config = next;
+                self.apply(dataplane).map_err(|e| format!("{e:#}"))?;
+                self.generation += 1;
+                info!(generation = self.generation, vips = self.config.vips.len(), "config applied");
+                Ok(self.generation)
+            }
+            Err(e) => {
+                error!("reload refused, keeping the running config: {e:#}");
+                Err(format!("{e:#}"))
+            }
+        };
+        self.last_reload = Some(match &outcome {
+            Ok(generation) => ReloadOutcome { applied: true, message: format!("generation {generation}") },
+            Err(why) => ReloadOutcome { applied: false, message: why.clone() },
+        });
+        outcome
+    }
+
+    /// Answers the admin interface. A drain changes the tables (written before the answer).
+    fn admin(&mut self, request: AdminRequest, dataplane: &mut Dataplane) -> Result<()> {
+        match request {
+            AdminRequest::Status(reply) => {
+                let _ = reply.send(self.status(dataplane));
+            }
+            AdminRequest::Drain { vip, backend, drained, reply } => {
+                let result = if self.states.set_drained(&self.config, &vip, backend, drained) {
+                    info!(vip, %backend, drained, "drain set by the operator");
+                    self.apply(dataplane)
+                } else {
+                    let _ = reply.send(Err(format!("VIP {vip:?} has no backend {backend}")));
+                    return Ok(());
+                };
+                let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
+                result?;
+            }
+            AdminRequest::Reload(reply) => {
+                let _ = reply.send(self.reload(dataplane));
+            }
+        }
+        Ok(())
+    }
+
+    /// A snapshot for `lb status` and the metrics: the counters summed over CPUs.
+    fn status(&self, dataplane: &Dataplane) -> Status {
+        let balancer = &self.config.balancer;
+        let vips = self
+            .config
+            .vips
+            .iter()
+            .map(|vip| {
+                let key = tables::vip_key(vip);
+                let counters = self.ids.vip_id(&key).and_then(|id| dataplane.vip_stats(id).ok()).unwrap_or_default();
+                let plan = self.plans.get(&vip.name);
+                let backends = vip
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| BackendStatus {
+                        address: b.socket_addr(),
+                        region: b.region.clone(),
+                        zone: b.zone.clone(),
+                        level: crate::locality::level_of(&balancer.region, &balancer.zone, &vip.failover_regions, b),
+                        weight: b.weight,
+                        serving_weight: plan.and_then(|p| p.weights.get(i).copied()).unwrap_or(0),
+                        state: crate::status::state_name(self.states.availability(vip, b)).to_owned(),
+                        counters: self
+                            .ids
+                            .backend_id(&(b.address, b.port))
+                            .and_then(|id| dataplane.backend_stats(id).ok())
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                VipStatus {
+                    name: vip.name.clone(),
+                    address: vip.address,
+                    port: vip.port,
+                    protocol: vip.protocol.to_string(),
+                    mode: vip.mode.as_str().to_owned(),
+                    level: plan.and_then(|p| p.level),
+                    panic: plan.is_some_and(|p| p.panic),
+                    counters,
+                    outlier: self.states.outlier_stats(&vip.name),
+                    backends,
+                }
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            generation: self.generation,
+            last_reload: self.last_reload.clone(),
+            vips,
+            global: dataplane.global_stats().unwrap_or_default(),
+        }
+    }
+
     /// Recomputes the tables from the config and the backends' state, writes the
     /// difference, and logs every VIP whose priority level or panic state changed.
     fn apply(&mut self, dataplane: &mut Dataplane) -> Result<()> {
@@ -102,17 +212,23 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         }));
     }
     let (check_tx, mut checks) = tokio::sync::mpsc::unbounded_channel();
-    let mut prober = Prober::new(check_tx);
+    let prober = Prober::new(check_tx);
     let mut states = BackendStates::default();
     states.reconfigure(&config, Instant::now());
-    prober.set_targets(BackendStates::check_targets(&config));
+    let (admin_tx, mut admin_requests) = tokio::sync::mpsc::channel(16);
+    crate::admin::start(config.admin.listen, config.admin.token.clone(), admin_tx).await?;
     let mut lb = Controller {
         ids: IdAllocator::new(balancer.max_vips, balancer.max_backends),
+        config_path,
         config,
+        generation: 1,
+        last_reload: None,
         states,
+        prober,
         applied: Applied::default(),
         plans: BTreeMap::new(),
     };
+    lb.prober.set_targets(BackendStates::check_targets(&lb.config));
     lb.apply(&mut dataplane)?;
     crate::neighbors::prime(neighbors_of(&lb.config));
     for iface in &lb.config.balancer.interfaces {
@@ -125,22 +241,15 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut neighbor_tick = tokio::time::interval(NEIGHBOR_REFRESH);
     let mut sweep_tick = tokio::time::interval(SWEEP_TICK);
-    let mut generation = 1u64;
     loop {
         let changed = tokio::select! {
             _ = hangup.recv() => {
-                match reload(&config_path, &lb.config) {
-                    Ok(next) => {
-                        lb.states.reconfigure(&next, Instant::now());
-                        prober.set_targets(BackendStates::check_targets(&next));
-                        crate::neighbors::prime(neighbors_of(&next));
-                        lb.config = next;
-                        lb.apply(&mut dataplane)?;
-                        generation += 1;
-                        info!(generation, vips = lb.config.vips.len(), "config applied");
-                    }
-                    Err(e) => error!("reload refused, keeping the running config: {e:#}"),
-                }
+                // Refusals are logged and reported in the status; the loop goes on.
+                let _ = lb.reload(&mut dataplane);
+                false
+            }
+            Some(request) = admin_requests.recv() => {
+                lb.admin(request, &mut dataplane)?;
                 false
             }
             Some(result) = checks.recv() => lb.states.on_check(&lb.config, &result),
@@ -170,17 +279,18 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     dataplane.shutdown()
 }
 
-/// Reads and validates the new config; settings that size or place the maps can only
-/// change with a restart.
-fn reload(path: &std::path::Path, current: &Config) -> Result<Config> {
+/// Reads and validates the new config; settings that size or place the maps, and the
+/// admin interface's address, can only change with a restart.
+fn read_reload(path: &std::path::Path, current: &Config) -> Result<Config> {
     let next = config::load(path)?;
     let (old, new) = (&current.balancer, &next.balancer);
     if MapSizes::from_config(old) != MapSizes::from_config(new)
         || old.pin_dir != new.pin_dir
         || old.interfaces != new.interfaces
         || old.xdp_mode != new.xdp_mode
+        || current.admin != next.admin
     {
-        anyhow::bail!("balancer interfaces, xdp_mode, pin_dir and map sizes need a restart");
+        anyhow::bail!("balancer interfaces, xdp_mode, pin_dir, map sizes and the admin section need a restart");
     }
     Ok(next)
 }

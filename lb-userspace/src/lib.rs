@@ -1,6 +1,8 @@
 //! The controller: configuration, the pure table computation (Maglev, ids), the sync step,
 //! and the dataplane module that owns every aya call.
 
+pub mod admin;
+pub mod client;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
@@ -8,9 +10,11 @@ pub mod failover;
 pub mod health;
 pub mod locality;
 pub mod maglev;
+pub mod metrics;
 pub mod neighbors;
 pub mod outlier;
 pub mod probe;
+pub mod status;
 pub mod sync;
 pub mod tables;
 

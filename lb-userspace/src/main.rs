@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use lb_userspace::client::AdminClient;
 use lb_userspace::{config, controller};
 
 #[derive(Parser)]
@@ -26,6 +27,48 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show the running balancer: VIPs, their priority level, backends and counters.
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The status as JSON (as the admin API's /v1/status).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload the running balancer's config file; a bad file is refused and the running
+    /// config stays.
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Stop sending new flows to a backend of a VIP; its existing flows stay.
+    Drain {
+        #[command(flatten)]
+        admin: AdminArgs,
+        vip: String,
+        /// The backend's address:port.
+        backend: String,
+    },
+    /// Send new flows to a drained backend again.
+    Undrain {
+        #[command(flatten)]
+        admin: AdminArgs,
+        vip: String,
+        backend: String,
+    },
+}
+
+/// How to reach the running controller: its config's `[admin]` section.
+#[derive(clap::Args)]
+struct AdminArgs {
+    #[arg(long, short, default_value = "/etc/lb/lb.toml")]
+    config: PathBuf,
+}
+
+impl AdminArgs {
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        Ok(AdminClient::new(&config::load_admin(&self.config)?))
+    }
 }
 
 fn main() -> ExitCode {
@@ -48,6 +91,21 @@ fn main() -> ExitCode {
             let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
             println!("{}: ok ({} VIPs, {backends} backends)", config.display(), c.vips.len());
         }).map_err(anyhow::Error::from),
+        Command::Status { admin, json } => admin.client().and_then(|c| {
+            if json {
+                print!("{}", c.call("GET", "/v1/status")?);
+            } else {
+                print!("{}", lb_userspace::status::table(&c.status()?));
+            }
+            Ok(())
+        }),
+        Command::Reload { admin } => admin.client().and_then(|c| Ok(print!("{}", c.call("POST", "/v1/reload")?))),
+        Command::Drain { admin, vip, backend } => {
+            admin.client().and_then(|c| Ok(print!("{}", c.call("POST", &format!("/v1/vips/{vip}/backends/{backend}/drain"))?)))
+        }
+        Command::Undrain { admin, vip, backend } => {
+            admin.client().and_then(|c| Ok(print!("{}", c.call("POST", &format!("/v1/vips/{vip}/backends/{backend}/undrain"))?)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -54,7 +54,7 @@ pub enum Decision<K> {
 }
 
 /// Counters with the meanings of Envoy's `outlier_detection.*` stats.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutlierStats {
     /// Backends ejected now (a gauge).
     pub ejections_active: u64,

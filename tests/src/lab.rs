@@ -1017,6 +1017,8 @@ pub fn render_config(pin_dir: &std::path::Path, vips: &[ConfigVip]) -> String {
 /// The `lb run` process inside the lab's balancer namespace.
 pub struct LbProcess {
     child: Child,
+    /// The balancer's namespace, where its admin interface listens.
+    netns: String,
     config_path: PathBuf,
     pin_dir: PathBuf,
     log: mpsc::Receiver<String>,
@@ -1082,6 +1084,7 @@ impl LbProcess {
         });
         let mut lb = Self {
             child,
+            netns: lab.lb.path(),
             config_path,
             pin_dir: lab.pin_dir(),
             log,
@@ -1134,6 +1137,22 @@ impl LbProcess {
             self.lines.push(line);
         }
         &self.lines
+    }
+
+    /// Runs `lb ARGS --config <its config>` in the balancer's namespace (where the admin
+    /// interface listens): stdout, or an error with stderr when it fails.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let output = Command::new("nsenter")
+            .arg(format!("--net={}", self.netns))
+            .arg(lb_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .output()
+            .context("running lb")?;
+        ensure!(output.status.success(), "lb {args:?}: {}", String::from_utf8_lossy(&output.stderr).trim());
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Replaces the config and reloads it with SIGHUP.

@@ -1,0 +1,114 @@
+//! The admin HTTP interface (axum): status, metrics, drain/undrain, reload. Handlers ask
+//! the controller loop, which owns all state, through a channel and wait for its answer,
+//! so an admin request is one more event of the loop. With `admin.token` set, every
+//! request needs `Authorization: Bearer <token>`.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context as _, Result};
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::status::Status;
+
+/// What the admin interface asks the controller loop.
+pub enum AdminRequest {
+    Status(oneshot::Sender<Status>),
+    /// Drain (`drained`) or undrain a backend of a VIP; `Err` says why not.
+    Drain { vip: String, backend: SocketAddr, drained: bool, reply: oneshot::Sender<Result<(), String>> },
+    /// Reload the config file: the new generation, or why the config was refused.
+    Reload(oneshot::Sender<Result<u64, String>>),
+}
+
+#[derive(Clone)]
+struct AdminState {
+    requests: mpsc::Sender<AdminRequest>,
+    token: Option<String>,
+}
+
+/// Binds `listen` (failing at once if it can't) and serves from a task of its own.
+pub async fn start(listen: SocketAddr, token: Option<String>, requests: mpsc::Sender<AdminRequest>) -> Result<()> {
+    let with_token = token.is_some();
+    let state = AdminState { requests, token };
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .route("/v1/reload", post(reload))
+        .route("/v1/vips/{vip}/backends/{backend}/drain", post(drain))
+        .route("/v1/vips/{vip}/backends/{backend}/undrain", post(undrain))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("admin interface: binding {listen}"))?;
+    tracing::info!(%listen, token = with_token, "admin interface listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("admin interface stopped: {e}");
+        }
+    });
+    Ok(())
+}
+
+async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if given != Some(format!("Bearer {token}").as_str()) {
+            return (StatusCode::UNAUTHORIZED, "a bearer token is required\n").into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Sends `request` to the controller loop and waits for its answer.
+async fn ask<T>(state: &AdminState, request: impl FnOnce(oneshot::Sender<T>) -> AdminRequest) -> Result<T, Response> {
+    let (reply, answer) = oneshot::channel();
+    let unavailable = || (StatusCode::SERVICE_UNAVAILABLE, "the controller is shutting down\n").into_response();
+    state.requests.send(request(reply)).await.map_err(|_| unavailable())?;
+    answer.await.map_err(|_| unavailable())
+}
+
+async fn status(State(state): State<AdminState>) -> Response {
+    match ask(&state, AdminRequest::Status).await {
+        Ok(status) => axum::Json(status).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    match ask(&state, AdminRequest::Status).await {
+        Ok(status) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&status)).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn reload(State(state): State<AdminState>) -> Response {
+    match ask(&state, AdminRequest::Reload).await {
+        Ok(Ok(generation)) => (StatusCode::OK, format!("config applied: generation {generation}\n")).into_response(),
+        Ok(Err(why)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused, the running config stays: {why}\n")).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn drain(state: State<AdminState>, path: Path<(String, String)>) -> Response {
+    set_drained(state, path, true).await
+}
+
+async fn undrain(state: State<AdminState>, path: Path<(String, String)>) -> Response {
+    set_drained(state, path, false).await
+}
+
+async fn set_drained(State(state): State<AdminState>, Path((vip, backend)): Path<(String, String)>, drained: bool) -> Response {
+    let Ok(backend) = backend.parse::<SocketAddr>() else {
+        return (StatusCode::BAD_REQUEST, format!("{backend:?} is not an address:port\n")).into_response();
+    };
+    let what = if drained { "draining" } else { "undrained" };
+    match ask(&state, |reply| AdminRequest::Drain { vip: vip.clone(), backend, drained, reply }).await {
+        Ok(Ok(())) => (StatusCode::OK, format!("{backend} of {vip}: {what}\n")).into_response(),
+        Ok(Err(why)) => (StatusCode::NOT_FOUND, format!("{why}\n")).into_response(),
+        Err(response) => response,
+    }
+}

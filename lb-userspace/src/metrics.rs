@@ -1,0 +1,256 @@
+//! `/metrics`: the status snapshot in the Prometheus (OpenMetrics) text format, written
+//! with `prometheus-client`. The packet path's counters are per CPU in the maps and summed
+//! by the dataplane; they are exposed as counters (the text encoder adds `_total`).
+//! Ejection metrics carry a service mesh's names and meanings.
+
+use std::collections::BTreeMap;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::status::Status;
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The metrics of one status snapshot, in the text format.
+pub fn render(status: &Status) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(status.clone())));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+#[derive(Debug)]
+struct Snapshot(Status);
+
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family: its samples, each a label set and a value.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    samples: Vec<(Labels, i64)>,
+}
+
+impl Family {
+    fn new(name: &'static str, help: &'static str, kind: MetricType) -> Self {
+        Self { name, help, kind, samples: Vec::new() }
+    }
+
+    fn add(&mut self, labels: Labels, value: impl TryInto<i64>) {
+        self.samples.push((labels, value.try_into().unwrap_or(i64::MAX)));
+    }
+
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(self.name, self.help, None, self.kind)?;
+        match self.samples.as_slice() {
+            // A single sample without labels is written bare, not as `name{} value`.
+            [(labels, value)] if labels.is_empty() => self.encode_value(*value, metric),
+            samples => samples.iter().try_for_each(|(labels, value)| self.encode_value(*value, metric.encode_family(labels)?)),
+        }
+    }
+
+    fn encode_value(&self, value: i64, sample: MetricEncoder) -> Result<(), std::fmt::Error> {
+        match self.kind {
+            MetricType::Counter => ConstCounter::new(value as u64).encode(sample),
+            _ => ConstGauge::new(value).encode(sample),
+        }
+    }
+}
+
+fn counter(name: &'static str, help: &'static str) -> Family {
+    Family::new(name, help, MetricType::Counter)
+}
+
+fn gauge(name: &'static str, help: &'static str) -> Family {
+    Family::new(name, help, MetricType::Gauge)
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for family in families(&self.0) {
+            family.encode(&mut encoder)?;
+        }
+        Ok(())
+    }
+}
+
+fn families(status: &Status) -> Vec<Family> {
+    let mut info = gauge("lb_build_info", "The running lb's version (value 1).");
+    info.add(vec![("version", status.version.clone())], 1);
+    let mut generation = gauge("lb_config_generation", "Configs applied since start (1 = the first).");
+    generation.add(vec![], status.generation as i64);
+    let mut reload = gauge("lb_last_reload_applied", "1 if the last reload was applied, 0 if its config was refused.");
+    if let Some(r) = &status.last_reload {
+        reload.add(vec![], r.applied as i64);
+    }
+
+    let mut packets = counter("lb_vip_packets", "Packets received for the VIP.");
+    let mut bytes = counter("lb_vip_bytes", "Bytes received for the VIP.");
+    let mut new_flows = counter("lb_vip_new_flows", "Flows the VIP sent to a backend.");
+    let mut reply_packets = counter("lb_vip_reply_packets", "nat replies translated back to clients.");
+    let mut reply_bytes = counter("lb_vip_reply_bytes", "Bytes of nat replies translated back to clients.");
+    let mut icmp = counter("lb_vip_icmp_errors_forwarded", "ICMP errors about the VIP's flows delivered to their backend.");
+    let mut dropped = counter("lb_vip_dropped_packets", "Packets for the VIP dropped, by reason.");
+    let mut limited = counter("lb_vip_rate_limited_packets", "Packets for the VIP dropped by a rate limit, by limit.");
+    let mut level = gauge("lb_vip_priority_level", "Priority level serving new flows (0 = local zone); -1 when none can.");
+    let mut panic = gauge("lb_vip_panic", "1 while the VIP balances over all its backends for lack of available ones.");
+    let mut ejections_active = gauge("lb_outlier_ejections_active", "Backends of the VIP ejected now.");
+    let mut ejections_enforced = counter("lb_outlier_ejections_enforced", "Ejections enforced.");
+    let mut ejections_overflow = counter("lb_outlier_ejections_overflow", "Ejections refused because max_ejection_percent was reached.");
+    let mut detected_5xx = counter("lb_outlier_ejections_detected_consecutive_5xx", "Times a backend reached consecutive_5xx.");
+    let mut detected_local = counter(
+        "lb_outlier_ejections_detected_consecutive_local_origin_failure",
+        "Times a backend reached consecutive_local_origin_failures.",
+    );
+    let mut state = gauge("lb_backend_state", "1 for the backend's state in the VIP: available, unhealthy, ejected or draining.");
+    let mut serving_weight = gauge("lb_backend_serving_weight", "The backend's weight in the VIP's table now (0: no new flows).");
+    let mut by_backend = BTreeMap::new();
+    for vip in &status.vips {
+        let v = || vec![("vip", vip.name.clone())];
+        let c = &vip.counters;
+        packets.add(v(), c.packets);
+        bytes.add(v(), c.bytes);
+        new_flows.add(v(), c.new_flows);
+        reply_packets.add(v(), c.reply_packets);
+        reply_bytes.add(v(), c.reply_bytes);
+        icmp.add(v(), c.icmp_errors_forwarded);
+        for (reason, n) in [("no_backend", c.drop_no_backend), ("no_route", c.drop_no_route), ("nat_ports_exhausted", c.drop_nat_ports_exhausted)] {
+            dropped.add(vec![("vip", vip.name.clone()), ("reason", reason.into())], n);
+        }
+        for (limit, n) in [
+            ("new_flow_limit", c.rate_limited_new_flows),
+            ("source_limit", c.rate_limited_sources),
+            ("packet_limit", c.rate_limited_packets),
+        ] {
+            limited.add(vec![("vip", vip.name.clone()), ("limit", limit.into())], n);
+        }
+        level.add(v(), vip.level.map_or(-1, |l| l as i64));
+        panic.add(v(), vip.panic as i64);
+        if let Some(o) = &vip.outlier {
+            ejections_active.add(v(), o.ejections_active);
+            ejections_enforced.add(v(), o.ejections_enforced_total);
+            ejections_overflow.add(v(), o.ejections_overflow_total);
+            detected_5xx.add(v(), o.detected_consecutive_5xx_total);
+            detected_local.add(v(), o.detected_consecutive_local_origin_failure_total);
+        }
+        for b in &vip.backends {
+            let labels = |extra: Option<(&'static str, &str)>| {
+                let mut l = vec![("vip", vip.name.clone()), ("backend", b.address.to_string())];
+                l.extend(extra.map(|(k, v)| (k, v.to_owned())));
+                l
+            };
+            for s in ["available", "unhealthy", "ejected", "draining"] {
+                state.add(labels(Some(("state", s))), (b.state == s) as i64);
+            }
+            serving_weight.add(labels(None), b.serving_weight);
+            by_backend.insert(b.address, b.counters);
+        }
+    }
+
+    // Backends are counted per address and port, whichever VIPs they serve.
+    let mut backend_families = [
+        counter("lb_backend_packets", "Packets sent to the backend."),
+        counter("lb_backend_bytes", "Bytes sent to the backend."),
+        counter("lb_backend_new_flows", "Flows sent to the backend."),
+        counter("lb_backend_reply_packets", "nat replies from the backend."),
+        counter("lb_backend_reply_bytes", "Bytes of nat replies from the backend."),
+        counter("lb_backend_connect_failures", "Connection attempts answered with RST or ICMP unreachable (watched VIPs)."),
+        counter("lb_backend_responses_5xx", "First HTTP responses with a 5xx status (watched HTTP VIPs)."),
+    ];
+    for (address, c) in by_backend {
+        let values = [c.packets, c.bytes, c.new_flows, c.reply_packets, c.reply_bytes, c.connect_failures, c.responses_5xx];
+        for (family, value) in backend_families.iter_mut().zip(values) {
+            family.add(vec![("backend", address.to_string())], value);
+        }
+    }
+
+    let g = &status.global;
+    let mut passed = counter("lb_passed_packets", "Packets for no VIP, handed to the kernel.");
+    passed.add(vec![], g.passed);
+    let mut global_dropped = counter("lb_dropped_packets", "Packets dropped before a VIP was found, by reason.");
+    for (reason, n) in [
+        ("malformed", g.drop_malformed),
+        ("fragment", g.drop_fragment),
+        ("ip_options", g.drop_ip_options),
+        ("unknown_vip_port", g.drop_unknown_vip_port),
+        ("icmp_unmatched", g.drop_icmp_unmatched),
+        ("internal", g.drop_internal),
+    ] {
+        global_dropped.add(vec![("reason", reason.into())], n);
+    }
+    let mut lost = counter("lb_health_signals_lost", "Passive health signals lost because the ring buffer was full.");
+    lost.add(vec![], g.health_signals_lost);
+
+    let mut all = vec![
+        info, generation, reload, packets, bytes, new_flows, reply_packets, reply_bytes, icmp, dropped, limited, level, panic,
+        ejections_active, ejections_enforced, ejections_overflow, detected_5xx, detected_local, state, serving_weight,
+    ];
+    all.extend(backend_families);
+    all.extend([passed, global_dropped, lost]);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{BackendStatus, ReloadOutcome, VipStatus};
+    use lb_common::{BackendStats, GlobalStats, VipStats};
+
+    #[test]
+    fn metrics_carry_the_snapshot() {
+        let status = Status {
+            version: "0.1.0".into(),
+            generation: 3,
+            last_reload: Some(ReloadOutcome { applied: false, message: "lb.toml:3: vip[0].port: ...".into() }),
+            vips: vec![VipStatus {
+                name: "web".into(),
+                address: "10.100.0.1".parse().unwrap(),
+                port: 80,
+                protocol: "tcp".into(),
+                mode: "nat".into(),
+                level: Some(1),
+                panic: false,
+                counters: VipStats { packets: 10, new_flows: 4, rate_limited_sources: 2, ..Default::default() },
+                outlier: Some(crate::outlier::OutlierStats { ejections_active: 1, ejections_enforced_total: 2, ..Default::default() }),
+                backends: vec![BackendStatus {
+                    address: "10.0.1.1:8080".parse().unwrap(),
+                    region: "r1".into(),
+                    zone: "z2".into(),
+                    level: 1,
+                    weight: 1,
+                    serving_weight: 0,
+                    state: "ejected".into(),
+                    counters: BackendStats { new_flows: 4, connect_failures: 3, ..Default::default() },
+                }],
+            }],
+            global: GlobalStats { drop_fragment: 7, ..Default::default() },
+        };
+        let text = render(&status);
+        for line in [
+            "lb_build_info{version=\"0.1.0\"} 1",
+            "lb_config_generation 3",
+            "lb_last_reload_applied 0",
+            "lb_vip_packets_total{vip=\"web\"} 10",
+            "lb_vip_new_flows_total{vip=\"web\"} 4",
+            "lb_vip_rate_limited_packets_total{vip=\"web\",limit=\"source_limit\"} 2",
+            "lb_vip_priority_level{vip=\"web\"} 1",
+            "lb_outlier_ejections_active{vip=\"web\"} 1",
+            "lb_outlier_ejections_enforced_total{vip=\"web\"} 2",
+            "lb_backend_state{vip=\"web\",backend=\"10.0.1.1:8080\",state=\"ejected\"} 1",
+            "lb_backend_state{vip=\"web\",backend=\"10.0.1.1:8080\",state=\"available\"} 0",
+            "lb_backend_connect_failures_total{backend=\"10.0.1.1:8080\"} 3",
+            "lb_dropped_packets_total{reason=\"fragment\"} 7",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+    }
+}

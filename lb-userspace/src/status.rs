@@ -1,0 +1,126 @@
+//! What `lb status`, `/v1/status` and `/metrics` report: one snapshot of the running
+//! balancer (config generation, every VIP's priority level and counters, every backend's
+//! state and counters), taken by the controller loop, and its rendering as a table.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use lb_common::{BackendStats, GlobalStats, VipStats};
+use serde::{Deserialize, Serialize};
+
+use crate::locality::Availability;
+use crate::outlier::OutlierStats;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    /// 1 at start, +1 for every applied reload.
+    pub generation: u64,
+    /// The last reload (SIGHUP or the admin API), if any.
+    pub last_reload: Option<ReloadOutcome>,
+    pub vips: Vec<VipStatus>,
+    /// Packets that belong to no VIP, by what happened to them.
+    pub global: GlobalStats,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    pub applied: bool,
+    /// What was wrong with a refused config (its key and line), or the new generation.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VipStatus {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    pub mode: String,
+    /// The priority level serving new flows; none when no backend can.
+    pub level: Option<usize>,
+    pub panic: bool,
+    pub counters: VipStats,
+    /// With outlier detection: the mesh's ejection counters.
+    pub outlier: Option<OutlierStats>,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: SocketAddr,
+    pub region: String,
+    pub zone: String,
+    /// Its priority level for this balancer.
+    pub level: usize,
+    /// The configured weight, and the weight it has in the VIP's table now (0: no new flows).
+    pub weight: u32,
+    pub serving_weight: u32,
+    /// available, unhealthy, ejected or draining.
+    pub state: String,
+    /// Counted per backend address and port, over every VIP it serves.
+    pub counters: BackendStats,
+}
+
+pub fn state_name(availability: Availability) -> &'static str {
+    match availability {
+        Availability::Available => "available",
+        Availability::Unhealthy => "unhealthy",
+        Availability::Ejected => "ejected",
+        Availability::Draining => "draining",
+    }
+}
+
+/// The status as `lb status` prints it.
+pub fn table(status: &Status) -> String {
+    let mut out = String::new();
+    let reload = match &status.last_reload {
+        None => "none".to_owned(),
+        Some(r) if r.applied => format!("applied ({})", r.message),
+        Some(r) => format!("REFUSED: {}", r.message),
+    };
+    let _ = writeln!(out, "lb {}  config generation {}  last reload: {reload}", status.version, status.generation);
+    for vip in &status.vips {
+        let serving = match (vip.level, vip.panic) {
+            (None, _) => "NO BACKEND".to_owned(),
+            (Some(level), false) => format!("level {level}"),
+            (Some(level), true) => format!("level {level}, PANIC"),
+        };
+        let c = &vip.counters;
+        let _ = writeln!(
+            out,
+            "\nVIP {} {}/{} {} ({}): {} packets, {} new flows, {} rate-limited, {} dropped",
+            vip.name,
+            SocketAddr::new(vip.address, vip.port),
+            vip.protocol,
+            vip.mode,
+            serving,
+            c.packets,
+            c.new_flows,
+            c.rate_limited_new_flows + c.rate_limited_sources + c.rate_limited_packets,
+            c.drop_no_backend + c.drop_no_route + c.drop_nat_ports_exhausted,
+        );
+        if let Some(o) = &vip.outlier {
+            let _ = writeln!(
+                out,
+                "  ejections: {} active, {} enforced, {} refused by max_ejection_percent",
+                o.ejections_active, o.ejections_enforced_total, o.ejections_overflow_total
+            );
+        }
+        let _ = writeln!(out, "  {:<42} {:<10} {:>5} {:>7} {:>7} {:>12} {:>10}", "backend", "state", "level", "weight", "serving", "packets", "new flows");
+        for b in &vip.backends {
+            let _ = writeln!(
+                out,
+                "  {:<42} {:<10} {:>5} {:>7} {:>7} {:>12} {:>10}",
+                format!("{} ({}/{})", b.address, b.region, b.zone),
+                b.state,
+                b.level,
+                b.weight,
+                b.serving_weight,
+                b.counters.packets,
+                b.counters.new_flows
+            );
+        }
+    }
+    out
+}
