@@ -23,6 +23,8 @@ pub enum AdminRequest {
     Drain { vip: String, backend: SocketAddr, drained: bool, reply: oneshot::Sender<Result<(), String>> },
     /// Reload the config file: the new generation, or why the config was refused.
     Reload(oneshot::Sender<Result<u64, String>>),
+    /// End the controller; with `detach`, also detach the program and remove the pins.
+    Stop { detach: bool, reply: oneshot::Sender<()> },
 }
 
 #[derive(Clone)]
@@ -39,6 +41,8 @@ pub async fn start(listen: SocketAddr, token: Option<String>, requests: mpsc::Se
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/reload", post(reload))
+        .route("/v1/stop", post(stop))
+        .route("/v1/stop-and-detach", post(stop_and_detach))
         .route("/v1/vips/{vip}/backends/{backend}/drain", post(drain))
         .route("/v1/vips/{vip}/backends/{backend}/undrain", post(undrain))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -89,6 +93,22 @@ async fn reload(State(state): State<AdminState>) -> Response {
     match ask(&state, AdminRequest::Reload).await {
         Ok(Ok(generation)) => (StatusCode::OK, format!("config applied: generation {generation}\n")).into_response(),
         Ok(Err(why)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused, the running config stays: {why}\n")).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn stop(state: State<AdminState>) -> Response {
+    stop_controller(state, false).await
+}
+
+async fn stop_and_detach(state: State<AdminState>) -> Response {
+    stop_controller(state, true).await
+}
+
+async fn stop_controller(State(state): State<AdminState>, detach: bool) -> Response {
+    match ask(&state, |reply| AdminRequest::Stop { detach, reply }).await {
+        Ok(()) if detach => (StatusCode::OK, "stopping; the program is detached and its pins removed\n").into_response(),
+        Ok(()) => (StatusCode::OK, "stopping; the program stays attached with its pinned maps\n").into_response(),
         Err(response) => response,
     }
 }

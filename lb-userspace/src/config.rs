@@ -547,16 +547,32 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
-/// Only the `[admin]` section of a config file, for the commands that talk to a running
-/// controller: they must work while the file holds a config the controller refused. A file
-/// that is not TOML at all gives the defaults.
-pub fn load_admin(path: &Path) -> Result<AdminConfig, ConfigError> {
-    #[derive(Deserialize)]
-    struct AdminOnly {
-        #[serde(default)]
-        admin: AdminConfig,
+/// What the commands that control a running balancer need from its config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Control {
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub balancer: ControlBalancer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ControlBalancer {
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+}
+
+impl Default for ControlBalancer {
+    fn default() -> Self {
+        Self { pin_dir: default_pin_dir() }
     }
-    Ok(toml::from_str::<AdminOnly>(&read(path)?).map(|c| c.admin).unwrap_or_default())
+}
+
+/// Reads only [`Control`] from a config file, leniently: the commands that talk to a
+/// running controller must work while the file holds a config it refused. A file that is
+/// not TOML at all gives the defaults.
+pub fn load_control(path: &Path) -> Result<Control, ConfigError> {
+    Ok(toml::from_str(&read(path)?).unwrap_or_default())
 }
 
 /// Parses and validates a configuration; `origin` (the file name) prefixes error messages.

@@ -90,6 +90,7 @@ impl Controller {
             AdminRequest::Reload(reply) => {
                 let _ = reply.send(self.reload(dataplane));
             }
+            AdminRequest::Stop { .. } => unreachable!("the loop ends on a stop request"),
         }
         Ok(())
     }
@@ -193,10 +194,24 @@ fn log_plan_change(vip: &str, before: Option<&Plan>, after: &Plan) {
     }
 }
 
+/// Runs the controller until SIGTERM/SIGINT or `lb stop`. The program stays attached and
+/// forwarding with its pinned maps when the controller ends (or dies); the next `lb run`
+/// adopts it. Only `lb stop --detach` takes it away.
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let config = config::load(&config_path)?;
     let balancer = &config.balancer;
-    let mut dataplane = Dataplane::load(MapSizes::from_config(balancer), Some(&balancer.pin_dir))?;
+    let sizes = MapSizes::from_config(balancer);
+    let (mut dataplane, adopted) = match Dataplane::adopt(sizes, &balancer.pin_dir, &balancer.interfaces)? {
+        Some(running) => (running, true),
+        None => (Dataplane::load(sizes, Some(&balancer.pin_dir))?, false),
+    };
+    let (ids, applied) = if adopted {
+        let existing = dataplane.existing()?;
+        info!(vips = existing.vips.len(), backends = existing.backends.len(), "adopting the program left attached by an earlier controller");
+        (IdAllocator::adopt(balancer.max_vips, balancer.max_backends, &existing), Applied::adopt(&existing, sizes.table_size))
+    } else {
+        (IdAllocator::new(balancer.max_vips, balancer.max_backends), Applied::default())
+    };
     if let Some(logger) = dataplane.take_logger() {
         tokio::spawn(on_readable(logger, "packet-path logs", |logger: &mut PacketLogger| {
             logger.flush();
@@ -217,31 +232,23 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     states.reconfigure(&config, Instant::now());
     let (admin_tx, mut admin_requests) = tokio::sync::mpsc::channel(16);
     crate::admin::start(config.admin.listen, config.admin.token.clone(), admin_tx).await?;
-    let mut lb = Controller {
-        ids: IdAllocator::new(balancer.max_vips, balancer.max_backends),
-        config_path,
-        config,
-        generation: 1,
-        last_reload: None,
-        states,
-        prober,
-        applied: Applied::default(),
-        plans: BTreeMap::new(),
-    };
+    let mut lb = Controller { ids, config_path, config, generation: 1, last_reload: None, states, prober, applied, plans: BTreeMap::new() };
     lb.prober.set_targets(BackendStates::check_targets(&lb.config));
     lb.apply(&mut dataplane)?;
     crate::neighbors::prime(neighbors_of(&lb.config));
-    for iface in &lb.config.balancer.interfaces {
-        dataplane.attach(iface, lb.config.balancer.xdp_mode)?;
+    if !adopted {
+        for iface in &lb.config.balancer.interfaces {
+            dataplane.attach(iface, lb.config.balancer.xdp_mode)?;
+        }
     }
-    info!(vips = lb.config.vips.len(), pin_dir = %lb.config.balancer.pin_dir.display(), "ready");
+    info!(vips = lb.config.vips.len(), pin_dir = %lb.config.balancer.pin_dir.display(), adopted, "ready");
 
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut neighbor_tick = tokio::time::interval(NEIGHBOR_REFRESH);
     let mut sweep_tick = tokio::time::interval(SWEEP_TICK);
-    loop {
+    let detach = loop {
         let changed = tokio::select! {
             _ = hangup.recv() => {
                 // Refusals are logged and reported in the status; the loop goes on.
@@ -249,6 +256,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 false
             }
             Some(request) = admin_requests.recv() => {
+                if let AdminRequest::Stop { detach, reply } = request {
+                    let _ = reply.send(());
+                    break detach;
+                }
                 lb.admin(request, &mut dataplane)?;
                 false
             }
@@ -268,15 +279,22 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 crate::neighbors::prime(neighbors_of(&lb.config));
                 false
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break false,
+            _ = interrupt.recv() => break false,
         };
         if changed {
             lb.apply(&mut dataplane)?;
         }
+    };
+    let pin_dir = lb.config.balancer.pin_dir.clone();
+    drop(dataplane);
+    if detach {
+        info!(pin_dir = %pin_dir.display(), "stopping: detaching the program and removing its pins");
+        Dataplane::detach_pinned(&pin_dir)
+    } else {
+        info!(pin_dir = %pin_dir.display(), "stopping: the program stays attached with its pinned maps; the next `lb run` adopts it");
+        Ok(())
     }
-    info!("stopping: detaching and removing pins");
-    dataplane.shutdown()
 }
 
 /// Reads and validates the new config; settings that size or place the maps, and the

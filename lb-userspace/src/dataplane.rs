@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
+    programs::{Xdp, XdpMode, links::FdLink, links::PinnedLink},
 };
 use lb_common::*;
 use tracing::{debug, info, warn};
 
 use crate::config::{BalancerConfig, XdpModeSetting};
-use crate::sync::MapWriter;
+use crate::sync::{Existing, MapWriter};
 
 /// Map sizes chosen at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,9 +65,11 @@ impl std::os::fd::AsRawFd for HealthSignals {
     }
 }
 
-/// The loaded program and its maps.
+/// The program and its maps: loaded by this controller, or adopted from an earlier one
+/// whose program is still attached (the maps, the program and the attachments are pinned).
 pub struct Dataplane {
-    ebpf: Ebpf,
+    /// The object, when this controller loaded it.
+    ebpf: Option<Ebpf>,
     vips: HashMap<MapData, VipKey, VipInfo>,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     backends: Array<MapData, Backend>,
@@ -79,7 +81,25 @@ pub struct Dataplane {
     logger: Option<PacketLogger>,
     health_signals: Option<HealthSignals>,
     pin_dir: Option<PathBuf>,
-    links: Vec<(String, XdpLinkId)>,
+}
+
+/// Where the program is pinned, and each interface's attachment (a bpf_link).
+fn program_pin(dir: &Path) -> PathBuf {
+    dir.join(PROG_LB)
+}
+
+fn link_pin(dir: &Path, iface: &str) -> PathBuf {
+    dir.join(format!("link-{iface}"))
+}
+
+/// Opens the map pinned as `dir/name`, as `variant` of aya's `Map`.
+fn open_pinned<T: TryFrom<Map>>(dir: &Path, name: &str, variant: fn(MapData) -> Map) -> Result<T>
+where
+    T::Error: std::error::Error + Send + Sync + 'static,
+{
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening the pinned map {}", path.display()))?;
+    T::try_from(variant(data)).with_context(|| format!("map {name} has an unexpected type"))
 }
 
 fn take<T: TryFrom<aya::maps::Map>>(ebpf: &mut Ebpf, name: &str) -> Result<T>
@@ -142,6 +162,14 @@ impl Dataplane {
                 .try_into()?;
             program.load().with_context(|| format!("verifier rejected {name}"))?;
         }
+        if let Some(dir) = pin_dir {
+            let path = program_pin(dir);
+            if path.exists() {
+                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+            let program: &mut Xdp = ebpf.program_mut(PROG_LB).context("program missing")?.try_into()?;
+            program.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        }
         Ok(Self {
             vips: take(&mut ebpf, MAP_VIPS)?,
             vip_addrs: take(&mut ebpf, MAP_VIP_ADDRS)?,
@@ -152,17 +180,94 @@ impl Dataplane {
             backend_stats: take(&mut ebpf, MAP_BACKEND_STATS)?,
             global_stats: take(&mut ebpf, MAP_GLOBAL_STATS)?,
             health_signals: Some(HealthSignals(take(&mut ebpf, MAP_HEALTH_SIGNALS)?)),
-            ebpf,
+            ebpf: Some(ebpf),
             logger,
             pin_dir: pin_dir.map(Path::to_owned),
-            links: Vec::new(),
         })
     }
 
-    /// Attaches the balancer to `iface` in the configured mode; `auto` tries driver mode and
-    /// falls back to generic (skb) mode with a warning.
+    /// Adopts the program an earlier controller left attached to `interfaces` with its maps
+    /// pinned under `pin_dir`; `None` when nothing is attached there. Refuses when the pinned
+    /// maps' sizes or the attached interfaces differ from what the config asks (those
+    /// need `lb stop --detach` and a fresh start).
+    pub fn adopt(sizes: MapSizes, pin_dir: &Path, interfaces: &[String]) -> Result<Option<Self>> {
+        let attached: Vec<&String> = interfaces.iter().filter(|i| link_pin(pin_dir, i).exists()).collect();
+        if attached.is_empty() {
+            return Ok(None);
+        }
+        if attached.len() != interfaces.len() {
+            bail!(
+                "the running program is attached to {attached:?}, the config lists {interfaces:?}: run `lb stop --detach` first"
+            );
+        }
+        raise_memlock_limit();
+        let max_entries = |name: &str| -> Result<u32> {
+            let path = pin_dir.join(name);
+            let map = MapData::from_pin(&path).with_context(|| format!("opening the pinned map {}", path.display()))?;
+            Ok(map.info()?.max_entries())
+        };
+        let max_vips = max_entries(MAP_VIPS)?;
+        let pinned_sizes = MapSizes {
+            max_vips,
+            max_backends: max_entries(MAP_BACKENDS)?,
+            table_size: max_entries(MAP_MAGLEV)? / (max_vips * 2).max(1),
+            flow_entries: max_entries(MAP_FLOWS)?,
+            source_entries: max_entries(MAP_SOURCE_BUCKETS)?,
+        };
+        if pinned_sizes != sizes {
+            bail!("the running program's maps are sized {pinned_sizes:?}, the config asks {sizes:?}: run `lb stop --detach` first");
+        }
+        let program = Xdp::from_pin(program_pin(pin_dir), aya_obj::programs::XdpAttachType::Interface)
+            .context("opening the pinned program")?;
+        let logger = program
+            .info()
+            .map_err(anyhow::Error::from)
+            .and_then(|info| Ok(aya_log::EbpfLogger::init_from_id(info.id())?))
+            .inspect_err(|e| warn!("packet-path logging unavailable: {e:#}"))
+            .ok();
+        for iface in interfaces {
+            enable_forwarding(iface)?;
+        }
+        Ok(Some(Self {
+            ebpf: None,
+            vips: open_pinned(pin_dir, MAP_VIPS, Map::HashMap)?,
+            vip_addrs: open_pinned(pin_dir, MAP_VIP_ADDRS, Map::HashMap)?,
+            backends: open_pinned(pin_dir, MAP_BACKENDS, Map::Array)?,
+            maglev: open_pinned(pin_dir, MAP_MAGLEV, Map::Array)?,
+            settings: open_pinned(pin_dir, MAP_SETTINGS, Map::Array)?,
+            vip_stats: open_pinned(pin_dir, MAP_VIP_STATS, Map::PerCpuArray)?,
+            backend_stats: open_pinned(pin_dir, MAP_BACKEND_STATS, Map::PerCpuArray)?,
+            global_stats: open_pinned(pin_dir, MAP_GLOBAL_STATS, Map::PerCpuArray)?,
+            health_signals: Some(HealthSignals(open_pinned(pin_dir, MAP_HEALTH_SIGNALS, Map::RingBuf)?)),
+            logger,
+            pin_dir: Some(pin_dir.to_owned()),
+        }))
+    }
+
+    /// What the maps hold: the VIPs, their addresses, the active backends, the settings.
+    pub fn existing(&self) -> Result<Existing> {
+        let mut backends = Vec::new();
+        for id in 0..self.backends.len() {
+            let backend = self.backends.get(&id, 0)?;
+            if backend.flags & BACKEND_ACTIVE != 0 {
+                backends.push((id, backend));
+            }
+        }
+        Ok(Existing {
+            settings: self.settings.get(&0, 0)?,
+            vips: self.vips.iter().collect::<Result<_, _>>()?,
+            vip_addrs: self.vip_addrs.iter().collect::<Result<_, _>>()?,
+            backends,
+        })
+    }
+
+    /// Attaches the balancer to `iface` in the configured mode (`auto` tries driver mode
+    /// and falls back to generic (skb) mode with a warning), and pins the attachment, so the
+    /// program stays attached and forwarding when this process ends.
     pub fn attach(&mut self, iface: &str, mode: XdpModeSetting) -> Result<()> {
-        let program: &mut Xdp = self.ebpf.program_mut(PROG_LB).context("program missing")?.try_into()?;
+        let dir = self.pin_dir.clone().context("attaching needs a pin directory")?;
+        let program: &mut Xdp =
+            self.ebpf.as_mut().context("an adopted program is attached already")?.program_mut(PROG_LB).context("program missing")?.try_into()?;
         let link = match mode {
             XdpModeSetting::Driver => program.attach(iface, XdpMode::Driver),
             XdpModeSetting::Skb => program.attach(iface, XdpMode::Skb),
@@ -172,29 +277,34 @@ impl Dataplane {
             }),
         }
         .with_context(|| format!("attaching XDP to {iface}"))?;
+        let link = FdLink::try_from(program.take_link(link)?).context("the kernel attached XDP without a bpf_link")?;
+        let path = link_pin(&dir, iface);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
         enable_forwarding(iface)?;
         info!(iface, ?mode, "XDP program attached");
-        self.links.push((iface.to_owned(), link));
         Ok(())
     }
 
-    /// Detaches from every interface and removes the pins.
-    pub fn shutdown(mut self) -> Result<()> {
-        let program: &mut Xdp = self.ebpf.program_mut(PROG_LB).context("program missing")?.try_into()?;
-        for (iface, link) in self.links.drain(..) {
-            if let Err(e) = program.detach(link) {
-                warn!(iface, "detaching: {e}");
+    /// Detaches the program pinned under `pin_dir` from every interface and removes the
+    /// pins (the maps go with the last reference). Nothing pinned there is not an error.
+    pub fn detach_pinned(pin_dir: &Path) -> Result<()> {
+        let entries = match std::fs::read_dir(pin_dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            entries => entries.with_context(|| format!("reading {}", pin_dir.display()))?,
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link-")) {
+                // Unpinned and dropped: the last reference to the link, which detaches it.
+                let link = PinnedLink::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+                link.unpin().with_context(|| format!("unpinning {}", path.display()))?;
+                info!(link = %path.display(), "detached");
             }
         }
-        if let Some(dir) = &self.pin_dir {
-            match std::fs::remove_dir_all(dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(e).with_context(|| format!("removing {}", dir.display()));
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+        std::fs::remove_dir_all(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))
     }
 
     /// The reader of the program's log records, to be polled by the caller.
@@ -209,7 +319,8 @@ impl Dataplane {
 
     /// A loaded XDP program of the object, for BPF_PROG_TEST_RUN and attaching baselines.
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
-        Ok(self.ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?)
+        let ebpf = self.ebpf.as_mut().context("an adopted program's object is not loaded here")?;
+        Ok(ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?)
     }
 
     pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats> {

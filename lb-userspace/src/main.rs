@@ -16,8 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load and attach the XDP program, write the tables, and keep them in sync
-    /// (SIGHUP reloads the config; SIGTERM/SIGINT detach and remove the pins).
+    /// Load and attach the XDP program (or adopt the one an earlier `lb run` left attached),
+    /// write the tables and keep them in sync. SIGHUP reloads the config; SIGTERM/SIGINT
+    /// end the controller and leave the program forwarding; `lb stop --detach` removes it.
     Run {
         #[arg(long, short)]
         config: PathBuf,
@@ -49,6 +50,16 @@ enum Command {
         /// The backend's address:port.
         backend: String,
     },
+    /// End the running controller; the program stays attached and forwarding with its
+    /// pinned maps unless `--detach`.
+    Stop {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Also detach the program from every interface and remove its pins (done here
+        /// when no controller is running).
+        #[arg(long)]
+        detach: bool,
+    },
     /// Send new flows to a drained backend again.
     Undrain {
         #[command(flatten)]
@@ -67,7 +78,31 @@ struct AdminArgs {
 
 impl AdminArgs {
     fn client(&self) -> anyhow::Result<AdminClient> {
-        Ok(AdminClient::new(&config::load_admin(&self.config)?))
+        Ok(AdminClient::new(&config::load_control(&self.config)?.admin))
+    }
+}
+
+/// `lb stop`: asks the controller to end (and detach), and waits until it has; with
+/// `--detach` and no controller running, detaches what is pinned itself.
+fn stop(admin: &AdminArgs, detach: bool) -> anyhow::Result<()> {
+    let control = config::load_control(&admin.config)?;
+    let client = AdminClient::new(&control.admin);
+    let path = if detach { "/v1/stop-and-detach" } else { "/v1/stop" };
+    match client.call("POST", path) {
+        Ok(said) => {
+            print!("{said}");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while client.call("GET", "/v1/status").is_ok() || (detach && control.balancer.pin_dir.exists()) {
+                anyhow::ensure!(std::time::Instant::now() < deadline, "the controller did not stop within 15 s");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Ok(())
+        }
+        Err(e) if detach => {
+            eprintln!("lb: no controller answered ({e:#}); detaching what is pinned under {}", control.balancer.pin_dir.display());
+            lb_userspace::dataplane::Dataplane::detach_pinned(&control.balancer.pin_dir)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -103,6 +138,7 @@ fn main() -> ExitCode {
         Command::Drain { admin, vip, backend } => {
             admin.client().and_then(|c| Ok(print!("{}", c.call("POST", &format!("/v1/vips/{vip}/backends/{backend}/drain"))?)))
         }
+        Command::Stop { admin, detach } => stop(&admin, detach),
         Command::Undrain { admin, vip, backend } => {
             admin.client().and_then(|c| Ok(print!("{}", c.call("POST", &format!("/v1/vips/{vip}/backends/{backend}/undrain"))?)))
         }

@@ -21,6 +21,17 @@ pub trait MapWriter {
     fn remove_vip_addr(&mut self, key: &VipAddrKey) -> Result<()>;
 }
 
+/// What an adopted program's maps hold, for a new controller to take over its ids and
+/// tables.
+#[derive(Debug, Default)]
+pub struct Existing {
+    pub settings: Settings,
+    pub vips: Vec<(VipKey, VipInfo)>,
+    pub vip_addrs: Vec<(VipAddrKey, u32)>,
+    /// Active backend slots.
+    pub backends: Vec<(u32, Backend)>,
+}
+
 /// What the maps hold now, as far as this controller wrote them.
 #[derive(Debug, Default)]
 pub struct Applied {
@@ -53,6 +64,25 @@ pub struct SyncReport {
 }
 
 impl Applied {
+    /// What an earlier controller wrote. The tables' contents are not read back: each
+    /// VIP's next table is written whole into its spare half, then switched in as usual.
+    pub fn adopt(existing: &Existing, table_size: u32) -> Self {
+        let vips = existing
+            .vips
+            .iter()
+            .map(|(key, info)| {
+                let active_half = (info.table_offset / table_size.max(1)).saturating_sub(info.vip_id * 2).min(1) as usize;
+                (*key, AppliedVip { info: *info, active_half, halves: [Vec::new(), Vec::new()] })
+            })
+            .collect();
+        Self {
+            settings: Some(existing.settings),
+            backends: existing.backends.iter().copied().collect(),
+            vips,
+            vip_addrs: existing.vip_addrs.iter().copied().collect(),
+        }
+    }
+
     pub fn sync(&mut self, desired: &DesiredTables, maps: &mut impl MapWriter) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         // While VIPs come and go, the VIP address filter must let through both the old and

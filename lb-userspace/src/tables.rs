@@ -103,6 +103,17 @@ impl IdAllocator {
         Self { vips: BTreeMap::new(), backends: BTreeMap::new(), max_vips, max_backends }
     }
 
+    /// The ids an earlier controller gave, as its maps hold them: flows in the flow table
+    /// refer to backends and VIPs by these ids, so they must not change hands.
+    pub fn adopt(max_vips: u32, max_backends: u32, existing: &crate::sync::Existing) -> Self {
+        Self {
+            vips: existing.vips.iter().map(|(key, info)| (*key, info.vip_id)).collect(),
+            backends: existing.backends.iter().map(|(id, b)| ((backend_address(b), b.port), *id)).collect(),
+            max_vips,
+            max_backends,
+        }
+    }
+
     /// Releases ids of what `config` no longer has, then assigns ids to what is new.
     /// Validation already bounded the counts, so assignment cannot run out.
     fn assign(&mut self, config: &Config) {
@@ -150,6 +161,15 @@ impl IdAllocator {
 fn lowest_free<'a>(used: impl Iterator<Item = &'a u32>, limit: u32) -> u32 {
     let used: std::collections::BTreeSet<u32> = used.copied().collect();
     (0..limit).find(|id| !used.contains(id)).expect("validated config exceeds a map's capacity")
+}
+
+/// The address of a `Backend` entry.
+fn backend_address(b: &Backend) -> IpAddr {
+    if b.family == FAMILY_V4 {
+        IpAddr::from([b.addr[0], b.addr[1], b.addr[2], b.addr[3]])
+    } else {
+        IpAddr::from(b.addr)
+    }
 }
 
 pub fn addr_bytes(ip: IpAddr) -> (Addr, u8) {

@@ -427,6 +427,18 @@ impl Lab {
     }
 }
 
+/// The ids of the XDP programs attached to `iface` in `ns` (`ip -j link`).
+pub fn xdp_programs(ns: &Netns, iface: &str) -> Result<Vec<u64>> {
+    let json = ns.output(&["ip", "-j", "-d", "link", "show", "dev", iface])?;
+    // Each attached program appears as `"prog":{"id":N,...}`, once under `xdp` and once
+    // more in its `attached` list.
+    let ids: std::collections::BTreeSet<u64> = json
+        .match_indices("\"prog\":{\"id\":")
+        .filter_map(|(at, m)| json[at + m.len()..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    Ok(ids.into_iter().collect())
+}
+
 /// A host namespace plugged into the switch, with its addresses.
 fn host(switch: &Netns, name: &str, peer: &str, addrs: &[&str]) -> Result<Netns> {
     let ns = Netns::new(name)?;
@@ -1017,6 +1029,9 @@ pub fn render_config(pin_dir: &std::path::Path, vips: &[ConfigVip]) -> String {
 /// The `lb run` process inside the lab's balancer namespace.
 pub struct LbProcess {
     child: Child,
+    /// Whether dropping it removes the pins and the config (not after `crash`: the next
+    /// controller takes them over).
+    owns_pins: bool,
     /// The balancer's namespace, where its admin interface listens.
     netns: String,
     config_path: PathBuf,
@@ -1084,6 +1099,7 @@ impl LbProcess {
         });
         let mut lb = Self {
             child,
+            owns_pins: true,
             netns: lab.lb.path(),
             config_path,
             pin_dir: lab.pin_dir(),
@@ -1139,6 +1155,15 @@ impl LbProcess {
         &self.lines
     }
 
+    /// Kills the controller with SIGKILL, as a crash would, leaving its pins and config for
+    /// the next one to adopt.
+    pub fn crash(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        self.owns_pins = false;
+        Ok(())
+    }
+
     /// Runs `lb ARGS --config <its config>` in the balancer's namespace (where the admin
     /// interface listens): stdout, or an error with stderr when it fails.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
@@ -1179,8 +1204,10 @@ impl Drop for LbProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_file(&self.config_path);
+        if self.owns_pins {
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+            let _ = std::fs::remove_file(&self.config_path);
+        }
     }
 }
 
@@ -1368,7 +1395,7 @@ mod tests {
     fn generated_config_is_accepted_by_the_controller() {
         let vips = vec![
             ConfigVip {
-                name: "web \"v4\"".into(),
+                name: "web-v4".into(),
                 address: IpAddr::V4(VIP_V4),
                 port: HTTP_PORT,
                 protocol: "tcp".into(),
@@ -1386,7 +1413,7 @@ mod tests {
                         port: Some(8080),
                         weight: 4,
                         region: "r1".into(),
-                        zone: "z2".into(),
+                        zone: "zone \"2\"".into(),
                     },
                 ],
             },
@@ -1416,14 +1443,14 @@ mod tests {
             PathBuf::from("/sys/fs/bpf/ut-test")
         );
         assert_eq!(config.vips.len(), 2);
-        assert_eq!(config.vips[0].name, "web \"v4\"");
+        assert_eq!(config.vips[0].name, "web-v4");
         assert_eq!(
             config.vips[0].backends[0].port, HTTP_PORT,
             "defaults to the VIP's port"
         );
         assert_eq!(config.vips[0].backends[1].port, 8080);
         assert_eq!(config.vips[0].backends[1].weight, 4);
-        assert_eq!(config.vips[0].backends[1].zone, "z2");
+        assert_eq!(config.vips[0].backends[1].zone, "zone \"2\"", "quotes escaped");
         assert_eq!(
             config.vips[1].mode,
             lb_userspace::config::ForwardingMode::Dsr

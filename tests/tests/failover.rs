@@ -119,7 +119,7 @@ fn a_refused_backend_is_ejected_from_the_packet_path_and_returns_after_its_eject
 
 #[test]
 fn a_black_holed_backend_fails_its_checks_and_fails_back_after_healthy_threshold() -> Result<()> {
-    let mut lab = Lab::build("fohole", backends_across(1, 1, 4), false)?;
+    let lab = Lab::build("fohole", backends_across(1, 1, 4), false)?;
     let check = "health_check = { type = \"tcp\", interval = \"300ms\", timeout = \"200ms\", unhealthy_threshold = 2, healthy_threshold = 3 }";
     let mut lb = LbProcess::start(&lab, &config(&lab, check))?;
     let mut open = open_connections(&lab, 16)?;
@@ -144,7 +144,7 @@ fn a_black_holed_backend_fails_its_checks_and_fails_back_after_healthy_threshold
 
 #[test]
 fn a_flapping_backend_is_not_let_back_in_before_healthy_threshold() -> Result<()> {
-    let mut lab = Lab::build("foflap", backends_across(1, 1, 2), false)?;
+    let lab = Lab::build("foflap", backends_across(1, 1, 2), false)?;
     let check = "health_check = { type = \"tcp\", interval = \"200ms\", timeout = \"100ms\", unhealthy_threshold = 3, healthy_threshold = 3 }";
     let mut lb = LbProcess::start(&lab, &config(&lab, check))?;
     // Down for 1 s (about 5 failed checks: out), then up for 300 ms (at most 2 passes: not

@@ -590,3 +590,17 @@ fn passive_health_signals_report_how_backends_answer() -> Result<()> {
     assert_eq!(kinds(&mut signals), []);
     Ok(())
 }
+
+#[test]
+fn nat_flows_through_every_limit_are_translated_both_ways() -> Result<()> {
+    let limits = "source_limit = { quota = 100 }\nnew_flow_limit = { quota = 100 }\npacket_limit = { quota = 100 }\n";
+    let config = CONFIG.replacen("protocol = \"tcp\"\n", &format!("protocol = \"tcp\"\n{limits}"), 1);
+    let mut f = Fixtures { env: PacketEnv::new("fxrlnat", &config, NEIGHBOURS).expect("fixture environment") };
+    let port = nat_port(addr16(CLIENT4), addr16(VIP4), CPORT, 80, PROTO_TCP, FAMILY_V4);
+    let syn = tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 80, true);
+    let want = tcp4(LB_MAC, neighbour_mac(11), LB4, BACKEND4, port, 8080, true);
+    f.case("limited nat syn", &syn, XDP_TX, Some(&want))?;
+    let reply = tcp4(neighbour_mac(11), LB_MAC, BACKEND4, LB4, 8080, port, false);
+    let want = tcp4(LB_MAC, CLIENT_MAC, VIP4, CLIENT4, 80, CPORT, false);
+    f.case("its reply", &reply, XDP_TX, Some(&want))
+}

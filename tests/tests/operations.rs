@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context as _, Result, ensure};
 use lb_tests::lab::{
-    HTTP_PORT, LINE_PORT, Lab, LbProcess, LineConnection, UDP_PORT, VIP_V4, VipSpec, backends_across, http_get,
+    self, HTTP_PORT, LINE_PORT, Lab, LbProcess, LineConnection, UDP_PORT, VIP_V4, VipSpec, backends_across, http_get,
     lb_config, udp_request,
 };
 use lb_userspace::client::AdminClient;
@@ -150,5 +150,58 @@ fn a_configured_token_is_required() -> Result<()> {
     let with = AdminConfig { token: Some(token.into()), ..AdminConfig::default() };
     ensure!(admin_get(&lab, with, "/metrics")?.contains("lb_build_info"));
     ensure!(lb.cli(&["status"])?.contains("VIP http"), "the CLI reads the token from the config");
+    Ok(())
+}
+
+#[test]
+fn a_killed_controller_is_replaced_without_losing_a_request_and_stop_detach_cleans_up() -> Result<()> {
+    let lab = Lab::build("oprestart", backends_across(1, 2, 2), false)?;
+    let config = config(&lab, &[("http", HTTP_PORT, "tcp"), ("line", LINE_PORT, "tcp")]);
+    let first = LbProcess::start(&lab, &config)?;
+    let programs = lab::xdp_programs(&lab.lb, "eth0")?;
+    ensure!(programs.len() == 1, "one program attached at start: {programs:?}");
+    let mut open = lab.client.run(|| -> Result<(LineConnection, String)> {
+        let mut c = LineConnection::open(SocketAddr::new(IpAddr::V4(VIP_V4), LINE_PORT))?;
+        let name = c.ask()?;
+        Ok((c, name))
+    })??;
+
+    // Steady load: a new connection every 10 ms, through the crash and the restart.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let done = done.clone();
+        lab.client.spawn(move || -> (u32, Vec<String>) {
+            let (mut sent, mut failures) = (0, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                sent += 1;
+                if let Err(e) = http_get(SocketAddr::new(IpAddr::V4(VIP_V4), HTTP_PORT)) {
+                    failures.push(format!("{e:#}"));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            (sent, failures)
+        })?
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    first.crash()?;
+    let crashed = std::time::Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut second = LbProcess::start(&lab, &config)?;
+    eprintln!("controller away for {:?} (500 ms on purpose, then start to ready)", crashed.elapsed());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failures) = load.join().map_err(|_| anyhow::anyhow!("load thread panicked"))?;
+    eprintln!("{sent} requests, {} failed", failures.len());
+    assert!(failures.is_empty(), "{} of {sent} requests failed across the restart: {failures:?}", failures.len());
+    assert!(sent >= 50, "only {sent} requests sent");
+    assert!(second.log().iter().any(|l| l.contains("adopting the program")), "the new controller did not adopt: {:#?}", second.log());
+    assert_eq!(lab::xdp_programs(&lab.lb, "eth0")?, programs, "the same single program stays attached");
+    assert_eq!(open.0.ask()?, open.1, "the open connection stays on its backend");
+
+    // Still in charge: a reload through the new controller is applied.
+    ensure!(second.cli(&["reload"])?.contains("generation 2"));
+    second.cli(&["stop", "--detach"])?;
+    assert!(lab::xdp_programs(&lab.lb, "eth0")?.is_empty(), "stop --detach leaves no program attached");
+    assert!(!lab.pin_dir().exists(), "stop --detach removes the pins");
     Ok(())
 }

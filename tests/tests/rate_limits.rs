@@ -25,10 +25,13 @@ const OTHER_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
 fn limited_lab(tag: &str, limits: &str) -> Result<(Lab, LbProcess)> {
     let lab = Lab::build(tag, backends_across(1, 2, 2), false)?;
     lab.client.ip(&["addr", "add", &format!("{OTHER_CLIENT}/16"), "dev", "eth0"])?;
-    // Replies to it leave through XDP, which can't resolve a neighbour: the balancer host
-    // never heard from this address (the client resolves its gateway from CLIENT_V4).
+    // Replies to the clients leave through XDP, which can't resolve a neighbour: the
+    // balancer host learns a client's MAC only from that client's own ARP request, which
+    // is sent from whichever of the two addresses talks first.
     let mac = lab.client.output(&["cat", "/sys/class/net/eth0/address"])?;
-    lab.lb.ip(&["neigh", "replace", &OTHER_CLIENT.to_string(), "lladdr", mac.trim(), "dev", "eth0", "nud", "permanent"])?;
+    for client in [CLIENT_V4, OTHER_CLIENT] {
+        lab.lb.ip(&["neigh", "replace", &client.to_string(), "lladdr", mac.trim(), "dev", "eth0", "nud", "permanent"])?;
+    }
     let vip = VipSpec::new("line", IpAddr::V4(VIP_V4), LINE_PORT, "tcp", "nat", (0..4).map(|i| (i, 1)).collect());
     let config = lb_config(&lab, &[vip]);
     let config = config.replacen("mode = \"nat\"\n", &format!("mode = \"nat\"\n{limits}\n"), 1);
