@@ -24,6 +24,11 @@ pub const MODE_DSR: u8 = 1;
 /// `Backend::flags`: the slot holds a live backend. A cleared slot makes flows that were
 /// pinned to it pick again from the Maglev table.
 pub const BACKEND_ACTIVE: u8 = 1;
+/// `Backend::flags`: some VIP's table gives the backend new flows. A TCP SYN whose flow
+/// entry points at a backend without it is a new connection reusing an old 4-tuple (the
+/// client reused its port): it picks again instead of following the stale entry to a
+/// backend that was ejected, failed its checks or is draining.
+pub const BACKEND_SERVING: u8 = 2;
 
 /// Map names, as pinned under the pin directory.
 pub const MAP_VIPS: &str = "VIPS";

@@ -289,7 +289,8 @@ fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, R
     let known = unsafe { FLOWS.get(&*flow) }.copied();
     let (backend_id, backend, nat_port) = match known.and_then(|state| {
         let backend = BACKENDS.get(state.backend_id)?;
-        (backend.flags & BACKEND_ACTIVE != 0).then_some((state.backend_id, backend, state.nat_port))
+        let follows = backend.flags & BACKEND_ACTIVE != 0 && (backend.flags & BACKEND_SERVING != 0 || !h.is_syn());
+        follows.then_some((state.backend_id, backend, state.nat_port))
     }) {
         Some(found) => found,
         None => {

@@ -88,7 +88,13 @@ impl Headers {
     /// (their entry was evicted, or ECMP moved them to this host): no new-flow limit applies.
     #[inline(always)]
     pub fn opens_flow(&self) -> bool {
-        self.proto == PROTO_UDP || self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        self.proto == PROTO_UDP || self.is_syn()
+    }
+
+    /// A TCP SYN without ACK: the first packet of a connection (or its retransmission).
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.proto == PROTO_TCP && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
     }
 
     /// Writes the connection this TCP/UDP packet belongs to, as seen in its direction.

@@ -151,6 +151,7 @@ impl Controller {
     /// Recomputes the tables from the config and the backends' state, writes the
     /// difference, and logs every VIP whose priority level or panic state changed.
     fn apply(&mut self, dataplane: &mut Dataplane) -> Result<()> {
+        let started = Instant::now();
         let states = &self.states;
         let desired = tables::desired_with(&self.config, &|vip, b| states.availability(vip, b), &mut self.ids);
         let report = self.applied.sync(&desired, dataplane).context("writing the maps")?;
@@ -160,6 +161,7 @@ impl Controller {
                 vips_switched = report.vips_switched,
                 vips_removed = report.vips_removed,
                 backends = report.backends_written,
+                took_ms = started.elapsed().as_secs_f64() * 1000.0,
                 "tables synced"
             );
         }

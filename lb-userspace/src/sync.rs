@@ -275,7 +275,7 @@ mod tests {
         let t = tables(&config_with(&["10.0.1.11", "10.0.1.12"]), &mut ids);
         let mut rec = Recorder::default();
         let report = Applied::default().sync(&t, &mut rec).expect("sync");
-        assert_eq!(rec.ops, ["settings", "backend 0 flags 1", "backend 1 flags 1", "slots", "vip offset 0", "vip addr 1"]);
+        assert_eq!(rec.ops, ["settings", "backend 0 flags 3", "backend 1 flags 3", "slots", "vip offset 0", "vip addr 1"]);
         assert_eq!(report.slots_written, 211);
         assert_eq!(active_table(&rec, 211), t.vips.values().next().expect("vip").table);
     }
@@ -289,7 +289,7 @@ mod tests {
         rec.ops.clear();
         let three = tables(&config_with(&["10.0.1.11", "10.0.1.12", "10.0.1.13"]), &mut ids);
         let report = applied.sync(&three, &mut rec).expect("sync");
-        assert_eq!(rec.ops, ["backend 2 flags 1", "slots", "vip offset 211"]);
+        assert_eq!(rec.ops, ["backend 2 flags 3", "slots", "vip offset 211"]);
         assert_eq!(active_table(&rec, 211), three.vips.values().next().expect("vip").table);
         assert_eq!(report.vips_switched, 1);
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use lb_common::{
-    Addr, BACKEND_ACTIVE, Backend, FAMILY_V4, FAMILY_V6, LIMIT_NEW_FLOWS, LIMIT_PACKETS, LIMIT_SOURCES,
+    Addr, BACKEND_ACTIVE, BACKEND_SERVING, Backend, FAMILY_V4, FAMILY_V6, LIMIT_NEW_FLOWS, LIMIT_PACKETS, LIMIT_SOURCES,
     MODE_DSR, MODE_NAT, Settings, TokenBucket, VipAddrKey, VipKey, WATCH_CONNECT, WATCH_HTTP,
     vip_addr_filter_bit,
 };
@@ -248,9 +248,12 @@ pub fn desired_with(
             .into_iter()
             .map(|index| ids_by_index[index as usize])
             .collect();
-        for (backend, &id) in vip.backends.iter().zip(&ids_by_index) {
+        for ((backend, &id), &weight) in vip.backends.iter().zip(&ids_by_index).zip(&plan.weights) {
             let (addr, family) = addr_bytes(backend.address);
-            backends.insert(id, Backend { addr, port: backend.port, family, flags: BACKEND_ACTIVE });
+            let entry = backends.entry(id).or_insert(Backend { addr, port: backend.port, family, flags: BACKEND_ACTIVE });
+            if weight > 0 {
+                entry.flags |= BACKEND_SERVING;
+            }
         }
         *vip_addrs
             .entry(VipAddrKey { addr: key.addr, family: key.family, _pad: [0; 3] })
@@ -308,7 +311,7 @@ weight = 3
         let t = tables(BASE, &mut ids);
         assert_eq!(t.settings.ipv4[..4], [10, 0, 0, 1]);
         assert_eq!(t.backends.len(), 2);
-        assert!(t.backends.values().all(|b| b.flags == BACKEND_ACTIVE && b.port == 80));
+        assert!(t.backends.values().all(|b| b.flags == BACKEND_ACTIVE | BACKEND_SERVING && b.port == 80));
         let vip = t.vips.values().next().expect("one vip");
         assert_eq!(vip.table.len(), 1009);
         let heavy = vip.table.iter().filter(|&&id| id == 1).count() as f64 / 1009.0;
@@ -373,8 +376,11 @@ weight = 3
         assert_eq!(ids_in(&local_down), [1].into(), "the next zone of the region");
         let vip = local_down.vips.values().next().expect("one vip");
         assert_eq!((vip.plan.level, vip.plan.panic), (Some(1), false));
-        // Every backend stays in BACKENDS: flows already on the unhealthy one keep going.
+        // Every backend stays in BACKENDS: flows already on the unhealthy one keep going,
+        // but it is no longer marked as serving (a SYN reusing its flow picks again).
         assert_eq!(local_down.backends.len(), 2);
+        assert_eq!(local_down.backends[&0].flags, BACKEND_ACTIVE);
+        assert_eq!(local_down.backends[&1].flags, BACKEND_ACTIVE | BACKEND_SERVING);
         let none = desired_with(&config, &|_, _| Availability::Ejected, &mut ids);
         assert!(none.vips.values().next().expect("one vip").table.is_empty());
     }

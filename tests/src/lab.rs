@@ -255,6 +255,14 @@ impl Backend {
 
     /// Stops the backend's servers: new connections are refused from then on (connections
     /// already open are closed within a few hundred milliseconds).
+    /// Drops (`on`) or lets through again every packet of the backend, while its servers
+    /// keep running: its link goes down.
+    pub fn black_hole(&self, on: bool) -> Result<()> {
+        // Linux drops IPv6 addresses of a link that goes down, unless told to keep them.
+        self.ns.sysctl("net.ipv6.conf.eth0.keep_addr_on_down=1")?;
+        self.ns.ip(&["link", "set", "eth0", if on { "down" } else { "up" }])
+    }
+
     pub fn stop(&mut self) {
         self.servers.take();
     }
@@ -425,6 +433,33 @@ impl Lab {
     pub fn pin_dir(&self) -> PathBuf {
         PathBuf::from(format!("/sys/fs/bpf/{}", self.prefix))
     }
+}
+
+/// Set by SIGINT/SIGTERM once [`stop_on_interrupt`] is installed.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Makes SIGINT and SIGTERM set a flag that [`interrupted`] reports, so a long-running lab
+/// program stops at its next step and its guards clean up.
+pub fn stop_on_interrupt() -> Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let handler = SigAction::new(SigHandler::Handler(on_interrupt), SaFlags::empty(), SigSet::empty());
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(signal, &handler) }.with_context(|| format!("installing the {signal} handler"))?;
+    }
+    Ok(())
+}
+
+/// An error once SIGINT or SIGTERM arrived (see [`stop_on_interrupt`]).
+pub fn interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
 }
 
 /// The ids of the XDP programs attached to `iface` in `ns` (`ip -j link`).

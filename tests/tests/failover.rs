@@ -124,14 +124,14 @@ fn a_black_holed_backend_fails_its_checks_and_fails_back_after_healthy_threshold
     let mut lb = LbProcess::start(&lab, &config(&lab, check))?;
     let mut open = open_connections(&lab, 16)?;
     let dead = lab.backends[0].spec.name.clone();
-    lab.backends[0].ns.ip(&["link", "set", "eth0", "down"])?;
+    lab.backends[0].black_hole(true)?;
     wait_until_applied(&mut lb, "backend unhealthy")?;
     let (answers, failed) = connections(&lab, 100)?;
     assert_eq!(failed, 0, "connections failed after detection: {answers:?}");
     assert!(!answers.contains_key(&dead), "{dead} chosen while unhealthy: {answers:?}");
     assert_untouched(&mut open, &[&dead])?;
 
-    lab.backends[0].ns.ip(&["link", "set", "eth0", "up"])?;
+    lab.backends[0].black_hole(false)?;
     let healed = Instant::now();
     wait_until_applied(&mut lb, "backend healthy again")?;
     // Three passing checks, 300 ms apart, take at least 600 ms.
@@ -150,9 +150,9 @@ fn a_flapping_backend_is_not_let_back_in_before_healthy_threshold() -> Result<()
     // Down for 1 s (about 5 failed checks: out), then up for 300 ms (at most 2 passes: not
     // enough to come back), four times over; then up for good.
     for _ in 0..4 {
-        lab.backends[0].ns.ip(&["link", "set", "eth0", "down"])?;
+        lab.backends[0].black_hole(true)?;
         std::thread::sleep(Duration::from_millis(1000));
-        lab.backends[0].ns.ip(&["link", "set", "eth0", "up"])?;
+        lab.backends[0].black_hole(false)?;
         std::thread::sleep(Duration::from_millis(300));
     }
     lb.wait_for("backend healthy again", DETECTION_WAIT)?;

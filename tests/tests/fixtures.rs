@@ -604,3 +604,23 @@ fn nat_flows_through_every_limit_are_translated_both_ways() -> Result<()> {
     let want = tcp4(LB_MAC, CLIENT_MAC, VIP4, CLIENT4, 80, CPORT, false);
     f.case("its reply", &reply, XDP_TX, Some(&want))
 }
+
+#[test]
+fn a_syn_reusing_the_flow_of_a_backend_out_of_service_picks_again() -> Result<()> {
+    let config = |drain: Option<u8>| {
+        let backend = |last: u8| format!("[[vip.backend]]\naddress = \"10.0.1.{last}\"\ndraining = {}\n", drain == Some(last));
+        format!("{}\n[[vip]]\nname = \"two\"\naddress = \"10.100.0.2\"\nport = 80\nmode = \"dsr\"\n{}{}", CONFIG.split("[[vip]]").next().expect("balancer"), backend(12), backend(13))
+    };
+    let mut f = Fixtures { env: PacketEnv::new("fxsyn", &config(None), NEIGHBOURS).expect("fixture environment") };
+    let to = |f: &mut Fixtures, syn: bool| -> Result<u8> {
+        let (verdict, out) = f.env.run("xdp_lb", &tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4_DSR, CPORT, 80, syn))?;
+        anyhow::ensure!(verdict == XDP_TX, "verdict {verdict}");
+        Ok(out[5])
+    };
+    let first = to(&mut f, true)?;
+    f.env.reconfigure(&config(Some(first)))?;
+    assert_eq!(to(&mut f, false)?, first, "the flow's packets stay on the draining backend");
+    assert_eq!(to(&mut f, true)?, first ^ 12 ^ 13, "a new connection on the same 4-tuple goes elsewhere");
+    assert_eq!(to(&mut f, false)?, first ^ 12 ^ 13, "and its packets follow");
+    Ok(())
+}

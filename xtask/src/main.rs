@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build|run|test|bench|demo>`.
+//! Project tasks: `cargo xtask <setup|build|run|test|bench|demo|drill>`.
 //!
 //! Every task except `setup` itself runs `scripts/setup.sh` first (idempotent: on a machine
 //! that has everything it passes straight through), then drives cargo from the workspace
@@ -53,6 +53,8 @@ enum Task {
     Bench(PassThrough),
     /// Build, then run the self-contained demo lab (`lb-demo` from lb-tests) with ARGS.
     Demo(PassThrough),
+    /// Build, then run the fault drill (`lb-drill` from lb-tests) with ARGS.
+    Drill(PassThrough),
 }
 
 fn main() {
@@ -145,16 +147,8 @@ fn run(cli: Cli) -> Result<i32> {
             say(&format!("benchmarking: {}", describe(&cmd)));
             Ok(exit_code(status_of(&mut cmd)?))
         }
-        Task::Demo(PassThrough { args }) => {
-            if setup_first {
-                ws.setup()?;
-            }
-            ws.build_release()?;
-            let mut cmd = ws.lb_tests_bin("lb-demo", &args);
-            cmd.env("LB_BIN", ws.lb_bin());
-            say(&format!("starting the demo lab: {}", describe(&cmd)));
-            Ok(exit_code(status_of(&mut cmd)?))
-        }
+        Task::Demo(PassThrough { args }) => ws.run_lab_program(setup_first, "lb-demo", &args, "starting the demo lab"),
+        Task::Drill(PassThrough { args }) => ws.run_lab_program(setup_first, "lb-drill", &args, "starting the fault drill"),
     }
 }
 
@@ -164,6 +158,18 @@ struct Workspace {
 }
 
 impl Workspace {
+    /// Builds, then runs a lab program of lb-tests with LB_BIN set.
+    fn run_lab_program(&self, setup_first: bool, bin: &str, args: &[std::ffi::OsString], what: &str) -> Result<i32> {
+        if setup_first {
+            self.setup()?;
+        }
+        self.build_release()?;
+        let mut cmd = self.lb_tests_bin(bin, args);
+        cmd.env("LB_BIN", self.lb_bin());
+        say(&format!("{what}: {}", describe(&cmd)));
+        Ok(exit_code(status_of(&mut cmd)?))
+    }
+
     fn locate() -> Result<Self> {
         let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
         let root = manifest_dir

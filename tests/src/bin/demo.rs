@@ -7,29 +7,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use lb_tests::lab::{
-    self, HTTP_PORT, Lab, LbProcess, UDP_PORT, VIP_V4, VipSpec, backends_across, http_get, tally,
+    self, HTTP_PORT, Lab, LbProcess, UDP_PORT, VIP_V4, VipSpec, backends_across, http_get, interrupted, tally,
     udp_request,
 };
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-
-/// Set by SIGINT/SIGTERM: the demo stops at the next request and cleans up.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
-
-fn interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
 
 struct Options {
     http: usize,
@@ -74,17 +58,10 @@ fn options() -> Result<Options> {
 }
 
 fn main() -> ExitCode {
-    let handler = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        if let Err(e) = unsafe { sigaction(signal, &handler) } {
-            eprintln!("cannot install the {signal} handler: {e}");
-            return ExitCode::FAILURE;
-        }
+    // The demo stops at the next request and cleans up.
+    if let Err(e) = lab::stop_on_interrupt() {
+        eprintln!("{e:#}");
+        return ExitCode::FAILURE;
     }
     match options().and_then(demo) {
         Ok(()) => ExitCode::SUCCESS,
@@ -209,7 +186,7 @@ fn demo(opts: Options) -> Result<()> {
 
     if opts.hold {
         println!("\nholding the lab up; press Ctrl-C to tear it down");
-        while !INTERRUPTED.load(Ordering::Relaxed) {
+        while interrupted().is_ok() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
