@@ -151,3 +151,24 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `lb` command line of the systemd unit in config/ is one this binary accepts.
+    #[test]
+    fn the_systemd_unit_runs_commands_that_exist() {
+        let unit = include_str!("../../config/lb.service");
+        let commands: Vec<Vec<&str>> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix("ExecStart=").or(l.strip_prefix("ExecStartPre=")).or(l.strip_prefix("ExecReload=")))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(commands.len(), 3, "{unit}");
+        for words in commands {
+            assert_eq!(words[0], "/usr/local/bin/lb");
+            Cli::try_parse_from(&words).unwrap_or_else(|e| panic!("{words:?}: {e}"));
+        }
+    }
+}

@@ -276,8 +276,9 @@ fn svg(records: &[Record], phase: Duration) -> String {
     for (i, (name, _)) in PHASES.iter().enumerate() {
         let (x0, x1) = (x(i * per_phase), x((i + 1) * per_phase));
         let fill = if i % 2 == 0 { "#f4f4f4" } else { "#e6eef8" };
-        let _ = writeln!(out, "<rect x=\"{x0:.1}\" y=\"20\" width=\"{:.1}\" height=\"380\" fill=\"{fill}\"/>", x1 - x0);
-        let _ = writeln!(out, "<text x=\"{:.1}\" y=\"14\">{name}</text>", x0 + 2.0);
+        let _ = writeln!(out, "<rect x=\"{x0:.1}\" y=\"22\" width=\"{:.1}\" height=\"378\" fill=\"{fill}\"/>", x1 - x0);
+        // Names on two rows, so that long ones don't run into their neighbours.
+        let _ = writeln!(out, "<text x=\"{:.1}\" y=\"{}\">{name}</text>", x0 + 2.0, if i % 2 == 0 { 9 } else { 18 });
     }
     let mut line = |values: Vec<f64>, top: f64, span: f64, color: &str, label: &str| {
         let points: Vec<String> = values.iter().enumerate().map(|(b, v)| format!("{:.1},{:.1}", x(b), top + span * (1.0 - v))).collect();
