@@ -364,7 +364,8 @@ mod tests {
             Task::Run(PassThrough { args })
             | Task::Test(PassThrough { args })
             | Task::Bench(PassThrough { args })
-            | Task::Demo(PassThrough { args }) => args,
+            | Task::Demo(PassThrough { args })
+            | Task::Drill(PassThrough { args }) => args,
             Task::Setup | Task::Build => Vec::new(),
         };
         args.into_iter().map(|a| a.into_string().unwrap()).collect()
@@ -394,6 +395,7 @@ mod tests {
             ["--config", "x.toml"]
         );
         assert_eq!(args_of(&["bench"]), Vec::<String>::new());
+        assert_eq!(args_of(&["drill", "--", "--quick"]), ["--quick"]);
         assert!(
             Cli::try_parse_from(["xtask", "--no-setup", "build"])
                 .unwrap()
