@@ -71,7 +71,8 @@ impl Controller {
     }
 
     /// Answers the admin interface. A drain changes the tables (written before the answer).
-    fn admin(&mut self, request: AdminRequest, dataplane: &mut Dataplane) -> Result<()> {
+    /// Returns `Some(detach)` for a stop request: the loop ends.
+    fn admin(&mut self, request: AdminRequest, dataplane: &mut Dataplane) -> Result<Option<bool>> {
         match request {
             AdminRequest::Status(reply) => {
                 let _ = reply.send(self.status(dataplane));
@@ -82,7 +83,7 @@ impl Controller {
                     self.apply(dataplane)
                 } else {
                     let _ = reply.send(Err(format!("VIP {vip:?} has no backend {backend}")));
-                    return Ok(());
+                    return Ok(None);
                 };
                 let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
                 result?;
@@ -90,9 +91,12 @@ impl Controller {
             AdminRequest::Reload(reply) => {
                 let _ = reply.send(self.reload(dataplane));
             }
-            AdminRequest::Stop { .. } => unreachable!("the loop ends on a stop request"),
+            AdminRequest::Stop { detach, reply } => {
+                let _ = reply.send(());
+                return Ok(Some(detach));
+            }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// A snapshot for `lb status` and the metrics: the counters summed over CPUs.
@@ -257,14 +261,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 let _ = lb.reload(&mut dataplane);
                 false
             }
-            Some(request) = admin_requests.recv() => {
-                if let AdminRequest::Stop { detach, reply } = request {
-                    let _ = reply.send(());
-                    break detach;
-                }
-                lb.admin(request, &mut dataplane)?;
-                false
-            }
+            Some(request) = admin_requests.recv() => match lb.admin(request, &mut dataplane)? {
+                Some(detach) => break detach,
+                None => false,
+            },
             Some(result) = checks.recv() => lb.states.on_check(&lb.config, &result),
             Some(batch) = signals.recv() => {
                 let now = Instant::now();
