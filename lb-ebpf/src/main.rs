@@ -421,22 +421,23 @@ fn take_vip_token(vip: &VipInfo, which: u8) -> bool {
     let Some(held) = RATE_CPU_TOKENS.get_ptr_mut(vip.vip_id) else {
         return false;
     };
-    let Some(state) = RATE_STATE.get_ptr_mut(vip.vip_id) else {
-        return false;
-    };
-    // SAFETY: `held` is this CPU's value; `state` is shared by all CPUs and only touched
-    // through atomics (in `take_tokens`).
-    let (held, tat, bucket) = unsafe {
-        if which == LIMIT_PACKETS {
-            (&mut (*held).packets, &raw mut (*state).packets_tat_ns, &vip.packet_limit)
-        } else {
-            (&mut (*held).new_flows, &raw mut (*state).new_flows_tat_ns, &vip.new_flow_limit)
-        }
-    };
+    // SAFETY: this CPU's value.
+    let held = unsafe { if which == LIMIT_PACKETS { &mut (*held).packets } else { &mut (*held).new_flows } };
     if *held > 0 {
         *held -= 1;
         return true;
     }
+    let Some(state) = RATE_STATE.get_ptr_mut(vip.vip_id) else {
+        return false;
+    };
+    // SAFETY: shared by all CPUs; only touched through atomics (in `take_tokens`).
+    let (tat, bucket) = unsafe {
+        if which == LIMIT_PACKETS {
+            (&raw mut (*state).packets_tat_ns, &vip.packet_limit)
+        } else {
+            (&raw mut (*state).new_flows_tat_ns, &vip.new_flow_limit)
+        }
+    };
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
     if bucket.batch > 1 && take_tokens(tat, bucket, now, bucket.batch) {

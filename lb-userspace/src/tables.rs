@@ -92,75 +92,84 @@ pub type BackendIdentity = (IpAddr, u16);
 /// stay the same across reloads for what did not change, and are reused only after release.
 #[derive(Debug, Clone)]
 pub struct IdAllocator {
-    vips: BTreeMap<VipKey, u32>,
-    backends: BTreeMap<BackendIdentity, u32>,
-    max_vips: u32,
-    max_backends: u32,
+    vips: Ids<VipKey>,
+    backends: Ids<BackendIdentity>,
+}
+
+/// Ids of one kind, both ways: the packet path reports by id, the config speaks of keys.
+#[derive(Debug, Clone)]
+struct Ids<K> {
+    by_key: BTreeMap<K, u32>,
+    by_id: BTreeMap<u32, K>,
+    limit: u32,
+}
+
+impl<K: Ord + Copy> Ids<K> {
+    fn new(pairs: impl IntoIterator<Item = (K, u32)>, limit: u32) -> Self {
+        let by_key: BTreeMap<K, u32> = pairs.into_iter().collect();
+        let by_id = by_key.iter().map(|(k, id)| (*id, *k)).collect();
+        Self { by_key, by_id, limit }
+    }
+
+    /// Keeps ids for exactly `keys`: releases the others, and gives new keys the lowest
+    /// free ids in the order given. Validation already bounded the count.
+    fn assign(&mut self, keys: impl IntoIterator<Item = K>) {
+        let keys: Vec<K> = keys.into_iter().collect();
+        let wanted: std::collections::BTreeSet<K> = keys.iter().copied().collect();
+        self.by_key.retain(|k, _| wanted.contains(k));
+        self.by_id.retain(|_, k| wanted.contains(k));
+        let mut free = 0;
+        for key in keys {
+            if self.by_key.contains_key(&key) {
+                continue;
+            }
+            while self.by_id.contains_key(&free) {
+                free += 1;
+            }
+            assert!(free < self.limit, "validated config exceeds a map's capacity");
+            self.by_key.insert(key, free);
+            self.by_id.insert(free, key);
+        }
+    }
 }
 
 impl IdAllocator {
     pub fn new(max_vips: u32, max_backends: u32) -> Self {
-        Self { vips: BTreeMap::new(), backends: BTreeMap::new(), max_vips, max_backends }
+        Self { vips: Ids::new([], max_vips), backends: Ids::new([], max_backends) }
     }
 
     /// The ids an earlier controller gave, as its maps hold them: flows in the flow table
     /// refer to backends and VIPs by these ids, so they must not change hands.
     pub fn adopt(max_vips: u32, max_backends: u32, existing: &crate::sync::Existing) -> Self {
         Self {
-            vips: existing.vips.iter().map(|(key, info)| (*key, info.vip_id)).collect(),
-            backends: existing.backends.iter().map(|(id, b)| ((backend_address(b), b.port), *id)).collect(),
-            max_vips,
-            max_backends,
+            vips: Ids::new(existing.vips.iter().map(|(key, info)| (*key, info.vip_id)), max_vips),
+            backends: Ids::new(existing.backends.iter().map(|(id, b)| ((backend_address(b), b.port), *id)), max_backends),
         }
     }
 
     /// Releases ids of what `config` no longer has, then assigns ids to what is new.
-    /// Validation already bounded the counts, so assignment cannot run out.
     fn assign(&mut self, config: &Config) {
-        let vip_keys: Vec<VipKey> = config.vips.iter().map(vip_key).collect();
-        let backend_keys: Vec<BackendIdentity> = config
-            .vips
-            .iter()
-            .flat_map(|v| v.backends.iter().map(backend_identity))
-            .collect();
-        self.vips.retain(|k, _| vip_keys.contains(k));
-        self.backends.retain(|k, _| backend_keys.contains(k));
-        for key in vip_keys {
-            if !self.vips.contains_key(&key) {
-                let id = lowest_free(self.vips.values(), self.max_vips);
-                self.vips.insert(key, id);
-            }
-        }
-        for key in backend_keys {
-            if !self.backends.contains_key(&key) {
-                let id = lowest_free(self.backends.values(), self.max_backends);
-                self.backends.insert(key, id);
-            }
-        }
+        self.vips.assign(config.vips.iter().map(vip_key));
+        self.backends.assign(config.vips.iter().flat_map(|v| v.backends.iter().map(backend_identity)));
     }
 
     pub fn backend_id(&self, identity: &BackendIdentity) -> Option<u32> {
-        self.backends.get(identity).copied()
+        self.backends.by_key.get(identity).copied()
     }
 
     pub fn vip_id(&self, key: &VipKey) -> Option<u32> {
-        self.vips.get(key).copied()
+        self.vips.by_key.get(key).copied()
     }
 
     /// The VIP that holds `id` (for what the packet path reports by id).
     pub fn vip_of(&self, id: u32) -> Option<VipKey> {
-        self.vips.iter().find(|&(_, &v)| v == id).map(|(k, _)| *k)
+        self.vips.by_id.get(&id).copied()
     }
 
     /// The backend that holds `id`.
     pub fn backend_of(&self, id: u32) -> Option<BackendIdentity> {
-        self.backends.iter().find(|&(_, &v)| v == id).map(|(k, _)| *k)
+        self.backends.by_id.get(&id).copied()
     }
-}
-
-fn lowest_free<'a>(used: impl Iterator<Item = &'a u32>, limit: u32) -> u32 {
-    let used: std::collections::BTreeSet<u32> = used.copied().collect();
-    (0..limit).find(|id| !used.contains(id)).expect("validated config exceeds a map's capacity")
 }
 
 /// The address of a `Backend` entry.
