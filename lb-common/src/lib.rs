@@ -139,6 +139,11 @@ pub struct HealthSignal {
     pub _pad: u32,
 }
 
+/// The shortest tolerance of a per-source bucket. Those buckets read the kernel's coarse
+/// clock, which only moves at each timer tick (at most 10 ms: HZ is at least 100): with a
+/// tolerance below a tick, a bucket would admit fewer tokens per tick than its rate.
+pub const SOURCE_TOLERANCE_MIN_NS: u64 = 10_000_000;
+
 /// `VipInfo::limits` bits.
 pub const LIMIT_NEW_FLOWS: u8 = 1;
 pub const LIMIT_PACKETS: u8 = 2;

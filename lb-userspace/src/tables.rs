@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use lb_common::{
     Addr, BACKEND_ACTIVE, BACKEND_SERVING, Backend, FAMILY_V4, FAMILY_V6, LIMIT_NEW_FLOWS, LIMIT_PACKETS, LIMIT_SOURCES,
-    MODE_DSR, MODE_NAT, Settings, TokenBucket, VipAddrKey, VipKey, WATCH_CONNECT, WATCH_HTTP,
+    MODE_DSR, MODE_NAT, SOURCE_TOLERANCE_MIN_NS, Settings, TokenBucket, VipAddrKey, VipKey, WATCH_CONNECT, WATCH_HTTP,
     vip_addr_filter_bit,
 };
 
@@ -64,6 +64,9 @@ impl RateLimits {
                 limits.flags |= flag;
                 *bucket = token_bucket(limit);
             }
+        }
+        if limits.flags & LIMIT_SOURCES != 0 {
+            limits.sources.tolerance_ns = limits.sources.tolerance_ns.max(SOURCE_TOLERANCE_MIN_NS);
         }
         let (_, _, default_prefix) = if vip.address.is_ipv4() { SOURCE_PREFIX_V4 } else { SOURCE_PREFIX_V6 };
         limits.source_prefix_len = vip.source_limit.as_ref().and_then(|l| l.prefix_len).unwrap_or(default_prefix);
@@ -357,6 +360,9 @@ weight = 3
         assert_eq!(limits.flags, LIMIT_NEW_FLOWS | LIMIT_SOURCES);
         assert_eq!(limits.new_flows, TokenBucket { emission_ns: 10_000_000, tolerance_ns: 200_000_000, batch: 1, _pad: 0 });
         assert_eq!(limits.sources, TokenBucket { emission_ns: 20_000_000, tolerance_ns: 100_000_000, batch: 1, _pad: 0 });
+        // Per-source buckets run on the coarse clock: at least a tick of tolerance.
+        let fast_source = BASE.replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nsource_limit = { quota = 1000, burst = 1 }\n");
+        assert_eq!(vip(&fast_source, &mut ids).limits.sources.tolerance_ns, SOURCE_TOLERANCE_MIN_NS);
         // Fast buckets are taken from in batches of about a millisecond, at most 64, at
         // most a quarter of the burst.
         let batch = |quota: u64, burst: u64| {
