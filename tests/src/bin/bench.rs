@@ -20,7 +20,9 @@
 //! 7. Passive health signals: the cost of reporting a connection's answer, and the time from
 //!    a refused connection to the ejection landing in the maps (a lab with `lb run`).
 //!
-//! Usage: `lb-bench [--quick] [--only 1,2,3,4,5,6,7]`.
+//! 8. Active health checks of 2000 backends from one runtime, one of them silent.
+//!
+//! Usage: `lb-bench [--quick] [--only 1,2,3,4,5,6,7,8]`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -1209,6 +1211,122 @@ fn vip_table_offset(pin: &std::path::Path) -> Result<u32> {
 }
 
 // ---------------------------------------------------------------------------------------
+// 8. Active health checks at scale
+
+/// Backends checked at once, each a loopback HTTP server, plus one that never answers.
+const CHECKED_BACKENDS: usize = 2000;
+const CHECK_RUN: Duration = Duration::from_secs(6);
+
+/// The controller's active checks (`probe::Prober`) against thousands of backends on one
+/// runtime: whether every backend is checked on its own timer, whether a silent backend
+/// delays the others, and what it costs in CPU.
+fn active_checks(_: &Sizes) -> Result<()> {
+    use lb_userspace::config::{HealthCheckConfig, HealthCheckKind, StatusRange};
+    use lb_userspace::probe::{Prober, Target};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let check = HealthCheckConfig {
+        kind: HealthCheckKind::Http,
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(500),
+        jitter: Duration::from_millis(100),
+        healthy_threshold: 2,
+        unhealthy_threshold: 3,
+        port: None,
+        path: "/healthz".into(),
+        host: None,
+        expected_statuses: vec![StatusRange { from: 200, to: 299 }],
+    };
+    let (results, cpu) = runtime.block_on(async move {
+        let mut targets = Vec::new();
+        for i in 0..=CHECKED_BACKENDS {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            // The last one accepts and reads, but never answers.
+            let silent = i == CHECKED_BACKENDS;
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let mut buf = [0u8; 512];
+                        let _ = stream.read(&mut buf).await;
+                        if silent {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+                    });
+                }
+            });
+            targets.push(Target { key: (format!("b{i}"), addr), check: check.clone() });
+        }
+        let silent = targets.last().map(|t| t.key.1).context("no targets")?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut prober = Prober::new(tx);
+        let cpu_before = cpu_time()?;
+        let started = tokio::time::Instant::now();
+        prober.set_targets(targets);
+        let mut seen: std::collections::BTreeMap<std::net::SocketAddr, Vec<(Duration, bool)>> = Default::default();
+        while let Ok(Some(result)) = tokio::time::timeout_at(started + CHECK_RUN, rx.recv()).await {
+            seen.entry(result.key.1).or_default().push((started.elapsed(), result.outcome.is_ok()));
+        }
+        let cpu = cpu_time()? - cpu_before;
+        drop(prober);
+        anyhow::Ok(((seen, silent), cpu))
+    })?;
+    let (seen, silent) = results;
+    let healthy: Vec<&Vec<(Duration, bool)>> = seen.iter().filter(|(a, _)| **a != silent).map(|(_, v)| v).collect();
+    let passed: usize = healthy.iter().map(|v| v.iter().filter(|(_, ok)| *ok).count()).sum();
+    let failed_healthy: usize = healthy.iter().map(|v| v.iter().filter(|(_, ok)| !ok).count()).sum();
+    let mut counts: Vec<usize> = healthy.iter().map(|v| v.len()).collect();
+    counts.sort_unstable();
+    // From the second result on, a check's start follows the previous one's by interval
+    // plus up to the jitter; the largest gap shows whether any backend was held up.
+    let max_gap = healthy
+        .iter()
+        .flat_map(|v| v.windows(2).map(|w| w[1].0.saturating_sub(w[0].0)))
+        .max()
+        .unwrap_or_default();
+    let silent_results = seen.get(&silent).map(Vec::as_slice).unwrap_or_default();
+    println!(
+        "{CHECKED_BACKENDS} HTTP backends + 1 that never answers, interval 1 s, jitter 100 ms, timeout 500 ms, for {} s:",
+        CHECK_RUN.as_secs()
+    );
+    println!(
+        "  checks done: {} ({:.0}/s); backends checked: {} of {CHECKED_BACKENDS}; checks per backend min {} median {} max {}",
+        passed + failed_healthy,
+        (passed + failed_healthy) as f64 / CHECK_RUN.as_secs_f64(),
+        healthy.len(),
+        counts.first().copied().unwrap_or(0),
+        counts.get(counts.len() / 2).copied().unwrap_or(0),
+        counts.last().copied().unwrap_or(0)
+    );
+    println!(
+        "  healthy backends' checks failed: {failed_healthy}; largest gap between two checks of one backend: {:.0} ms (interval + jitter = 1100 ms)",
+        max_gap.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  the silent backend: {} checks, {} failed (timed out) meanwhile",
+        silent_results.len(),
+        silent_results.iter().filter(|(_, ok)| !ok).count()
+    );
+    println!(
+        "  CPU: {:.2} s for {:.0} checks = {:.1} us per check ({:.1}% of one core at this rate)",
+        cpu.as_secs_f64(),
+        (passed + failed_healthy) as f64,
+        cpu.as_secs_f64() * 1e6 / (passed + failed_healthy).max(1) as f64,
+        100.0 * cpu.as_secs_f64() / CHECK_RUN.as_secs_f64()
+    );
+    println!("  (the servers run in the same process, so their share is counted too)");
+    Ok(())
+}
+
+/// CPU time (user + system) of this process.
+fn cpu_time() -> Result<Duration> {
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)?;
+    let tv = |t: nix::sys::time::TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
+    Ok(tv(usage.user_time()) + tv(usage.system_time()))
+}
+
+// ---------------------------------------------------------------------------------------
 
 /// The namespaces' tags (PacketEnv names them `TAG-PID-N`).
 const NETNS_TAGS: [&str; 6] = ["lbb-pkt", "lbb-lru", "lbb-tput", "lbb-cpu", "lbb-rate", "lbb-sig"];
@@ -1248,7 +1366,7 @@ type Section = fn(&Sizes) -> Result<()>;
 
 fn main() -> ExitCode {
     let mut quick = false;
-    let mut only: Vec<u32> = vec![1, 2, 3, 4, 5, 6, 7];
+    let mut only: Vec<u32> = vec![1, 2, 3, 4, 5, 6, 7, 8];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -1265,7 +1383,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: lb-bench [--quick] [--only 1,2,3,4,5,6,7]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput, 5 flow table across CPUs,\n 6 rate limits (cost and accuracy), 7 passive health signals (cost, ejection latency)"
+                    "usage: lb-bench [--quick] [--only 1,2,3,4,5,6,7,8]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput, 5 flow table across CPUs,\n 6 rate limits (cost and accuracy), 7 passive health signals (cost, ejection latency),\n 8 active health checks at scale"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -1306,7 +1424,7 @@ fn main() -> ExitCode {
             tput_window: Duration::from_millis(700),
         }
     };
-    let sections: [(u32, &str, Section); 7] = [
+    let sections: [(u32, &str, Section); 8] = [
         (
             1,
             "per-packet cost (BPF_PROG_TEST_RUN) vs xdp_drop",
@@ -1322,6 +1440,7 @@ fn main() -> ExitCode {
         (5, "the shared flow table across CPUs", flows_across_cpus),
         (6, "rate limits: cost and accuracy", rate_limits),
         (7, "passive health signals: cost and ejection latency", passive_signals),
+        (8, "active health checks at scale", active_checks),
     ];
     let total = Instant::now();
     let mut failed = 0;
