@@ -45,29 +45,27 @@ struct Controller {
 
 impl Controller {
     /// Reads, validates and applies the config file again; a refused config leaves the
-    /// running one in place. Returns the new generation, or why the file was refused.
-    fn reload(&mut self, dataplane: &mut Dataplane) -> Result<u64, String> {
-        let outcome = match read_reload(&self.config_path, &self.config) {
-            Ok(next) => {
-                self.states.reconfigure(&next, Instant::now());
-                self.prober.set_targets(BackendStates::check_targets(&next));
-                crate::neighbors::prime(neighbors_of(&next));
-                self.config = next;
-                self.apply(dataplane).map_err(|e| format!("{e:#}"))?;
-                self.generation += 1;
-                info!(generation = self.generation, vips = self.config.vips.len(), "config applied");
-                Ok(self.generation)
-            }
+    /// running one in place. Returns the new generation, or why the file was refused; the
+    /// outer error is a failure to write the maps, which ends the controller as at start.
+    fn reload(&mut self, dataplane: &mut Dataplane) -> Result<Result<u64, String>> {
+        let next = match read_reload(&self.config_path, &self.config) {
+            Ok(next) => next,
             Err(e) => {
                 error!("reload refused, keeping the running config: {e:#}");
-                Err(format!("{e:#}"))
+                let why = format!("{e:#}");
+                self.last_reload = Some(ReloadOutcome { applied: false, message: why.clone() });
+                return Ok(Err(why));
             }
         };
-        self.last_reload = Some(match &outcome {
-            Ok(generation) => ReloadOutcome { applied: true, message: format!("generation {generation}") },
-            Err(why) => ReloadOutcome { applied: false, message: why.clone() },
-        });
-        outcome
+        self.states.reconfigure(&next, Instant::now());
+        self.prober.set_targets(BackendStates::check_targets(&next));
+        crate::neighbors::prime(neighbors_of(&next));
+        self.config = next;
+        self.apply(dataplane)?;
+        self.generation += 1;
+        info!(generation = self.generation, vips = self.config.vips.len(), "config applied");
+        self.last_reload = Some(ReloadOutcome { applied: true, message: format!("generation {}", self.generation) });
+        Ok(Ok(self.generation))
     }
 
     /// Answers the admin interface. A drain changes the tables (written before the answer).
@@ -89,7 +87,8 @@ impl Controller {
                 result?;
             }
             AdminRequest::Reload(reply) => {
-                let _ = reply.send(self.reload(dataplane));
+                let outcome = self.reload(dataplane)?;
+                let _ = reply.send(outcome);
             }
             AdminRequest::Stop { detach, reply } => {
                 let _ = reply.send(());
@@ -258,7 +257,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         let changed = tokio::select! {
             _ = hangup.recv() => {
                 // Refusals are logged and reported in the status; the loop goes on.
-                let _ = lb.reload(&mut dataplane);
+                let _ = lb.reload(&mut dataplane)?;
                 false
             }
             Some(request) = admin_requests.recv() => match lb.admin(request, &mut dataplane)? {
