@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-apt_packages=(llvm-22-dev libpolly-22-dev bpftool iproute2 ethtool curl)
+apt_packages=(llvm-22-dev libpolly-22-dev bpftool iproute2 ethtool curl bind9-dnsutils dnsperf gdnsd)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -14,6 +14,8 @@ use crate::status::Status;
 pub struct AdminClient {
     addr: SocketAddr,
     token: Option<String>,
+    /// Bounds connecting, and each read of the answer.
+    timeout: Duration,
 }
 
 impl AdminClient {
@@ -24,15 +26,19 @@ impl AdminClient {
         if addr.ip().is_unspecified() {
             addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
         }
-        Self { addr, token: admin.token.clone() }
+        Self { addr, token: admin.token.clone(), timeout: Duration::from_secs(30) }
+    }
+
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        Self { timeout, ..self }
     }
 
     /// Sends a request without a body; returns the body of a 2xx answer, the body as the
     /// error otherwise.
     pub fn call(&self, method: &str, path: &str) -> Result<String> {
-        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))
+        let mut stream = TcpStream::connect_timeout(&self.addr, self.timeout.min(Duration::from_secs(5)))
             .with_context(|| format!("connecting to the admin interface at {} (is `lb run` running?)", self.addr))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_read_timeout(Some(self.timeout))?;
         let auth = self.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
         write!(stream, "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n", self.addr)?;
         let mut response = Vec::new();

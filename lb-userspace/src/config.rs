@@ -21,6 +21,8 @@ use toml_edit::{Array, ArrayOfTables, ImDocument, InlineTable, Item, Table, Valu
 
 use crate::maglev;
 
+pub mod dns;
+
 /// Default of `balancer.pin_dir`.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
 /// Maps must be pinned below this directory (the BPF filesystem).
@@ -54,6 +56,9 @@ pub struct Config {
     /// The admin HTTP interface (status, metrics, drain, reload).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// The DNS server for site failover.
+    #[serde(default)]
+    pub dns: Option<dns::DnsConfig>,
     #[serde(rename = "vip", default)]
     pub vips: Vec<VipConfig>,
 }
@@ -846,11 +851,45 @@ impl Ctx<'_> {
     }
 }
 
+const HEALTH_CHECK_KEYS: &[&str] = &[
+    "type",
+    "interval",
+    "timeout",
+    "jitter",
+    "healthy_threshold",
+    "unhealthy_threshold",
+    "port",
+    "path",
+    "host",
+    "expected_statuses",
+];
+
 /// The keys of the table at a key path, by the path's shape.
 fn fields_at(path: &[Seg]) -> &'static [&'static str] {
     use Seg::{Index, Key};
     match path {
-        [] => &["balancer", "admin", "vip"],
+        [] => &["balancer", "admin", "dns", "vip"],
+        [Key(d)] if d == "dns" => &[
+            "listen",
+            "vantage",
+            "quorum",
+            "peer_interval",
+            "peer_timeout",
+            "peer_stale_after",
+            "peer",
+            "client_region",
+            "target",
+            "zone",
+        ],
+        [Key(d), Key(p), Index(_)] if d == "dns" && p == "peer" => &["name", "admin", "token"],
+        [Key(d), Key(c), Index(_)] if d == "dns" && c == "client_region" => &["prefix", "region"],
+        [Key(d), Key(t), Index(_)] if d == "dns" && t == "target" => &["name", "address", "region", "weight", "health_check", "vip"],
+        [Key(d), Key(t), Index(_), Key(h)] if d == "dns" && t == "target" && h == "health_check" => HEALTH_CHECK_KEYS,
+        [Key(d), Key(z), Index(_)] if d == "dns" && z == "zone" => &["origin", "ttl", "soa", "ns", "record", "policy"],
+        [Key(d), Key(z), Index(_), Key(r), Index(_)] if d == "dns" && z == "zone" && r == "record" => &["name", "type", "data", "ttl"],
+        [Key(d), Key(z), Index(_), Key(p), Index(_)] if d == "dns" && z == "zone" && p == "policy" => {
+            &["name", "type", "ttl", "primary", "backup", "trickle_ratio", "geo"]
+        }
         [Key(a)] if a == "admin" => &["listen", "token"],
         [Key(b)] if b == "balancer" => &[
             "interfaces",
@@ -887,18 +926,7 @@ fn fields_at(path: &[Seg]) -> &'static [&'static str] {
                 "backend",
             ]
         }
-        [Key(v), Index(_), Key(h)] if v == "vip" && h == "health_check" => &[
-            "type",
-            "interval",
-            "timeout",
-            "jitter",
-            "healthy_threshold",
-            "unhealthy_threshold",
-            "port",
-            "path",
-            "host",
-            "expected_statuses",
-        ],
+        [Key(v), Index(_), Key(h)] if v == "vip" && h == "health_check" => HEALTH_CHECK_KEYS,
         [Key(v), Index(_), Key(o)] if v == "vip" && o == "outlier_detection" => &[
             "consecutive_5xx",
             "consecutive_local_origin_failures",
@@ -1202,6 +1230,105 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
             }
         }
     }
+    if let Some(dns) = &c.dns {
+        validate_dns(c, dns, cx)?;
+    }
+    Ok(())
+}
+
+/// A name that appears in metrics, URLs and peers' views.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+fn validate_dns(c: &Config, dns: &dns::DnsConfig, cx: &Ctx) -> Result<(), ConfigError> {
+    if dns.listen.is_empty() {
+        return Err(cx.err(&path!["dns", "listen"], "at least one address, e.g. [\"0.0.0.0:53\"]"));
+    }
+    let mut seen = HashSet::new();
+    for (i, addr) in dns.listen.iter().enumerate() {
+        if !seen.insert(addr) {
+            return Err(cx.err(&path!["dns", "listen", i], format!("{addr} is listed twice")));
+        }
+    }
+    let vantage = dns.vantage_name(&c.balancer.region);
+    if !plain_name(vantage) {
+        return Err(cx.err(&path!["dns", "vantage"], format!("{vantage:?}: use letters, digits, '.', '_' and '-'")));
+    }
+    if dns.peer_interval < Duration::from_millis(100) {
+        return Err(cx.err(&path!["dns", "peer_interval"], "must be at least 100ms"));
+    }
+    if dns.peer_timeout.is_zero() || dns.peer_timeout > dns.peer_interval {
+        return Err(cx.err(&path!["dns", "peer_timeout"], "must be more than 0 and at most peer_interval"));
+    }
+    if dns.peer_stale_after() < dns.peer_interval {
+        return Err(cx.err(&path!["dns", "peer_stale_after"], "must be at least peer_interval"));
+    }
+    let mut peers = HashSet::from([vantage]);
+    for (i, peer) in dns.peers.iter().enumerate() {
+        if !plain_name(&peer.name) {
+            return Err(cx.err(&path!["dns", "peer", i, "name"], format!("{:?}: use letters, digits, '.', '_' and '-'", peer.name)));
+        }
+        if !peers.insert(&peer.name) {
+            return Err(cx.err(&path!["dns", "peer", i, "name"], format!("{:?} is this vantage point or another peer", peer.name)));
+        }
+        if peer.token.as_deref().is_some_and(|t| t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control())) {
+            return Err(cx.err(&path!["dns", "peer", i, "token"], "must be at least 16 characters, without spaces"));
+        }
+    }
+    let vantage_points = dns.peers.len() as u32 + 1;
+    if let Some(q) = dns.quorum
+        && !(1..=vantage_points).contains(&q)
+    {
+        return Err(cx.err(&path!["dns", "quorum"], format!("1..={vantage_points} (this controller and {} peers; got {q})", dns.peers.len())));
+    }
+    for (i, region) in dns.client_regions.iter().enumerate() {
+        if region.region.is_empty() {
+            return Err(cx.err(&path!["dns", "client_region", i, "region"], "must not be empty"));
+        }
+    }
+    let mut targets = HashMap::new();
+    for (i, t) in dns.targets.iter().enumerate() {
+        if !plain_name(&t.name) {
+            return Err(cx.err(&path!["dns", "target", i, "name"], format!("{:?}: use letters, digits, '.', '_' and '-'", t.name)));
+        }
+        if let Some(j) = targets.insert(t.name.as_str(), i) {
+            return Err(cx.err(&path!["dns", "target", i, "name"], format!("duplicate target name {:?} (also dns.target[{j}])", t.name)));
+        }
+        if let Some(what) = bad_address(t.address) {
+            return Err(cx.err(&path!["dns", "target", i, "address"], format!("{} is {what}", t.address)));
+        }
+        if !(1..=MAX_WEIGHT).contains(&t.weight) {
+            return Err(cx.err(&path!["dns", "target", i, "weight"], format!("1..={MAX_WEIGHT} (got {})", t.weight)));
+        }
+        match (&t.health_check, &t.vip) {
+            (Some(check), None) => {
+                validate_check(check, &path!["dns", "target", i, "health_check"], cx)?;
+                if check.port.is_none() {
+                    return Err(cx.err(&path!["dns", "target", i, "health_check", "port"], "a target's check needs its port"));
+                }
+            }
+            (None, Some(vip)) => {
+                if !c.vips.iter().any(|v| &v.name == vip) {
+                    return Err(cx.err(&path!["dns", "target", i, "vip"], format!("no [[vip]] named {vip:?} on this balancer")));
+                }
+            }
+            _ => {
+                return Err(cx.err(
+                    &path!["dns", "target", i],
+                    "needs exactly one of health_check (probe it) or vip (a VIP of this balancer)",
+                ));
+            }
+        }
+    }
+    crate::dns::zone::Zones::compile(dns).map_err(|e| {
+        let mut path = path!["dns", "zone", e.zone].to_vec();
+        path.extend(e.path.into_iter().map(|step| match step {
+            crate::dns::zone::Step::Key(key) => Seg::from(key),
+            crate::dns::zone::Step::Index(index) => Seg::from(index),
+        }));
+        cx.err(&path, e.message)
+    })?;
     Ok(())
 }
 
@@ -1272,38 +1399,7 @@ fn validate_health(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(), ConfigErro
         return Err(cx.err(&path!["vip", i, "panic_threshold"], format!("a percentage, 0..=100 (got {})", vip.panic_threshold)));
     }
     if let Some(check) = &vip.health_check {
-        let at = |key: &str| cx.err(&path!["vip", i, "health_check", key], "");
-        let fail = |key: &str, message: String| ConfigError { message, ..at(key) };
-        if check.interval < Duration::from_millis(100) {
-            return Err(fail("interval", "must be at least 100ms".into()));
-        }
-        if check.timeout.is_zero() || check.timeout > check.interval {
-            return Err(fail("timeout", format!(
-                "must be more than 0 and at most the interval ({})",
-                humantime::format_duration(check.interval)
-            )));
-        }
-        if check.jitter > check.interval {
-            return Err(fail("jitter", "must be at most the interval".into()));
-        }
-        for key in ["healthy_threshold", "unhealthy_threshold"] {
-            let value = if key == "healthy_threshold" { check.healthy_threshold } else { check.unhealthy_threshold };
-            if value == 0 {
-                return Err(fail(key, "must be at least 1".into()));
-            }
-        }
-        if check.port == Some(0) {
-            return Err(fail("port", "must be 1..65535".into()));
-        }
-        if !check.path.starts_with('/') || check.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(fail("path", format!("must start with '/' and hold no spaces (got {:?})", check.path)));
-        }
-        if check.host.as_deref().is_some_and(|h| h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control())) {
-            return Err(fail("host", "must be a host name without spaces".into()));
-        }
-        if check.expected_statuses.is_empty() {
-            return Err(fail("expected_statuses", "at least one status code or range".into()));
-        }
+        validate_check(check, &path!["vip", i, "health_check"], cx)?;
     }
     if let Some(outlier) = &vip.outlier_detection {
         let fail = |key: &str, message: String| cx.err(&path!["vip", i, "outlier_detection", key], message);
@@ -1338,6 +1434,46 @@ fn validate_health(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(), ConfigErro
 }
 
 /// ", line N" for a key path, or nothing when the line is unknown.
+/// Rules of a `health_check` table at `at`.
+fn validate_check(check: &HealthCheckConfig, at: &[Seg], cx: &Ctx) -> Result<(), ConfigError> {
+    let fail = |key: &str, message: String| {
+        let mut path = at.to_vec();
+        path.push(Seg::from(key));
+        cx.err(&path, message)
+    };
+    if check.interval < Duration::from_millis(100) {
+        return Err(fail("interval", "must be at least 100ms".into()));
+    }
+    if check.timeout.is_zero() || check.timeout > check.interval {
+        return Err(fail("timeout", format!(
+            "must be more than 0 and at most the interval ({})",
+            humantime::format_duration(check.interval)
+        )));
+    }
+    if check.jitter > check.interval {
+        return Err(fail("jitter", "must be at most the interval".into()));
+    }
+    for key in ["healthy_threshold", "unhealthy_threshold"] {
+        let value = if key == "healthy_threshold" { check.healthy_threshold } else { check.unhealthy_threshold };
+        if value == 0 {
+            return Err(fail(key, "must be at least 1".into()));
+        }
+    }
+    if check.port == Some(0) {
+        return Err(fail("port", "must be 1..65535".into()));
+    }
+    if !check.path.starts_with('/') || check.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(fail("path", format!("must start with '/' and hold no spaces (got {:?})", check.path)));
+    }
+    if check.host.as_deref().is_some_and(|h| h.is_empty() || h.chars().any(|c| c.is_whitespace() || c.is_control())) {
+        return Err(fail("host", "must be a host name without spaces".into()));
+    }
+    if check.expected_statuses.is_empty() {
+        return Err(fail("expected_statuses", "at least one status code or range".into()));
+    }
+    Ok(())
+}
+
 fn at_line(cx: &Ctx, path: &[Seg]) -> String {
     cx.line(path)
         .map(|l| format!(", line {l}"))

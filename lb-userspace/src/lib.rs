@@ -5,6 +5,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod controller;
+pub mod dns;
 pub mod dataplane;
 pub mod failover;
 pub mod health;
