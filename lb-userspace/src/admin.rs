@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result};
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +25,10 @@ pub enum AdminRequest {
     Reload(oneshot::Sender<Result<u64, String>>),
     /// End the controller; with `detach`, also detach the program and remove the pins.
     Stop { detach: bool, reply: oneshot::Sender<()> },
+    /// This vantage point's view of the DNS targets (none without `[dns]`), for peers.
+    DnsView(oneshot::Sender<Option<crate::dns::VantageView>>),
+    /// Set (`Some`) or clear the run-time trickle ratio of a DNS policy record.
+    Trickle { name: String, rtype: String, ratio: Option<f64>, reply: oneshot::Sender<Result<(), String>> },
 }
 
 #[derive(Clone)]
@@ -45,6 +49,8 @@ pub async fn start(listen: SocketAddr, token: Option<String>, requests: mpsc::Se
         .route("/v1/stop-and-detach", post(stop_and_detach))
         .route("/v1/vips/{vip}/backends/{backend}/drain", post(drain))
         .route("/v1/vips/{vip}/backends/{backend}/undrain", post(undrain))
+        .route("/v1/dns/view", get(dns_view))
+        .route("/v1/dns/policies/{name}/{rtype}/trickle", post(set_trickle).delete(clear_trickle))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("admin interface: binding {listen}"))?;
@@ -128,6 +134,40 @@ async fn set_drained(State(state): State<AdminState>, Path((vip, backend)): Path
     let what = if drained { "draining" } else { "undrained" };
     match ask(&state, |reply| AdminRequest::Drain { vip: vip.clone(), backend, drained, reply }).await {
         Ok(Ok(())) => (StatusCode::OK, format!("{backend} of {vip}: {what}\n")).into_response(),
+        Ok(Err(why)) => (StatusCode::NOT_FOUND, format!("{why}\n")).into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn dns_view(State(state): State<AdminState>) -> Response {
+    match ask(&state, AdminRequest::DnsView).await {
+        Ok(Some(view)) => axum::Json(view).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "this controller serves no DNS (no [dns] section)\n").into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TrickleQuery {
+    ratio: f64,
+}
+
+async fn set_trickle(state: State<AdminState>, path: Path<(String, String)>, Query(query): Query<TrickleQuery>) -> Response {
+    trickle(state, path, Some(query.ratio)).await
+}
+
+async fn clear_trickle(state: State<AdminState>, path: Path<(String, String)>) -> Response {
+    trickle(state, path, None).await
+}
+
+/// POST `?ratio=R` sends that share of the record's answers to its backups (1 = all: the
+/// manual failover switch); DELETE goes back to the configured ratio.
+async fn trickle(State(state): State<AdminState>, Path((name, rtype)): Path<(String, String)>, ratio: Option<f64>) -> Response {
+    match ask(&state, |reply| AdminRequest::Trickle { name: name.clone(), rtype: rtype.clone(), ratio, reply }).await {
+        Ok(Ok(())) => match ratio {
+            Some(r) => (StatusCode::OK, format!("{name} {rtype}: trickle ratio {r}\n")).into_response(),
+            None => (StatusCode::OK, format!("{name} {rtype}: configured trickle ratio\n")).into_response(),
+        },
         Ok(Err(why)) => (StatusCode::NOT_FOUND, format!("{why}\n")).into_response(),
         Err(response) => response,
     }

@@ -16,8 +16,9 @@ use tracing::{error, info, warn};
 use crate::admin::AdminRequest;
 use crate::config::{self, Config};
 use crate::dataplane::{Dataplane, HealthSignals, MapSizes, PacketLogger};
+use crate::dns::DnsService;
 use crate::failover::BackendStates;
-use crate::locality::Plan;
+use crate::locality::{Availability, Plan};
 use crate::probe::Prober;
 use crate::status::{BackendStatus, ReloadOutcome, Status, VipStatus};
 use crate::sync::Applied;
@@ -41,6 +42,8 @@ struct Controller {
     applied: Applied,
     /// Each VIP's plan as last applied, to log failovers and failbacks.
     plans: BTreeMap<String, Plan>,
+    /// The DNS server for site failover, with `[dns]`.
+    dns: Option<DnsService>,
 }
 
 impl Controller {
@@ -60,6 +63,9 @@ impl Controller {
         self.states.reconfigure(&next, Instant::now());
         self.prober.set_targets(BackendStates::check_targets(&next));
         crate::neighbors::prime(neighbors_of(&next));
+        if let Some(dns) = &mut self.dns {
+            dns.reconfigure(&next)?;
+        }
         self.config = next;
         self.apply(dataplane)?;
         self.generation += 1;
@@ -93,6 +99,16 @@ impl Controller {
             AdminRequest::Stop { detach, reply } => {
                 let _ = reply.send(());
                 return Ok(Some(detach));
+            }
+            AdminRequest::DnsView(reply) => {
+                let _ = reply.send(self.dns.as_ref().map(DnsService::view));
+            }
+            AdminRequest::Trickle { name, rtype, ratio, reply } => {
+                let result = match &mut self.dns {
+                    Some(dns) => dns.set_trickle(&name, &rtype, ratio),
+                    None => Err("this controller serves no DNS (no [dns] section)".to_owned()),
+                };
+                let _ = reply.send(result);
             }
         }
         Ok(None)
@@ -148,6 +164,7 @@ impl Controller {
             last_reload: self.last_reload.clone(),
             vips,
             global: dataplane.global_stats().unwrap_or_default(),
+            dns: self.dns.as_ref().map(DnsService::status),
         }
     }
 
@@ -175,6 +192,15 @@ impl Controller {
             plans.insert(vip.name, vip.plan);
         }
         self.plans = plans;
+        if let Some(dns) = &mut self.dns {
+            // A DNS target that is one of our VIPs is up while any of its backends can
+            // take new flows.
+            let (config, states) = (&self.config, &self.states);
+            dns.on_vips(&|name| {
+                let vip = config.vips.iter().find(|v| v.name == name)?;
+                Some(vip.backends.iter().any(|b| states.availability(vip, b) == Availability::Available))
+            });
+        }
         Ok(())
     }
 
@@ -237,7 +263,10 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     states.reconfigure(&config, Instant::now());
     let (admin_tx, mut admin_requests) = tokio::sync::mpsc::channel(16);
     crate::admin::start(config.admin.listen, config.admin.token.clone(), admin_tx).await?;
-    let mut lb = Controller { ids, config_path, config, generation: 1, last_reload: None, states, prober, applied, plans: BTreeMap::new() };
+    let (target_check_tx, mut target_checks) = tokio::sync::mpsc::unbounded_channel();
+    let (peer_view_tx, mut peer_views) = tokio::sync::mpsc::unbounded_channel();
+    let dns = DnsService::start(&config, target_check_tx, peer_view_tx)?;
+    let mut lb = Controller { ids, config_path, config, generation: 1, last_reload: None, states, prober, applied, plans: BTreeMap::new(), dns };
     lb.prober.set_targets(BackendStates::check_targets(&lb.config));
     lb.apply(&mut dataplane)?;
     crate::neighbors::prime(neighbors_of(&lb.config));
@@ -276,6 +305,18 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 changed
             }
             _ = sweep_tick.tick() => lb.states.sweep(Instant::now()),
+            Some(result) = target_checks.recv() => {
+                if let Some(dns) = &mut lb.dns {
+                    dns.on_check(&result);
+                }
+                false
+            }
+            Some(report) = peer_views.recv() => {
+                if let Some(dns) = &mut lb.dns {
+                    dns.on_peer(report, Instant::now());
+                }
+                false
+            }
             _ = neighbor_tick.tick() => {
                 crate::neighbors::prime(neighbors_of(&lb.config));
                 false
@@ -310,6 +351,9 @@ fn read_reload(path: &std::path::Path, current: &Config) -> Result<Config> {
         || current.admin != next.admin
     {
         anyhow::bail!("balancer interfaces, xdp_mode, pin_dir, map sizes and the admin section need a restart");
+    }
+    if current.dns.as_ref().map(|d| &d.listen) != next.dns.as_ref().map(|d| &d.listen) {
+        anyhow::bail!("adding or removing [dns], or changing dns.listen, needs a restart");
     }
     Ok(next)
 }

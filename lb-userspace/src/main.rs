@@ -67,6 +67,20 @@ enum Command {
         vip: String,
         backend: String,
     },
+    /// Set the share of a DNS policy record's answers sent to its backups while a primary
+    /// is up: 1 is the manual failover switch, 0 sends none; `config` goes back to the
+    /// configured ratio.
+    Trickle {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The record's name, e.g. www.example.com.
+        name: String,
+        /// A or AAAA.
+        #[arg(value_name = "TYPE")]
+        rtype: String,
+        /// 0..=1, or `config`.
+        ratio: String,
+    },
 }
 
 /// How to reach the running controller: its config's `[admin]` section.
@@ -107,11 +121,13 @@ fn stop(admin: &AdminArgs, detach: bool) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // hickory-server logs every DNS request at info; only what RUST_LOG asks for by name.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("hickory")) {
+        filter = filter.add_directive("hickory_server=warn".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -142,6 +158,17 @@ fn main() -> ExitCode {
         Command::Undrain { admin, vip, backend } => {
             admin.client().and_then(|c| Ok(print!("{}", c.call("POST", &format!("/v1/vips/{vip}/backends/{backend}/undrain"))?)))
         }
+        Command::Trickle { admin, name, rtype, ratio } => admin.client().and_then(|c| {
+            let path = format!("/v1/dns/policies/{name}/{rtype}/trickle");
+            let said = match ratio.as_str() {
+                "config" => c.call("DELETE", &path)?,
+                r => {
+                    let r: f64 = r.parse().map_err(|_| anyhow::anyhow!("{r:?} is not a ratio 0..=1 or `config`"))?;
+                    c.call("POST", &format!("{path}?ratio={r}"))?
+                }
+            };
+            Ok(print!("{said}"))
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -195,7 +195,40 @@ fn families(status: &Status) -> Vec<Family> {
     ];
     all.extend(backend_families);
     all.extend([passed, global_dropped, lost]);
+    if let Some(dns) = &status.dns {
+        all.extend(dns_families(dns));
+    }
     all
+}
+
+fn dns_families(dns: &crate::dns::DnsStatus) -> Vec<Family> {
+    let mut up = gauge("lb_dns_target_up", "1 while the target is in the answers (fewer than a quorum of vantage points see it down).");
+    let mut view = gauge("lb_dns_target_view", "1 if the vantage point sees the target up, 0 if down (fresh views only).");
+    let mut transitions = counter("lb_dns_target_transitions", "Times the quorum's decision about the target changed.");
+    for t in &dns.targets {
+        up.add(vec![("target", t.name.clone())], t.up as i64);
+        transitions.add(vec![("target", t.name.clone())], t.transitions);
+        for (vantage, seen_up) in &t.views {
+            view.add(vec![("target", t.name.clone()), ("vantage", vantage.clone())], *seen_up as i64);
+        }
+    }
+    let mut state = gauge("lb_dns_policy_state", "1 for what the policy record answers with now: primary, backup or all_down.");
+    let mut answers = counter("lb_dns_policy_answers", "Answers of the policy record, by where they came from.");
+    for p in &dns.policies {
+        for s in ["primary", "backup", "all_down"] {
+            state.add(vec![("record", p.record.clone()), ("state", s.into())], (p.state == s) as i64);
+        }
+        for (source, n) in &p.answers {
+            answers.add(vec![("record", p.record.clone()), ("source", source.clone())], *n);
+        }
+    }
+    let mut responses = counter("lb_dns_responses", "DNS responses sent, by response code.");
+    for (code, n) in &dns.responses {
+        responses.add(vec![("code", code.clone())], *n);
+    }
+    let mut truncated = counter("lb_dns_truncated_responses", "UDP responses truncated (TC set) for size.");
+    truncated.add(vec![], dns.truncated);
+    vec![up, view, transitions, state, answers, responses, truncated]
 }
 
 #[cfg(test)]
@@ -232,6 +265,26 @@ mod tests {
                 }],
             }],
             global: GlobalStats { drop_fragment: 7, ..Default::default() },
+            dns: Some(crate::dns::DnsStatus {
+                vantage: "eu".into(),
+                quorum: 2,
+                targets: vec![crate::dns::TargetStatus {
+                    name: "site-a".into(),
+                    address: "10.100.0.1".parse().unwrap(),
+                    up: false,
+                    views: [("eu".to_owned(), false), ("us".to_owned(), false)].into(),
+                    transitions: 1,
+                }],
+                policies: vec![crate::dns::PolicyStatus {
+                    record: "www.example.com. A".into(),
+                    state: "backup".into(),
+                    trickle_ratio: 0.0,
+                    trickle_override: None,
+                    answers: [("primary".to_owned(), 5), ("backup".to_owned(), 7)].into(),
+                }],
+                responses: [("noerror".to_owned(), 12), ("refused".to_owned(), 1)].into(),
+                truncated: 0,
+            }),
         };
         let text = render(&status);
         for line in [
@@ -248,6 +301,12 @@ mod tests {
             "lb_backend_state{vip=\"web\",backend=\"10.0.1.1:8080\",state=\"available\"} 0",
             "lb_backend_connect_failures_total{backend=\"10.0.1.1:8080\"} 3",
             "lb_dropped_packets_total{reason=\"fragment\"} 7",
+            "lb_dns_target_up{target=\"site-a\"} 0",
+            "lb_dns_target_view{target=\"site-a\",vantage=\"us\"} 0",
+            "lb_dns_target_transitions_total{target=\"site-a\"} 1",
+            "lb_dns_policy_state{record=\"www.example.com. A\",state=\"backup\"} 1",
+            "lb_dns_policy_answers_total{record=\"www.example.com. A\",source=\"backup\"} 7",
+            "lb_dns_responses_total{code=\"refused\"} 1",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");

@@ -21,6 +21,9 @@ pub struct Status {
     pub vips: Vec<VipStatus>,
     /// Packets that belong to no VIP, by what happened to them.
     pub global: GlobalStats,
+    /// The DNS server for site failover, when configured.
+    #[serde(default)]
+    pub dns: Option<crate::dns::DnsStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,5 +125,28 @@ pub fn table(status: &Status) -> String {
             );
         }
     }
+    if let Some(dns) = &status.dns {
+        dns_table(&mut out, dns);
+    }
     out
+}
+
+fn dns_table(out: &mut String, dns: &crate::dns::DnsStatus) {
+    let answered: u64 = dns.responses.values().sum();
+    let _ = writeln!(out, "
+DNS vantage {} (quorum {}): {answered} answers, {} truncated", dns.vantage, dns.quorum, dns.truncated);
+    let _ = writeln!(out, "  {:<24} {:<40} {:<5} {:>11}  views", "target", "address", "state", "transitions");
+    for t in &dns.targets {
+        let views: Vec<String> = t.views.iter().map(|(v, up)| format!("{v}={}", if *up { "up" } else { "down" })).collect();
+        let state = if t.up { "up" } else { "DOWN" };
+        let _ = writeln!(out, "  {:<24} {:<40} {:<5} {:>11}  {}", t.name, t.address, state, t.transitions, views.join(" "));
+    }
+    for p in &dns.policies {
+        let ratio = match p.trickle_override {
+            Some(r) => format!("{r} (set by operator)"),
+            None => p.trickle_ratio.to_string(),
+        };
+        let answers: Vec<String> = p.answers.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        let _ = writeln!(out, "  policy {}: answering {}, trickle {ratio}; answers: {}", p.record, p.state, answers.join(", "));
+    }
 }

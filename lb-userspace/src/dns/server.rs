@@ -28,15 +28,15 @@ pub const MAX_UDP_PAYLOAD: u16 = 1232;
 /// An idle TCP connection is closed after this.
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Response codes counted by [`DnsStats`].
-pub const COUNTED_CODES: [ResponseCode; 7] = [
-    ResponseCode::NoError,
-    ResponseCode::NXDomain,
-    ResponseCode::Refused,
-    ResponseCode::FormErr,
-    ResponseCode::NotImp,
-    ResponseCode::ServFail,
-    ResponseCode::BADVERS,
+/// Response codes counted by [`DnsStats`], with their names in metrics.
+pub const COUNTED_CODES: [(ResponseCode, &str); 7] = [
+    (ResponseCode::NoError, "noerror"),
+    (ResponseCode::NXDomain, "nxdomain"),
+    (ResponseCode::Refused, "refused"),
+    (ResponseCode::FormErr, "formerr"),
+    (ResponseCode::NotImp, "notimp"),
+    (ResponseCode::ServFail, "servfail"),
+    (ResponseCode::BADVERS, "badvers"),
 ];
 
 /// Answers sent, by response code, and how many were truncated.
@@ -48,7 +48,7 @@ pub struct DnsStats {
 
 impl DnsStats {
     fn count(&self, info: &ResponseInfo) {
-        if let Some(i) = COUNTED_CODES.iter().position(|&c| c == info.response_code) {
+        if let Some(i) = COUNTED_CODES.iter().position(|&(c, _)| c == info.response_code) {
             self.by_code[i].fetch_add(1, Ordering::Relaxed);
         }
         if info.truncation {
@@ -58,7 +58,7 @@ impl DnsStats {
 
     /// (code name, responses) for every counted code.
     pub fn responses(&self) -> impl Iterator<Item = (String, u64)> + '_ {
-        COUNTED_CODES.iter().zip(&self.by_code).map(|(code, n)| (code.to_str().to_ascii_lowercase(), n.load(Ordering::Relaxed)))
+        COUNTED_CODES.iter().zip(&self.by_code).map(|((_, name), n)| ((*name).to_owned(), n.load(Ordering::Relaxed)))
     }
 }
 
@@ -158,4 +158,155 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     tokio::net::UdpSocket::from_std(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, UdpSocket};
+
+    use hickory_server::proto::op::{Message, MessageType, Query};
+    use hickory_server::proto::rr::Name;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::dns::zone::tests::answers;
+
+    /// A server on a free loopback port with the test zone (every target up but site-a).
+    async fn server() -> (SocketAddr, Arc<DnsStats>, tokio::task::JoinHandle<()>) {
+        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let stats = Arc::new(DnsStats::default());
+        let shared = Arc::new(RwLock::new(Arc::new(answers(&|i| i != 0))));
+        let mut server = serve(&[addr], DnsHandler { answers: shared, stats: stats.clone() }).expect("binds");
+        let task = tokio::spawn(async move {
+            let _ = server.block_until_done().await;
+        });
+        (addr, stats, task)
+    }
+
+    fn query(name: &str, rtype: RecordType, edns: Option<Edns>) -> Message {
+        let mut message = Message::new(4711, MessageType::Query, OpCode::Query);
+        message.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
+        message.edns = edns;
+        message
+    }
+
+    async fn ask_udp(addr: SocketAddr, bytes: &[u8]) -> Option<Message> {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.send_to(bytes, addr).await.unwrap();
+        let mut buf = vec![0; 65535];
+        let n = tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf)).await.ok()?.unwrap();
+        Some(Message::from_vec(&buf[..n]).expect("a DNS message"))
+    }
+
+    async fn ask_tcp(addr: SocketAddr, message: &Message) -> Message {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let bytes = message.to_vec().unwrap();
+        stream.write_all(&(bytes.len() as u16).to_be_bytes()).await.unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        let len = stream.read_u16().await.unwrap() as usize;
+        let mut buf = vec![0; len];
+        stream.read_exact(&mut buf).await.unwrap();
+        Message::from_vec(&buf).unwrap()
+    }
+
+    fn edns(payload: u16) -> Edns {
+        let mut edns = Edns::new();
+        edns.set_max_payload(payload);
+        edns
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_over_udp_and_tcp_with_the_right_codes() {
+        let (addr, stats, task) = server().await;
+        let answer = ask_udp(addr, &query("www.example.test.", RecordType::A, None).to_vec().unwrap()).await.unwrap();
+        assert_eq!(answer.metadata.id, 4711);
+        assert!(answer.metadata.authoritative);
+        assert_eq!(answer.answers.len(), 1, "one backup while site-a is down");
+        let nx = ask_tcp(addr, &query("nope.example.test.", RecordType::A, None)).await;
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(nx.authorities[0].record_type(), RecordType::SOA);
+        let refused = ask_udp(addr, &query("example.org.", RecordType::A, None).to_vec().unwrap()).await.unwrap();
+        assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+        assert!(!refused.metadata.authoritative);
+
+        let mut chaos = query("version.bind.", RecordType::TXT, None);
+        chaos.queries[0].set_query_class(DNSClass::CH);
+        assert_eq!(ask_udp(addr, &chaos.to_vec().unwrap()).await.unwrap().metadata.response_code, ResponseCode::Refused);
+        let axfr = ask_tcp(addr, &query("example.test.", RecordType::AXFR, None)).await;
+        assert_eq!(axfr.metadata.response_code, ResponseCode::Refused);
+        let mut two = query("www.example.test.", RecordType::A, None);
+        two.add_query(Query::query(Name::from_ascii("big.example.test.").unwrap(), RecordType::TXT));
+        assert_eq!(ask_udp(addr, &two.to_vec().unwrap()).await.unwrap().metadata.response_code, ResponseCode::FormErr);
+        let mut notify = query("example.test.", RecordType::SOA, None);
+        notify.metadata.op_code = OpCode::Notify;
+        assert_eq!(ask_udp(addr, &notify.to_vec().unwrap()).await.unwrap().metadata.response_code, ResponseCode::NotImp);
+        let responses: std::collections::BTreeMap<String, u64> = stats.responses().collect();
+        assert_eq!(responses["refused"], 3);
+        assert_eq!(responses["noerror"], 1);
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn truncates_over_udp_by_the_offered_size_and_not_over_tcp() {
+        let (addr, stats, task) = server().await;
+        let big = |edns| query("big.example.test.", RecordType::TXT, edns);
+        let plain = ask_udp(addr, &big(None).to_vec().unwrap()).await.unwrap();
+        assert!(plain.metadata.truncation, "9 x 100 bytes do not fit in 512");
+        assert!(plain.answers.len() < 9);
+        let offered = ask_udp(addr, &big(Some(edns(4096))).to_vec().unwrap()).await.unwrap();
+        assert!(!offered.metadata.truncation);
+        assert_eq!(offered.answers.len(), 9);
+        assert_eq!(offered.edns.as_ref().unwrap().max_payload(), MAX_UDP_PAYLOAD);
+        let tcp = ask_tcp(addr, &big(None)).await;
+        assert!(!tcp.metadata.truncation);
+        assert_eq!(tcp.answers.len(), 9);
+        assert_eq!(stats.truncated.load(Ordering::Relaxed), 1);
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn edns_version_and_client_subnet() {
+        let (addr, _, task) = server().await;
+        let mut future = edns(1232);
+        future.set_version(1);
+        let badvers = ask_udp(addr, &query("www.example.test.", RecordType::A, Some(future)).to_vec().unwrap()).await.unwrap();
+        // BADVERS and BADSIG share the number 16; the decoder names it BADSIG.
+        assert_eq!(u16::from(badvers.metadata.response_code), u16::from(ResponseCode::BADVERS));
+        assert!(badvers.edns.is_some(), "BADVERS travels in the OPT record");
+
+        // The client subnet (10.1.2.0/24, region "us") picks site-b; the scope covers the
+        // longest configured client prefix (/16).
+        let mut with_subnet = edns(1232);
+        with_subnet.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new("10.1.2.0".parse().unwrap(), 24, 0)));
+        let answer = ask_udp(addr, &query("www.example.test.", RecordType::A, Some(with_subnet)).to_vec().unwrap()).await.unwrap();
+        assert_eq!(answer.answers[0].data.to_string(), "10.100.0.2");
+        let Some(EdnsOption::Subnet(echo)) = answer.edns.as_ref().unwrap().option(EdnsCode::Subnet) else {
+            panic!("no ECS echo in {answer:?}");
+        };
+        assert_eq!((echo.source_prefix(), echo.scope_prefix()), (24, 16));
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn malformed_queries_get_an_error_or_nothing_and_the_server_goes_on() {
+        let (addr, _, task) = server().await;
+        // Shorter than a header: dropped.
+        assert!(ask_udp(addr, &[0x12, 0x34, 0x01]).await.is_none());
+        // A header announcing a question that is not there: FORMERR.
+        let header_only = [0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
+        assert_eq!(ask_udp(addr, &header_only).await.unwrap().metadata.response_code, ResponseCode::FormErr);
+        // A name whose label runs past the end, and random bytes.
+        let mut cut = query("www.example.test.", RecordType::A, None).to_vec().unwrap();
+        cut.truncate(20);
+        assert!(ask_udp(addr, &cut).await.is_none_or(|m| m.metadata.response_code == ResponseCode::FormErr));
+        for seed in 0..200u32 {
+            let junk: Vec<u8> = (0..64).map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 40503) >> 7) as u8).collect();
+            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+            socket.send_to(&junk, addr).unwrap();
+        }
+        let still = ask_udp(addr, &query("www.example.test.", RecordType::A, None).to_vec().unwrap()).await.unwrap();
+        assert_eq!(still.metadata.response_code, ResponseCode::NoError);
+        task.abort();
+    }
 }

@@ -403,7 +403,7 @@ impl Answers {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
@@ -453,6 +453,11 @@ name = "txt.deep"
 type = "TXT"
 data = "hello"
 
+[[dns.zone.record]]
+name = "big"
+type = "TXT"
+data = "BIG"
+
 [[dns.zone.policy]]
 name = "www"
 type = "A"
@@ -469,8 +474,12 @@ port = 80
 address = "10.0.1.11"
 "#;
 
-    fn answers(up: &dyn Fn(usize) -> bool) -> Answers {
-        let config = config::parse(CONFIG, "test.toml").expect("valid");
+    /// The test zone; "big" holds 9 TXT records of 100 bytes (more than 512 in all, less than
+    /// the largest UDP answer).
+    pub(crate) fn answers(up: &dyn Fn(usize) -> bool) -> Answers {
+        let text = "x".repeat(100);
+        let big: String = (0..9).map(|i| format!("[[dns.zone.record]]\nname = \"big\"\ntype = \"TXT\"\ndata = \"{i:02}{text}\"\n")).collect();
+        let config = config::parse(&CONFIG.replace("[[dns.zone.record]]\nname = \"big\"\ntype = \"TXT\"\ndata = \"BIG\"\n", &big), "test.toml").expect("valid");
         let zones = Arc::new(Zones::compile(config.dns.as_ref().unwrap()).expect("compiles"));
         let selections = zones.policies.iter().map(|p| Selection::build(&p.policy, &zones.targets, up, p.policy.trickle_ratio)).collect();
         let counters = zones.policies.iter().map(|_| Arc::default()).collect();
@@ -481,7 +490,7 @@ address = "10.0.1.11"
         LowerName::new(&Name::from_ascii(s).unwrap())
     }
 
-    const RESOLVER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    pub(crate) const RESOLVER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 
     fn addresses(response: &Response) -> Vec<String> {
         response.answers.iter().map(|r| r.data.to_string()).collect()
