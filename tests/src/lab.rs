@@ -63,15 +63,17 @@ pub fn require_root() {
 
 /// Panics unless every tool the lab runs is installed (`ip`, `ethtool`, `nsenter`).
 pub fn require_tools() {
-    for tool in ["ip", "ethtool", "nsenter"] {
-        let found = std::env::var_os("PATH")
-            .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-            .unwrap_or(false);
-        assert!(
-            found,
-            "the lab needs `{tool}` on PATH (apt install iproute2 ethtool util-linux; or `cargo xtask setup`)"
-        );
+    for (tool, package) in [("ip", "iproute2"), ("ethtool", "ethtool"), ("nsenter", "util-linux")] {
+        require_tool(tool, package);
     }
+}
+
+/// Panics unless `tool` is on PATH, naming the Debian package that has it.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(found, "this test needs `{tool}` on PATH (apt install {package}; or `cargo xtask setup`)");
 }
 
 pub fn run_cmd(cmd: &str, args: &[&str]) -> Result<()> {
@@ -306,6 +308,9 @@ pub struct Lab {
     pub backends: Vec<Backend>,
     pub client: Netns,
     pub lb: Netns,
+    /// More balancer hosts on the same segment ([`Lab::add_balancer`]), with the
+    /// `xdp_pass` of their switch ports.
+    pub more_balancers: Vec<(Netns, Dataplane)>,
     /// XDP_TX on a veth only delivers when the peer has an XDP program: this one passes all.
     _peer_pass: Option<Dataplane>,
     _switch: Netns,
@@ -394,9 +399,24 @@ impl Lab {
             backends: hosts,
             client,
             lb,
+            more_balancers: Vec::new(),
             _peer_pass: Some(peer_pass),
             _switch: switch,
         })
+    }
+
+    /// Plugs another balancer host into the segment: namespace `<prefix>-lb<n>` with
+    /// 10.0.0.(2+n) and fd00::(2+n) (n = 1, 2, ...), on switch port `plb<n>`. Returns its
+    /// addresses.
+    pub fn add_balancer(&mut self) -> Result<(Ipv4Addr, Ipv6Addr)> {
+        let n = self.more_balancers.len() + 1;
+        let (v4, v6) = (Ipv4Addr::new(10, 0, 0, 2 + n as u8), Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2 + n as u16));
+        let port = format!("plb{n}");
+        let ns = host(&self._switch, &format!("{}-lb{n}", self.prefix), &port, &[&format!("{v4}/16"), &format!("{v6}/64")])?;
+        self._switch.exec(&["ethtool", "-K", &port, "gro", "on"])?;
+        let pass = attach_pass(&self._switch, &port)?;
+        self.more_balancers.push((ns, pass));
+        Ok((v4, v6))
     }
 
     pub fn backend(&mut self, name: &str) -> &mut Backend {
@@ -426,6 +446,7 @@ impl Lab {
             self.client.name().to_owned(),
             self.lb.name().to_owned(),
         ];
+        names.extend(self.more_balancers.iter().map(|(ns, _)| ns.name().to_owned()));
         names.extend(self.backends.iter().map(|b| b.ns.name().to_owned()));
         names
     }
@@ -527,7 +548,8 @@ fn host(switch: &Netns, name: &str, peer: &str, addrs: &[&str]) -> Result<Netns>
 
 /// Attaches `xdp_pass` in driver mode to `iface` in the switch namespace (see the module
 /// documentation for why XDP_TX on the peer needs it).
-fn attach_pass(switch: &Netns, iface: &'static str) -> Result<Dataplane> {
+fn attach_pass(switch: &Netns, iface: &str) -> Result<Dataplane> {
+    let iface = iface.to_owned();
     let sizes = MapSizes {
         max_vips: 1,
         max_backends: 1,
@@ -539,7 +561,7 @@ fn attach_pass(switch: &Netns, iface: &'static str) -> Result<Dataplane> {
         let mut dataplane = Dataplane::load(sizes, None)?;
         dataplane
             .program(PROG_PASS)?
-            .attach(iface, XdpMode::Driver)
+            .attach(&iface, XdpMode::Driver)
             .context("attaching xdp_pass to the switch port")?;
         Ok(dataplane)
     })?
@@ -942,6 +964,11 @@ impl VipSpec {
 /// The balancer's config for this lab: [`render_config`] with the lab's pin directory and
 /// backend indexes resolved to addresses (of the VIP's family) and locality labels.
 pub fn lb_config(lab: &Lab, vips: &[VipSpec]) -> String {
+    lb_config_for(lab, (LB_V4, LB_V6), &lab.pin_dir(), vips)
+}
+
+/// [`lb_config`] for a balancer with addresses `own` and maps pinned at `pin_dir`.
+pub fn lb_config_for(lab: &Lab, own: (Ipv4Addr, Ipv6Addr), pin_dir: &std::path::Path, vips: &[VipSpec]) -> String {
     let vips: Vec<ConfigVip> = vips
         .iter()
         .map(|vip| ConfigVip {
@@ -966,7 +993,7 @@ pub fn lb_config(lab: &Lab, vips: &[VipSpec]) -> String {
                 .collect(),
         })
         .collect();
-    render_config(&lab.pin_dir(), &vips)
+    render_config_for(own, pin_dir, &vips)
 }
 
 /// A `[[vip]]` of a generated config.
@@ -1014,12 +1041,17 @@ fn toml_str(s: &str) -> String {
 /// A controller config for the lab's balancer: interface `eth0` in driver mode, the lab's
 /// balancer addresses ([`LB_V4`], [`LB_V6`]) as NAT sources, maps pinned at `pin_dir`.
 pub fn render_config(pin_dir: &std::path::Path, vips: &[ConfigVip]) -> String {
+    render_config_for((LB_V4, LB_V6), pin_dir, vips)
+}
+
+/// [`render_config`] for a balancer with addresses `own` (see [`Lab::add_balancer`]).
+pub fn render_config_for(own: (Ipv4Addr, Ipv6Addr), pin_dir: &std::path::Path, vips: &[ConfigVip]) -> String {
     let mut out = String::from("[balancer]\ninterfaces = [\"eth0\"]\nxdp_mode = \"driver\"\n");
     let _ = writeln!(
         out,
         "ipv4 = {}\nipv6 = {}",
-        toml_str(&LB_V4.to_string()),
-        toml_str(&LB_V6.to_string())
+        toml_str(&own.0.to_string()),
+        toml_str(&own.1.to_string())
     );
     let _ = writeln!(
         out,
@@ -1097,7 +1129,13 @@ pub fn lb_bin() -> PathBuf {
 
 impl LbProcess {
     pub fn start(lab: &Lab, config: &str) -> Result<Self> {
-        let config_path = std::env::temp_dir().join(format!("{}.toml", lab.prefix));
+        Self::start_in(&lab.lb, &lab.prefix, lab.pin_dir(), config)
+    }
+
+    /// `lb run` in the balancer namespace `ns`, its config written under the name `name`;
+    /// `pin_dir` is the config's (removed when this is dropped).
+    pub fn start_in(ns: &Netns, name: &str, pin_dir: PathBuf, config: &str) -> Result<Self> {
+        let config_path = std::env::temp_dir().join(format!("{name}.toml"));
         std::fs::write(&config_path, config)?;
         // nsenter switches only the network namespace: `ip netns exec` would also remount
         // /sys and with it bpffs, hiding the pinned maps.
@@ -1113,7 +1151,7 @@ impl LbProcess {
             });
         }
         let mut child = command
-            .arg(format!("--net={}", lab.lb.path()))
+            .arg(format!("--net={}", ns.path()))
             .arg(lb_bin())
             .args(["run", "--config"])
             .arg(&config_path)
@@ -1135,9 +1173,9 @@ impl LbProcess {
         let mut lb = Self {
             child,
             owns_pins: true,
-            netns: lab.lb.path(),
+            netns: ns.path(),
             config_path,
-            pin_dir: lab.pin_dir(),
+            pin_dir,
             log,
             lines: Vec::new(),
         };

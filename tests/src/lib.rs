@@ -2,3 +2,4 @@
 
 pub mod lab;
 pub mod packet_env;
+pub mod sites;
