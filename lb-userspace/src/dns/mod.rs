@@ -7,6 +7,7 @@
 pub mod policy;
 pub mod quorum;
 pub mod server;
+mod udp;
 pub mod zone;
 
 use std::collections::BTreeMap;

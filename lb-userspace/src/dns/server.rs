@@ -12,14 +12,16 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_server::proto::rr::{DNSClass, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use hickory_server::Server;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::udp;
 use super::zone::Answers;
 
 /// Largest UDP answer, whatever the client offers: the size that avoids IP fragmentation
@@ -46,13 +48,32 @@ pub struct DnsStats {
     pub truncated: AtomicU64,
 }
 
-impl DnsStats {
-    fn count(&self, info: &ResponseInfo) {
+/// Counts of answers sent by one task, added to [`DnsStats`] in one go (the shared
+/// counters are written once per batch, not per answer).
+#[derive(Debug, Default)]
+struct Tally {
+    by_code: [u64; COUNTED_CODES.len()],
+    truncated: u64,
+}
+
+impl Tally {
+    fn count(&mut self, info: &ResponseInfo) {
         if let Some(i) = COUNTED_CODES.iter().position(|&(c, _)| c == info.response_code) {
-            self.by_code[i].fetch_add(1, Ordering::Relaxed);
+            self.by_code[i] += 1;
         }
-        if info.truncation {
-            self.truncated.fetch_add(1, Ordering::Relaxed);
+        self.truncated += u64::from(info.truncation);
+    }
+}
+
+impl DnsStats {
+    fn add(&self, tally: &Tally) {
+        for (counter, n) in self.by_code.iter().zip(tally.by_code) {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        if tally.truncated > 0 {
+            self.truncated.fetch_add(tally.truncated, Ordering::Relaxed);
         }
     }
 
@@ -65,6 +86,7 @@ impl DnsStats {
 /// The current answers, replaced whole by the controller.
 pub type SharedAnswers = Arc<RwLock<Arc<Answers>>>;
 
+#[derive(Clone)]
 pub struct DnsHandler {
     pub answers: SharedAnswers,
     pub stats: Arc<DnsStats>,
@@ -72,7 +94,17 @@ pub struct DnsHandler {
 
 #[async_trait::async_trait]
 impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response_handle: R) -> ResponseInfo {
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response_handle: R) -> ResponseInfo {
+        let answers = self.answers.read().expect("not poisoned").clone();
+        let mut tally = Tally::default();
+        let info = respond(&answers, request, response_handle, &mut tally).await;
+        self.stats.add(&tally);
+        info
+    }
+}
+
+/// Answers `request` from `answers` through `response_handle`, counting what was sent.
+async fn respond<R: ResponseHandler>(answers: &Answers, request: &Request, mut response_handle: R, tally: &mut Tally) -> ResponseInfo {
         let request_edns = request.edns.as_ref();
         let mut edns = request_edns.map(|asked| {
             let mut edns = Edns::new();
@@ -102,7 +134,6 @@ impl RequestHandler for DnsHandler {
                 _ => None,
             });
             let client = subnet.as_ref().map_or(request.src().ip(), ClientSubnet::addr);
-            let answers = self.answers.read().expect("not poisoned").clone();
             let response = answers.resolve(query.name(), query.query_type(), client);
             if let (Some(edns), Some(subnet)) = (edns.as_mut(), subnet) {
                 // RFC 7871 7.2.1: echo the option; the scope says how far the answer applies.
@@ -120,7 +151,7 @@ impl RequestHandler for DnsHandler {
         };
         match result {
             Ok(info) => {
-                self.stats.count(&info);
+                tally.count(&info);
                 info
             }
             Err(error) => {
@@ -130,23 +161,137 @@ impl RequestHandler for DnsHandler {
                 ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() })
             }
         }
-    }
 }
 
-/// Starts answering on every address: over TCP, and over UDP with one SO_REUSEPORT socket
-/// per worker thread so the kernel spreads queries over the cores.
+/// Starts answering on every address: over TCP with hickory-server's listener, and over
+/// UDP with one SO_REUSEPORT socket per worker thread (so the kernel spreads queries over
+/// the cores), each read by a task that answers in place.
 pub fn serve(listen: &[SocketAddr], handler: DnsHandler) -> Result<Server<DnsHandler>> {
-    let mut server = Server::new(handler);
+    let mut server = Server::new(handler.clone());
     let sockets = std::thread::available_parallelism().map_or(1, |n| n.get());
     for &addr in listen {
         for _ in 0..sockets {
-            server.register_socket(udp_socket(addr).with_context(|| format!("DNS: binding UDP {addr}"))?);
+            let socket = udp_socket(addr).with_context(|| format!("DNS: binding UDP {addr}"))?;
+            tokio::spawn(answer_udp(socket, handler.clone()));
         }
         let tcp = std::net::TcpListener::bind(addr).with_context(|| format!("DNS: binding TCP {addr}"))?;
         tcp.set_nonblocking(true)?;
         server.register_listener(tokio::net::TcpListener::from_std(tcp)?, TCP_TIMEOUT, 64);
     }
     Ok(server)
+}
+
+/// Where a UDP answer is encoded, for the socket's task to send.
+#[derive(Clone, Default)]
+struct UdpAnswer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpAnswer {
+    async fn send_response<'a>(
+        &mut self,
+        response: hickory_server::zone_handler::MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a hickory_server::proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_server::proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_server::proto::rr::Record> + Send + 'a,
+            impl Iterator<Item = &'a hickory_server::proto::rr::Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+        let mut bytes = self.0.lock().expect("not poisoned");
+        let mut encoder = BinEncoder::new(&mut bytes);
+        // Without EDNS the client takes 512 bytes (RFC 1035 4.2.1); what does not fit is
+        // left out and TC set.
+        encoder.set_max_size(response.edns().map_or(512, Edns::max_payload));
+        Ok(response.destructive_emit(&mut encoder)?)
+    }
+}
+
+/// Answers the queries arriving on one UDP socket, a batch at a time: a query that does
+/// not parse gets FORMERR when its header is readable; responses and runts are dropped.
+async fn answer_udp(socket: tokio::net::UdpSocket, handler: DnsHandler) {
+    use std::os::fd::AsRawFd;
+    use tokio::io::Interest;
+    let fd = socket.as_raw_fd();
+    let mut receiver = udp::Receiver::default();
+    let answer = UdpAnswer::default();
+    let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(udp::BATCH);
+    let mut spare: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let received = match socket.try_io(Interest::READABLE, || receiver.receive(fd)) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Err(error) = socket.readable().await {
+                    tracing::error!(%error, "DNS: UDP socket failed");
+                    return;
+                }
+                continue;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "DNS: receiving on UDP");
+                continue;
+            }
+        };
+        // One look at the current answers per batch.
+        let answers = handler.answers.read().expect("not poisoned").clone();
+        let mut tally = Tally::default();
+        for i in 0..received {
+            let datagram = receiver.received[i];
+            let Some(src) = datagram.src.filter(|s| s.port() != 0 && !datagram.truncated) else { continue };
+            let mut out = spare.pop().unwrap_or_default();
+            std::mem::swap(&mut *answer.0.lock().expect("not poisoned"), &mut out);
+            answer_datagram(&answers, receiver.bytes(i), src, &answer, &mut tally).await;
+            std::mem::swap(&mut *answer.0.lock().expect("not poisoned"), &mut out);
+            if out.is_empty() {
+                spare.push(out);
+            } else {
+                replies.push((src, out));
+            }
+        }
+        let mut sent = 0;
+        while sent < replies.len() {
+            let batch: Vec<(SocketAddr, &[u8])> = replies[sent..].iter().map(|(to, bytes)| (*to, bytes.as_slice())).collect();
+            match socket.try_io(Interest::WRITABLE, || udp::send(fd, &batch)) {
+                Ok(n) => sent += n.max(1),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if socket.writable().await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    // One answer the kernel refuses (an unroutable source) must not hold up
+                    // the others.
+                    tracing::debug!(%error, to = %replies[sent].0, "DNS: sending on UDP");
+                    sent += 1;
+                }
+            }
+        }
+        handler.stats.add(&tally);
+        spare.extend(replies.drain(..).map(|(_, mut bytes)| {
+            bytes.clear();
+            bytes
+        }));
+    }
+}
+
+/// Answers one datagram into `answer` (left empty when nothing is to be sent).
+async fn answer_datagram(answers: &Answers, query: &[u8], src: SocketAddr, answer: &UdpAnswer, tally: &mut Tally) {
+    match Request::from_bytes(query.to_vec(), src, hickory_server::net::xfer::Protocol::Udp) {
+        Ok(request) if request.metadata.message_type == MessageType::Query => {
+            respond(answers, &request, answer.clone(), tally).await;
+        }
+        Ok(_) => {}
+        Err(_) => {
+            let Ok(header) = Header::read(&mut BinDecoder::new(query)) else { return };
+            let Ok(queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else { return };
+            if header.metadata.message_type == MessageType::Query {
+                let error = MessageResponseBuilder::new(&queries, None).error_msg(&header.metadata, ResponseCode::FormErr);
+                if let Ok(info) = answer.clone().send_response(error).await {
+                    tally.count(&info);
+                }
+            }
+        }
+    }
 }
 
 fn udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {

@@ -22,7 +22,12 @@
 //!
 //! 8. Active health checks of 2000 backends from one runtime, one of them silent.
 //!
-//! Usage: `lb-bench [--quick] [--only 1,2,3,4,5,6,7,8]`.
+//! 9. DNS site failover: queries per second of a policy record under dnsperf, against
+//!    gdnsd serving the same zone with a health-checked failover record (simplefo), both on
+//!    loopback in the same run; and the time from a site's VIP going down to the first
+//!    changed answer (two sites, `lb_tests::sites`).
+//!
+//! Usage: `lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9]`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -1202,6 +1207,197 @@ fn ejection_latency() -> Result<()> {
     Ok(())
 }
 
+/// The zone both DNS servers serve: `www.example.test.` fails over from 10.100.0.1 (the
+/// lab's VIP, up) to 10.100.0.2 (nobody: down), TTL 30.
+fn dns_site_config(lab: &lb_tests::lab::Lab, port: u16) -> String {
+    use lb_tests::lab::{HTTP_PORT, VIP_V4, VipSpec, lb_config};
+    let vip = VipSpec::new("web", std::net::IpAddr::V4(VIP_V4), HTTP_PORT, "tcp", "nat", vec![(0, 1)]);
+    format!(
+        r#"[dns]
+listen = ["127.0.0.1:{port}"]
+
+[[dns.target]]
+name = "site-a"
+address = "10.100.0.1"
+vip = "web"
+
+[[dns.target]]
+name = "site-b"
+address = "10.100.0.2"
+health_check = {{ type = "tcp", port = 80, interval = "2s" }}
+
+[[dns.zone]]
+origin = "example.test."
+ns = ["ns1.example.test."]
+
+[[dns.zone.record]]
+name = "ns1"
+type = "A"
+data = "10.0.0.53"
+
+[[dns.zone.policy]]
+name = "www"
+type = "A"
+ttl = 30
+primary = ["site-a"]
+backup = [["site-b"]]
+
+{}"#,
+        lb_config(lab, &[vip])
+    )
+}
+
+/// gdnsd's config directory for the same zone: a simplefo record checked by tcp_connect.
+fn gdnsd_config(dir: &std::path::Path, port: u16) -> Result<()> {
+    std::fs::create_dir_all(dir.join("zones"))?;
+    std::fs::write(
+        dir.join("config"),
+        format!(
+            "options => {{\n  listen => [ 127.0.0.1:{port} ]\n  run_dir => {run}\n  state_dir => {run}\n}}\n\
+             service_types => {{\n  web => {{ plugin => tcp_connect, port => 80, interval => 2, timeout => 1 }}\n}}\n\
+             plugins => {{\n  simplefo => {{\n    www => {{ primary => 10.100.0.1, secondary => 10.100.0.2, service_types => [ web ] }}\n  }}\n}}\n",
+            run = dir.display()
+        ),
+    )?;
+    std::fs::write(
+        dir.join("zones").join("example.test"),
+        "$TTL 3600\n@ SOA ns1 hostmaster 1 3600 600 604800 60\n@ NS ns1\nns1 A 10.0.0.53\nwww 30 DYNA simplefo!www\n",
+    )?;
+    Ok(())
+}
+
+/// A process this bench started, ended by its PID when dropped.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// dnsperf against 127.0.0.1:`port` in `ns` for `seconds`: queries per second, and the
+/// share lost.
+fn dnsperf(ns: &lb_tests::lab::Netns, port: u16, queries: &std::path::Path, seconds: u32) -> Result<(f64, f64)> {
+    let out = ns.output(&[
+        "dnsperf", "-s", "127.0.0.1", "-p", &port.to_string(), "-d", &queries.display().to_string(), "-l", &seconds.to_string(), "-c", "16", "-T", "1",
+    ])?;
+    let field = |name: &str| -> Result<f64> {
+        let line = out.lines().find(|l| l.trim_start().starts_with(name)).with_context(|| format!("no {name:?} in dnsperf's output:\n{out}"))?;
+        let value = line.split(':').nth(1).and_then(|v| v.split_whitespace().next()).unwrap_or_default();
+        value.parse().with_context(|| format!("{line:?}"))
+    };
+    let sent = field("Queries sent")?;
+    Ok((field("Queries per second")?, field("Queries lost")? / sent.max(1.0)))
+}
+
+/// Waits until `dig` at 127.0.0.1:`port` in `ns` answers `www`.
+fn wait_for_dns(ns: &lb_tests::lab::Netns, port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = ns.output(&["dig", "+short", "+time=1", "+tries=1", "@127.0.0.1", "-p", &port.to_string(), "www.example.test", "A"]);
+        if out.as_ref().is_ok_and(|o| o.trim() == "10.100.0.1") {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "no answer for www from 127.0.0.1:{port}: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn dns_failover(sizes: &Sizes) -> Result<()> {
+    use lb_tests::lab::{Lab, LbProcess, backends_across, require_tool};
+    for (tool, package) in [("dnsperf", "dnsperf"), ("gdnsd", "gdnsd"), ("dig", "bind9-dnsutils")] {
+        require_tool(tool, package);
+    }
+    let (lb_port, gdnsd_port) = (5300, 5301);
+    let lab = Lab::build("lbb-dns", backends_across(1, 1, 1), false)?;
+    let _lb = LbProcess::start(&lab, &dns_site_config(&lab, lb_port))?;
+    let dir = std::env::temp_dir().join(format!("{}-gdnsd", lab.prefix));
+    gdnsd_config(&dir, gdnsd_port)?;
+    let gdnsd = std::process::Command::new("ip")
+        .args(["netns", "exec", lab.lb.name(), "gdnsd", "-c"])
+        .arg(&dir)
+        .arg("start")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting gdnsd")?;
+    let gdnsd = Started(gdnsd);
+    let queries = dir.join("queries");
+    std::fs::write(&queries, "www.example.test A\n")?;
+    let measured = (|| -> Result<()> {
+        wait_for_dns(&lab.lb, lb_port)?;
+        wait_for_dns(&lab.lb, gdnsd_port)?;
+        let seconds = if sizes.repeat < 200_000 { 2 } else { 5 };
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..REPS {
+            ours.push(dnsperf(&lab.lb, lb_port, &queries, seconds)?);
+            theirs.push(dnsperf(&lab.lb, gdnsd_port, &queries, seconds)?);
+        }
+        let median = |v: &[(f64, f64)]| median_f64(&v.iter().map(|r| r.0).collect::<Vec<_>>());
+        let lost = |v: &[(f64, f64)]| v.iter().map(|r| r.1).fold(0.0, f64::max) * 100.0;
+        let (q_ours, q_theirs) = (median(&ours), median(&theirs));
+        println!("policy record www.example.test A under dnsperf (16 sockets, 1 thread, {seconds} s x {REPS}, loopback, 2 CPUs shared with dnsperf):");
+        println!("  lb run (hickory-server)  {:>9.0} queries/s  (lost at most {:.2}%)", q_ours, lost(&ours));
+        println!("  gdnsd 3.8 (simplefo)     {:>9.0} queries/s  (lost at most {:.2}%)", q_theirs, lost(&theirs));
+        println!("  ratio lb / gdnsd: {:.2}x (target >= 1.0x: {})", q_ours / q_theirs, if q_ours >= q_theirs { "yes" } else { "NO" });
+        Ok(())
+    })();
+    drop(gdnsd);
+    let _ = std::fs::remove_dir_all(&dir);
+    measured?;
+    drop(lab);
+    time_to_changed_answer(sizes)
+}
+
+/// Two sites; site A's VIP dies (its backends stop) and heals, several times: the time
+/// from the death to the first answer naming site B, at each site's server.
+fn time_to_changed_answer(sizes: &Sizes) -> Result<()> {
+    use lb_tests::lab::VIP_V4;
+    use lb_tests::sites::{SITE_B_VIP, Timing, TwoSites};
+    let timing = Timing { interval: Duration::from_millis(500), unhealthy_threshold: 2, healthy_threshold: 2, ttl: 1 };
+    let mut sites = TwoSites::build("lbb-site", 1, timing)?;
+    let rounds = if sizes.repeat < 200_000 { 2 } else { 5 };
+    let mut moved = Vec::new();
+    for _ in 0..rounds {
+        let wait_for = |sites: &TwoSites, want: std::net::Ipv4Addr| -> Result<[f64; 2]> {
+            let started = Instant::now();
+            let mut at: [Option<f64>; 2] = [None, None];
+            while at.iter().any(Option::is_none) {
+                let (a, b) = sites.answers()?;
+                for (slot, answer) in at.iter_mut().zip([a, b]) {
+                    if slot.is_none() && answer == [want.to_string()] {
+                        *slot = Some(started.elapsed().as_secs_f64() * 1000.0);
+                    }
+                }
+                ensure!(started.elapsed() < Duration::from_secs(30), "answers did not become {want} within 30 s");
+            }
+            Ok([at[0].unwrap_or_default(), at[1].unwrap_or_default()])
+        };
+        sites.site_a_backends(false)?;
+        moved.push(wait_for(&sites, SITE_B_VIP)?);
+        sites.site_a_backends(true)?;
+        wait_for(&sites, VIP_V4)?;
+    }
+    let at = |i: usize| {
+        let mut v: Vec<f64> = moved.iter().map(|m| m[i]).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let bound = timing.detection_bound().as_secs_f64() * 1000.0;
+    println!(
+        "\nsite A's VIP down -> first answer naming site B ({rounds} rounds; checks every {} ms, unhealthy_threshold {}, quorum 2 of 2):",
+        timing.interval.as_millis(),
+        timing.unhealthy_threshold
+    );
+    for (i, server) in ["site A's server", "site B's server"].iter().enumerate() {
+        let (median, max) = at(i);
+        println!("  {server}: median {median:.0} ms, max {max:.0} ms");
+    }
+    println!("  bound interval x unhealthy_threshold + one peer exchange = {bound:.0} ms; clients see it after at most one TTL more ({} s)", timing.ttl);
+    Ok(())
+}
+
 /// The active table offset of the (only) VIP in the pinned `VIPS` map.
 fn vip_table_offset(pin: &std::path::Path) -> Result<u32> {
     let map = aya::maps::Map::HashMap(aya::maps::MapData::from_pin(pin)?);
@@ -1366,7 +1562,7 @@ type Section = fn(&Sizes) -> Result<()>;
 
 fn main() -> ExitCode {
     let mut quick = false;
-    let mut only: Vec<u32> = vec![1, 2, 3, 4, 5, 6, 7, 8];
+    let mut only: Vec<u32> = vec![1, 2, 3, 4, 5, 6, 7, 8, 9];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -1383,7 +1579,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: lb-bench [--quick] [--only 1,2,3,4,5,6,7,8]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput, 5 flow table across CPUs,\n 6 rate limits (cost and accuracy), 7 passive health signals (cost, ejection latency),\n 8 active health checks at scale"
+                    "usage: lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput, 5 flow table across CPUs,\n 6 rate limits (cost and accuracy), 7 passive health signals (cost, ejection latency),\n 8 active health checks at scale, 9 DNS site failover (qps vs gdnsd, time to a changed answer)"
                 );
                 return ExitCode::SUCCESS;
             }
@@ -1393,9 +1589,9 @@ fn main() -> ExitCode {
             }
         }
     }
-    if (only.iter().any(|s| [1, 2, 4, 5, 6, 7].contains(s))) && !nix::unistd::Uid::effective().is_root() {
+    if (only.iter().any(|s| [1, 2, 4, 5, 6, 7, 9].contains(s))) && !nix::unistd::Uid::effective().is_root() {
         eprintln!(
-            "lb-bench: sections 1, 2 and 4 to 7 need root (BPF, network namespaces); try --only 3"
+            "lb-bench: sections 1, 2, 4 to 7 and 9 need root (BPF, network namespaces); try --only 3"
         );
         return ExitCode::from(2);
     }
@@ -1424,7 +1620,7 @@ fn main() -> ExitCode {
             tput_window: Duration::from_millis(700),
         }
     };
-    let sections: [(u32, &str, Section); 8] = [
+    let sections: [(u32, &str, Section); 9] = [
         (
             1,
             "per-packet cost (BPF_PROG_TEST_RUN) vs xdp_drop",
@@ -1441,6 +1637,7 @@ fn main() -> ExitCode {
         (6, "rate limits: cost and accuracy", rate_limits),
         (7, "passive health signals: cost and ejection latency", passive_signals),
         (8, "active health checks at scale", active_checks),
+        (9, "DNS site failover: qps vs gdnsd, time to a changed answer", dns_failover),
     ];
     let total = Instant::now();
     let mut failed = 0;
