@@ -140,7 +140,11 @@ fn main() -> ExitCode {
             .and_then(|rt| rt.block_on(controller::run(config))),
         Command::Check { config } => config::load(&config).map(|c| {
             let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
-            println!("{}: ok ({} VIPs, {backends} backends)", config.display(), c.vips.len());
+            let dns = c.dns.as_ref().map_or(String::new(), |d| {
+                let policies: usize = d.zones.iter().map(|z| z.policies.len()).sum();
+                format!(", DNS: {} zones, {policies} policy records, {} targets", d.zones.len(), d.targets.len())
+            });
+            println!("{}: ok ({} VIPs, {backends} backends{dns})", config.display(), c.vips.len());
         }).map_err(anyhow::Error::from),
         Command::Status { admin, json } => admin.client().and_then(|c| {
             if json {

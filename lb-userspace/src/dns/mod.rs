@@ -119,22 +119,46 @@ fn probe_targets(dns: &DnsConfig) -> Vec<Target> {
         .iter()
         .filter_map(|t| {
             let check = t.health_check.clone()?;
-            let port = check.port.expect("validated: target checks name their port");
-            Some(Target { key: (t.name.clone(), SocketAddr::new(t.address, port)), check })
+            let port = check
+                .port
+                .expect("validated: target checks name their port");
+            Some(Target {
+                key: (t.name.clone(), SocketAddr::new(t.address, port)),
+                check,
+            })
         })
         .collect()
 }
 
 impl DnsService {
     /// Binds the listeners and starts answering; `None` without a `[dns]` section.
-    pub fn start(config: &Config, checks: UnboundedSender<CheckResult>, views: UnboundedSender<PeerReport>) -> Result<Option<Self>> {
-        let Some(dns) = &config.dns else { return Ok(None) };
-        let zones = Arc::new(Zones::compile(dns).map_err(|e| anyhow::anyhow!("dns zone {}: {}", e.zone, e.message))?);
+    pub fn start(
+        config: &Config,
+        checks: UnboundedSender<CheckResult>,
+        views: UnboundedSender<PeerReport>,
+    ) -> Result<Option<Self>> {
+        let Some(dns) = &config.dns else {
+            return Ok(None);
+        };
+        let zones = Arc::new(
+            Zones::compile(dns)
+                .map_err(|e| anyhow::anyhow!("dns zone {}: {}", e.zone, e.message))?,
+        );
         let vantage = dns.vantage_name(&config.balancer.region).to_owned();
         let health = SiteHealth::new(&vantage, dns.quorum(), dns.peer_stale_after());
-        let shared: SharedAnswers = Arc::new(RwLock::new(Arc::new(Answers { zones: zones.clone(), selections: Vec::new(), counters: Vec::new() })));
+        let shared: SharedAnswers = Arc::new(RwLock::new(Arc::new(Answers {
+            zones: zones.clone(),
+            selections: Vec::new(),
+            counters: Vec::new(),
+        })));
         let stats = Arc::new(DnsStats::default());
-        let mut server = server::serve(&dns.listen, DnsHandler { answers: shared.clone(), stats: stats.clone() })?;
+        let mut server = server::serve(
+            &dns.listen,
+            DnsHandler {
+                answers: shared.clone(),
+                stats: stats.clone(),
+            },
+        )?;
         let server = tokio::spawn(async move {
             if let Err(e) = server.block_until_done().await {
                 tracing::error!("DNS server stopped: {e}");
@@ -163,13 +187,36 @@ impl DnsService {
     /// Takes a new config (its `listen` is the same: that needs a restart). Target health
     /// and overrides of targets and policies that stay are kept.
     pub fn reconfigure(&mut self, config: &Config) -> Result<()> {
-        let dns = config.dns.as_ref().expect("the DNS section stays while the service runs");
-        self.zones = Arc::new(Zones::compile(dns).map_err(|e| anyhow::anyhow!("dns zone {}: {}", e.zone, e.message))?);
+        let dns = config
+            .dns
+            .as_ref()
+            .expect("the DNS section stays while the service runs");
+        self.zones = Arc::new(
+            Zones::compile(dns)
+                .map_err(|e| anyhow::anyhow!("dns zone {}: {}", e.zone, e.message))?,
+        );
         self.vantage = dns.vantage_name(&config.balancer.region).to_owned();
         let peers: Vec<&str> = dns.peers.iter().map(|p| p.name.as_str()).collect();
-        self.health.reconfigure(&self.vantage, dns.quorum(), dns.peer_stale_after(), self.zones.target_names.iter().map(String::as_str), &peers);
+        self.health.reconfigure(
+            &self.vantage,
+            dns.quorum(),
+            dns.peer_stale_after(),
+            self.zones.target_names.iter().map(String::as_str),
+            &peers,
+        );
         self.prober.set_targets(probe_targets(dns));
-        self.pollers = dns.peers.iter().map(|peer| PeerPoller(tokio::spawn(poll_peer(peer.clone(), dns.peer_interval, dns.peer_timeout, self.views.clone())))).collect();
+        self.pollers = dns
+            .peers
+            .iter()
+            .map(|peer| {
+                PeerPoller(tokio::spawn(poll_peer(
+                    peer.clone(),
+                    dns.peer_interval,
+                    dns.peer_timeout,
+                    self.views.clone(),
+                )))
+            })
+            .collect();
         let labels: Vec<String> = self.zones.policies.iter().map(|p| p.label()).collect();
         self.overrides.retain(|label, _| labels.contains(label));
         self.counters.retain(|label, _| labels.contains(label));
@@ -182,13 +229,28 @@ impl DnsService {
     /// A probe result of a target (from this service's prober).
     pub fn on_check(&mut self, result: &CheckResult) {
         let name = &result.key.0;
-        let Some(check) = self.config.targets.iter().find(|t| &t.name == name).and_then(|t| t.health_check.as_ref()) else {
+        let Some(check) = self
+            .config
+            .targets
+            .iter()
+            .find(|t| &t.name == name)
+            .and_then(|t| t.health_check.as_ref())
+        else {
             return;
         };
-        if self.health.record_check(name, result.outcome.is_ok(), check.healthy_threshold, check.unhealthy_threshold) {
+        if self.health.record_check(
+            name,
+            result.outcome.is_ok(),
+            check.healthy_threshold,
+            check.unhealthy_threshold,
+        ) {
             match &result.outcome {
-                Err(why) => warn!(target = %name, reason = %why, vantage = %self.vantage, "DNS target down from this vantage point"),
-                Ok(()) => info!(target = %name, vantage = %self.vantage, "DNS target up again from this vantage point"),
+                Err(why) => {
+                    warn!(target = %name, reason = %why, vantage = %self.vantage, "DNS target down from this vantage point")
+                }
+                Ok(()) => {
+                    info!(target = %name, vantage = %self.vantage, "DNS target up again from this vantage point")
+                }
             }
             self.decide(Instant::now());
         }
@@ -197,8 +259,12 @@ impl DnsService {
     /// A peer's view arrived (or could not be had: then it just ages out).
     pub fn on_peer(&mut self, report: PeerReport, now: Instant) {
         match report.view {
-            Ok(view) if view.vantage == report.peer => self.health.peer_view(&report.peer, view.targets, now),
-            Ok(view) => warn!(peer = %report.peer, answered_as = %view.vantage, "DNS peer answered under another vantage name; its view is ignored"),
+            Ok(view) if view.vantage == report.peer => {
+                self.health.peer_view(&report.peer, view.targets, now)
+            }
+            Ok(view) => {
+                warn!(peer = %report.peer, answered_as = %view.vantage, "DNS peer answered under another vantage name; its view is ignored")
+            }
             Err(why) => tracing::debug!(peer = %report.peer, %why, "DNS peer view not fetched"),
         }
         self.decide(now);
@@ -241,14 +307,26 @@ impl DnsService {
     }
 
     /// Sets (`Some`) or clears the run-time trickle ratio of the policy record `name type`.
-    pub fn set_trickle(&mut self, name: &str, rtype: &str, ratio: Option<f64>) -> Result<(), String> {
+    pub fn set_trickle(
+        &mut self,
+        name: &str,
+        rtype: &str,
+        ratio: Option<f64>,
+    ) -> Result<(), String> {
         let wanted = format!("{} {}", with_dot(name), rtype.to_ascii_uppercase());
-        let Some(record) = self.zones.policies.iter().find(|p| p.label().eq_ignore_ascii_case(&wanted)) else {
+        let Some(record) = self
+            .zones
+            .policies
+            .iter()
+            .find(|p| p.label().eq_ignore_ascii_case(&wanted))
+        else {
             return Err(format!("no policy record {wanted}"));
         };
         let label = record.label();
         match ratio {
-            Some(r) if !(0.0..=1.0).contains(&r) => return Err(format!("a trickle ratio is 0..=1 (got {r})")),
+            Some(r) if !(0.0..=1.0).contains(&r) => {
+                return Err(format!("a trickle ratio is 0..=1 (got {r})"));
+            }
             Some(r) => {
                 warn!(record = %label, ratio = r, "trickle ratio set by the operator");
                 self.overrides.insert(label, r);
@@ -271,23 +349,38 @@ impl DnsService {
         let mut counters = Vec::new();
         for record in &zones.policies {
             let label = record.label();
-            let ratio = self.overrides.get(&label).copied().unwrap_or(record.policy.trickle_ratio);
+            let ratio = self
+                .overrides
+                .get(&label)
+                .copied()
+                .unwrap_or(record.policy.trickle_ratio);
             let selection = Selection::build(&record.policy, &zones.targets, &up, ratio);
             let state = selection.state();
             match self.states.insert(label.clone(), state) {
-                Some(before) if before != state => warn!(record = %label, from = before.as_str(), to = state.as_str(), "DNS answers moved"),
-                None if state != Source::Primary => warn!(record = %label, state = state.as_str(), "DNS answers start away from the primary"),
+                Some(before) if before != state => {
+                    warn!(record = %label, from = before.as_str(), to = state.as_str(), "DNS answers moved")
+                }
+                None if state != Source::Primary => {
+                    warn!(record = %label, state = state.as_str(), "DNS answers start away from the primary")
+                }
                 _ => {}
             }
             selections.push(selection);
             counters.push(self.counters.entry(label).or_default().clone());
         }
-        *self.shared.write().expect("not poisoned") = Arc::new(Answers { zones, selections, counters });
+        *self.shared.write().expect("not poisoned") = Arc::new(Answers {
+            zones,
+            selections,
+            counters,
+        });
     }
 
     /// This vantage point's view, for peers.
     pub fn view(&self) -> VantageView {
-        VantageView { vantage: self.vantage.clone(), targets: self.health.local_view() }
+        VantageView {
+            vantage: self.vantage.clone(),
+            targets: self.health.local_view(),
+        }
     }
 
     pub fn status(&self) -> DnsStatus {
@@ -300,7 +393,11 @@ impl DnsService {
                 name: t.name.clone(),
                 address: t.address,
                 up: self.health.is_up(&t.name),
-                views: self.health.votes(&t.name, now).map(|v| v.views).unwrap_or_default(),
+                views: self
+                    .health
+                    .votes(&t.name, now)
+                    .map(|v| v.views)
+                    .unwrap_or_default(),
                 transitions: self.health.transitions(&t.name),
             })
             .collect();
@@ -316,7 +413,10 @@ impl DnsService {
                     trickle_override,
                     record: label,
                     state: state.as_str().to_owned(),
-                    answers: Source::ALL.iter().map(|s| (s.as_str().to_owned(), counters.answers_from(*s))).collect(),
+                    answers: Source::ALL
+                        .iter()
+                        .map(|s| (s.as_str().to_owned(), counters.answers_from(*s)))
+                        .collect(),
                 }
             })
             .collect();
@@ -326,18 +426,34 @@ impl DnsService {
             targets,
             policies,
             responses: self.stats.responses().collect(),
-            truncated: self.stats.truncated.load(std::sync::atomic::Ordering::Relaxed),
+            truncated: self
+                .stats
+                .truncated
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
 
 fn with_dot(name: &str) -> String {
-    if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
+    if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
+    }
 }
 
 /// Fetches a peer's view every `interval`, each fetch bounded by `timeout`.
-async fn poll_peer(peer: crate::config::dns::DnsPeer, interval: Duration, timeout: Duration, views: UnboundedSender<PeerReport>) {
-    let client = AdminClient::new(&AdminConfig { listen: peer.admin, token: peer.token.clone() }).with_timeout(timeout);
+async fn poll_peer(
+    peer: crate::config::dns::DnsPeer,
+    interval: Duration,
+    timeout: Duration,
+    views: UnboundedSender<PeerReport>,
+) {
+    let client = AdminClient::new(&AdminConfig {
+        listen: peer.admin,
+        token: peer.token.clone(),
+    })
+    .with_timeout(timeout);
     let client = Arc::new(client);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -348,12 +464,22 @@ async fn poll_peer(peer: crate::config::dns::DnsPeer, interval: Duration, timeou
             tokio::task::spawn_blocking(move || client.call("GET", "/v1/dns/view"))
         };
         let view = match tokio::time::timeout(timeout, fetch).await {
-            Ok(Ok(Ok(body))) => serde_json::from_str::<VantageView>(&body).map_err(|e| format!("decoding the view: {e}")),
+            Ok(Ok(Ok(body))) => serde_json::from_str::<VantageView>(&body)
+                .map_err(|e| format!("decoding the view: {e}")),
             Ok(Ok(Err(e))) => Err(format!("{e:#}")),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {}", humantime::format_duration(timeout))),
+            Err(_) => Err(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            )),
         };
-        if views.send(PeerReport { peer: peer.name.clone(), view }).is_err() {
+        if views
+            .send(PeerReport {
+                peer: peer.name.clone(),
+                view,
+            })
+            .is_err()
+        {
             return;
         }
     }

@@ -11,14 +11,16 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use hickory_server::Server;
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::op::{
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
 use hickory_server::proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_server::proto::rr::{DNSClass, RecordType};
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
-use hickory_server::Server;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::udp;
@@ -58,7 +60,10 @@ struct Tally {
 
 impl Tally {
     fn count(&mut self, info: &ResponseInfo) {
-        if let Some(i) = COUNTED_CODES.iter().position(|&(c, _)| c == info.response_code) {
+        if let Some(i) = COUNTED_CODES
+            .iter()
+            .position(|&(c, _)| c == info.response_code)
+        {
             self.by_code[i] += 1;
         }
         self.truncated += u64::from(info.truncation);
@@ -79,7 +84,10 @@ impl DnsStats {
 
     /// (code name, responses) for every counted code.
     pub fn responses(&self) -> impl Iterator<Item = (String, u64)> + '_ {
-        COUNTED_CODES.iter().zip(&self.by_code).map(|((_, name), n)| ((*name).to_owned(), n.load(Ordering::Relaxed)))
+        COUNTED_CODES
+            .iter()
+            .zip(&self.by_code)
+            .map(|((_, name), n)| ((*name).to_owned(), n.load(Ordering::Relaxed)))
     }
 }
 
@@ -94,7 +102,11 @@ pub struct DnsHandler {
 
 #[async_trait::async_trait]
 impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response_handle: R) -> ResponseInfo {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        response_handle: R,
+    ) -> ResponseInfo {
         let answers = self.answers.read().expect("not poisoned").clone();
         let mut tally = Tally::default();
         let info = respond(&answers, request, response_handle, &mut tally).await;
@@ -104,63 +116,90 @@ impl RequestHandler for DnsHandler {
 }
 
 /// Answers `request` from `answers` through `response_handle`, counting what was sent.
-async fn respond<R: ResponseHandler>(answers: &Answers, request: &Request, mut response_handle: R, tally: &mut Tally) -> ResponseInfo {
-        let request_edns = request.edns.as_ref();
-        let mut edns = request_edns.map(|asked| {
-            let mut edns = Edns::new();
-            edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
-            edns
+async fn respond<R: ResponseHandler>(
+    answers: &Answers,
+    request: &Request,
+    mut response_handle: R,
+    tally: &mut Tally,
+) -> ResponseInfo {
+    let request_edns = request.edns.as_ref();
+    let mut edns = request_edns.map(|asked| {
+        let mut edns = Edns::new();
+        edns.set_max_payload(asked.max_payload().clamp(512, MAX_UDP_PAYLOAD));
+        edns
+    });
+    let refusal = if request_edns.is_some_and(|e| e.version() > 0) {
+        Some(ResponseCode::BADVERS)
+    } else if request.metadata.op_code != OpCode::Query {
+        Some(ResponseCode::NotImp)
+    } else if request.queries.len() != 1 {
+        Some(ResponseCode::FormErr)
+    } else {
+        let query = &request.queries.queries()[0];
+        let transfer = matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR);
+        (query.query_class() != DNSClass::IN || transfer).then_some(ResponseCode::Refused)
+    };
+    let builder_edns;
+    let result = if let Some(code) = refusal {
+        builder_edns = edns;
+        let builder = MessageResponseBuilder::new(&request.queries, builder_edns.as_ref());
+        response_handle
+            .send_response(builder.error_msg(&request.metadata, code))
+            .await
+    } else {
+        let query = &request.queries.queries()[0];
+        let subnet = request_edns.and_then(|e| match e.option(EdnsCode::Subnet) {
+            Some(EdnsOption::Subnet(s)) if s.source_prefix() > 0 => Some(s.clone()),
+            _ => None,
         });
-        let refusal = if request_edns.is_some_and(|e| e.version() > 0) {
-            Some(ResponseCode::BADVERS)
-        } else if request.metadata.op_code != OpCode::Query {
-            Some(ResponseCode::NotImp)
-        } else if request.queries.len() != 1 {
-            Some(ResponseCode::FormErr)
-        } else {
-            let query = &request.queries.queries()[0];
-            let transfer = matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR);
-            (query.query_class() != DNSClass::IN || transfer).then_some(ResponseCode::Refused)
-        };
-        let builder_edns;
-        let result = if let Some(code) = refusal {
-            builder_edns = edns;
-            let builder = MessageResponseBuilder::new(&request.queries, builder_edns.as_ref());
-            response_handle.send_response(builder.error_msg(&request.metadata, code)).await
-        } else {
-            let query = &request.queries.queries()[0];
-            let subnet = request_edns.and_then(|e| match e.option(EdnsCode::Subnet) {
-                Some(EdnsOption::Subnet(s)) if s.source_prefix() > 0 => Some(s.clone()),
-                _ => None,
-            });
-            let client = subnet.as_ref().map_or(request.src().ip(), ClientSubnet::addr);
-            let response = answers.resolve(query.name(), query.query_type(), client);
-            if let (Some(edns), Some(subnet)) = (edns.as_mut(), subnet) {
-                // RFC 7871 7.2.1: echo the option; the scope says how far the answer applies.
-                let scope = if response.by_client_region { answers.zones.region_scope(client) } else { 0 };
-                edns.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(client, subnet.source_prefix(), scope)));
-            }
-            builder_edns = edns;
-            let mut metadata = Metadata::response_from_request(&request.metadata);
-            metadata.response_code = response.code;
-            metadata.authoritative = response.code != ResponseCode::Refused;
-            metadata.recursion_available = false;
-            let builder = MessageResponseBuilder::new(&request.queries, builder_edns.as_ref());
-            let message = builder.build(metadata, response.answers.iter(), response.authority.iter(), std::iter::empty(), std::iter::empty());
-            response_handle.send_response(message).await
-        };
-        match result {
-            Ok(info) => {
-                tally.count(&info);
-                info
-            }
-            Err(error) => {
-                tracing::debug!(%error, "a DNS answer could not be sent");
-                let mut metadata = Metadata::response_from_request(&request.metadata);
-                metadata.response_code = ResponseCode::ServFail;
-                ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() })
-            }
+        let client = subnet
+            .as_ref()
+            .map_or(request.src().ip(), ClientSubnet::addr);
+        let response = answers.resolve(query.name(), query.query_type(), client);
+        if let (Some(edns), Some(subnet)) = (edns.as_mut(), subnet) {
+            // RFC 7871 7.2.1: echo the option; the scope says how far the answer applies.
+            let scope = if response.by_client_region {
+                answers.zones.region_scope(client)
+            } else {
+                0
+            };
+            edns.options_mut()
+                .insert(EdnsOption::Subnet(ClientSubnet::new(
+                    client,
+                    subnet.source_prefix(),
+                    scope,
+                )));
         }
+        builder_edns = edns;
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.response_code = response.code;
+        metadata.authoritative = response.code != ResponseCode::Refused;
+        metadata.recursion_available = false;
+        let builder = MessageResponseBuilder::new(&request.queries, builder_edns.as_ref());
+        let message = builder.build(
+            metadata,
+            response.answers.iter(),
+            response.authority.iter(),
+            std::iter::empty(),
+            std::iter::empty(),
+        );
+        response_handle.send_response(message).await
+    };
+    match result {
+        Ok(info) => {
+            tally.count(&info);
+            info
+        }
+        Err(error) => {
+            tracing::debug!(%error, "a DNS answer could not be sent");
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            })
+        }
+    }
 }
 
 /// Starts answering on every address: over TCP with hickory-server's listener, and over
@@ -174,7 +213,8 @@ pub fn serve(listen: &[SocketAddr], handler: DnsHandler) -> Result<Server<DnsHan
             let socket = udp_socket(addr).with_context(|| format!("DNS: binding UDP {addr}"))?;
             tokio::spawn(answer_udp(socket, handler.clone()));
         }
-        let tcp = std::net::TcpListener::bind(addr).with_context(|| format!("DNS: binding TCP {addr}"))?;
+        let tcp = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("DNS: binding TCP {addr}"))?;
         tcp.set_nonblocking(true)?;
         server.register_listener(tokio::net::TcpListener::from_std(tcp)?, TCP_TIMEOUT, 64);
     }
@@ -237,7 +277,12 @@ async fn answer_udp(socket: tokio::net::UdpSocket, handler: DnsHandler) {
         let mut tally = Tally::default();
         for i in 0..received {
             let datagram = receiver.received[i];
-            let Some(src) = datagram.src.filter(|s| s.port() != 0 && !datagram.truncated) else { continue };
+            let Some(src) = datagram
+                .src
+                .filter(|s| s.port() != 0 && !datagram.truncated)
+            else {
+                continue;
+            };
             let mut out = spare.pop().unwrap_or_default();
             std::mem::swap(&mut *answer.0.lock().expect("not poisoned"), &mut out);
             answer_datagram(&answers, receiver.bytes(i), src, &answer, &mut tally).await;
@@ -250,7 +295,10 @@ async fn answer_udp(socket: tokio::net::UdpSocket, handler: DnsHandler) {
         }
         let mut sent = 0;
         while sent < replies.len() {
-            let batch: Vec<(SocketAddr, &[u8])> = replies[sent..].iter().map(|(to, bytes)| (*to, bytes.as_slice())).collect();
+            let batch: Vec<(SocketAddr, &[u8])> = replies[sent..]
+                .iter()
+                .map(|(to, bytes)| (*to, bytes.as_slice()))
+                .collect();
             match socket.try_io(Interest::WRITABLE, || udp::send(fd, &batch)) {
                 Ok(n) => sent += n.max(1),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -275,17 +323,32 @@ async fn answer_udp(socket: tokio::net::UdpSocket, handler: DnsHandler) {
 }
 
 /// Answers one datagram into `answer` (left empty when nothing is to be sent).
-async fn answer_datagram(answers: &Answers, query: &[u8], src: SocketAddr, answer: &UdpAnswer, tally: &mut Tally) {
-    match Request::from_bytes(query.to_vec(), src, hickory_server::net::xfer::Protocol::Udp) {
+async fn answer_datagram(
+    answers: &Answers,
+    query: &[u8],
+    src: SocketAddr,
+    answer: &UdpAnswer,
+    tally: &mut Tally,
+) {
+    match Request::from_bytes(
+        query.to_vec(),
+        src,
+        hickory_server::net::xfer::Protocol::Udp,
+    ) {
         Ok(request) if request.metadata.message_type == MessageType::Query => {
             respond(answers, &request, answer.clone(), tally).await;
         }
         Ok(_) => {}
         Err(_) => {
-            let Ok(header) = Header::read(&mut BinDecoder::new(query)) else { return };
-            let Ok(queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else { return };
+            let Ok(header) = Header::read(&mut BinDecoder::new(query)) else {
+                return;
+            };
+            let Ok(queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
+                return;
+            };
             if header.metadata.message_type == MessageType::Query {
-                let error = MessageResponseBuilder::new(&queries, None).error_msg(&header.metadata, ResponseCode::FormErr);
+                let error = MessageResponseBuilder::new(&queries, None)
+                    .error_msg(&header.metadata, ResponseCode::FormErr);
                 if let Ok(info) = answer.clone().send_response(error).await {
                     tally.count(&info);
                 }
@@ -318,11 +381,22 @@ mod tests {
 
     /// A server on a free loopback port with the test zone (every target up but site-a).
     async fn server() -> (SocketAddr, Arc<DnsStats>, tokio::task::JoinHandle<()>) {
-        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let stats = Arc::new(DnsStats::default());
         let shared = Arc::new(RwLock::new(Arc::new(answers(&|i| i != 0))));
-        let mut server = serve(&[addr], DnsHandler { answers: shared, stats: stats.clone() }).expect("binds");
+        let mut server = serve(
+            &[addr],
+            DnsHandler {
+                answers: shared,
+                stats: stats.clone(),
+            },
+        )
+        .expect("binds");
         let task = tokio::spawn(async move {
             let _ = server.block_until_done().await;
         });
@@ -340,14 +414,20 @@ mod tests {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         socket.send_to(bytes, addr).await.unwrap();
         let mut buf = vec![0; 65535];
-        let n = tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf)).await.ok()?.unwrap();
+        let n = tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf))
+            .await
+            .ok()?
+            .unwrap();
         Some(Message::from_vec(&buf[..n]).expect("a DNS message"))
     }
 
     async fn ask_tcp(addr: SocketAddr, message: &Message) -> Message {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let bytes = message.to_vec().unwrap();
-        stream.write_all(&(bytes.len() as u16).to_be_bytes()).await.unwrap();
+        stream
+            .write_all(&(bytes.len() as u16).to_be_bytes())
+            .await
+            .unwrap();
         stream.write_all(&bytes).await.unwrap();
         let len = stream.read_u16().await.unwrap() as usize;
         let mut buf = vec![0; len];
@@ -364,28 +444,64 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn answers_over_udp_and_tcp_with_the_right_codes() {
         let (addr, stats, task) = server().await;
-        let answer = ask_udp(addr, &query("www.example.test.", RecordType::A, None).to_vec().unwrap()).await.unwrap();
+        let answer = ask_udp(
+            addr,
+            &query("www.example.test.", RecordType::A, None)
+                .to_vec()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(answer.metadata.id, 4711);
         assert!(answer.metadata.authoritative);
         assert_eq!(answer.answers.len(), 1, "one backup while site-a is down");
         let nx = ask_tcp(addr, &query("nope.example.test.", RecordType::A, None)).await;
         assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(nx.authorities[0].record_type(), RecordType::SOA);
-        let refused = ask_udp(addr, &query("example.org.", RecordType::A, None).to_vec().unwrap()).await.unwrap();
+        let refused = ask_udp(
+            addr,
+            &query("example.org.", RecordType::A, None).to_vec().unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
         assert!(!refused.metadata.authoritative);
 
         let mut chaos = query("version.bind.", RecordType::TXT, None);
         chaos.queries[0].set_query_class(DNSClass::CH);
-        assert_eq!(ask_udp(addr, &chaos.to_vec().unwrap()).await.unwrap().metadata.response_code, ResponseCode::Refused);
+        assert_eq!(
+            ask_udp(addr, &chaos.to_vec().unwrap())
+                .await
+                .unwrap()
+                .metadata
+                .response_code,
+            ResponseCode::Refused
+        );
         let axfr = ask_tcp(addr, &query("example.test.", RecordType::AXFR, None)).await;
         assert_eq!(axfr.metadata.response_code, ResponseCode::Refused);
         let mut two = query("www.example.test.", RecordType::A, None);
-        two.add_query(Query::query(Name::from_ascii("big.example.test.").unwrap(), RecordType::TXT));
-        assert_eq!(ask_udp(addr, &two.to_vec().unwrap()).await.unwrap().metadata.response_code, ResponseCode::FormErr);
+        two.add_query(Query::query(
+            Name::from_ascii("big.example.test.").unwrap(),
+            RecordType::TXT,
+        ));
+        assert_eq!(
+            ask_udp(addr, &two.to_vec().unwrap())
+                .await
+                .unwrap()
+                .metadata
+                .response_code,
+            ResponseCode::FormErr
+        );
         let mut notify = query("example.test.", RecordType::SOA, None);
         notify.metadata.op_code = OpCode::Notify;
-        assert_eq!(ask_udp(addr, &notify.to_vec().unwrap()).await.unwrap().metadata.response_code, ResponseCode::NotImp);
+        assert_eq!(
+            ask_udp(addr, &notify.to_vec().unwrap())
+                .await
+                .unwrap()
+                .metadata
+                .response_code,
+            ResponseCode::NotImp
+        );
         let responses: std::collections::BTreeMap<String, u64> = stats.responses().collect();
         assert_eq!(responses["refused"], 3);
         assert_eq!(responses["noerror"], 1);
@@ -399,10 +515,15 @@ mod tests {
         let plain = ask_udp(addr, &big(None).to_vec().unwrap()).await.unwrap();
         assert!(plain.metadata.truncation, "9 x 100 bytes do not fit in 512");
         assert!(plain.answers.len() < 9);
-        let offered = ask_udp(addr, &big(Some(edns(4096))).to_vec().unwrap()).await.unwrap();
+        let offered = ask_udp(addr, &big(Some(edns(4096))).to_vec().unwrap())
+            .await
+            .unwrap();
         assert!(!offered.metadata.truncation);
         assert_eq!(offered.answers.len(), 9);
-        assert_eq!(offered.edns.as_ref().unwrap().max_payload(), MAX_UDP_PAYLOAD);
+        assert_eq!(
+            offered.edns.as_ref().unwrap().max_payload(),
+            MAX_UDP_PAYLOAD
+        );
         let tcp = ask_tcp(addr, &big(None)).await;
         assert!(!tcp.metadata.truncation);
         assert_eq!(tcp.answers.len(), 9);
@@ -415,18 +536,42 @@ mod tests {
         let (addr, _, task) = server().await;
         let mut future = edns(1232);
         future.set_version(1);
-        let badvers = ask_udp(addr, &query("www.example.test.", RecordType::A, Some(future)).to_vec().unwrap()).await.unwrap();
+        let badvers = ask_udp(
+            addr,
+            &query("www.example.test.", RecordType::A, Some(future))
+                .to_vec()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
         // BADVERS and BADSIG share the number 16; the decoder names it BADSIG.
-        assert_eq!(u16::from(badvers.metadata.response_code), u16::from(ResponseCode::BADVERS));
+        assert_eq!(
+            u16::from(badvers.metadata.response_code),
+            u16::from(ResponseCode::BADVERS)
+        );
         assert!(badvers.edns.is_some(), "BADVERS travels in the OPT record");
 
         // The client subnet (10.1.2.0/24, region "us") picks site-b; the scope covers the
         // longest configured client prefix (/16).
         let mut with_subnet = edns(1232);
-        with_subnet.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new("10.1.2.0".parse().unwrap(), 24, 0)));
-        let answer = ask_udp(addr, &query("www.example.test.", RecordType::A, Some(with_subnet)).to_vec().unwrap()).await.unwrap();
+        with_subnet
+            .options_mut()
+            .insert(EdnsOption::Subnet(ClientSubnet::new(
+                "10.1.2.0".parse().unwrap(),
+                24,
+                0,
+            )));
+        let answer = ask_udp(
+            addr,
+            &query("www.example.test.", RecordType::A, Some(with_subnet))
+                .to_vec()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(answer.answers[0].data.to_string(), "10.100.0.2");
-        let Some(EdnsOption::Subnet(echo)) = answer.edns.as_ref().unwrap().option(EdnsCode::Subnet) else {
+        let Some(EdnsOption::Subnet(echo)) = answer.edns.as_ref().unwrap().option(EdnsCode::Subnet)
+        else {
             panic!("no ECS echo in {answer:?}");
         };
         assert_eq!((echo.source_prefix(), echo.scope_prefix()), (24, 16));
@@ -440,17 +585,39 @@ mod tests {
         assert!(ask_udp(addr, &[0x12, 0x34, 0x01]).await.is_none());
         // A header announcing a question that is not there: FORMERR.
         let header_only = [0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
-        assert_eq!(ask_udp(addr, &header_only).await.unwrap().metadata.response_code, ResponseCode::FormErr);
+        assert_eq!(
+            ask_udp(addr, &header_only)
+                .await
+                .unwrap()
+                .metadata
+                .response_code,
+            ResponseCode::FormErr
+        );
         // A name whose label runs past the end, and random bytes.
-        let mut cut = query("www.example.test.", RecordType::A, None).to_vec().unwrap();
+        let mut cut = query("www.example.test.", RecordType::A, None)
+            .to_vec()
+            .unwrap();
         cut.truncate(20);
-        assert!(ask_udp(addr, &cut).await.is_none_or(|m| m.metadata.response_code == ResponseCode::FormErr));
+        assert!(
+            ask_udp(addr, &cut)
+                .await
+                .is_none_or(|m| m.metadata.response_code == ResponseCode::FormErr)
+        );
         for seed in 0..200u32 {
-            let junk: Vec<u8> = (0..64).map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 40503) >> 7) as u8).collect();
+            let junk: Vec<u8> = (0..64)
+                .map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 40503) >> 7) as u8)
+                .collect();
             let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
             socket.send_to(&junk, addr).unwrap();
         }
-        let still = ask_udp(addr, &query("www.example.test.", RecordType::A, None).to_vec().unwrap()).await.unwrap();
+        let still = ask_udp(
+            addr,
+            &query("www.example.test.", RecordType::A, None)
+                .to_vec()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(still.metadata.response_code, ResponseCode::NoError);
         task.abort();
     }

@@ -44,8 +44,14 @@ impl Default for Receiver {
 impl Receiver {
     /// Takes what is queued on `fd` (at most [`BATCH`]); `WouldBlock` when nothing is.
     pub fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
-        let mut iovecs: Vec<libc::iovec> =
-            self.buffers.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: QUERY_ROOM }).collect();
+        let mut iovecs: Vec<libc::iovec> = self
+            .buffers
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: QUERY_ROOM,
+            })
+            .collect();
         let mut headers: Vec<libc::mmsghdr> = iovecs
             .iter_mut()
             .zip(self.addresses.iter_mut())
@@ -61,7 +67,15 @@ impl Receiver {
             .collect();
         // SAFETY: `headers` describes BATCH buffers and addresses owned by self, alive and
         // unaliased for the duration of the call.
-        let n = unsafe { libc::recvmmsg(fd, headers.as_mut_ptr(), BATCH as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                headers.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -88,8 +102,13 @@ impl Receiver {
 /// socket's buffer is full).
 pub fn send(fd: RawFd, replies: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
     let addresses: Vec<SockAddr> = replies.iter().map(|(to, _)| SockAddr::from(*to)).collect();
-    let mut iovecs: Vec<libc::iovec> =
-        replies.iter().map(|(_, bytes)| libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() }).collect();
+    let mut iovecs: Vec<libc::iovec> = replies
+        .iter()
+        .map(|(_, bytes)| libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        })
+        .collect();
     let mut headers: Vec<libc::mmsghdr> = iovecs
         .iter_mut()
         .zip(&addresses)
@@ -105,7 +124,14 @@ pub fn send(fd: RawFd, replies: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
         .collect();
     // SAFETY: `headers` points into `addresses`, `iovecs` and `replies`, all alive for the
     // call; the kernel only reads them.
-    let n = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), headers.len() as u32, libc::MSG_DONTWAIT) };
+    let n = unsafe {
+        libc::sendmmsg(
+            fd,
+            headers.as_mut_ptr(),
+            headers.len() as u32,
+            libc::MSG_DONTWAIT,
+        )
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
