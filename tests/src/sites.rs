@@ -19,9 +19,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use lb_userspace::status::Status;
 
-use crate::lab::{
-    HTTP_PORT, LB_V4, LB_V6, Lab, LbProcess, Netns, VIP_V4, VipSpec, lb_config_for, require_tool,
-};
+use crate::lab::{HTTP_PORT, LB_V4, LB_V6, Lab, LbProcess, Netns, VIP_V4, VipSpec, lb_config_for, require_tool};
 
 pub const SITE_B_VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
 pub const NAME: &str = "www.example.test";
@@ -59,24 +57,9 @@ pub struct TwoSites {
 
 /// One site's controller config: its VIP with HTTP checks of its backends, and `[dns]`
 /// with this site judged by its VIP and the other probed.
-fn site_config(
-    lab: &Lab,
-    own: (Ipv4Addr, std::net::Ipv6Addr),
-    pin_dir: &std::path::Path,
-    site: char,
-    peer: (char, Ipv4Addr),
-    backends: &[usize],
-    timing: Timing,
-) -> String {
+fn site_config(lab: &Lab, own: (Ipv4Addr, std::net::Ipv6Addr), pin_dir: &std::path::Path, site: char, peer: (char, Ipv4Addr), backends: &[usize], timing: Timing) -> String {
     let own_vip = if site == 'a' { VIP_V4 } else { SITE_B_VIP };
-    let vip = VipSpec::new(
-        &format!("web-{site}"),
-        IpAddr::V4(own_vip),
-        HTTP_PORT,
-        "tcp",
-        "nat",
-        backends.iter().map(|&i| (i, 1)).collect(),
-    );
+    let vip = VipSpec::new(&format!("web-{site}"), IpAddr::V4(own_vip), HTTP_PORT, "tcp", "nat", backends.iter().map(|&i| (i, 1)).collect());
     let ms = timing.interval.as_millis();
     let check = format!(
         "type = \"http\", interval = \"{ms}ms\", timeout = \"{}ms\", healthy_threshold = {}, unhealthy_threshold = {}",
@@ -84,11 +67,7 @@ fn site_config(
         timing.healthy_threshold,
         timing.unhealthy_threshold
     );
-    let mut config = lb_config_for(lab, own, pin_dir, &[vip]).replacen(
-        "mode = \"nat\"\n",
-        &format!("mode = \"nat\"\nhealth_check = {{ {check} }}\n"),
-        1,
-    );
+    let mut config = lb_config_for(lab, own, pin_dir, &[vip]).replacen("mode = \"nat\"\n", &format!("mode = \"nat\"\nhealth_check = {{ {check} }}\n"), 1);
     let mut dns = String::new();
     let _ = write!(
         dns,
@@ -97,16 +76,9 @@ fn site_config(
         own.0,
         ms / 2
     );
-    let _ = write!(
-        dns,
-        "[[dns.peer]]\nname = \"site-{}\"\nadmin = \"{}:9180\"\ntoken = \"{TOKEN}\"\n\n",
-        peer.0, peer.1
-    );
+    let _ = write!(dns, "[[dns.peer]]\nname = \"site-{}\"\nadmin = \"{}:9180\"\ntoken = \"{TOKEN}\"\n\n", peer.0, peer.1);
     for (target, address) in [('a', VIP_V4), ('b', SITE_B_VIP)] {
-        let _ = write!(
-            dns,
-            "[[dns.target]]\nname = \"site-{target}\"\naddress = \"{address}\"\n"
-        );
+        let _ = write!(dns, "[[dns.target]]\nname = \"site-{target}\"\naddress = \"{address}\"\n");
         if target == site {
             let _ = writeln!(dns, "vip = \"web-{site}\"\n");
         } else {
@@ -131,59 +103,18 @@ impl TwoSites {
         let mut lab = Lab::build(tag, crate::lab::backends_across(2, 1, per_site), false)?;
         let (b_v4, b_v6) = lab.add_balancer()?;
         let b_ns = &lab.more_balancers[0].0;
-        lab.client.ip(&[
-            "route",
-            "add",
-            &format!("{SITE_B_VIP}/32"),
-            "via",
-            &b_v4.to_string(),
-        ])?;
-        lab.lb.ip(&[
-            "route",
-            "add",
-            &format!("{SITE_B_VIP}/32"),
-            "via",
-            &b_v4.to_string(),
-        ])?;
-        b_ns.ip(&[
-            "route",
-            "add",
-            &format!("{VIP_V4}/32"),
-            "via",
-            &LB_V4.to_string(),
-        ])?;
+        lab.client.ip(&["route", "add", &format!("{SITE_B_VIP}/32"), "via", &b_v4.to_string()])?;
+        lab.lb.ip(&["route", "add", &format!("{SITE_B_VIP}/32"), "via", &b_v4.to_string()])?;
+        b_ns.ip(&["route", "add", &format!("{VIP_V4}/32"), "via", &LB_V4.to_string()])?;
         let a_backends: Vec<usize> = (0..per_site).collect();
         let b_backends: Vec<usize> = (per_site..2 * per_site).collect();
         let a_pins = lab.pin_dir();
         let b_pins = PathBuf::from(format!("{}-b", a_pins.display()));
-        let a_config = site_config(
-            &lab,
-            (LB_V4, LB_V6),
-            &a_pins,
-            'a',
-            ('b', b_v4),
-            &a_backends,
-            timing,
-        );
-        let b_config = site_config(
-            &lab,
-            (b_v4, b_v6),
-            &b_pins,
-            'b',
-            ('a', LB_V4),
-            &b_backends,
-            timing,
-        );
+        let a_config = site_config(&lab, (LB_V4, LB_V6), &a_pins, 'a', ('b', b_v4), &a_backends, timing);
+        let b_config = site_config(&lab, (b_v4, b_v6), &b_pins, 'b', ('a', LB_V4), &b_backends, timing);
         let a = LbProcess::start(&lab, &a_config)?;
         let b = LbProcess::start_in(b_ns, &format!("{}-b", lab.prefix), b_pins, &b_config)?;
-        Ok(Self {
-            lab,
-            a,
-            b,
-            b_address: b_v4,
-            a_backends,
-            b_backends,
-        })
+        Ok(Self { lab, a, b, b_address: b_v4, a_backends, b_backends })
     }
 
     pub fn b_netns(&self) -> &Netns {
@@ -192,10 +123,7 @@ impl TwoSites {
 
     /// The addresses each site's DNS server answers for [`NAME`] now (A, then B).
     pub fn answers(&self) -> Result<(Vec<String>, Vec<String>)> {
-        Ok((
-            dig(&self.lab.client, LB_V4, NAME, &[])?,
-            dig(&self.lab.client, self.b_address, NAME, &[])?,
-        ))
+        Ok((dig(&self.lab.client, LB_V4, NAME, &[])?, dig(&self.lab.client, self.b_address, NAME, &[])?))
     }
 
     /// Stops (or restarts) every backend of site A: its VIP is down (up again).
@@ -214,11 +142,9 @@ impl TwoSites {
     pub fn cut_b_from_a(&self, cut: bool) -> Result<()> {
         let target = format!("{VIP_V4}/32");
         if cut {
-            self.b_netns()
-                .ip(&["route", "replace", "blackhole", &target])
+            self.b_netns().ip(&["route", "replace", "blackhole", &target])
         } else {
-            self.b_netns()
-                .ip(&["route", "replace", &target, "via", &LB_V4.to_string()])
+            self.b_netns().ip(&["route", "replace", &target, "via", &LB_V4.to_string()])
         }
     }
 
@@ -230,15 +156,7 @@ impl TwoSites {
 /// `dig +short` for `name` A at `server` from `ns`: the answer's lines.
 pub fn dig(ns: &Netns, server: Ipv4Addr, name: &str, extra: &[&str]) -> Result<Vec<String>> {
     let at = format!("@{server}");
-    let mut args = vec![
-        "dig",
-        "+short",
-        "+time=1",
-        "+tries=1",
-        at.as_str(),
-        name,
-        "A",
-    ];
+    let mut args = vec!["dig", "+short", "+time=1", "+tries=1", at.as_str(), name, "A"];
     args.extend_from_slice(extra);
     let out = ns.output(&args)?;
     ensure!(!out.contains(";;"), "dig {name} {at}: {out}");
