@@ -871,6 +871,7 @@ fn fields_at(path: &[Seg]) -> &'static [&'static str] {
         [] => &["balancer", "admin", "dns", "vip"],
         [Key(d)] if d == "dns" => &[
             "listen",
+            "udp_sockets",
             "vantage",
             "quorum",
             "peer_interval",
@@ -1250,6 +1251,9 @@ fn validate_dns(c: &Config, dns: &dns::DnsConfig, cx: &Ctx) -> Result<(), Config
         if !seen.insert(addr) {
             return Err(cx.err(&path!["dns", "listen", i], format!("{addr} is listed twice")));
         }
+    }
+    if dns.udp_sockets.is_some_and(|n| !(1..=64).contains(&n)) {
+        return Err(cx.err(&path!["dns", "udp_sockets"], "1..=64"));
     }
     let vantage = dns.vantage_name(&c.balancer.region);
     if !plain_name(vantage) {

@@ -352,8 +352,9 @@ fn read_reload(path: &std::path::Path, current: &Config) -> Result<Config> {
     {
         anyhow::bail!("balancer interfaces, xdp_mode, pin_dir, map sizes and the admin section need a restart");
     }
-    if current.dns.as_ref().map(|d| &d.listen) != next.dns.as_ref().map(|d| &d.listen) {
-        anyhow::bail!("adding or removing [dns], or changing dns.listen, needs a restart");
+    let sockets = |c: &Config| c.dns.as_ref().map(|d| (d.listen.clone(), d.udp_sockets));
+    if sockets(current) != sockets(&next) {
+        anyhow::bail!("adding or removing [dns], or changing dns.listen or dns.udp_sockets, needs a restart");
     }
     Ok(next)
 }

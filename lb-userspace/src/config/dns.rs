@@ -15,6 +15,9 @@ use super::HealthCheckConfig;
 pub struct DnsConfig {
     /// Addresses the server answers on, over UDP and TCP (required, non-empty).
     pub listen: Vec<SocketAddr>,
+    /// UDP sockets per address, each read by its own task (default: one per CPU).
+    #[serde(default)]
+    pub udp_sockets: Option<u32>,
     /// This controller's name among the vantage points; peers list it under that name.
     /// Default: `balancer.region`, else "local".
     #[serde(default)]
@@ -55,6 +58,13 @@ impl DnsConfig {
     /// Down votes needed to take a target out of the answers.
     pub fn quorum(&self) -> u32 {
         self.quorum.unwrap_or((self.peers.len() as u32 + 1) / 2 + 1)
+    }
+
+    pub fn udp_sockets(&self) -> usize {
+        match self.udp_sockets {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
     }
 
     pub fn peer_stale_after(&self) -> Duration {

@@ -4,6 +4,7 @@
 //! change rebuilds the policies' selections ([`policy::Selection`]) into a new
 //! [`zone::Answers`], which the server ([`server`]) reads per query.
 
+mod fast;
 pub mod policy;
 pub mod quorum;
 pub mod server;
@@ -154,6 +155,7 @@ impl DnsService {
         let stats = Arc::new(DnsStats::default());
         let mut server = server::serve(
             &dns.listen,
+            dns.udp_sockets(),
             DnsHandler {
                 answers: shared.clone(),
                 stats: stats.clone(),

@@ -23,7 +23,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::udp;
+use super::{fast, udp};
 use super::zone::Answers;
 
 /// Largest UDP answer, whatever the client offers: the size that avoids IP fragmentation
@@ -32,7 +32,7 @@ pub const MAX_UDP_PAYLOAD: u16 = 1232;
 /// An idle TCP connection is closed after this.
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Response codes counted by [`DnsStats`], with their names in metrics.
+/// Response codes counted by [`DnsStats`], with their names in metrics (NOERROR first).
 pub const COUNTED_CODES: [(ResponseCode, &str); 7] = [
     (ResponseCode::NoError, "noerror"),
     (ResponseCode::NXDomain, "nxdomain"),
@@ -203,11 +203,11 @@ async fn respond<R: ResponseHandler>(
 }
 
 /// Starts answering on every address: over TCP with hickory-server's listener, and over
-/// UDP with one SO_REUSEPORT socket per worker thread (so the kernel spreads queries over
-/// the cores), each read by a task that answers in place.
-pub fn serve(listen: &[SocketAddr], handler: DnsHandler) -> Result<Server<DnsHandler>> {
+/// UDP with `sockets` SO_REUSEPORT sockets (the kernel spreads queries over them), each
+/// read by a task that answers in place.
+pub fn serve(listen: &[SocketAddr], sockets: usize, handler: DnsHandler) -> Result<Server<DnsHandler>> {
     let mut server = Server::new(handler.clone());
-    let sockets = std::thread::available_parallelism().map_or(1, |n| n.get());
+
     for &addr in listen {
         for _ in 0..sockets {
             let socket = udp_socket(addr).with_context(|| format!("DNS: binding UDP {addr}"))?;
@@ -223,7 +223,7 @@ pub fn serve(listen: &[SocketAddr], handler: DnsHandler) -> Result<Server<DnsHan
 
 /// Where a UDP answer is encoded, for the socket's task to send.
 #[derive(Clone, Default)]
-struct UdpAnswer(Arc<std::sync::Mutex<Vec<u8>>>);
+pub(crate) struct UdpAnswer(Arc<std::sync::Mutex<Vec<u8>>>);
 
 #[async_trait::async_trait]
 impl ResponseHandler for UdpAnswer {
@@ -257,6 +257,7 @@ async fn answer_udp(socket: tokio::net::UdpSocket, handler: DnsHandler) {
     let answer = UdpAnswer::default();
     let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(udp::BATCH);
     let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut name = Vec::with_capacity(255);
     loop {
         let received = match socket.try_io(Interest::READABLE, || receiver.receive(fd)) {
             Ok(n) => n,
@@ -284,9 +285,13 @@ async fn answer_udp(socket: tokio::net::UdpSocket, handler: DnsHandler) {
                 continue;
             };
             let mut out = spare.pop().unwrap_or_default();
-            std::mem::swap(&mut *answer.0.lock().expect("not poisoned"), &mut out);
-            answer_datagram(&answers, receiver.bytes(i), src, &answer, &mut tally).await;
-            std::mem::swap(&mut *answer.0.lock().expect("not poisoned"), &mut out);
+            if fast::answer(&answers, receiver.bytes(i), src.ip(), &mut name, &mut out) {
+                tally.by_code[0] += 1;
+            } else {
+                std::mem::swap(&mut *answer.0.lock().expect("not poisoned"), &mut out);
+                answer_datagram(&answers, receiver.bytes(i), src, &answer, &mut tally).await;
+                std::mem::swap(&mut *answer.0.lock().expect("not poisoned"), &mut out);
+            }
             if out.is_empty() {
                 spare.push(out);
             } else {
@@ -295,11 +300,7 @@ async fn answer_udp(socket: tokio::net::UdpSocket, handler: DnsHandler) {
         }
         let mut sent = 0;
         while sent < replies.len() {
-            let batch: Vec<(SocketAddr, &[u8])> = replies[sent..]
-                .iter()
-                .map(|(to, bytes)| (*to, bytes.as_slice()))
-                .collect();
-            match socket.try_io(Interest::WRITABLE, || udp::send(fd, &batch)) {
+            match socket.try_io(Interest::WRITABLE, || udp::send(fd, &replies[sent..])) {
                 Ok(n) => sent += n.max(1),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if socket.writable().await.is_err() {
@@ -369,7 +370,7 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::{Ipv4Addr, UdpSocket};
 
     use hickory_server::proto::op::{Message, MessageType, Query};
@@ -378,6 +379,17 @@ mod tests {
 
     use super::*;
     use crate::dns::zone::tests::answers;
+
+    impl UdpAnswer {
+        /// The encoded answer, for comparing paths.
+        pub(crate) fn bytes(&self) -> Vec<u8> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    pub(crate) async fn respond_to(answers: &Answers, request: &Request, out: UdpAnswer) -> ResponseInfo {
+        respond(answers, request, out, &mut Tally::default()).await
+    }
 
     /// A server on a free loopback port with the test zone (every target up but site-a).
     async fn server() -> (SocketAddr, Arc<DnsStats>, tokio::task::JoinHandle<()>) {
@@ -391,6 +403,7 @@ mod tests {
         let shared = Arc::new(RwLock::new(Arc::new(answers(&|i| i != 0))));
         let mut server = serve(
             &[addr],
+            2,
             DnsHandler {
                 answers: shared,
                 stats: stats.clone(),

@@ -44,27 +44,22 @@ impl Default for Receiver {
 impl Receiver {
     /// Takes what is queued on `fd` (at most [`BATCH`]); `WouldBlock` when nothing is.
     pub fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
-        let mut iovecs: Vec<libc::iovec> = self
-            .buffers
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: QUERY_ROOM,
-            })
-            .collect();
-        let mut headers: Vec<libc::mmsghdr> = iovecs
-            .iter_mut()
-            .zip(self.addresses.iter_mut())
-            .map(|(iov, addr)| {
-                // SAFETY: all-zero is a valid msghdr; the pointers set below outlive the call.
-                let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                header.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
-                header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
-                header.msg_hdr.msg_iov = iov;
-                header.msg_hdr.msg_iovlen = 1;
-                header
-            })
-            .collect();
+        // On the stack: nothing is allocated per call.
+        let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
+            iov_base: self.buffers[i].as_mut_ptr().cast(),
+            iov_len: QUERY_ROOM,
+        });
+        let addresses = self.addresses.as_mut_ptr();
+        let mut headers: [libc::mmsghdr; BATCH] = std::array::from_fn(|i| {
+            // SAFETY: all-zero is a valid msghdr; `i` is within `addresses` (BATCH long), and
+            // the pointers set here outlive the call.
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            header.msg_hdr.msg_name = unsafe { addresses.add(i) }.cast();
+            header.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+            header.msg_hdr.msg_iov = &mut iovecs[i];
+            header.msg_hdr.msg_iovlen = 1;
+            header
+        });
         // SAFETY: `headers` describes BATCH buffers and addresses owned by self, alive and
         // unaliased for the duration of the call.
         let n = unsafe {
@@ -98,39 +93,37 @@ impl Receiver {
     }
 }
 
-/// Sends `replies` on `fd` in one call; returns how many were sent (`WouldBlock` when the
-/// socket's buffer is full).
-pub fn send(fd: RawFd, replies: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
-    let addresses: Vec<SockAddr> = replies.iter().map(|(to, _)| SockAddr::from(*to)).collect();
-    let mut iovecs: Vec<libc::iovec> = replies
-        .iter()
-        .map(|(_, bytes)| libc::iovec {
+/// Sends up to [`BATCH`] of `replies` on `fd` in one call; returns how many were sent
+/// (`WouldBlock` when the socket's buffer is full).
+pub fn send(fd: RawFd, replies: &[(SocketAddr, Vec<u8>)]) -> io::Result<usize> {
+    let replies = &replies[..replies.len().min(BATCH)];
+    let addresses: [Option<SockAddr>; BATCH] =
+        std::array::from_fn(|i| replies.get(i).map(|(to, _)| SockAddr::from(*to)));
+    let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| match replies.get(i) {
+        Some((_, bytes)) => libc::iovec {
             iov_base: bytes.as_ptr() as *mut libc::c_void,
             iov_len: bytes.len(),
-        })
-        .collect();
-    let mut headers: Vec<libc::mmsghdr> = iovecs
-        .iter_mut()
-        .zip(&addresses)
-        .map(|(iov, addr)| {
-            // SAFETY: all-zero is a valid msghdr; the pointers set below outlive the call.
-            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        },
+        None => libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        },
+    });
+    let mut headers: [libc::mmsghdr; BATCH] = std::array::from_fn(|i| {
+        // SAFETY: all-zero is a valid msghdr; the pointers set below outlive the call.
+        let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+        if let Some(addr) = &addresses[i] {
             header.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
             header.msg_hdr.msg_namelen = addr.len();
-            header.msg_hdr.msg_iov = iov;
-            header.msg_hdr.msg_iovlen = 1;
-            header
-        })
-        .collect();
-    // SAFETY: `headers` points into `addresses`, `iovecs` and `replies`, all alive for the
-    // call; the kernel only reads them.
+        }
+        header.msg_hdr.msg_iov = &mut iovecs[i];
+        header.msg_hdr.msg_iovlen = 1;
+        header
+    });
+    // SAFETY: the first `replies.len()` headers point into `addresses`, `iovecs` and
+    // `replies`, all alive for the call; the kernel only reads them.
     let n = unsafe {
-        libc::sendmmsg(
-            fd,
-            headers.as_mut_ptr(),
-            headers.len() as u32,
-            libc::MSG_DONTWAIT,
-        )
+        libc::sendmmsg(fd, headers.as_mut_ptr(), replies.len() as u32, libc::MSG_DONTWAIT)
     };
     if n < 0 {
         return Err(io::Error::last_os_error());

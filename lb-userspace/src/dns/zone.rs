@@ -16,6 +16,7 @@ use std::sync::Arc;
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::rdata::{A, AAAA, NS, SOA};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_server::proto::serialize::binary::BinEncodable as _;
 use ipnet::IpNet;
 
 use super::policy::{Choice, Policy, PolicyCounters, Selection, Source, Target};
@@ -41,6 +42,8 @@ type ZonePathError = (Vec<Step>, String);
 /// A policy record: an A or AAAA name whose answers follow target health.
 #[derive(Debug, Clone)]
 pub struct PolicyRecord {
+    /// Its index in `Zones::policies`.
+    pub index: usize,
     pub name: Name,
     pub rtype: RecordType,
     pub ttl: u32,
@@ -99,6 +102,8 @@ pub struct Zones {
     /// The longest configured client prefix per family: the scope of answers chosen by region.
     scope_v4: u8,
     scope_v6: u8,
+    /// Policy records by lowercase wire-format name: (A, AAAA) indexes into `policies`.
+    by_wire_name: HashMap<Box<[u8]>, [Option<usize>; 2]>,
 }
 
 fn parse_name(text: &str) -> Result<Name, String> {
@@ -171,6 +176,7 @@ impl Zones {
             target_names: dns.targets.iter().map(|t| t.name.clone()).collect(),
             scope_v4: longest(true).unwrap_or(0),
             scope_v6: longest(false).unwrap_or(0),
+            by_wire_name: HashMap::new(),
             client_regions,
         };
         let mut origins = HashMap::new();
@@ -395,7 +401,10 @@ impl Zones {
             }
             let index = self.policies.len();
             node.policies.push((rtype, index));
+            let wire = name.to_lowercase().to_bytes().map_err(|e| (at(&[Step::Key("name")]), e.to_string()))?;
+            self.by_wire_name.entry(wire.into_boxed_slice()).or_default()[usize::from(!v4)] = Some(index);
             self.policies.push(PolicyRecord {
+                index,
                 name,
                 rtype,
                 ttl: p.ttl,
@@ -429,6 +438,17 @@ impl Zones {
             nodes,
             empty_non_terminals,
         })
+    }
+
+    /// The policy record for a lowercase wire-format name and a type (A or AAAA).
+    pub fn policy_by_wire_name(&self, name: &[u8], rtype: RecordType) -> Option<&PolicyRecord> {
+        let family = match rtype {
+            RecordType::A => 0,
+            RecordType::AAAA => 1,
+            _ => return None,
+        };
+        let index = self.by_wire_name.get(name)?[family]?;
+        Some(&self.policies[index])
     }
 
     /// The region of a client address (longest configured prefix).
@@ -550,13 +570,18 @@ impl Answers {
         response
     }
 
+    /// The next answer of policy record `index` for a client in `region`.
+    pub fn choose(&self, index: usize, region: Option<&str>) -> Choice {
+        self.selections[index].choose(&self.counters[index], region)
+    }
+
     fn answer_policy(&self, index: usize, region: Option<&str>, response: &mut Response) {
         let record = &self.zones.policies[index];
         let Choice {
             addresses,
             by_client_region,
             ..
-        } = self.selections[index].choose(&self.counters[index], region);
+        } = self.choose(index, region);
         response.by_client_region |= by_client_region;
         response.answers.extend(addresses.into_iter().map(|a| {
             let data = match a {

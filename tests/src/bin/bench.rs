@@ -1276,9 +1276,28 @@ impl Drop for Started {
     }
 }
 
-/// dnsperf against 127.0.0.1:`port` in `ns` for `seconds`: queries per second, and the
-/// share lost.
-fn dnsperf(ns: &lb_tests::lab::Netns, port: u16, queries: &std::path::Path, seconds: u32) -> Result<(f64, f64)> {
+/// CPU time used so far by process `pid` (all its threads).
+fn process_cpu(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (in parentheses): utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')').context("malformed stat")?.1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("no CLK_TCK")? as u64;
+    Ok(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// One dnsperf run against a server.
+struct DnsRun {
+    qps: f64,
+    lost: f64,
+    /// The server's CPU time per answered query.
+    cpu_per_query: Duration,
+}
+
+/// dnsperf against 127.0.0.1:`port` in `ns` for `seconds`, with the CPU time that the
+/// server process `pid` spent meanwhile.
+fn dnsperf(ns: &lb_tests::lab::Netns, port: u16, pid: u32, queries: &std::path::Path, seconds: u32) -> Result<DnsRun> {
+    let cpu_before = process_cpu(pid)?;
     let out = ns.output(&[
         "dnsperf", "-s", "127.0.0.1", "-p", &port.to_string(), "-d", &queries.display().to_string(), "-l", &seconds.to_string(), "-c", "16", "-T", "1",
     ])?;
@@ -1287,8 +1306,14 @@ fn dnsperf(ns: &lb_tests::lab::Netns, port: u16, queries: &std::path::Path, seco
         let value = line.split(':').nth(1).and_then(|v| v.split_whitespace().next()).unwrap_or_default();
         value.parse().with_context(|| format!("{line:?}"))
     };
+    let cpu = process_cpu(pid)?.saturating_sub(cpu_before);
     let sent = field("Queries sent")?;
-    Ok((field("Queries per second")?, field("Queries lost")? / sent.max(1.0)))
+    let lost = field("Queries lost")?;
+    Ok(DnsRun {
+        qps: field("Queries per second")?,
+        lost: lost / sent.max(1.0),
+        cpu_per_query: cpu.div_f64((sent - lost).max(1.0)),
+    })
 }
 
 /// Waits until `dig` at 127.0.0.1:`port` in `ns` answers `www`.
@@ -1311,7 +1336,7 @@ fn dns_failover(sizes: &Sizes) -> Result<()> {
     }
     let (lb_port, gdnsd_port) = (5300, 5301);
     let lab = Lab::build("lbb-dns", backends_across(1, 1, 1), false)?;
-    let _lb = LbProcess::start(&lab, &dns_site_config(&lab, lb_port))?;
+    let lb = LbProcess::start(&lab, &dns_site_config(&lab, lb_port))?;
     let dir = std::env::temp_dir().join(format!("{}-gdnsd", lab.prefix));
     gdnsd_config(&dir, gdnsd_port)?;
     let gdnsd = std::process::Command::new("ip")
@@ -1331,16 +1356,23 @@ fn dns_failover(sizes: &Sizes) -> Result<()> {
         let seconds = if sizes.repeat < 200_000 { 2 } else { 5 };
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..REPS {
-            ours.push(dnsperf(&lab.lb, lb_port, &queries, seconds)?);
-            theirs.push(dnsperf(&lab.lb, gdnsd_port, &queries, seconds)?);
+            ours.push(dnsperf(&lab.lb, lb_port, lb.pid(), &queries, seconds)?);
+            theirs.push(dnsperf(&lab.lb, gdnsd_port, gdnsd.0.id(), &queries, seconds)?);
         }
-        let median = |v: &[(f64, f64)]| median_f64(&v.iter().map(|r| r.0).collect::<Vec<_>>());
-        let lost = |v: &[(f64, f64)]| v.iter().map(|r| r.1).fold(0.0, f64::max) * 100.0;
-        let (q_ours, q_theirs) = (median(&ours), median(&theirs));
-        println!("policy record www.example.test A under dnsperf (16 sockets, 1 thread, {seconds} s x {REPS}, loopback, 2 CPUs shared with dnsperf):");
-        println!("  lb run (hickory-server)  {:>9.0} queries/s  (lost at most {:.2}%)", q_ours, lost(&ours));
-        println!("  gdnsd 3.8 (simplefo)     {:>9.0} queries/s  (lost at most {:.2}%)", q_theirs, lost(&theirs));
-        println!("  ratio lb / gdnsd: {:.2}x (target >= 1.0x: {})", q_ours / q_theirs, if q_ours >= q_theirs { "yes" } else { "NO" });
+        let qps = |v: &[DnsRun]| median_f64(&v.iter().map(|r| r.qps).collect::<Vec<_>>());
+        let cpu = |v: &[DnsRun]| median_f64(&v.iter().map(|r| r.cpu_per_query.as_secs_f64() * 1e6).collect::<Vec<_>>());
+        let lost = |v: &[DnsRun]| v.iter().map(|r| r.lost).fold(0.0, f64::max) * 100.0;
+        let (q_ours, q_theirs) = (qps(&ours), qps(&theirs));
+        println!("policy record www.example.test A under dnsperf (16 sockets, 1 thread, {seconds} s x {REPS} alternating, loopback, 2 CPUs shared with dnsperf), medians:");
+        for (who, runs) in [("lb run (hickory-server)", &ours), ("gdnsd 3.8 (simplefo)", &theirs)] {
+            println!("  {who:<24} {:>9.0} queries/s, {:.2} us of server CPU per query (lost at most {:.2}%)", qps(runs), cpu(runs), lost(runs));
+        }
+        println!(
+            "  ratio lb / gdnsd: {:.2}x the queries per second (target >= 1.0x: {}); {:.2}x the CPU per query",
+            q_ours / q_theirs,
+            if q_ours >= q_theirs { "yes" } else { "NO" },
+            cpu(&ours) / cpu(&theirs)
+        );
         Ok(())
     })();
     drop(gdnsd);
