@@ -57,7 +57,8 @@ impl DnsConfig {
 
     /// Down votes needed to take a target out of the answers.
     pub fn quorum(&self) -> u32 {
-        self.quorum.unwrap_or((self.peers.len() as u32 + 1) / 2 + 1)
+        let vantage_points = self.peers.len() as u32 + 1;
+        self.quorum.unwrap_or(vantage_points / 2 + 1)
     }
 
     pub fn udp_sockets(&self) -> usize {

@@ -5,7 +5,7 @@
 //! Messages that do not parse get FORMERR from hickory when their header is readable, and
 //! nothing otherwise.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -149,7 +149,7 @@ async fn respond<R: ResponseHandler>(
     } else {
         let query = &request.queries.queries()[0];
         let subnet = request_edns.and_then(|e| match e.option(EdnsCode::Subnet) {
-            Some(EdnsOption::Subnet(s)) if s.source_prefix() > 0 => Some(s.clone()),
+            Some(EdnsOption::Subnet(s)) if s.source_prefix() > 0 => Some(*s),
             _ => None,
         });
         let client = subnet
@@ -361,7 +361,7 @@ async fn answer_datagram(
 fn udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
-    if let IpAddr::V6(_) = addr.ip() {
+    if addr.ip().is_ipv6() {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
