@@ -24,6 +24,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The benchmark runs its own gdnsd on loopback; the package's service is not wanted.
+    if [[ " ${missing[*]} " == *" gdnsd "* ]] && [ -d /run/systemd/system ]; then
+        say "disabling the gdnsd service the package started (the benchmark runs its own)"
+        systemctl disable --now gdnsd >/dev/null 2>&1 || true
+    fi
 fi
 
 if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then

@@ -434,6 +434,11 @@ pub(crate) mod tests {
         Some(Message::from_vec(&buf[..n]).expect("a DNS message"))
     }
 
+    /// `message` over UDP: its answer, which must come.
+    async fn ask(addr: SocketAddr, message: &Message) -> Message {
+        ask_udp(addr, &message.to_vec().unwrap()).await.expect("an answer")
+    }
+
     async fn ask_tcp(addr: SocketAddr, message: &Message) -> Message {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let bytes = message.to_vec().unwrap();
@@ -457,35 +462,21 @@ pub(crate) mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn answers_over_udp_and_tcp_with_the_right_codes() {
         let (addr, stats, task) = server().await;
-        let answer = ask_udp(
-            addr,
-            &query("www.example.test.", RecordType::A, None)
-                .to_vec()
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+        let answer = ask(addr, &query("www.example.test.", RecordType::A, None)).await;
         assert_eq!(answer.metadata.id, 4711);
         assert!(answer.metadata.authoritative);
         assert_eq!(answer.answers.len(), 1, "one backup while site-a is down");
         let nx = ask_tcp(addr, &query("nope.example.test.", RecordType::A, None)).await;
         assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(nx.authorities[0].record_type(), RecordType::SOA);
-        let refused = ask_udp(
-            addr,
-            &query("example.org.", RecordType::A, None).to_vec().unwrap(),
-        )
-        .await
-        .unwrap();
+        let refused = ask(addr, &query("example.org.", RecordType::A, None)).await;
         assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
         assert!(!refused.metadata.authoritative);
 
         let mut chaos = query("version.bind.", RecordType::TXT, None);
         chaos.queries[0].set_query_class(DNSClass::CH);
         assert_eq!(
-            ask_udp(addr, &chaos.to_vec().unwrap())
-                .await
-                .unwrap()
+            ask(addr, &chaos).await
                 .metadata
                 .response_code,
             ResponseCode::Refused
@@ -498,9 +489,7 @@ pub(crate) mod tests {
             RecordType::TXT,
         ));
         assert_eq!(
-            ask_udp(addr, &two.to_vec().unwrap())
-                .await
-                .unwrap()
+            ask(addr, &two).await
                 .metadata
                 .response_code,
             ResponseCode::FormErr
@@ -508,9 +497,7 @@ pub(crate) mod tests {
         let mut notify = query("example.test.", RecordType::SOA, None);
         notify.metadata.op_code = OpCode::Notify;
         assert_eq!(
-            ask_udp(addr, &notify.to_vec().unwrap())
-                .await
-                .unwrap()
+            ask(addr, &notify).await
                 .metadata
                 .response_code,
             ResponseCode::NotImp
@@ -525,12 +512,10 @@ pub(crate) mod tests {
     async fn truncates_over_udp_by_the_offered_size_and_not_over_tcp() {
         let (addr, stats, task) = server().await;
         let big = |edns| query("big.example.test.", RecordType::TXT, edns);
-        let plain = ask_udp(addr, &big(None).to_vec().unwrap()).await.unwrap();
+        let plain = ask(addr, &big(None)).await;
         assert!(plain.metadata.truncation, "9 x 100 bytes do not fit in 512");
         assert!(plain.answers.len() < 9);
-        let offered = ask_udp(addr, &big(Some(edns(4096))).to_vec().unwrap())
-            .await
-            .unwrap();
+        let offered = ask(addr, &big(Some(edns(4096)))).await;
         assert!(!offered.metadata.truncation);
         assert_eq!(offered.answers.len(), 9);
         assert_eq!(
@@ -549,14 +534,7 @@ pub(crate) mod tests {
         let (addr, _, task) = server().await;
         let mut future = edns(1232);
         future.set_version(1);
-        let badvers = ask_udp(
-            addr,
-            &query("www.example.test.", RecordType::A, Some(future))
-                .to_vec()
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+        let badvers = ask(addr, &query("www.example.test.", RecordType::A, Some(future))).await;
         // BADVERS and BADSIG share the number 16; the decoder names it BADSIG.
         assert_eq!(
             u16::from(badvers.metadata.response_code),
@@ -574,14 +552,7 @@ pub(crate) mod tests {
                 24,
                 0,
             )));
-        let answer = ask_udp(
-            addr,
-            &query("www.example.test.", RecordType::A, Some(with_subnet))
-                .to_vec()
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+        let answer = ask(addr, &query("www.example.test.", RecordType::A, Some(with_subnet))).await;
         assert_eq!(answer.answers[0].data.to_string(), "10.100.0.2");
         let Some(EdnsOption::Subnet(echo)) = answer.edns.as_ref().unwrap().option(EdnsCode::Subnet)
         else {
@@ -623,14 +594,7 @@ pub(crate) mod tests {
             let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
             socket.send_to(&junk, addr).unwrap();
         }
-        let still = ask_udp(
-            addr,
-            &query("www.example.test.", RecordType::A, None)
-                .to_vec()
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+        let still = ask(addr, &query("www.example.test.", RecordType::A, None)).await;
         assert_eq!(still.metadata.response_code, ResponseCode::NoError);
         task.abort();
     }
