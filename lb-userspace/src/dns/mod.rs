@@ -105,12 +105,15 @@ pub struct DnsService {
     prober: Prober,
     views: UnboundedSender<PeerReport>,
     pollers: Vec<PeerPoller>,
-    server: JoinHandle<()>,
+    /// The listeners (none until the first answers are published).
+    server: Option<JoinHandle<()>>,
 }
 
 impl Drop for DnsService {
     fn drop(&mut self) {
-        self.server.abort();
+        if let Some(server) = &self.server {
+            server.abort();
+        }
     }
 }
 
@@ -153,20 +156,6 @@ impl DnsService {
             counters: Vec::new(),
         })));
         let stats = Arc::new(DnsStats::default());
-        let mut server = server::serve(
-            &dns.listen,
-            dns.udp_sockets(),
-            DnsHandler {
-                answers: shared.clone(),
-                stats: stats.clone(),
-            },
-        )?;
-        let server = tokio::spawn(async move {
-            if let Err(e) = server.block_until_done().await {
-                tracing::error!("DNS server stopped: {e}");
-            }
-        });
-        info!(listen = ?dns.listen, vantage, quorum = dns.quorum(), "DNS server listening");
         let mut service = Self {
             config: dns.clone(),
             vantage,
@@ -180,9 +169,16 @@ impl DnsService {
             prober: Prober::new(checks),
             views,
             pollers: Vec::new(),
-            server,
+            server: None,
         };
+        // The answers are complete before the first query can arrive.
         service.reconfigure(config)?;
+        let handler = DnsHandler {
+            answers: service.shared.clone(),
+            stats: service.stats.clone(),
+        };
+        service.server = Some(server::serve(&dns.listen, dns.udp_sockets(), handler)?);
+        info!(listen = ?dns.listen, vantage = %service.vantage, quorum = dns.quorum(), "DNS server listening");
         Ok(Some(service))
     }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use hickory_server::Server;
+use tokio::task::JoinHandle;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
@@ -149,23 +150,24 @@ async fn respond<R: ResponseHandler>(
     } else {
         let query = &request.queries.queries()[0];
         let subnet = request_edns.and_then(|e| match e.option(EdnsCode::Subnet) {
-            Some(EdnsOption::Subnet(s)) if s.source_prefix() > 0 => Some(*s),
+            Some(EdnsOption::Subnet(s)) => Some(*s),
             _ => None,
         });
+        // A source prefix of 0 asks that the answer not depend on the client's address.
         let client = subnet
-            .as_ref()
-            .map_or(request.src().ip(), ClientSubnet::addr);
+            .filter(|s| s.source_prefix() > 0)
+            .map_or(request.src().ip(), |s| s.addr());
         let response = answers.resolve(query.name(), query.query_type(), client);
         if let (Some(edns), Some(subnet)) = (edns.as_mut(), subnet) {
             // RFC 7871 7.2.1: echo the option; the scope says how far the answer applies.
-            let scope = if response.by_client_region {
+            let scope = if response.by_client_region && subnet.source_prefix() > 0 {
                 answers.zones.region_scope(client)
             } else {
                 0
             };
             edns.options_mut()
                 .insert(EdnsOption::Subnet(ClientSubnet::new(
-                    client,
+                    subnet.addr(),
                     subnet.source_prefix(),
                     scope,
                 )));
@@ -202,23 +204,30 @@ async fn respond<R: ResponseHandler>(
     }
 }
 
-/// Starts answering on every address: over TCP with hickory-server's listener, and over
-/// UDP with `sockets` SO_REUSEPORT sockets (the kernel spreads queries over them), each
-/// read by a task that answers in place.
-pub fn serve(listen: &[SocketAddr], sockets: usize, handler: DnsHandler) -> Result<Server<DnsHandler>> {
+/// Binds every address and starts answering: over TCP with hickory-server's listener, and
+/// over UDP with `sockets` SO_REUSEPORT sockets (the kernel spreads queries over them),
+/// each read by a task that answers in place. Aborting the returned task stops it all.
+pub fn serve(listen: &[SocketAddr], sockets: usize, handler: DnsHandler) -> Result<JoinHandle<()>> {
     let mut server = Server::new(handler.clone());
-
+    let mut udp = Vec::new();
     for &addr in listen {
         for _ in 0..sockets {
-            let socket = udp_socket(addr).with_context(|| format!("DNS: binding UDP {addr}"))?;
-            tokio::spawn(answer_udp(socket, handler.clone()));
+            udp.push(udp_socket(addr).with_context(|| format!("DNS: binding UDP {addr}"))?);
         }
         let tcp = std::net::TcpListener::bind(addr)
             .with_context(|| format!("DNS: binding TCP {addr}"))?;
         tcp.set_nonblocking(true)?;
         server.register_listener(tokio::net::TcpListener::from_std(tcp)?, TCP_TIMEOUT, 64);
     }
-    Ok(server)
+    Ok(tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for socket in udp {
+            tasks.spawn(answer_udp(socket, handler.clone()));
+        }
+        if let Err(e) = server.block_until_done().await {
+            tracing::error!("DNS server stopped: {e}");
+        }
+    }))
 }
 
 /// Where a UDP answer is encoded, for the socket's task to send.
@@ -401,7 +410,7 @@ pub(crate) mod tests {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let stats = Arc::new(DnsStats::default());
         let shared = Arc::new(RwLock::new(Arc::new(answers(&|i| i != 0))));
-        let mut server = serve(
+        let task = serve(
             &[addr],
             2,
             DnsHandler {
@@ -410,9 +419,6 @@ pub(crate) mod tests {
             },
         )
         .expect("binds");
-        let task = tokio::spawn(async move {
-            let _ = server.block_until_done().await;
-        });
         (addr, stats, task)
     }
 
