@@ -94,6 +94,12 @@ fn answers_move_to_the_backup_site_when_the_primary_vip_dies_and_come_back() -> 
         let site_a = dns.targets.iter().find(|t| t.name == "site-a").unwrap();
         ensure!(site_a.up && site_a.transitions == 2, "{site_a:?}");
     }
+
+    // The manual switch, on site A's server only: its answers go to the backup at once.
+    sites.a.cli(&["trickle", "www.example.test", "A", "1"])?;
+    ensure!(sites.answers()? == (only(SITE_B_VIP), only(VIP_V4)), "{:?}", sites.answers()?);
+    sites.a.cli(&["trickle", "www.example.test", "A", "config"])?;
+    ensure!(sites.answers()? == (only(VIP_V4), only(VIP_V4)), "{:?}", sites.answers()?);
     Ok(())
 }
 
