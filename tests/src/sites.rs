@@ -6,20 +6,26 @@
 //!
 //! | site | balancer | VIP (HTTP, port 80) | backends | DNS and admin |
 //! | --- | --- | --- | --- | --- |
-//! | A | `lab.lb`, 10.0.0.1 | 10.100.0.1 | the lab's first `per_site` | 10.0.0.1:53, 10.0.0.1:9180 |
-//! | B | `lab.more_balancers[0]`, 10.0.0.3 | 10.100.0.2 | the next `per_site` | 10.0.0.3:53, 10.0.0.3:9180 |
+//! | A | `lab.lb`, 10.0.0.1 | 10.100.0.1 | site A's, first in the lab | 10.0.0.1:53, 10.0.0.1:9180 |
+//! | B | `lab.more_balancers[0]`, 10.0.0.3 | 10.100.0.2 | site B's, after A's | 10.0.0.3:53, 10.0.0.3:9180 |
 //!
-//! Every host routes each VIP to its own site's balancer.
+//! Each site ([`Site`]) has its backends with their locality labels, optionally the
+//! balancer's own labels and Maglev table size, and its VIP's health settings (by default
+//! an HTTP check at the sites' [`Timing`]). Every host routes each VIP to its own site's
+//! balancer.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
+use hickory_server::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_server::proto::rr::{Name, RData, RecordType};
 use lb_userspace::status::Status;
 
-use crate::lab::{HTTP_PORT, LB_V4, LB_V6, Lab, LbProcess, Netns, VIP_V4, VipSpec, lb_config_for, require_tool};
+use crate::lab::{BackendSpec, HTTP_PORT, LB_V4, LB_V6, Lab, LbProcess, Netns, VIP_V4, VipSpec, backends_across, lb_config_for, require_tool};
 
 pub const SITE_B_VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
 pub const NAME: &str = "www.example.test";
@@ -44,10 +50,32 @@ impl Timing {
     }
 }
 
+/// One site of [`TwoSites::build_sites`]: its backends and how its balancer serves them.
+#[derive(Clone, Debug)]
+pub struct Site {
+    pub backends: Vec<BackendSpec>,
+    /// The balancer's locality labels (region, zone), if any.
+    pub locality: Option<(&'static str, &'static str)>,
+    /// The VIP's health settings, lines of its TOML table (`http`, `health_check`,
+    /// `outlier_detection`); `None` for an HTTP check at the sites' [`Timing`].
+    pub vip_health: Option<&'static str>,
+    /// Slots of the balancer's Maglev tables, if not the generated config's.
+    pub maglev_table_size: Option<u32>,
+}
+
+impl Site {
+    /// `backends`, the rest by default.
+    pub fn new(backends: Vec<BackendSpec>) -> Self {
+        Self { backends, locality: None, vip_health: None, maglev_table_size: None }
+    }
+}
+
 pub struct TwoSites {
-    pub lab: Lab,
+    // Declared before `lab`: fields drop in order, so the controllers stop before their
+    // namespaces and links go.
     pub a: LbProcess,
     pub b: LbProcess,
+    pub lab: Lab,
     /// Site B's balancer address.
     pub b_address: Ipv4Addr,
     /// Backend indexes of each site.
@@ -55,9 +83,14 @@ pub struct TwoSites {
     pub b_backends: Vec<usize>,
 }
 
-/// One site's controller config: its VIP with HTTP checks of its backends, and `[dns]`
-/// with this site judged by its VIP and the other probed.
-fn site_config(lab: &Lab, own: (Ipv4Addr, std::net::Ipv6Addr), pin_dir: &std::path::Path, site: char, peer: (char, Ipv4Addr), backends: &[usize], timing: Timing) -> String {
+/// Where a site's controller pins its maps.
+fn site_pins(lab: &Lab, site: char) -> PathBuf {
+    if site == 'a' { lab.pin_dir() } else { PathBuf::from(format!("{}-{site}", lab.pin_dir().display())) }
+}
+
+/// One site's controller config: its VIP with `spec`'s settings over `backends` (lab
+/// indexes), and `[dns]` with this site judged by its VIP and the other probed.
+fn site_config(lab: &Lab, own: (Ipv4Addr, Ipv6Addr), site: char, peer: (char, Ipv4Addr), spec: &Site, backends: &[usize], timing: Timing) -> String {
     let own_vip = if site == 'a' { VIP_V4 } else { SITE_B_VIP };
     let vip = VipSpec::new(&format!("web-{site}"), IpAddr::V4(own_vip), HTTP_PORT, "tcp", "nat", backends.iter().map(|&i| (i, 1)).collect());
     let ms = timing.interval.as_millis();
@@ -67,7 +100,14 @@ fn site_config(lab: &Lab, own: (Ipv4Addr, std::net::Ipv6Addr), pin_dir: &std::pa
         timing.healthy_threshold,
         timing.unhealthy_threshold
     );
-    let mut config = lb_config_for(lab, own, pin_dir, &[vip]).replacen("mode = \"nat\"\n", &format!("mode = \"nat\"\nhealth_check = {{ {check} }}\n"), 1);
+    let health = spec.vip_health.map_or_else(|| format!("health_check = {{ {check} }}"), str::to_owned);
+    let mut config = lb_config_for(lab, own, &site_pins(lab, site), &[vip]).replacen("mode = \"nat\"\n", &format!("mode = \"nat\"\n{health}\n"), 1);
+    if let Some((region, zone)) = spec.locality {
+        config = config.replacen("[balancer]\n", &format!("[balancer]\nregion = \"{region}\"\nzone = \"{zone}\"\n"), 1);
+    }
+    if let Some(slots) = spec.maglev_table_size {
+        config = config.replacen("maglev_table_size = 65537", &format!("maglev_table_size = {slots}"), 1);
+    }
     let mut dns = String::new();
     let _ = write!(
         dns,
@@ -97,23 +137,29 @@ fn site_config(lab: &Lab, own: (Ipv4Addr, std::net::Ipv6Addr), pin_dir: &std::pa
 }
 
 impl TwoSites {
-    /// `per_site` backends (HTTP) per site; `tag` starts every name.
+    /// `per_site` backends (HTTP) per site, site A's in r1/z1 and site B's in r2/z1, the
+    /// rest by default ([`Site::new`]); `tag` starts every name.
     pub fn build(tag: &str, per_site: usize, timing: Timing) -> Result<Self> {
+        let mut a = backends_across(2, 1, per_site);
+        let b = a.split_off(per_site);
+        Self::build_sites(tag, Site::new(a), Site::new(b), timing)
+    }
+
+    /// Sites `a` and `b` as described; `tag` starts every name.
+    pub fn build_sites(tag: &str, a: Site, b: Site, timing: Timing) -> Result<Self> {
         require_tool("dig", "bind9-dnsutils");
-        let mut lab = Lab::build(tag, crate::lab::backends_across(2, 1, per_site), false)?;
+        let a_backends: Vec<usize> = (0..a.backends.len()).collect();
+        let b_backends: Vec<usize> = (a.backends.len()..a.backends.len() + b.backends.len()).collect();
+        let mut lab = Lab::build(tag, a.backends.iter().chain(&b.backends).cloned().collect(), false)?;
         let (b_v4, b_v6) = lab.add_balancer()?;
         let b_ns = &lab.more_balancers[0].0;
         lab.client.ip(&["route", "add", &format!("{SITE_B_VIP}/32"), "via", &b_v4.to_string()])?;
         lab.lb.ip(&["route", "add", &format!("{SITE_B_VIP}/32"), "via", &b_v4.to_string()])?;
         b_ns.ip(&["route", "add", &format!("{VIP_V4}/32"), "via", &LB_V4.to_string()])?;
-        let a_backends: Vec<usize> = (0..per_site).collect();
-        let b_backends: Vec<usize> = (per_site..2 * per_site).collect();
-        let a_pins = lab.pin_dir();
-        let b_pins = PathBuf::from(format!("{}-b", a_pins.display()));
-        let a_config = site_config(&lab, (LB_V4, LB_V6), &a_pins, 'a', ('b', b_v4), &a_backends, timing);
-        let b_config = site_config(&lab, (b_v4, b_v6), &b_pins, 'b', ('a', LB_V4), &b_backends, timing);
+        let a_config = site_config(&lab, (LB_V4, LB_V6), 'a', ('b', b_v4), &a, &a_backends, timing);
+        let b_config = site_config(&lab, (b_v4, b_v6), 'b', ('a', LB_V4), &b, &b_backends, timing);
         let a = LbProcess::start(&lab, &a_config)?;
-        let b = LbProcess::start_in(b_ns, &format!("{}-b", lab.prefix), b_pins, &b_config)?;
+        let b = LbProcess::start_in(b_ns, &format!("{}-b", lab.prefix), site_pins(&lab, 'b'), &b_config)?;
         Ok(Self { lab, a, b, b_address: b_v4, a_backends, b_backends })
     }
 
@@ -161,4 +207,32 @@ pub fn dig(ns: &Netns, server: Ipv4Addr, name: &str, extra: &[&str]) -> Result<V
     let out = ns.output(&args)?;
     ensure!(!out.contains(";;"), "dig {name} {at}: {out}");
     Ok(out.lines().map(str::to_owned).collect())
+}
+
+/// One DNS query for `name` A over UDP to `server` port 53, as a stub resolver asks it (from
+/// the calling thread's namespace): the addresses answered and the least of their TTLs.
+pub fn resolve_a(server: Ipv4Addr, name: &str, timeout: Duration) -> Result<(Vec<Ipv4Addr>, Duration)> {
+    static NEXT_ID: AtomicU16 = AtomicU16::new(1);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+    query.add_query(Query::query(Name::from_ascii(name).with_context(|| format!("the name {name:?}"))?, RecordType::A));
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding a DNS client socket")?;
+    socket.connect((server, 53))?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send(&query.to_vec().context("encoding the query")?).with_context(|| format!("asking {server}"))?;
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).with_context(|| format!("no answer from {server} within {} ms", timeout.as_millis()))?;
+    let answer = Message::from_vec(&buf[..n]).with_context(|| format!("decoding the answer of {server}"))?;
+    ensure!(answer.metadata.id == id, "{server} answered query {} instead of {id}", answer.metadata.id);
+    ensure!(answer.metadata.response_code == ResponseCode::NoError, "{server} answered {}", answer.metadata.response_code);
+    let records: Vec<(Ipv4Addr, u32)> = answer
+        .answers
+        .iter()
+        .filter_map(|record| match record.data {
+            RData::A(a) => Some((a.0, record.ttl)),
+            _ => None,
+        })
+        .collect();
+    let ttl = records.iter().map(|&(_, ttl)| ttl).min().with_context(|| format!("{server} answered no A record for {name}"))?;
+    Ok((records.into_iter().map(|(address, _)| address).collect(), Duration::from_secs(ttl.into())))
 }
