@@ -255,8 +255,6 @@ impl Backend {
         }
     }
 
-    /// Stops the backend's servers: new connections are refused from then on (connections
-    /// already open are closed within a few hundred milliseconds).
     /// Drops (`on`) or lets through again every packet of the backend, while its servers
     /// keep running: its link goes down.
     pub fn black_hole(&self, on: bool) -> Result<()> {
@@ -265,6 +263,8 @@ impl Backend {
         self.ns.ip(&["link", "set", "eth0", if on { "down" } else { "up" }])
     }
 
+    /// Stops the backend's servers: new connections are refused from then on (connections
+    /// already open are closed within a few hundred milliseconds).
     pub fn stop(&mut self) {
         self.servers.take();
     }
