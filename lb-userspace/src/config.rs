@@ -1074,7 +1074,7 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
 
     let admin = &c.admin;
     if let Some(token) = &admin.token
-        && (token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()))
+        && !valid_token(token)
     {
         return Err(cx.err(&path!["admin", "token"], "must be at least 16 characters, without spaces"));
     }
@@ -1100,7 +1100,7 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
     let mut services: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
     let mut all_backends: HashSet<SocketAddr> = HashSet::new();
     for (i, vip) in c.vips.iter().enumerate() {
-        if vip.name.is_empty() || !vip.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        if !plain_name(&vip.name) {
             return Err(cx.err(
                 &path!["vip", i, "name"],
                 format!("{:?}: use letters, digits, '.', '_' and '-' (it names the VIP in metrics and admin URLs)", vip.name),
@@ -1237,6 +1237,11 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// An admin token: 16 characters or more, none of them spaces or control characters.
+fn valid_token(token: &str) -> bool {
+    token.len() >= 16 && !token.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// A name that appears in metrics, URLs and peers' views.
 fn plain_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
@@ -1276,7 +1281,7 @@ fn validate_dns(c: &Config, dns: &dns::DnsConfig, cx: &Ctx) -> Result<(), Config
         if !peers.insert(&peer.name) {
             return Err(cx.err(&path!["dns", "peer", i, "name"], format!("{:?} is this vantage point or another peer", peer.name)));
         }
-        if peer.token.as_deref().is_some_and(|t| t.len() < 16 || t.chars().any(|c| c.is_whitespace() || c.is_control())) {
+        if peer.token.as_deref().is_some_and(|t| !valid_token(t)) {
             return Err(cx.err(&path!["dns", "peer", i, "token"], "must be at least 16 characters, without spaces"));
         }
     }

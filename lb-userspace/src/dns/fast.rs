@@ -26,6 +26,7 @@ fn be16(bytes: &[u8], at: usize) -> Option<u16> {
 
 /// What the hot path needs from a query.
 struct PlainQuery {
+    flags: u16,
     /// Where the question ends.
     question_end: usize,
     rtype: RecordType,
@@ -87,7 +88,7 @@ fn parse(query: &[u8], name: &mut Vec<u8>) -> Option<PlainQuery> {
             option += 4 + be16(query, option + 2)? as usize;
         }
     }
-    (at == query.len()).then_some(PlainQuery { question_end, rtype, offered })
+    (at == query.len()).then_some(PlainQuery { flags, question_end, rtype, offered })
 }
 
 /// Answers `query` into `out` when it is a plain policy query whose answer fits; returns
@@ -104,9 +105,8 @@ pub fn answer(answers: &Answers, query: &[u8], client: IpAddr, name: &mut Vec<u8
     let choice = answers.choose(record.index, answers.zones.client_region(client));
     out.clear();
     out.extend_from_slice(&query[..plain.question_end]);
-    let flags = be16(query, 2).unwrap_or_default();
     // QR and AA set; RD and CD copied; RA, AD, TC clear; NOERROR.
-    let response_flags = 0x8000 | 0x0400 | (flags & 0x0100) | (flags & 0x0010);
+    let response_flags = 0x8000 | 0x0400 | (plain.flags & 0x0100) | (plain.flags & 0x0010);
     out[2..4].copy_from_slice(&response_flags.to_be_bytes());
     out[6..8].copy_from_slice(&(choice.addresses.len() as u16).to_be_bytes());
     out[10..12].copy_from_slice(&u16::from(plain.offered.is_some()).to_be_bytes());

@@ -144,10 +144,7 @@ impl DnsService {
         let Some(dns) = &config.dns else {
             return Ok(None);
         };
-        let zones = Arc::new(
-            Zones::compile(dns)
-                .map_err(|e| anyhow::anyhow!("dns zone {}: {}", e.zone, e.message))?,
-        );
+        let zones = compile(dns)?;
         let vantage = dns.vantage_name(&config.balancer.region).to_owned();
         let health = SiteHealth::new(&vantage, dns.quorum(), dns.peer_stale_after());
         let shared: SharedAnswers = Arc::new(RwLock::new(Arc::new(Answers {
@@ -159,7 +156,7 @@ impl DnsService {
         let mut service = Self {
             config: dns.clone(),
             vantage,
-            zones,
+            zones: zones.clone(),
             health,
             overrides: BTreeMap::new(),
             counters: BTreeMap::new(),
@@ -172,7 +169,7 @@ impl DnsService {
             server: None,
         };
         // The answers are complete before the first query can arrive.
-        service.reconfigure(config)?;
+        service.take(config, zones);
         let handler = DnsHandler {
             answers: service.shared.clone(),
             stats: service.stats.clone(),
@@ -189,10 +186,17 @@ impl DnsService {
             .dns
             .as_ref()
             .expect("the DNS section stays while the service runs");
-        self.zones = Arc::new(
-            Zones::compile(dns)
-                .map_err(|e| anyhow::anyhow!("dns zone {}: {}", e.zone, e.message))?,
-        );
+        self.take(config, compile(dns)?);
+        Ok(())
+    }
+
+    /// Takes `config`, whose zones are `zones`.
+    fn take(&mut self, config: &Config, zones: Arc<Zones>) {
+        let dns = config
+            .dns
+            .as_ref()
+            .expect("the DNS section stays while the service runs");
+        self.zones = zones;
         self.vantage = dns.vantage_name(&config.balancer.region).to_owned();
         let peers: Vec<&str> = dns.peers.iter().map(|p| p.name.as_str()).collect();
         self.health.reconfigure(
@@ -221,7 +225,6 @@ impl DnsService {
         self.states.retain(|label, _| labels.contains(label));
         self.config = dns.clone();
         self.publish();
-        Ok(())
     }
 
     /// A probe result of a target (from this service's prober).
@@ -393,8 +396,7 @@ impl DnsService {
                 up: self.health.is_up(&t.name),
                 views: self
                     .health
-                    .votes(&t.name, now)
-                    .map(|v| v.views)
+                    .views(&t.name, now)
                     .unwrap_or_default(),
                 transitions: self.health.transitions(&t.name),
             })
@@ -430,6 +432,13 @@ impl DnsService {
                 .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
+}
+
+/// The zones of a validated `[dns]` section.
+fn compile(dns: &DnsConfig) -> Result<Arc<Zones>> {
+    Zones::compile(dns)
+        .map(Arc::new)
+        .map_err(|e| anyhow::anyhow!("dns zone {}: {}", e.zone, e.message))
 }
 
 fn with_dot(name: &str) -> String {

@@ -35,15 +35,6 @@ pub struct Change {
     pub voters: u32,
 }
 
-/// The votes for one target, for status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Votes {
-    pub up: bool,
-    pub local_up: bool,
-    /// Vantage point -> its view of the target (this one included).
-    pub views: BTreeMap<String, bool>,
-}
-
 #[derive(Debug, Clone)]
 pub struct SiteHealth {
     vantage: String,
@@ -150,7 +141,8 @@ impl SiteHealth {
         self.transitions.get(target).copied().unwrap_or(0)
     }
 
-    pub fn votes(&self, target: &str, now: Instant) -> Option<Votes> {
+    /// Vantage point -> its view of `target` (this one included; fresh peers only).
+    pub fn views(&self, target: &str, now: Instant) -> Option<View> {
         let t = self.targets.get(target)?;
         let mut views = BTreeMap::from([(self.vantage.clone(), t.local.is_healthy())]);
         for (peer, view) in self.fresh_peers(now) {
@@ -158,11 +150,7 @@ impl SiteHealth {
                 views.insert(peer.clone(), up);
             }
         }
-        Some(Votes {
-            up: t.up,
-            local_up: t.local.is_healthy(),
-            views,
-        })
+        Some(views)
     }
 
     fn fresh_peers(&self, now: Instant) -> impl Iterator<Item = (&String, &PeerView)> {
@@ -308,7 +296,7 @@ mod tests {
         // A peer that does not know the target does not vote on it.
         health.peer_view("c", view(&[("site-a", true)]), later);
         assert_eq!(
-            health.votes("site-b", later).unwrap().views,
+            health.views("site-b", later).unwrap(),
             BTreeMap::from([("a".to_owned(), false)])
         );
     }
