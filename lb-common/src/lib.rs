@@ -222,7 +222,13 @@ pub struct SourceKey {
 #[inline(always)]
 pub fn prefix_mask_word(prefix_len: u8, i: u32) -> u32 {
     let bits = (prefix_len as u32).saturating_sub(i * 32);
-    let mask = if bits >= 32 { u32::MAX } else if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+    let mask = if bits >= 32 {
+        u32::MAX
+    } else if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits)
+    };
     // Addresses are kept in network byte order; words are read little-endian.
     mask.swap_bytes()
 }
@@ -478,11 +484,7 @@ pub fn csum_replace2(csum: u16, old: u16, new: u16) -> u16 {
 /// Same as [`csum_replace2`] for a 32-bit field (an IPv4 address, or part of IPv6).
 #[inline(always)]
 pub fn csum_replace4(csum: u16, old: u32, new: u32) -> u16 {
-    let sum = (!csum as u32)
-        + (!(old >> 16) & 0xffff)
-        + (!old & 0xffff)
-        + (new >> 16)
-        + (new & 0xffff);
+    let sum = (!csum as u32) + (!(old >> 16) & 0xffff) + (!old & 0xffff) + (new >> 16) + (new & 0xffff);
     !fold(sum)
 }
 
@@ -643,13 +645,23 @@ mod tests {
         assert_eq!(masked(8)[..4], [192, 0, 0, 0]);
         let v6: Addr = [0x20, 0x01, 0x0d, 0xb8, 0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4, 5, 6, 7, 8];
         let w = |len: u8, i: u32| word(&v6, i as usize) & prefix_mask_word(len, i);
-        assert_eq!([w(48, 0), w(48, 1), w(48, 2), w(48, 3)], [word(&v6, 0), u32::from_le_bytes([0xaa, 0xbb, 0, 0]), 0, 0]);
+        assert_eq!(
+            [w(48, 0), w(48, 1), w(48, 2), w(48, 3)],
+            [word(&v6, 0), u32::from_le_bytes([0xaa, 0xbb, 0, 0]), 0, 0]
+        );
         assert_eq!(w(128, 3), word(&v6, 3));
     }
 
     #[test]
     fn flow_hash_depends_on_seed_and_every_field() {
-        let key = FlowKey { src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], sport: 1234, dport: 80, proto: PROTO_TCP, family: FAMILY_V4, ..Default::default() };
+        let key = FlowKey {
+            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            sport: 1234,
+            dport: 80,
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            ..Default::default()
+        };
         let base = flow_hash(&key, 7);
         assert_eq!(base, flow_hash(&key, 7));
         assert_ne!(base, flow_hash(&key, 8));

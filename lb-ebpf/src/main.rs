@@ -19,7 +19,9 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use lb_common::*;
-use packet::{Headers, L4, Parsed, Quoted, TCP_ACK, TCP_RST, TCP_SYN, Translation, addr_eq, copy_addr, set_flow_key_tail};
+use packet::{
+    Headers, L4, Parsed, Quoted, TCP_ACK, TCP_RST, TCP_SYN, Translation, addr_eq, copy_addr, set_flow_key_tail,
+};
 
 #[btf_map]
 static VIPS: HashMap<VipKey, VipInfo, { DEFAULT_MAX_VIPS as usize }> = HashMap::new();
@@ -32,8 +34,7 @@ static BACKENDS: Array<Backend, { DEFAULT_MAX_BACKENDS as usize }> = Array::new(
 #[btf_map]
 static MAGLEV: Array<u32, 1> = Array::new();
 #[btf_map]
-static FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOW_ENTRIES as usize }> =
-    LruHashMap::new();
+static FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOW_ENTRIES as usize }> = LruHashMap::new();
 #[btf_map]
 static NAT: LruHashMap<FlowKey, NatState, { DEFAULT_FLOW_ENTRIES as usize }> = LruHashMap::new();
 #[btf_map]
@@ -41,8 +42,7 @@ static SETTINGS: Array<Settings, 1> = Array::new();
 #[btf_map]
 static VIP_STATS: PerCpuArray<VipStats, { DEFAULT_MAX_VIPS as usize }> = PerCpuArray::new();
 #[btf_map]
-static BACKEND_STATS: PerCpuArray<BackendStats, { DEFAULT_MAX_BACKENDS as usize }> =
-    PerCpuArray::new();
+static BACKEND_STATS: PerCpuArray<BackendStats, { DEFAULT_MAX_BACKENDS as usize }> = PerCpuArray::new();
 /// Per CPU, so that the hot path never writes a cache line another CPU reads.
 #[btf_map]
 static NEXT_HOPS: PerCpuArray<NextHop, { DEFAULT_MAX_BACKENDS as usize }> = PerCpuArray::new();
@@ -55,8 +55,7 @@ static RATE_STATE: Array<VipRateState, { DEFAULT_MAX_VIPS as usize }> = Array::n
 static RATE_CPU_TOKENS: PerCpuArray<VipCpuTokens, { DEFAULT_MAX_VIPS as usize }> = PerCpuArray::new();
 /// Per-source new-flow buckets: the value is the bucket's TAT.
 #[btf_map]
-static SOURCE_BUCKETS: LruHashMap<SourceKey, u64, { DEFAULT_SOURCE_ENTRIES as usize }> =
-    LruHashMap::new();
+static SOURCE_BUCKETS: LruHashMap<SourceKey, u64, { DEFAULT_SOURCE_ENTRIES as usize }> = LruHashMap::new();
 
 /// Passive health signals for the controller (see `HealthSignal`): a few per connection at
 /// most, and only for VIPs with outlier detection.
@@ -119,11 +118,7 @@ pub fn xdp_lb(ctx: XdpContext) -> u32 {
         Ok(action) => action,
         Err(reason) => {
             count_global(reason);
-            if reason == Reason::Passed {
-                xdp_action::XDP_PASS
-            } else {
-                xdp_action::XDP_DROP
-            }
+            if reason == Reason::Passed { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
         }
     }
 }
@@ -202,9 +197,7 @@ fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, Reason> {
             icmp_error_to_backend(ctx, s, inner_l3)
         }
         // Any other protocol to a VIP address has no VIP to go to either.
-        L4::Other => {
-            Err(if is_vip_addr(&h.dst, h.family) { Reason::UnknownVipPort } else { Reason::Passed })
-        }
+        L4::Other => Err(if is_vip_addr(&h.dst, h.family) { Reason::UnknownVipPort } else { Reason::Passed }),
     }
 }
 
@@ -233,7 +226,10 @@ impl<K, const N: usize> Words<K, N> {
 #[inline(always)]
 fn vip_key(addr: &Addr, port: u16, proto: u8, family: u8) -> Words<VipKey, 5> {
     let a = packet::addr_words(addr);
-    Words([a[0], a[1], a[2], a[3], port as u32 | (proto as u32) << 16 | (family as u32) << 24], core::marker::PhantomData)
+    Words(
+        [a[0], a[1], a[2], a[3], port as u32 | (proto as u32) << 16 | (family as u32) << 24],
+        core::marker::PhantomData,
+    )
 }
 
 #[inline(always)]
@@ -328,7 +324,8 @@ fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, R
             } else {
                 0
             };
-            let state: Words<FlowState, 4> = Words([backend_id, vip.vip_id, nat_port as u32, 0], core::marker::PhantomData);
+            let state: Words<FlowState, 4> =
+                Words([backend_id, vip.vip_id, nat_port as u32, 0], core::marker::PhantomData);
             // An LRU insert only fails on allocation failure; the flow then re-hashes to
             // the same backend on its next packet, so forwarding goes on.
             let _ = FLOWS.insert(&s.flow, state.as_key(), 0);
@@ -462,9 +459,8 @@ fn take_tokens(tat: *mut u64, bucket: &TokenBucket, now: u64, n: u32) -> bool {
         let Some(next) = bucket.take_n(seen, now, n) else {
             return false;
         };
-        let (current, swapped) = unsafe {
-            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(tat, seen, next)
-        };
+        let (current, swapped) =
+            unsafe { atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(tat, seen, next) };
         if swapped {
             return true;
         }
@@ -632,7 +628,8 @@ fn observe_unreachable_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usiz
         return;
     };
     // SAFETY: a map value, read and written in place (see `observe_reply`).
-    let (watch, seen, backend_id, vip_id) = unsafe { ((*state).watch, (*state).seen, (*state).backend_id, (*state).vip_id) };
+    let (watch, seen, backend_id, vip_id) =
+        unsafe { ((*state).watch, (*state).seen, (*state).backend_id, (*state).vip_id) };
     if watch & WATCH_CONNECT == 0 || seen & SEEN_CONNECT_ANSWER != 0 {
         return;
     }
@@ -725,14 +722,7 @@ fn forward(ctx: &XdpContext, h: &Headers, next: &Addr, cache: Option<&mut NextHo
         fib.__bindgen_anon_4.ipv6_dst = packet::addr_words(next);
     }
     // SAFETY: the helper reads and writes only `fib`.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx.cast(),
-            fib,
-            core::mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), fib, core::mem::size_of::<FibParams>() as i32, 0) };
     if rc != 0 {
         return xdp_action::XDP_DROP;
     }

@@ -182,10 +182,7 @@ const MAX_HEADER_OFFSET: usize = 0xfff;
 fn at(ctx: &XdpContext, off: usize, len: usize) -> Result<usize, Reason> {
     // SAFETY: `ctx.ctx` is the live xdp_md of this run.
     let (data, end) = unsafe {
-        (
-            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
-            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
-        )
+        (core::ptr::read_volatile(&(*ctx.ctx).data) as usize, core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize)
     };
     let addr = data + (off & MAX_HEADER_OFFSET);
     check(addr, len, end)?;
@@ -328,7 +325,11 @@ fn parse_v4(ctx: &XdpContext, h: &mut Headers, l3: usize, frame_len: u32) -> Res
     let version_ihl = read_u8(ip);
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
     let tot_len = read_be16(ip + 2);
-    if version_ihl >> 4 != 4 || ihl < IPV4_HLEN || (tot_len as usize) < ihl || l3 + tot_len as usize > frame_len as usize {
+    if version_ihl >> 4 != 4
+        || ihl < IPV4_HLEN
+        || (tot_len as usize) < ihl
+        || l3 + tot_len as usize > frame_len as usize
+    {
         return Err(Reason::Malformed);
     }
     read_addr(&mut h.dst, ip + 16, FAMILY_V4);
@@ -391,11 +392,8 @@ fn parse_l4(ctx: &XdpContext, h: &mut Headers, icmp_proto: u8) -> Result<(), Rea
         let icmp_type = read_u8(l4);
         // v4: destination unreachable (incl. fragmentation needed), time exceeded.
         // v6: destination unreachable, packet too big, time exceeded.
-        let is_error = if proto == PROTO_ICMP {
-            icmp_type == 3 || icmp_type == 11
-        } else {
-            (1..=3).contains(&icmp_type)
-        };
+        let is_error =
+            if proto == PROTO_ICMP { icmp_type == 3 || icmp_type == 11 } else { (1..=3).contains(&icmp_type) };
         if is_error {
             // v4 code 4 is "fragmentation needed": path MTU, not unreachability.
             let code = read_u8(l4 + 1);
@@ -416,7 +414,8 @@ pub fn http_status_class(ctx: &XdpContext, h: &Headers) -> Option<u8> {
     let tcp = at(ctx, h.l4_start, TCP_MIN_HLEN).ok()?;
     let data_offset = ((read_u8(tcp + 12) >> 4) as usize) * 4;
     let line = at(ctx, h.l4_start + (data_offset & 0x3c), 12).ok()?;
-    let prefix = [read_u8(line), read_u8(line + 1), read_u8(line + 2), read_u8(line + 3), read_u8(line + 4), read_u8(line + 5)];
+    let prefix =
+        [read_u8(line), read_u8(line + 1), read_u8(line + 2), read_u8(line + 3), read_u8(line + 4), read_u8(line + 5)];
     let class = read_u8(line + 9);
     (prefix == *b"HTTP/1" && read_u8(line + 8) == b' ' && (b'1'..=b'5').contains(&class)).then_some(class - b'0')
 }

@@ -20,15 +20,28 @@ use crate::status::Status;
 pub enum AdminRequest {
     Status(oneshot::Sender<Status>),
     /// Drain (`drained`) or undrain a backend of a VIP; `Err` says why not.
-    Drain { vip: String, backend: SocketAddr, drained: bool, reply: oneshot::Sender<Result<(), String>> },
+    Drain {
+        vip: String,
+        backend: SocketAddr,
+        drained: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Reload the config file: the new generation, or why the config was refused.
     Reload(oneshot::Sender<Result<u64, String>>),
     /// End the controller; with `detach`, also detach the program and remove the pins.
-    Stop { detach: bool, reply: oneshot::Sender<()> },
+    Stop {
+        detach: bool,
+        reply: oneshot::Sender<()>,
+    },
     /// This vantage point's view of the DNS targets (none without `[dns]`), for peers.
     DnsView(oneshot::Sender<Option<crate::dns::VantageView>>),
     /// Set (`Some`) or clear the run-time trickle ratio of a DNS policy record.
-    Trickle { name: String, rtype: String, ratio: Option<f64>, reply: oneshot::Sender<Result<(), String>> },
+    Trickle {
+        name: String,
+        rtype: String,
+        ratio: Option<f64>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 #[derive(Clone)]
@@ -53,7 +66,8 @@ pub async fn start(listen: SocketAddr, token: Option<String>, requests: mpsc::Se
         .route("/v1/dns/policies/{name}/{rtype}/trickle", post(set_trickle).delete(clear_trickle))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("admin interface: binding {listen}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("admin interface: binding {listen}"))?;
     tracing::info!(%listen, token = with_token, "admin interface listening");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -90,7 +104,9 @@ async fn status(State(state): State<AdminState>) -> Response {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     match ask(&state, AdminRequest::Status).await {
-        Ok(status) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&status)).into_response(),
+        Ok(status) => {
+            ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&status)).into_response()
+        }
         Err(response) => response,
     }
 }
@@ -98,7 +114,10 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 async fn reload(State(state): State<AdminState>) -> Response {
     match ask(&state, AdminRequest::Reload).await {
         Ok(Ok(generation)) => (StatusCode::OK, format!("config applied: generation {generation}\n")).into_response(),
-        Ok(Err(why)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused, the running config stays: {why}\n")).into_response(),
+        Ok(Err(why)) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused, the running config stays: {why}\n"))
+                .into_response()
+        }
         Err(response) => response,
     }
 }
@@ -113,7 +132,9 @@ async fn stop_and_detach(state: State<AdminState>) -> Response {
 
 async fn stop_controller(State(state): State<AdminState>, detach: bool) -> Response {
     match ask(&state, |reply| AdminRequest::Stop { detach, reply }).await {
-        Ok(()) if detach => (StatusCode::OK, "stopping; the program is detached and its pins removed\n").into_response(),
+        Ok(()) if detach => {
+            (StatusCode::OK, "stopping; the program is detached and its pins removed\n").into_response()
+        }
         Ok(()) => (StatusCode::OK, "stopping; the program stays attached with its pinned maps\n").into_response(),
         Err(response) => response,
     }
@@ -127,7 +148,11 @@ async fn undrain(state: State<AdminState>, path: Path<(String, String)>) -> Resp
     set_drained(state, path, false).await
 }
 
-async fn set_drained(State(state): State<AdminState>, Path((vip, backend)): Path<(String, String)>, drained: bool) -> Response {
+async fn set_drained(
+    State(state): State<AdminState>,
+    Path((vip, backend)): Path<(String, String)>,
+    drained: bool,
+) -> Response {
     let Ok(backend) = backend.parse::<SocketAddr>() else {
         return (StatusCode::BAD_REQUEST, format!("{backend:?} is not an address:port\n")).into_response();
     };
@@ -152,7 +177,11 @@ struct TrickleQuery {
     ratio: f64,
 }
 
-async fn set_trickle(state: State<AdminState>, path: Path<(String, String)>, Query(query): Query<TrickleQuery>) -> Response {
+async fn set_trickle(
+    state: State<AdminState>,
+    path: Path<(String, String)>,
+    Query(query): Query<TrickleQuery>,
+) -> Response {
     trickle(state, path, Some(query.ratio)).await
 }
 
@@ -162,7 +191,11 @@ async fn clear_trickle(state: State<AdminState>, path: Path<(String, String)>) -
 
 /// POST `?ratio=R` sends that share of the record's answers to its backups (1 = all: the
 /// manual failover switch); DELETE goes back to the configured ratio.
-async fn trickle(State(state): State<AdminState>, Path((name, rtype)): Path<(String, String)>, ratio: Option<f64>) -> Response {
+async fn trickle(
+    State(state): State<AdminState>,
+    Path((name, rtype)): Path<(String, String)>,
+    ratio: Option<f64>,
+) -> Response {
     match ask(&state, |reply| AdminRequest::Trickle { name: name.clone(), rtype: rtype.clone(), ratio, reply }).await {
         Ok(Ok(())) => match ratio {
             Some(r) => (StatusCode::OK, format!("{name} {rtype}: trickle ratio {r}\n")).into_response(),

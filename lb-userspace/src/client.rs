@@ -40,7 +40,11 @@ impl AdminClient {
             .with_context(|| format!("connecting to the admin interface at {} (is `lb run` running?)", self.addr))?;
         stream.set_read_timeout(Some(self.timeout))?;
         let auth = self.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        write!(stream, "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n", self.addr)?;
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.addr
+        )?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response)?;
         let response = String::from_utf8_lossy(&response);

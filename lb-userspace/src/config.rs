@@ -256,9 +256,12 @@ impl<'de> Deserialize<'de> for StatusRange {
         let range = match Raw::deserialize(d)? {
             Raw::Code(c) => StatusRange { from: c, to: c },
             Raw::Range(text) => {
-                let parsed = text.split_once('-').and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+                let parsed =
+                    text.split_once('-').and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
                 let Some((from, to)) = parsed else {
-                    return Err(serde::de::Error::custom(format!("{text:?} is neither a status code nor a range like \"200-299\"")));
+                    return Err(serde::de::Error::custom(format!(
+                        "{text:?} is neither a status code nor a range like \"200-299\""
+                    )));
                 };
                 StatusRange { from, to }
             }
@@ -502,9 +505,7 @@ fn deserialize_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
 
 fn deserialize_backend_port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
     match u16::deserialize(d)? {
-        0 => Err(serde::de::Error::custom(
-            "port must be 1..65535 (got 0); leave it out to use the VIP's port",
-        )),
+        0 => Err(serde::de::Error::custom("port must be 1..65535 (got 0); leave it out to use the VIP's port")),
         p => Ok(p),
     }
 }
@@ -588,11 +589,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         key: String::new(),
         message: format!("invalid TOML: {}", one_line(e.message())),
     })?;
-    let cx = Ctx {
-        origin,
-        text,
-        doc: &doc,
-    };
+    let cx = Ctx { origin, text, doc: &doc };
     let mut config: Config = toml::from_str(text).map_err(|e| cx.serde_error(&e))?;
     for vip in &mut config.vips {
         // An explicit port is never 0 (refused while deserialising), so 0 means "omitted".
@@ -647,11 +644,7 @@ fn path_string(path: &[Seg]) -> String {
 
 fn line_of(text: &str, offset: usize) -> usize {
     let end = offset.min(text.len());
-    text.as_bytes()[..end]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
 }
 
 fn one_line(s: &str) -> String {
@@ -722,24 +715,14 @@ impl<'a> Node<'a> {
             Node::Table(t) => t.iter().map(|(k, _)| k).collect(),
             Node::Inline(t) => t.iter().map(|(k, _)| k).collect(),
             Node::Tables(a) => {
-                return a
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| (Seg::Index(i), None, Node::Table(t)))
-                    .collect();
+                return a.iter().enumerate().map(|(i, t)| (Seg::Index(i), None, Node::Table(t))).collect();
             }
             Node::Array(a) => {
-                return a
-                    .iter()
-                    .enumerate()
-                    .map(|(i, v)| (Seg::Index(i), None, Node::of_value(v)))
-                    .collect();
+                return a.iter().enumerate().map(|(i, v)| (Seg::Index(i), None, Node::of_value(v))).collect();
             }
             Node::Leaf(_) | Node::Empty => return Vec::new(),
         };
-        keys.into_iter()
-            .filter_map(|k| self.key(k).map(|(span, node)| (Seg::from(k), span, node)))
-            .collect()
+        keys.into_iter().filter_map(|k| self.key(k).map(|(span, node)| (Seg::from(k), span, node))).collect()
     }
 }
 
@@ -748,18 +731,8 @@ fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
 }
 
 /// The most specific key path whose key or value span contains `target`.
-fn path_at(
-    node: Node,
-    target: &Range<usize>,
-    path: &mut Vec<Seg>,
-    best: &mut Option<(usize, Vec<Seg>)>,
-) {
-    fn consider(
-        span: Option<Range<usize>>,
-        target: &Range<usize>,
-        path: &[Seg],
-        best: &mut Option<(usize, Vec<Seg>)>,
-    ) {
+fn path_at(node: Node, target: &Range<usize>, path: &mut Vec<Seg>, best: &mut Option<(usize, Vec<Seg>)>) {
+    fn consider(span: Option<Range<usize>>, target: &Range<usize>, path: &[Seg], best: &mut Option<(usize, Vec<Seg>)>) {
         if let Some(span) = span
             && contains(&span, target)
             && best.as_ref().is_none_or(|(len, _)| span.len() <= *len)
@@ -794,9 +767,7 @@ impl Ctx<'_> {
         let mut offset = None;
         for seg in path {
             let found = match seg {
-                Seg::Key(k) => node
-                    .key(k)
-                    .map(|(key_span, child)| (key_span.or(child.span()), child)),
+                Seg::Key(k) => node.key(k).map(|(key_span, child)| (key_span.or(child.span()), child)),
                 Seg::Index(i) => node.index(*i).map(|child| (child.span(), child)),
             };
             let Some((span, child)) = found else { break };
@@ -832,10 +803,7 @@ impl Ctx<'_> {
         // "missing field `x`" is reported on the enclosing table, whose span may equal an
         // outer one's (a lone [[vip]] spans the whole file): climb to the table whose
         // schema has the field, then name the key.
-        if let Some(field) = message
-            .strip_prefix("missing field `")
-            .and_then(|r| r.strip_suffix('`'))
-        {
+        if let Some(field) = message.strip_prefix("missing field `").and_then(|r| r.strip_suffix('`')) {
             while !path.is_empty() && !fields_at(&path).contains(&field) {
                 path.pop();
             }
@@ -884,10 +852,14 @@ fn fields_at(path: &[Seg]) -> &'static [&'static str] {
         ],
         [Key(d), Key(p), Index(_)] if d == "dns" && p == "peer" => &["name", "admin", "token"],
         [Key(d), Key(c), Index(_)] if d == "dns" && c == "client_region" => &["prefix", "region"],
-        [Key(d), Key(t), Index(_)] if d == "dns" && t == "target" => &["name", "address", "region", "weight", "health_check", "vip"],
+        [Key(d), Key(t), Index(_)] if d == "dns" && t == "target" => {
+            &["name", "address", "region", "weight", "health_check", "vip"]
+        }
         [Key(d), Key(t), Index(_), Key(h)] if d == "dns" && t == "target" && h == "health_check" => HEALTH_CHECK_KEYS,
         [Key(d), Key(z), Index(_)] if d == "dns" && z == "zone" => &["origin", "ttl", "soa", "ns", "record", "policy"],
-        [Key(d), Key(z), Index(_), Key(r), Index(_)] if d == "dns" && z == "zone" && r == "record" => &["name", "type", "data", "ttl"],
+        [Key(d), Key(z), Index(_), Key(r), Index(_)] if d == "dns" && z == "zone" && r == "record" => {
+            &["name", "type", "data", "ttl"]
+        }
         [Key(d), Key(z), Index(_), Key(p), Index(_)] if d == "dns" && z == "zone" && p == "policy" => {
             &["name", "type", "ttl", "primary", "backup", "trickle_ratio", "geo"]
         }
@@ -909,24 +881,22 @@ fn fields_at(path: &[Seg]) -> &'static [&'static str] {
             "region",
             "zone",
         ],
-        [Key(v), Index(_)] if v == "vip" => {
-            &[
-                "name",
-                "address",
-                "port",
-                "protocol",
-                "mode",
-                "new_flow_limit",
-                "packet_limit",
-                "source_limit",
-                "health_check",
-                "outlier_detection",
-                "http",
-                "panic_threshold",
-                "failover_regions",
-                "backend",
-            ]
-        }
+        [Key(v), Index(_)] if v == "vip" => &[
+            "name",
+            "address",
+            "port",
+            "protocol",
+            "mode",
+            "new_flow_limit",
+            "packet_limit",
+            "source_limit",
+            "health_check",
+            "outlier_detection",
+            "http",
+            "panic_threshold",
+            "failover_regions",
+            "backend",
+        ],
         [Key(v), Index(_), Key(h)] if v == "vip" && h == "health_check" => HEALTH_CHECK_KEYS,
         [Key(v), Index(_), Key(o)] if v == "vip" && o == "outlier_detection" => &[
             "consecutive_5xx",
@@ -938,9 +908,7 @@ fn fields_at(path: &[Seg]) -> &'static [&'static str] {
             "max_ejection_percent",
             "uneject_on_healthy_check",
         ],
-        [Key(v), Index(_), Key(_)] if v == "vip" => {
-            &["quota", "fill_interval", "burst", "prefix_len"]
-        }
+        [Key(v), Index(_), Key(_)] if v == "vip" => &["quota", "fill_interval", "burst", "prefix_len"],
         [Key(v), Index(_), Key(b), Index(_)] if v == "vip" && b == "backend" => {
             &["address", "port", "weight", "region", "zone", "draining"]
         }
@@ -953,9 +921,7 @@ fn valid_ifname(name: &str) -> bool {
         && name.len() <= MAX_IFNAME_LEN
         && name != "."
         && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
 }
 
 fn bad_address(a: IpAddr) -> Option<&'static str> {
@@ -977,10 +943,7 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
     let b = &c.balancer;
 
     if b.interfaces.is_empty() {
-        return Err(cx.err(
-            &path!["balancer", "interfaces"],
-            "at least one interface is required",
-        ));
+        return Err(cx.err(&path!["balancer", "interfaces"], "at least one interface is required"));
     }
     let mut seen_if = HashSet::new();
     for (i, name) in b.interfaces.iter().enumerate() {
@@ -991,24 +954,15 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
             ));
         }
         if !seen_if.insert(name) {
-            return Err(cx.err(
-                &path!["balancer", "interfaces", i],
-                format!("interface {name:?} is listed twice"),
-            ));
+            return Err(cx.err(&path!["balancer", "interfaces", i], format!("interface {name:?} is listed twice")));
         }
     }
 
     let pin = &b.pin_dir;
-    if !pin.starts_with(BPF_FS)
-        || pin == Path::new(BPF_FS)
-        || pin.components().any(|c| c == Component::ParentDir)
-    {
+    if !pin.starts_with(BPF_FS) || pin == Path::new(BPF_FS) || pin.components().any(|c| c == Component::ParentDir) {
         return Err(cx.err(
             &path!["balancer", "pin_dir"],
-            format!(
-                "must be a directory under {BPF_FS} (got {:?})",
-                pin.display().to_string()
-            ),
+            format!("must be a directory under {BPF_FS} (got {:?})", pin.display().to_string()),
         ));
     }
 
@@ -1040,10 +994,7 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
     if (b.max_vips as u64) * 2 * (m as u64) > u32::MAX as u64 {
         return Err(cx.err(
             &path!["balancer", "max_vips"],
-            format!(
-                "max_vips ({}) x 2 x maglev_table_size ({m}) slots do not fit in 32 bits",
-                b.max_vips
-            ),
+            format!("max_vips ({}) x 2 x maglev_table_size ({m}) slots do not fit in 32 bits", b.max_vips),
         ));
     }
     if b.nat_port_min < MIN_NAT_PORT {
@@ -1055,10 +1006,7 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
     if b.nat_port_max < b.nat_port_min {
         return Err(cx.err(
             &path!["balancer", "nat_port_max"],
-            format!(
-                "must not be below nat_port_min ({}) (got {})",
-                b.nat_port_min, b.nat_port_max
-            ),
+            format!("must not be below nat_port_min ({}) (got {})", b.nat_port_min, b.nat_port_max),
         ));
     }
     if let Some(a) = b.ipv4
@@ -1088,11 +1036,7 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
     if c.vips.len() > b.max_vips as usize {
         return Err(cx.err(
             &path!["vip", b.max_vips as usize],
-            format!(
-                "{} VIPs configured, more than balancer.max_vips ({})",
-                c.vips.len(),
-                b.max_vips
-            ),
+            format!("{} VIPs configured, more than balancer.max_vips ({})", c.vips.len(), b.max_vips),
         ));
     }
 
@@ -1103,17 +1047,16 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
         if !plain_name(&vip.name) {
             return Err(cx.err(
                 &path!["vip", i, "name"],
-                format!("{:?}: use letters, digits, '.', '_' and '-' (it names the VIP in metrics and admin URLs)", vip.name),
+                format!(
+                    "{:?}: use letters, digits, '.', '_' and '-' (it names the VIP in metrics and admin URLs)",
+                    vip.name
+                ),
             ));
         }
         if let Some(&j) = names.get(vip.name.as_str()) {
             return Err(cx.err(
                 &path!["vip", i, "name"],
-                format!(
-                    "duplicate VIP name {:?} (also vip[{j}]{})",
-                    vip.name,
-                    at_line(cx, &path!["vip", j, "name"])
-                ),
+                format!("duplicate VIP name {:?} (also vip[{j}]{})", vip.name, at_line(cx, &path!["vip", j, "name"])),
             ));
         }
         names.insert(&vip.name, i);
@@ -1129,7 +1072,10 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
         if own {
             return Err(cx.err(
                 &path!["vip", i, "address"],
-                format!("{a} is the balancer's own address (balancer.ipv{}); a VIP needs an address of its own", if a.is_ipv4() { 4 } else { 6 }),
+                format!(
+                    "{a} is the balancer's own address (balancer.ipv{}); a VIP needs an address of its own",
+                    if a.is_ipv4() { 4 } else { 6 }
+                ),
             ));
         }
         if let Some(&j) = services.get(&(a, vip.port, vip.protocol)) {
@@ -1154,10 +1100,7 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
             if let Some(key) = missing {
                 return Err(cx.err(
                     &path!["vip", i, "address"],
-                    format!(
-                        "a nat mode {} VIP needs {key} (the source address of NATed packets)",
-                        family_name(a)
-                    ),
+                    format!("a nat mode {} VIP needs {key} (the source address of NATed packets)", family_name(a)),
                 ));
             }
         }
@@ -1168,10 +1111,7 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
         if vip.backends.len() > m as usize {
             return Err(cx.err(
                 &path!["vip", i, "backend"],
-                format!(
-                    "{} backends, more than balancer.maglev_table_size ({m})",
-                    vip.backends.len()
-                ),
+                format!("{} backends, more than balancer.maglev_table_size ({m})", vip.backends.len()),
             ));
         }
 
@@ -1189,18 +1129,12 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
                 ));
             }
             if let Some(what) = bad_address(ba) {
-                return Err(cx.err(
-                    &path!["vip", i, "backend", j, "address"],
-                    format!("{ba} is {what}"),
-                ));
+                return Err(cx.err(&path!["vip", i, "backend", j, "address"], format!("{ba} is {what}")));
             }
             if vip.mode == ForwardingMode::Dsr && be.port != vip.port {
                 return Err(cx.err(
                     &path!["vip", i, "backend", j, "port"],
-                    format!(
-                        "dsr backends must use the VIP's port {} (got {})",
-                        vip.port, be.port
-                    ),
+                    format!("dsr backends must use the VIP's port {} (got {})", vip.port, be.port),
                 ));
             }
             if be.weight > MAX_WEIGHT {
@@ -1223,10 +1157,7 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
             if all_backends.insert(sa) && all_backends.len() > b.max_backends as usize {
                 return Err(cx.err(
                     &path!["vip", i, "backend", j],
-                    format!(
-                        "more than balancer.max_backends ({}) distinct backends (address, port)",
-                        b.max_backends
-                    ),
+                    format!("more than balancer.max_backends ({}) distinct backends (address, port)", b.max_backends),
                 ));
             }
         }
@@ -1276,10 +1207,16 @@ fn validate_dns(c: &Config, dns: &dns::DnsConfig, cx: &Ctx) -> Result<(), Config
     let mut peers = HashSet::from([vantage]);
     for (i, peer) in dns.peers.iter().enumerate() {
         if !plain_name(&peer.name) {
-            return Err(cx.err(&path!["dns", "peer", i, "name"], format!("{:?}: use letters, digits, '.', '_' and '-'", peer.name)));
+            return Err(cx.err(
+                &path!["dns", "peer", i, "name"],
+                format!("{:?}: use letters, digits, '.', '_' and '-'", peer.name),
+            ));
         }
         if !peers.insert(&peer.name) {
-            return Err(cx.err(&path!["dns", "peer", i, "name"], format!("{:?} is this vantage point or another peer", peer.name)));
+            return Err(cx.err(
+                &path!["dns", "peer", i, "name"],
+                format!("{:?} is this vantage point or another peer", peer.name),
+            ));
         }
         if peer.token.as_deref().is_some_and(|t| !valid_token(t)) {
             return Err(cx.err(&path!["dns", "peer", i, "token"], "must be at least 16 characters, without spaces"));
@@ -1289,7 +1226,10 @@ fn validate_dns(c: &Config, dns: &dns::DnsConfig, cx: &Ctx) -> Result<(), Config
     if let Some(q) = dns.quorum
         && !(1..=vantage_points).contains(&q)
     {
-        return Err(cx.err(&path!["dns", "quorum"], format!("1..={vantage_points} (this controller and {} peers; got {q})", dns.peers.len())));
+        return Err(cx.err(
+            &path!["dns", "quorum"],
+            format!("1..={vantage_points} (this controller and {} peers; got {q})", dns.peers.len()),
+        ));
     }
     for (i, region) in dns.client_regions.iter().enumerate() {
         if region.region.is_empty() {
@@ -1299,10 +1239,16 @@ fn validate_dns(c: &Config, dns: &dns::DnsConfig, cx: &Ctx) -> Result<(), Config
     let mut targets = HashMap::new();
     for (i, t) in dns.targets.iter().enumerate() {
         if !plain_name(&t.name) {
-            return Err(cx.err(&path!["dns", "target", i, "name"], format!("{:?}: use letters, digits, '.', '_' and '-'", t.name)));
+            return Err(cx.err(
+                &path!["dns", "target", i, "name"],
+                format!("{:?}: use letters, digits, '.', '_' and '-'", t.name),
+            ));
         }
         if let Some(j) = targets.insert(t.name.as_str(), i) {
-            return Err(cx.err(&path!["dns", "target", i, "name"], format!("duplicate target name {:?} (also dns.target[{j}])", t.name)));
+            return Err(cx.err(
+                &path!["dns", "target", i, "name"],
+                format!("duplicate target name {:?} (also dns.target[{j}])", t.name),
+            ));
         }
         if let Some(what) = bad_address(t.address) {
             return Err(cx.err(&path!["dns", "target", i, "address"], format!("{} is {what}", t.address)));
@@ -1314,12 +1260,16 @@ fn validate_dns(c: &Config, dns: &dns::DnsConfig, cx: &Ctx) -> Result<(), Config
             (Some(check), None) => {
                 validate_check(check, &path!["dns", "target", i, "health_check"], cx)?;
                 if check.port.is_none() {
-                    return Err(cx.err(&path!["dns", "target", i, "health_check", "port"], "a target's check needs its port"));
+                    return Err(
+                        cx.err(&path!["dns", "target", i, "health_check", "port"], "a target's check needs its port")
+                    );
                 }
             }
             (None, Some(vip)) => {
                 if !c.vips.iter().any(|v| &v.name == vip) {
-                    return Err(cx.err(&path!["dns", "target", i, "vip"], format!("no [[vip]] named {vip:?} on this balancer")));
+                    return Err(
+                        cx.err(&path!["dns", "target", i, "vip"], format!("no [[vip]] named {vip:?} on this balancer"))
+                    );
                 }
             }
             _ => {
@@ -1354,10 +1304,7 @@ fn validate_rate_limits(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(), Confi
         if !(MIN_FILL_INTERVAL..=MAX_FILL_INTERVAL).contains(&limit.fill_interval) {
             return Err(cx.err(
                 &path!["vip", i, key, "fill_interval"],
-                format!(
-                    "must be between 1ms and 1h (got {})",
-                    humantime::format_duration(limit.fill_interval)
-                ),
+                format!("must be between 1ms and 1h (got {})", humantime::format_duration(limit.fill_interval)),
             ));
         }
         if limit.token_ns() < MIN_TOKEN_NS {
@@ -1392,10 +1339,7 @@ fn validate_rate_limits(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(), Confi
             }
             ("source_limit", None) => {}
             (_, Some(_)) => {
-                return Err(cx.err(
-                    &path!["vip", i, key, "prefix_len"],
-                    "only source_limit groups clients by prefix",
-                ));
+                return Err(cx.err(&path!["vip", i, key, "prefix_len"], "only source_limit groups clients by prefix"));
             }
             (_, None) => {}
         }
@@ -1405,7 +1349,9 @@ fn validate_rate_limits(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(), Confi
 
 fn validate_health(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(), ConfigError> {
     if vip.panic_threshold > 100 {
-        return Err(cx.err(&path!["vip", i, "panic_threshold"], format!("a percentage, 0..=100 (got {})", vip.panic_threshold)));
+        return Err(
+            cx.err(&path!["vip", i, "panic_threshold"], format!("a percentage, 0..=100 (got {})", vip.panic_threshold))
+        );
     }
     if let Some(check) = &vip.health_check {
         validate_check(check, &path!["vip", i, "health_check"], cx)?;
@@ -1428,7 +1374,10 @@ fn validate_health(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(), ConfigErro
             return Err(fail("max_ejection_time", "must be at least base_ejection_time".into()));
         }
         if outlier.max_ejection_percent > 100 {
-            return Err(fail("max_ejection_percent", format!("a percentage, 0..=100 (got {})", outlier.max_ejection_percent)));
+            return Err(fail(
+                "max_ejection_percent",
+                format!("a percentage, 0..=100 (got {})", outlier.max_ejection_percent),
+            ));
         }
     }
     if vip.http && vip.mode == ForwardingMode::Dsr {
@@ -1454,10 +1403,10 @@ fn validate_check(check: &HealthCheckConfig, at: &[Seg], cx: &Ctx) -> Result<(),
         return Err(fail("interval", "must be at least 100ms".into()));
     }
     if check.timeout.is_zero() || check.timeout > check.interval {
-        return Err(fail("timeout", format!(
-            "must be more than 0 and at most the interval ({})",
-            humantime::format_duration(check.interval)
-        )));
+        return Err(fail(
+            "timeout",
+            format!("must be more than 0 and at most the interval ({})", humantime::format_duration(check.interval)),
+        ));
     }
     if check.jitter > check.interval {
         return Err(fail("jitter", "must be at most the interval".into()));
@@ -1484,9 +1433,7 @@ fn validate_check(check: &HealthCheckConfig, at: &[Seg], cx: &Ctx) -> Result<(),
 }
 
 fn at_line(cx: &Ctx, path: &[Seg]) -> String {
-    cx.line(path)
-        .map(|l| format!(", line {l}"))
-        .unwrap_or_default()
+    cx.line(path).map(|l| format!(", line {l}")).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -1560,10 +1507,7 @@ address = "fd00:1::11"
         let shown = e.to_string();
         assert_eq!(e.key, key, "{shown}");
         assert_eq!(e.line, Some(line), "{shown}");
-        assert!(
-            shown.starts_with(&format!("test.toml:{line}: {key}: ")),
-            "{shown}"
-        );
+        assert!(shown.starts_with(&format!("test.toml:{line}: {key}: ")), "{shown}");
         assert!(e.message.contains(msg), "{shown} lacks {msg:?}");
         e
     }
@@ -1584,10 +1528,7 @@ address = "fd00:1::11"
         assert_eq!(b.pin_dir, PathBuf::from("/sys/fs/bpf/lb"));
         assert_eq!(b.hash_seed, 0);
         assert_eq!(b.maglev_table_size, 65537);
-        assert_eq!(
-            (b.max_vips, b.max_backends, b.flow_table_size),
-            (64, 4096, 262_144)
-        );
+        assert_eq!((b.max_vips, b.max_backends, b.flow_table_size), (64, 4096, 262_144));
         assert_eq!((b.nat_port_min, b.nat_port_max), (20000, 59999));
         assert_eq!((b.region.as_str(), b.zone.as_str()), ("r1", "z1"));
 
@@ -1595,10 +1536,7 @@ address = "fd00:1::11"
         let web = &c.vips[0];
         assert_eq!(web.name, "web");
         assert_eq!(web.address, "10.100.0.1".parse::<IpAddr>().unwrap());
-        assert_eq!(
-            (web.port, web.protocol, web.mode),
-            (80, Protocol::Tcp, ForwardingMode::Nat)
-        );
+        assert_eq!((web.port, web.protocol, web.mode), (80, Protocol::Tcp, ForwardingMode::Nat));
         assert_eq!(web.protocol.number(), lb_common::PROTO_TCP);
         assert_eq!(
             web.backends[0],
@@ -1624,23 +1562,11 @@ address = "fd00:1::11"
             }
         );
         let dns = &c.vips[1];
-        assert_eq!(
-            (dns.protocol, dns.mode),
-            (Protocol::Udp, ForwardingMode::Dsr)
-        );
+        assert_eq!((dns.protocol, dns.mode), (Protocol::Udp, ForwardingMode::Dsr));
         assert_eq!(dns.protocol.number(), lb_common::PROTO_UDP);
         assert_eq!(dns.mode.number(), lb_common::MODE_DSR);
-        assert_eq!(
-            dns.backends
-                .iter()
-                .map(|b| (b.port, b.weight))
-                .collect::<Vec<_>>(),
-            [(53, 1), (53, 0)]
-        );
-        assert_eq!(
-            c.vips[2].backends[0].socket_addr().to_string(),
-            "[fd00:1::11]:443"
-        );
+        assert_eq!(dns.backends.iter().map(|b| (b.port, b.weight)).collect::<Vec<_>>(), [(53, 1), (53, 0)]);
+        assert_eq!(c.vips[2].backends[0].socket_addr().to_string(), "[fd00:1::11]:443");
     }
 
     #[test]
@@ -1662,22 +1588,13 @@ nat_port_max = 1024
         assert_eq!(b.xdp_mode, XdpModeSetting::Skb);
         assert_eq!(b.pin_dir, PathBuf::from("/sys/fs/bpf/lb2"));
         assert_eq!(
-            (
-                b.hash_seed,
-                b.maglev_table_size,
-                b.max_vips,
-                b.max_backends,
-                b.flow_table_size
-            ),
+            (b.hash_seed, b.maglev_table_size, b.max_vips, b.max_backends, b.flow_table_size),
             (u32::MAX, 101, 2, 3, 1000)
         );
         assert_eq!((b.nat_port_min, b.nat_port_max), (1024, 1024));
         assert_eq!(b.ipv4, None);
         assert_eq!(
-            parse(&replace(text, "\"skb\"", "\"driver\""), "t")
-                .unwrap()
-                .balancer
-                .xdp_mode,
+            parse(&replace(text, "\"skb\"", "\"driver\""), "t").unwrap().balancer.xdp_mode,
             XdpModeSetting::Driver
         );
     }
@@ -1685,77 +1602,29 @@ nat_port_max = 1024
     #[test]
     fn unknown_key_refused_with_line() {
         let text = replace(GOOD, "weight = 2", "wieght = 2");
-        let e = expect(
-            &text,
-            "vip[0].backend[0].wieght",
-            line_with(&text, "wieght", 0),
-            "unknown field `wieght`",
-        );
+        let e = expect(&text, "vip[0].backend[0].wieght", line_with(&text, "wieght", 0), "unknown field `wieght`");
         assert!(e.message.contains("weight"), "{e}");
         // In an inline table, in [balancer], and a whole unknown table.
         let text = replace(GOOD, "port = 53, weight = 0", "port = 53, wait = 0");
-        expect(
-            &text,
-            "vip[1].backend[1].wait",
-            line_with(&text, "wait", 0),
-            "unknown field `wait`",
-        );
-        let text = replace(
-            GOOD,
-            "zone = \"z1\"\n\n[[vip]]",
-            "zone = \"z1\"\nxdp = \"skb\"\n\n[[vip]]",
-        );
-        expect(
-            &text,
-            "balancer.xdp",
-            line_with(&text, "xdp =", 0),
-            "unknown field `xdp`",
-        );
+        expect(&text, "vip[1].backend[1].wait", line_with(&text, "wait", 0), "unknown field `wait`");
+        let text = replace(GOOD, "zone = \"z1\"\n\n[[vip]]", "zone = \"z1\"\nxdp = \"skb\"\n\n[[vip]]");
+        expect(&text, "balancer.xdp", line_with(&text, "xdp =", 0), "unknown field `xdp`");
         let text = format!("{GOOD}\n[health]\ninterval = 1\n");
-        expect(
-            &text,
-            "health",
-            line_with(&text, "[health]", 0),
-            "unknown field `health`",
-        );
+        expect(&text, "health", line_with(&text, "[health]", 0), "unknown field `health`");
     }
 
     #[test]
     fn wrong_type_refused_with_line() {
         let text = replace(GOOD, "port = 8080", "port = \"8080\"");
-        expect(
-            &text,
-            "vip[0].backend[0].port",
-            line_with(&text, "\"8080\"", 0),
-            "invalid type",
-        );
-        let text = replace(
-            GOOD,
-            "interfaces = [\"eth0\", \"eth1\"]",
-            "interfaces = \"eth0\"",
-        );
+        expect(&text, "vip[0].backend[0].port", line_with(&text, "\"8080\"", 0), "invalid type");
+        let text = replace(GOOD, "interfaces = [\"eth0\", \"eth1\"]", "interfaces = \"eth0\"");
         expect(&text, "balancer.interfaces", 3, "invalid type");
         let text = replace(GOOD, "port = 8080", "port = 70000");
-        expect(
-            &text,
-            "vip[0].backend[0].port",
-            line_with(&text, "70000", 0),
-            "70000",
-        );
+        expect(&text, "vip[0].backend[0].port", line_with(&text, "70000", 0), "70000");
         let text = replace(GOOD, "protocol = \"udp\"", "protocol = \"sctp\"");
-        expect(
-            &text,
-            "vip[1].protocol",
-            line_with(&text, "sctp", 0),
-            "unknown variant `sctp`",
-        );
+        expect(&text, "vip[1].protocol", line_with(&text, "sctp", 0), "unknown variant `sctp`");
         let text = replace(GOOD, "address = \"10.0.2.11\"", "address = \"10.0.2.300\"");
-        expect(
-            &text,
-            "vip[1].backend[0].address",
-            line_with(&text, "10.0.2.300", 0),
-            "invalid IP address",
-        );
+        expect(&text, "vip[1].backend[0].address", line_with(&text, "10.0.2.300", 0), "invalid IP address");
         let text = replace(GOOD, "ipv4 = \"10.0.0.1\"", "ipv4 = \"fd00::2\"");
         expect(&text, "balancer.ipv4", 4, "invalid IPv4");
         let text = replace(GOOD, "[balancer]", "[balancer]\nhash_seed = -1");
@@ -1768,30 +1637,19 @@ nat_port_max = 1024
         let l = line_with(&text, "[[vip]]", 1);
         expect(&text, "vip[1].name", l, "required key is missing");
         let text = replace(GOOD, "address = \"10.0.1.12\"\n", "");
-        expect(
-            &text,
-            "vip[0].backend[1].address",
-            line_with(&text, "[[vip.backend]]", 1),
-            "required key is missing",
-        );
+        expect(&text, "vip[0].backend[1].address", line_with(&text, "[[vip.backend]]", 1), "required key is missing");
         let text = replace(GOOD, "interfaces = [\"eth0\", \"eth1\"]\n", "");
         expect(&text, "balancer.interfaces", 2, "required key is missing");
         let e = err("[[vip]]\nname = \"a\"\naddress = \"10.100.0.1\"\nport = 80\n");
         assert_eq!(e.key, "balancer", "{e}");
-        assert_eq!(
-            e.to_string(),
-            "test.toml:1: balancer: required key is missing"
-        );
+        assert_eq!(e.to_string(), "test.toml:1: balancer: required key is missing");
         let e = err("");
         assert_eq!(e.key, "balancer", "{e}");
         let e = err("# nothing\n\n[[vip]]\nname = \"a\"\naddress = \"10.100.0.1\"\nport = 80\n");
         assert_eq!(e.key, "balancer", "{e}");
         // A lone [[vip]] spans the same text as the array: the field is still placed right.
         let e = err("[balancer]\ninterfaces = [\"eth0\"]\n[[vip]]\nname = \"a\"\nport = 80\n");
-        assert_eq!(
-            e.to_string(),
-            "test.toml:3: vip[0].address: required key is missing"
-        );
+        assert_eq!(e.to_string(), "test.toml:3: vip[0].address: required key is missing");
     }
 
     #[test]
@@ -1799,13 +1657,7 @@ nat_port_max = 1024
         let text = replace(GOOD, "port = 8080", "port = = 8080");
         let e = err(&text);
         assert_eq!(e.line, Some(line_with(&text, "= =", 0)), "{e}");
-        assert!(
-            e.to_string().starts_with(&format!(
-                "test.toml:{}: invalid TOML",
-                line_with(&text, "= =", 0)
-            )),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with(&format!("test.toml:{}: invalid TOML", line_with(&text, "= =", 0))), "{e}");
     }
 
     #[test]
@@ -1813,66 +1665,28 @@ nat_port_max = 1024
         let text = replace(GOOD, "interfaces = [\"eth0\", \"eth1\"]", "interfaces = []");
         expect(&text, "balancer.interfaces", 3, "at least one interface");
         let text = replace(GOOD, "\"eth1\"", "\"averyveryverylongname\"");
-        expect(
-            &text,
-            "balancer.interfaces[1]",
-            3,
-            "not a valid interface name",
-        );
+        expect(&text, "balancer.interfaces[1]", 3, "not a valid interface name");
         let text = replace(GOOD, "\"eth1\"", "\"\"");
-        expect(
-            &text,
-            "balancer.interfaces[1]",
-            3,
-            "not a valid interface name",
-        );
+        expect(&text, "balancer.interfaces[1]", 3, "not a valid interface name");
         let text = replace(GOOD, "\"eth1\"", "\"eth/1\"");
-        expect(
-            &text,
-            "balancer.interfaces[1]",
-            3,
-            "not a valid interface name",
-        );
+        expect(&text, "balancer.interfaces[1]", 3, "not a valid interface name");
         let text = replace(GOOD, "\"eth1\"", "\"eth0\"");
         expect(&text, "balancer.interfaces[1]", 3, "listed twice");
     }
 
     #[test]
     fn pin_dir_under_bpffs() {
-        for bad in [
-            "/tmp/lb",
-            "/sys/fs/bpf",
-            "/sys/fs/bpf/../lb",
-            "sys/fs/bpf/lb",
-            "/sys/fs/bpfx",
-        ] {
-            let text = replace(
-                GOOD,
-                "zone = \"z1\"\n\n[[vip]]",
-                &format!("zone = \"z1\"\npin_dir = \"{bad}\"\n\n[[vip]]"),
-            );
-            expect(
-                &text,
-                "balancer.pin_dir",
-                line_with(&text, "pin_dir", 0),
-                "under /sys/fs/bpf",
-            );
+        for bad in ["/tmp/lb", "/sys/fs/bpf", "/sys/fs/bpf/../lb", "sys/fs/bpf/lb", "/sys/fs/bpfx"] {
+            let text =
+                replace(GOOD, "zone = \"z1\"\n\n[[vip]]", &format!("zone = \"z1\"\npin_dir = \"{bad}\"\n\n[[vip]]"));
+            expect(&text, "balancer.pin_dir", line_with(&text, "pin_dir", 0), "under /sys/fs/bpf");
         }
     }
 
     #[test]
     fn table_size_prime_and_in_range() {
-        for (size, msg) in [
-            ("65536", "prime"),
-            ("100", "between"),
-            ("99991", "ok"),
-            ("2000003", "between"),
-        ] {
-            let text = replace(
-                GOOD,
-                "[balancer]",
-                &format!("[balancer]\nmaglev_table_size = {size}"),
-            );
+        for (size, msg) in [("65536", "prime"), ("100", "between"), ("99991", "ok"), ("2000003", "between")] {
+            let text = replace(GOOD, "[balancer]", &format!("[balancer]\nmaglev_table_size = {size}"));
             if msg == "ok" {
                 assert_eq!(parse(&text, "t").unwrap().balancer.maglev_table_size, 99991);
             } else {
@@ -1882,17 +1696,9 @@ nat_port_max = 1024
         // More backends in a VIP than slots.
         let mut text = replace(GOOD, "[balancer]", "[balancer]\nmaglev_table_size = 101");
         for i in 0..101 {
-            text.push_str(&format!(
-                "[[vip.backend]]\naddress = \"fd00:1::{:x}\"\n",
-                i + 100
-            ));
+            text.push_str(&format!("[[vip.backend]]\naddress = \"fd00:1::{:x}\"\n", i + 100));
         }
-        expect(
-            &text,
-            "vip[2].backend",
-            line_with(&text, "[[vip.backend]]", 2),
-            "more than balancer.maglev_table_size",
-        );
+        expect(&text, "vip[2].backend", line_with(&text, "[[vip.backend]]", 2), "more than balancer.maglev_table_size");
     }
 
     #[test]
@@ -1909,17 +1715,8 @@ nat_port_max = 1024
     fn nat_port_range() {
         let text = replace(GOOD, "[balancer]", "[balancer]\nnat_port_min = 1000");
         expect(&text, "balancer.nat_port_min", 3, "at least 1024");
-        let text = replace(
-            GOOD,
-            "[balancer]",
-            "[balancer]\nnat_port_min = 30000\nnat_port_max = 29999",
-        );
-        expect(
-            &text,
-            "balancer.nat_port_max",
-            4,
-            "must not be below nat_port_min (30000)",
-        );
+        let text = replace(GOOD, "[balancer]", "[balancer]\nnat_port_min = 30000\nnat_port_max = 29999");
+        expect(&text, "balancer.nat_port_max", 4, "must not be below nat_port_min (30000)");
     }
 
     #[test]
@@ -1933,19 +1730,8 @@ nat_port_max = 1024
     #[test]
     fn vip_names_unique_and_plain() {
         let text = replace(GOOD, "name = \"dns\"", "name = \"web\"");
-        let e = expect(
-            &text,
-            "vip[1].name",
-            line_with(&text, "name = \"web\"", 1),
-            "duplicate VIP name \"web\"",
-        );
-        assert!(
-            e.message.contains(&format!(
-                "vip[0], line {}",
-                line_with(&text, "name = \"web\"", 0)
-            )),
-            "{e}"
-        );
+        let e = expect(&text, "vip[1].name", line_with(&text, "name = \"web\"", 1), "duplicate VIP name \"web\"");
+        assert!(e.message.contains(&format!("vip[0], line {}", line_with(&text, "name = \"web\"", 0))), "{e}");
         for bad in ["", "a b", "web/1"] {
             let text = replace(GOOD, "name = \"dns\"", &format!("name = \"{bad}\""));
             expect(&text, "vip[1].name", line_with(&text, &format!("name = \"{bad}\""), 0), "use letters, digits");
@@ -1966,11 +1752,7 @@ nat_port_max = 1024
             "10.100.0.1:80/tcp is already served by vip[0] (\"web\")",
         );
         // Same address and port with another protocol is fine.
-        let text = replace(
-            GOOD,
-            "address = \"10.100.0.2\"\nport = 53",
-            "address = \"10.100.0.1\"\nport = 80",
-        );
+        let text = replace(GOOD, "address = \"10.100.0.2\"\nport = 53", "address = \"10.100.0.1\"\nport = 80");
         let text = replace(&text, "port = 53, weight", "weight");
         let c = parse(&text, "t").unwrap();
         assert_eq!(c.vips[1].backends[1].port, 80);
@@ -1979,60 +1761,30 @@ nat_port_max = 1024
     #[test]
     fn vip_port_not_zero() {
         let text = replace(GOOD, "port = 443", "port = 0");
-        expect(
-            &text,
-            "vip[2].port",
-            line_with(&text, "port = 0", 0),
-            "port must be 1..65535",
-        );
+        expect(&text, "vip[2].port", line_with(&text, "port = 0", 0), "port must be 1..65535");
         let text = replace(GOOD, "port = 8080", "port = 0");
-        expect(
-            &text,
-            "vip[0].backend[0].port",
-            line_with(&text, "port = 0", 0),
-            "leave it out",
-        );
+        expect(&text, "vip[0].backend[0].port", line_with(&text, "port = 0", 0), "leave it out");
     }
 
     #[test]
     fn vip_address_checks() {
         let text = replace(GOOD, "address = \"10.100.0.1\"", "address = \"224.0.0.1\"");
-        expect(
-            &text,
-            "vip[0].address",
-            line_with(&text, "224.0.0.1", 0),
-            "multicast",
-        );
+        expect(&text, "vip[0].address", line_with(&text, "224.0.0.1", 0), "multicast");
         let text = replace(GOOD, "address = \"10.100.0.1\"", "address = \"10.0.0.1\"");
-        expect(
-            &text,
-            "vip[0].address",
-            line_with(&text, "address = \"10.0.0.1\"", 0),
-            "balancer's own address",
-        );
+        expect(&text, "vip[0].address", line_with(&text, "address = \"10.0.0.1\"", 0), "balancer's own address");
     }
 
     #[test]
     fn too_many_vips() {
         let text = replace(GOOD, "[balancer]", "[balancer]\nmax_vips = 2");
-        expect(
-            &text,
-            "vip[2]",
-            line_with(&text, "[[vip]]", 2),
-            "3 VIPs configured, more than balancer.max_vips (2)",
-        );
+        expect(&text, "vip[2]", line_with(&text, "[[vip]]", 2), "3 VIPs configured, more than balancer.max_vips (2)");
     }
 
     #[test]
     fn too_many_backends() {
         // 5 distinct backends (address, port) in GOOD.
         let text = replace(GOOD, "[balancer]", "[balancer]\nmax_backends = 3");
-        expect(
-            &text,
-            "vip[1].backend[1]",
-            line_with(&text, "10.0.2.12", 0),
-            "more than balancer.max_backends (3)",
-        );
+        expect(&text, "vip[1].backend[1]", line_with(&text, "10.0.2.12", 0), "more than balancer.max_backends (3)");
         let text = replace(GOOD, "[balancer]", "[balancer]\nmax_backends = 5");
         parse(&text, "t").unwrap();
         // The same backend in two VIPs counts once.
@@ -2053,23 +1805,13 @@ nat_port_max = 1024
             "IPv6 backend fd00:1::12 for an IPv4 VIP",
         );
         let text = replace(GOOD, "address = \"fd00:1::11\"", "address = \"10.0.1.11\"");
-        expect(
-            &text,
-            "vip[2].backend[0].address",
-            line_with(&text, "address = \"10.0.1.11\"", 1),
-            "IPv4 backend",
-        );
+        expect(&text, "vip[2].backend[0].address", line_with(&text, "address = \"10.0.1.11\"", 1), "IPv4 backend");
     }
 
     #[test]
     fn backend_address_unicast() {
         let text = replace(GOOD, "address = \"10.0.1.12\"", "address = \"0.0.0.0\"");
-        expect(
-            &text,
-            "vip[0].backend[1].address",
-            line_with(&text, "0.0.0.0", 0),
-            "unspecified",
-        );
+        expect(&text, "vip[0].backend[1].address", line_with(&text, "0.0.0.0", 0), "unspecified");
     }
 
     #[test]
@@ -2085,12 +1827,7 @@ nat_port_max = 1024
         let text = format!(
             "{GOOD}\n[[vip]]\nname = \"d2\"\naddress = \"10.100.0.3\"\nport = 80\nmode = \"dsr\"\n\n[[vip.backend]]\naddress = \"10.0.3.1\"\nport = 8080\n"
         );
-        let e = expect(
-            &text,
-            "vip[3].backend[0].port",
-            line_with(&text, "port = 8080", 1),
-            "(got 8080)",
-        );
+        let e = expect(&text, "vip[3].backend[0].port", line_with(&text, "port = 8080", 1), "(got 8080)");
         assert_eq!(
             e.to_string(),
             format!(
@@ -2103,22 +1840,13 @@ nat_port_max = 1024
     #[test]
     fn backend_weight_range() {
         let text = replace(GOOD, "weight = 2", "weight = 65536");
-        expect(
-            &text,
-            "vip[0].backend[0].weight",
-            line_with(&text, "65536", 0),
-            "0..=65535",
-        );
+        expect(&text, "vip[0].backend[0].weight", line_with(&text, "65536", 0), "0..=65535");
     }
 
     #[test]
     fn duplicate_backend_in_vip() {
         // 10.0.1.12 defaults to port 80; make the first backend the same.
-        let text = replace(
-            GOOD,
-            "address = \"10.0.1.11\"\nport = 8080",
-            "address = \"10.0.1.12\"\nport = 80",
-        );
+        let text = replace(GOOD, "address = \"10.0.1.11\"\nport = 8080", "address = \"10.0.1.12\"\nport = 80");
         let e = expect(
             &text,
             "vip[0].backend[1].address",
@@ -2126,10 +1854,7 @@ nat_port_max = 1024
             "duplicate backend 10.0.1.12:80",
         );
         assert!(
-            e.message.contains(&format!(
-                "also backend[0], line {}",
-                line_with(&text, "[[vip.backend]]", 0)
-            )),
+            e.message.contains(&format!("also backend[0], line {}", line_with(&text, "[[vip.backend]]", 0))),
             "{e}"
         );
         // Same address on another port is a different backend.
@@ -2140,19 +1865,9 @@ nat_port_max = 1024
     #[test]
     fn nat_vip_needs_balancer_address_of_its_family() {
         let text = replace(GOOD, "ipv4 = \"10.0.0.1\"\n", "");
-        expect(
-            &text,
-            "vip[0].address",
-            line_with(&text, "10.100.0.1", 0),
-            "needs balancer.ipv4",
-        );
+        expect(&text, "vip[0].address", line_with(&text, "10.100.0.1", 0), "needs balancer.ipv4");
         let text = replace(GOOD, "ipv6 = \"fd00::1\"\n", "");
-        expect(
-            &text,
-            "vip[2].address",
-            line_with(&text, "fd00:100::1", 0),
-            "needs balancer.ipv6",
-        );
+        expect(&text, "vip[2].address", line_with(&text, "fd00:100::1", 0), "needs balancer.ipv6");
         // dsr VIPs do not need it.
         let text = "[balancer]\ninterfaces = [\"eth0\"]\n[[vip]]\nname = \"a\"\naddress = \"10.100.0.1\"\nport = 80\nmode = \"dsr\"\n";
         parse(text, "t").unwrap();
@@ -2168,7 +1883,10 @@ nat_port_max = 1024
         let c = parse(&text, "t").unwrap();
         let web = &c.vips[0];
         let flows = web.new_flow_limit.as_ref().unwrap();
-        assert_eq!((flows.quota, flows.fill_interval, flows.burst(), flows.token_ns()), (100, Duration::from_secs(1), 100, 10_000_000));
+        assert_eq!(
+            (flows.quota, flows.fill_interval, flows.burst(), flows.token_ns()),
+            (100, Duration::from_secs(1), 100, 10_000_000)
+        );
         let packets = web.packet_limit.as_ref().unwrap();
         assert_eq!((packets.burst(), packets.token_ns()), (50, 2_000_000));
         assert_eq!(web.source_limit.as_ref().unwrap().prefix_len, Some(24));
@@ -2182,17 +1900,47 @@ nat_port_max = 1024
         let line = line_with(GOOD, "port = 80", 0) + 1;
         expect(&with("new_flow_limit = { quota = 0 }"), "vip[0].new_flow_limit.quota", line, "at least 1");
         expect(&with("source_limit = { quota = 1, burst = 0 }"), "vip[0].source_limit.burst", line, "at least 1");
-        expect(&with("packet_limit = { quota = 1, fill_interval = \"2h\" }"), "vip[0].packet_limit.fill_interval", line, "between 1ms and 1h (got 2h)");
-        expect(&with("packet_limit = { quota = 100000000 }"), "vip[0].packet_limit.quota", line, "enforces accurately (20000000 per second)");
-        expect(&with("packet_limit = { quota = 1, burst = 100000 }"), "vip[0].packet_limit.burst", line, "more than 24h");
-        expect(&with("source_limit = { quota = 1, prefix_len = 33 }"), "vip[0].source_limit.prefix_len", line, "8..=32 for an IPv4 VIP (got 33)");
-        expect(&with("new_flow_limit = { quota = 1, prefix_len = 24 }"), "vip[0].new_flow_limit.prefix_len", line, "only source_limit");
+        expect(
+            &with("packet_limit = { quota = 1, fill_interval = \"2h\" }"),
+            "vip[0].packet_limit.fill_interval",
+            line,
+            "between 1ms and 1h (got 2h)",
+        );
+        expect(
+            &with("packet_limit = { quota = 100000000 }"),
+            "vip[0].packet_limit.quota",
+            line,
+            "enforces accurately (20000000 per second)",
+        );
+        expect(
+            &with("packet_limit = { quota = 1, burst = 100000 }"),
+            "vip[0].packet_limit.burst",
+            line,
+            "more than 24h",
+        );
+        expect(
+            &with("source_limit = { quota = 1, prefix_len = 33 }"),
+            "vip[0].source_limit.prefix_len",
+            line,
+            "8..=32 for an IPv4 VIP (got 33)",
+        );
+        expect(
+            &with("new_flow_limit = { quota = 1, prefix_len = 24 }"),
+            "vip[0].new_flow_limit.prefix_len",
+            line,
+            "only source_limit",
+        );
         let e = err(&with("new_flow_limit = { quota = 1, fill_interval = \"soon\" }"));
         assert_eq!((e.key.as_str(), e.line), ("vip[0].new_flow_limit.fill_interval", Some(line)), "{e}");
         let e = err(&with("new_flow_limit = { quota = 1, rate = 2 }"));
         assert_eq!((e.key.as_str(), e.line), ("vip[0].new_flow_limit.rate", Some(line)), "{e}");
         let v6 = replace(GOOD, "port = 443\n", "port = 443\nsource_limit = { quota = 1, prefix_len = 16 }\n");
-        expect(&v6, "vip[2].source_limit.prefix_len", line_with(GOOD, "port = 443", 0) + 1, "32..=128 for an IPv6 VIP (got 16)");
+        expect(
+            &v6,
+            "vip[2].source_limit.prefix_len",
+            line_with(GOOD, "port = 443", 0) + 1,
+            "32..=128 for an IPv6 VIP (got 16)",
+        );
     }
 
     #[test]
@@ -2209,7 +1957,10 @@ nat_port_max = 1024
         assert_eq!(web.failover_regions, ["r3", "r2"]);
         let check = web.health_check.as_ref().unwrap();
         assert_eq!(check.kind, HealthCheckKind::Http);
-        assert_eq!((check.interval, check.timeout, check.jitter), (Duration::from_secs(5), Duration::from_secs(1), Duration::ZERO));
+        assert_eq!(
+            (check.interval, check.timeout, check.jitter),
+            (Duration::from_secs(5), Duration::from_secs(1), Duration::ZERO)
+        );
         assert_eq!((check.healthy_threshold, check.unhealthy_threshold, check.port), (2, 3, None));
         assert_eq!(check.expected_statuses, [StatusRange { from: 200, to: 200 }, StatusRange { from: 300, to: 302 }]);
         let outlier = web.outlier_detection.as_ref().unwrap();
@@ -2227,14 +1978,34 @@ nat_port_max = 1024
         let with = |extra: &str| replace(GOOD, "port = 80\n", &format!("port = 80\n{extra}\n"));
         let line = line_with(GOOD, "port = 80", 0) + 1;
         expect(&with("panic_threshold = 101"), "vip[0].panic_threshold", line, "0..=100");
-        expect(&with("health_check = { type = \"tcp\", timeout = \"6s\" }"), "vip[0].health_check.timeout", line, "at most the interval");
-        expect(&with("health_check = { type = \"tcp\", unhealthy_threshold = 0 }"), "vip[0].health_check.unhealthy_threshold", line, "at least 1");
-        expect(&with("health_check = { type = \"http\", path = \"healthz\" }"), "vip[0].health_check.path", line, "start with '/'");
+        expect(
+            &with("health_check = { type = \"tcp\", timeout = \"6s\" }"),
+            "vip[0].health_check.timeout",
+            line,
+            "at most the interval",
+        );
+        expect(
+            &with("health_check = { type = \"tcp\", unhealthy_threshold = 0 }"),
+            "vip[0].health_check.unhealthy_threshold",
+            line,
+            "at least 1",
+        );
+        expect(
+            &with("health_check = { type = \"http\", path = \"healthz\" }"),
+            "vip[0].health_check.path",
+            line,
+            "start with '/'",
+        );
         let e = err(&with("health_check = { type = \"http\", expected_statuses = [\"299-200\"] }"));
         assert_eq!((e.key.as_str(), e.line), ("vip[0].health_check.expected_statuses", Some(line)), "{e}");
         let e = err(&with("health_check = { type = \"icmp\" }"));
         assert_eq!((e.key.as_str(), e.line), ("vip[0].health_check.type", Some(line)), "{e}");
-        expect(&with("outlier_detection = { max_ejection_time = \"1s\" }"), "vip[0].outlier_detection.max_ejection_time", line, "at least base_ejection_time");
+        expect(
+            &with("outlier_detection = { max_ejection_time = \"1s\" }"),
+            "vip[0].outlier_detection.max_ejection_time",
+            line,
+            "at least base_ejection_time",
+        );
         expect(&with("failover_regions = [\"r2\", \"r2\"]"), "vip[0].failover_regions[1]", line, "repeated region");
         let dsr_line = line_with(GOOD, "mode = \"dsr\"", 0) + 1;
         let dsr = replace(GOOD, "mode = \"dsr\"\n", "mode = \"dsr\"\noutlier_detection = {}\n");
@@ -2258,11 +2029,7 @@ nat_port_max = 1024
     fn load_reports_unreadable_file() {
         let e = load(Path::new("/nonexistent/lb.toml")).unwrap_err();
         assert_eq!(e.line, None);
-        assert!(
-            e.to_string()
-                .starts_with("/nonexistent/lb.toml: cannot read the file"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("/nonexistent/lb.toml: cannot read the file"), "{e}");
     }
 
     #[test]

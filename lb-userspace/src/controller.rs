@@ -238,8 +238,15 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     };
     let (ids, applied) = if adopted {
         let existing = dataplane.existing()?;
-        info!(vips = existing.vips.len(), backends = existing.backends.len(), "adopting the program left attached by an earlier controller");
-        (IdAllocator::adopt(balancer.max_vips, balancer.max_backends, &existing), Applied::adopt(&existing, sizes.table_size))
+        info!(
+            vips = existing.vips.len(),
+            backends = existing.backends.len(),
+            "adopting the program left attached by an earlier controller"
+        );
+        (
+            IdAllocator::adopt(balancer.max_vips, balancer.max_backends, &existing),
+            Applied::adopt(&existing, sizes.table_size),
+        )
     } else {
         (IdAllocator::new(balancer.max_vips, balancer.max_backends), Applied::default())
     };
@@ -266,7 +273,18 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let (target_check_tx, mut target_checks) = tokio::sync::mpsc::unbounded_channel();
     let (peer_view_tx, mut peer_views) = tokio::sync::mpsc::unbounded_channel();
     let dns = DnsService::start(&config, target_check_tx, peer_view_tx)?;
-    let mut lb = Controller { ids, config_path, config, generation: 1, last_reload: None, states, prober, applied, plans: BTreeMap::new(), dns };
+    let mut lb = Controller {
+        ids,
+        config_path,
+        config,
+        generation: 1,
+        last_reload: None,
+        states,
+        prober,
+        applied,
+        plans: BTreeMap::new(),
+        dns,
+    };
     lb.prober.set_targets(BackendStates::check_targets(&lb.config));
     lb.apply(&mut dataplane)?;
     crate::neighbors::prime(neighbors_of(&lb.config));

@@ -152,14 +152,11 @@ impl Dataplane {
                 map.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
             }
         }
-        let logger = aya_log::EbpfLogger::init(&mut ebpf)
-            .inspect_err(|e| warn!("packet-path logging unavailable: {e}"))
-            .ok();
+        let logger =
+            aya_log::EbpfLogger::init(&mut ebpf).inspect_err(|e| warn!("packet-path logging unavailable: {e}")).ok();
         for name in [PROG_LB, PROG_PASS, PROG_DROP, PROG_MAC_SWAP] {
-            let program: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| format!("program {name} missing"))?
-                .try_into()?;
+            let program: &mut Xdp =
+                ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
             program.load().with_context(|| format!("verifier rejected {name}"))?;
         }
         if let Some(dir) = pin_dir {
@@ -215,7 +212,9 @@ impl Dataplane {
             source_entries: max_entries(MAP_SOURCE_BUCKETS)?,
         };
         if pinned_sizes != sizes {
-            bail!("the running program's maps are sized {pinned_sizes:?}, the config asks {sizes:?}: run `lb stop --detach` first");
+            bail!(
+                "the running program's maps are sized {pinned_sizes:?}, the config asks {sizes:?}: run `lb stop --detach` first"
+            );
         }
         let program = Xdp::from_pin(program_pin(pin_dir), aya_obj::programs::XdpAttachType::Interface)
             .context("opening the pinned program")?;
@@ -266,8 +265,13 @@ impl Dataplane {
     /// program stays attached and forwarding when this process ends.
     pub fn attach(&mut self, iface: &str, mode: XdpModeSetting) -> Result<()> {
         let dir = self.pin_dir.clone().context("attaching needs a pin directory")?;
-        let program: &mut Xdp =
-            self.ebpf.as_mut().context("an adopted program is attached already")?.program_mut(PROG_LB).context("program missing")?.try_into()?;
+        let program: &mut Xdp = self
+            .ebpf
+            .as_mut()
+            .context("an adopted program is attached already")?
+            .program_mut(PROG_LB)
+            .context("program missing")?
+            .try_into()?;
         let link = match mode {
             XdpModeSetting::Driver => program.attach(iface, XdpMode::Driver),
             XdpModeSetting::Skb => program.attach(iface, XdpMode::Skb),

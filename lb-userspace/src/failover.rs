@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::config::{BackendConfig, Config, VipConfig};
 use crate::health::CheckStatus;
 use crate::locality::Availability;
-use crate::outlier::{Decision, OutlierDetector, OutlierStats, Outcome};
+use crate::outlier::{Decision, Outcome, OutlierDetector, OutlierStats};
 use crate::probe::{CheckResult, Target, TargetKey};
 
 /// What every backend of every VIP is known to be doing.
@@ -74,7 +74,9 @@ impl BackendStates {
         let Some(status) = self.checks.get_mut(&result.key) else { return false };
         let flipped = status.record(result.outcome.is_ok(), check.healthy_threshold, check.unhealthy_threshold);
         match (flipped, &result.outcome) {
-            (Some(false), Err(why)) => warn!(vip = %vip_name, %backend, reason = %why, "backend unhealthy: active checks failing"),
+            (Some(false), Err(why)) => {
+                warn!(vip = %vip_name, %backend, reason = %why, "backend unhealthy: active checks failing")
+            }
             (Some(true), _) => info!(vip = %vip_name, %backend, "backend healthy again: active checks passing"),
             _ => {}
         }
@@ -138,7 +140,11 @@ impl BackendStates {
             return false;
         }
         let k = (vip.to_owned(), backend);
-        if drained { self.drained.insert(k) } else { self.drained.remove(&k) };
+        if drained {
+            self.drained.insert(k)
+        } else {
+            self.drained.remove(&k)
+        };
         true
     }
 
@@ -299,7 +305,11 @@ backend = [{ address = "10.0.1.1" }, { address = "10.0.1.2" }, { address = "10.0
         let fewer = config::parse(&fewer, "test.toml").expect("valid config");
         states.reconfigure(&fewer, t0);
         assert_eq!(availability(&fewer, &states), [Unhealthy, Draining]);
-        let unchecked = config::parse(&CONFIG.replace("health_check = { type = \"tcp\", healthy_threshold = 2, unhealthy_threshold = 2 }\n", ""), "t").unwrap();
+        let unchecked = config::parse(
+            &CONFIG.replace("health_check = { type = \"tcp\", healthy_threshold = 2, unhealthy_threshold = 2 }\n", ""),
+            "t",
+        )
+        .unwrap();
         states.reconfigure(&unchecked, t0);
         assert_eq!(availability(&unchecked, &states)[0], Available, "no checks, no check state");
         assert!(BackendStates::check_targets(&unchecked).is_empty());

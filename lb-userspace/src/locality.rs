@@ -62,9 +62,13 @@ pub fn plan(balancer_region: &str, balancer_zone: &str, vip: &VipConfig, availab
         .zip(availability)
         .map(|(backend, &state)| backend.weight > 0 && !backend.draining && state != Availability::Draining)
         .collect();
-    let available: Vec<bool> =
-        eligible.iter().zip(availability).map(|(&eligible, &state)| eligible && state == Availability::Available).collect();
-    let best_level = |members: &[bool]| levels.iter().zip(members).filter_map(|(&level, &member)| member.then_some(level)).min();
+    let available: Vec<bool> = eligible
+        .iter()
+        .zip(availability)
+        .map(|(&eligible, &state)| eligible && state == Availability::Available)
+        .collect();
+    let best_level =
+        |members: &[bool]| levels.iter().zip(members).filter_map(|(&level, &member)| member.then_some(level)).min();
 
     let total = eligible.iter().filter(|&&e| e).count() as u64;
     let up = available.iter().filter(|&&a| a).count() as u64;
@@ -76,7 +80,11 @@ pub fn plan(balancer_region: &str, balancer_zone: &str, vip: &VipConfig, availab
         .iter()
         .zip(&levels)
         .zip(serving)
-        .map(|((backend, &backend_level), &serves)| if serves && Some(backend_level) == level { backend.weight } else { 0 })
+        .map(
+            |((backend, &backend_level), &serves)| {
+                if serves && Some(backend_level) == level { backend.weight } else { 0 }
+            },
+        )
         .collect();
     Plan { level, panic, weights }
 }
@@ -85,7 +93,12 @@ pub fn plan(balancer_region: &str, balancer_zone: &str, vip: &VipConfig, availab
 /// same region and zone, 1 = same region, other zone, 2 + i = `failover_regions[i]`, and
 /// 2 + `failover_regions.len()` for every region not listed. An empty region or zone on
 /// the backend means the balancer's (unlabelled = local).
-pub fn level_of(balancer_region: &str, balancer_zone: &str, failover_regions: &[String], backend: &BackendConfig) -> usize {
+pub fn level_of(
+    balancer_region: &str,
+    balancer_zone: &str,
+    failover_regions: &[String],
+    backend: &BackendConfig,
+) -> usize {
     let region = if backend.region.is_empty() { balancer_region } else { &backend.region };
     let zone = if backend.zone.is_empty() { balancer_zone } else { &backend.zone };
     if region == balancer_region {

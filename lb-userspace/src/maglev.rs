@@ -105,42 +105,24 @@ struct Cursor {
 /// # Panics
 /// If `table_size` is not prime (the permutations would not cover the table).
 pub fn build(backends: &[MaglevBackend], table_size: u32, seed: u32) -> Vec<u32> {
-    assert!(
-        is_prime(table_size),
-        "maglev table size {table_size} is not prime"
-    );
+    assert!(is_prime(table_size), "maglev table size {table_size} is not prime");
     assert!(backends.len() < EMPTY as usize, "too many backends");
 
-    let mut order: Vec<u32> = (0..backends.len() as u32)
-        .filter(|&i| backends[i as usize].weight > 0)
-        .collect();
+    let mut order: Vec<u32> = (0..backends.len() as u32).filter(|&i| backends[i as usize].weight > 0).collect();
     if order.is_empty() {
         return Vec::new();
     }
     order.sort_unstable_by(|&a, &b| {
         let (x, y) = (&backends[a as usize], &backends[b as usize]);
-        x.identity
-            .cmp(y.identity)
-            .then(x.weight.cmp(&y.weight))
-            .then(a.cmp(&b))
+        x.identity.cmp(y.identity).then(x.weight.cmp(&y.weight)).then(a.cmp(&b))
     });
-    let max_weight = order
-        .iter()
-        .map(|&i| backends[i as usize].weight)
-        .max()
-        .unwrap_or(1) as u64;
+    let max_weight = order.iter().map(|&i| backends[i as usize].weight).max().unwrap_or(1) as u64;
     let mut cursors: Vec<Cursor> = order
         .iter()
         .map(|&i| {
             let b = &backends[i as usize];
             let (offset, skip) = offset_and_skip(b.identity, table_size, seed);
-            Cursor {
-                next: offset,
-                skip,
-                weight: b.weight as u64,
-                credit: 0,
-                index: i,
-            }
+            Cursor { next: offset, skip, weight: b.weight as u64, credit: 0, index: i }
         })
         .collect();
 
@@ -181,19 +163,11 @@ mod tests {
     use std::time::Instant;
 
     fn identities(n: usize) -> Vec<Vec<u8>> {
-        (0..n)
-            .map(|i| format!("10.{}.{}.{}:8080", i / 65536, (i / 256) % 256, i % 256).into_bytes())
-            .collect()
+        (0..n).map(|i| format!("10.{}.{}.{}:8080", i / 65536, (i / 256) % 256, i % 256).into_bytes()).collect()
     }
 
     fn backends<'a>(ids: &'a [Vec<u8>], weights: &[u32]) -> Vec<MaglevBackend<'a>> {
-        ids.iter()
-            .zip(weights)
-            .map(|(id, &weight)| MaglevBackend {
-                identity: id,
-                weight,
-            })
-            .collect()
+        ids.iter().zip(weights).map(|(id, &weight)| MaglevBackend { identity: id, weight }).collect()
     }
 
     fn counts(table: &[u32], n: usize) -> Vec<usize> {
@@ -222,12 +196,7 @@ mod tests {
     #[test]
     fn primes() {
         let small: Vec<u32> = (0..60).filter(|&n| is_prime(n)).collect();
-        assert_eq!(
-            small,
-            [
-                2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59
-            ]
-        );
+        assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59]);
         assert!(is_prime(65537));
         assert!(is_prime(4_294_967_291)); // largest u32 prime
         assert!(!is_prime(65535));
@@ -244,14 +213,8 @@ mod tests {
         assert_eq!(identity_hash(b"10.0.1.11:8080", 0), 0x5df4_1df1);
         assert_eq!(identity_hash(b"10.0.1.11:8080", 7), 0x94af_d030);
         let ids = identities(3);
-        assert_eq!(
-            build(&backends(&ids, &[1, 1, 1]), 13, 0),
-            [2, 0, 0, 0, 0, 1, 0, 2, 1, 1, 2, 2, 1]
-        );
-        assert_eq!(
-            build(&backends(&ids, &[1, 2, 3]), 13, 0),
-            [2, 0, 0, 1, 2, 1, 2, 2, 1, 1, 2, 2, 2]
-        );
+        assert_eq!(build(&backends(&ids, &[1, 1, 1]), 13, 0), [2, 0, 0, 0, 0, 1, 0, 2, 1, 1, 2, 2, 1]);
+        assert_eq!(build(&backends(&ids, &[1, 2, 3]), 13, 0), [2, 0, 0, 1, 2, 1, 2, 2, 1, 1, 2, 2, 2]);
     }
 
     #[test]
@@ -303,10 +266,7 @@ mod tests {
         let w: Vec<u32> = (0..n as u32).map(|i| i % 5 + 1).collect();
         let t = build(&backends(&ids, &w), 65537, 42);
         let err = max_share_error(&t, &w);
-        println!(
-            "10 backends, weights 1..5, M=65537: max share error {:.4}%",
-            err * 100.0
-        );
+        println!("10 backends, weights 1..5, M=65537: max share error {:.4}%", err * 100.0);
         assert!(err < 0.01, "{err}");
 
         // Very unequal weights.
@@ -314,10 +274,7 @@ mod tests {
         let ids2 = identities(4);
         let t2 = build(&backends(&ids2, &w2), 65537, 0);
         let err2 = max_share_error(&t2, &w2);
-        println!(
-            "weights 1/100/10000/65535: max share error {:.4}%",
-            err2 * 100.0
-        );
+        println!("weights 1/100/10000/65535: max share error {:.4}%", err2 * 100.0);
         assert!(err2 < 0.01, "{err2}");
     }
 
@@ -351,9 +308,7 @@ mod tests {
         // Deterministic Fisher-Yates with a small LCG.
         let mut s = 0x1234_5678u64;
         for i in (1..n).rev() {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             shuffled.swap(i, (s >> 33) as usize % (i + 1));
         }
         let mut rev = fwd.clone();
@@ -395,11 +350,7 @@ mod tests {
         let w: Vec<u32> = (0..10).map(|i| i % 5 + 1).collect();
         let share = w[4] as f64 / w.iter().sum::<u32>() as f64;
         let d = disruption(&ids, &w, 4, 65537);
-        println!(
-            "remove weight-5 of 10 weighted backends: {:.3}% moved (its share {:.3}%)",
-            d * 100.0,
-            share * 100.0
-        );
+        println!("remove weight-5 of 10 weighted backends: {:.3}% moved (its share {:.3}%)", d * 100.0, share * 100.0);
         assert!(d <= share + 0.01, "{d}");
     }
 
@@ -422,11 +373,7 @@ mod tests {
         let weighted = t0.elapsed().as_secs_f64() * 1000.0;
         println!(
             "maglev build 1000 backends x 65537 slots: best of 5 {best:.3} ms (weights 1..5: {weighted:.3} ms){}",
-            if cfg!(debug_assertions) {
-                " [debug build; target applies to release]"
-            } else {
-                ""
-            }
+            if cfg!(debug_assertions) { " [debug build; target applies to release]" } else { "" }
         );
         if !cfg!(debug_assertions) {
             assert!(best < 5.0, "{best} ms");
@@ -448,9 +395,6 @@ mod tests {
             }
             m
         };
-        assert_eq!(
-            count(&build(&a, 1009, 1), &a),
-            count(&build(&b, 1009, 1), &b)
-        );
+        assert_eq!(count(&build(&a, 1009, 1), &a), count(&build(&b, 1009, 1), &b));
     }
 }

@@ -113,7 +113,10 @@ fn stop(admin: &AdminArgs, detach: bool) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) if detach => {
-            eprintln!("lb: no controller answered ({e:#}); detaching what is pinned under {}", control.balancer.pin_dir.display());
+            eprintln!(
+                "lb: no controller answered ({e:#}); detaching what is pinned under {}",
+                control.balancer.pin_dir.display()
+            );
             lb_userspace::dataplane::Dataplane::detach_pinned(&control.balancer.pin_dir)
         }
         Err(e) => Err(e),
@@ -121,7 +124,8 @@ fn stop(admin: &AdminArgs, detach: bool) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // hickory-server logs every DNS request at info; only what RUST_LOG asks for by name.
     if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("hickory")) {
         filter = filter.add_directive("hickory_server=warn".parse().expect("a valid directive"));
@@ -138,14 +142,16 @@ fn main() -> ExitCode {
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(controller::run(config))),
-        Command::Check { config } => config::load(&config).map(|c| {
-            let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
-            let dns = c.dns.as_ref().map_or(String::new(), |d| {
-                let policies: usize = d.zones.iter().map(|z| z.policies.len()).sum();
-                format!(", DNS: {} zones, {policies} policy records, {} targets", d.zones.len(), d.targets.len())
-            });
-            println!("{}: ok ({} VIPs, {backends} backends{dns})", config.display(), c.vips.len());
-        }).map_err(anyhow::Error::from),
+        Command::Check { config } => config::load(&config)
+            .map(|c| {
+                let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();
+                let dns = c.dns.as_ref().map_or(String::new(), |d| {
+                    let policies: usize = d.zones.iter().map(|z| z.policies.len()).sum();
+                    format!(", DNS: {} zones, {policies} policy records, {} targets", d.zones.len(), d.targets.len())
+                });
+                println!("{}: ok ({} VIPs, {backends} backends{dns})", config.display(), c.vips.len());
+            })
+            .map_err(anyhow::Error::from),
         Command::Status { admin, json } => admin.client().and_then(|c| {
             if json {
                 print!("{}", c.call("GET", "/v1/status")?);
@@ -155,13 +161,13 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Reload { admin } => admin.client().and_then(|c| Ok(print!("{}", c.call("POST", "/v1/reload")?))),
-        Command::Drain { admin, vip, backend } => {
-            admin.client().and_then(|c| Ok(print!("{}", c.call("POST", &format!("/v1/vips/{vip}/backends/{backend}/drain"))?)))
-        }
+        Command::Drain { admin, vip, backend } => admin
+            .client()
+            .and_then(|c| Ok(print!("{}", c.call("POST", &format!("/v1/vips/{vip}/backends/{backend}/drain"))?))),
         Command::Stop { admin, detach } => stop(&admin, detach),
-        Command::Undrain { admin, vip, backend } => {
-            admin.client().and_then(|c| Ok(print!("{}", c.call("POST", &format!("/v1/vips/{vip}/backends/{backend}/undrain"))?)))
-        }
+        Command::Undrain { admin, vip, backend } => admin
+            .client()
+            .and_then(|c| Ok(print!("{}", c.call("POST", &format!("/v1/vips/{vip}/backends/{backend}/undrain"))?))),
         Command::Trickle { admin, name, rtype, ratio } => admin.client().and_then(|c| {
             let path = format!("/v1/dns/policies/{name}/{rtype}/trickle");
             let said = match ratio.as_str() {
@@ -193,7 +199,9 @@ mod tests {
         let unit = include_str!("../../config/lb.service");
         let commands: Vec<Vec<&str>> = unit
             .lines()
-            .filter_map(|l| l.strip_prefix("ExecStart=").or(l.strip_prefix("ExecStartPre=")).or(l.strip_prefix("ExecReload=")))
+            .filter_map(|l| {
+                l.strip_prefix("ExecStart=").or(l.strip_prefix("ExecStartPre=")).or(l.strip_prefix("ExecReload="))
+            })
             .map(|l| l.split_whitespace().collect())
             .collect();
         assert_eq!(commands.len(), 3, "{unit}");

@@ -53,7 +53,9 @@ impl Family {
         match self.samples.as_slice() {
             // A single sample without labels is written bare, not as `name{} value`.
             [(labels, value)] if labels.is_empty() => self.encode_value(*value, metric),
-            samples => samples.iter().try_for_each(|(labels, value)| self.encode_value(*value, metric.encode_family(labels)?)),
+            samples => {
+                samples.iter().try_for_each(|(labels, value)| self.encode_value(*value, metric.encode_family(labels)?))
+            }
         }
     }
 
@@ -97,21 +99,27 @@ fn families(status: &Status) -> Vec<Family> {
     let mut new_flows = counter("lb_vip_new_flows", "Flows the VIP sent to a backend.");
     let mut reply_packets = counter("lb_vip_reply_packets", "nat replies translated back to clients.");
     let mut reply_bytes = counter("lb_vip_reply_bytes", "Bytes of nat replies translated back to clients.");
-    let mut icmp = counter("lb_vip_icmp_errors_forwarded", "ICMP errors about the VIP's flows delivered to their backend.");
+    let mut icmp =
+        counter("lb_vip_icmp_errors_forwarded", "ICMP errors about the VIP's flows delivered to their backend.");
     let mut dropped = counter("lb_vip_dropped_packets", "Packets for the VIP dropped, by reason.");
     let mut limited = counter("lb_vip_rate_limited_packets", "Packets for the VIP dropped by a rate limit, by limit.");
-    let mut level = gauge("lb_vip_priority_level", "Priority level serving new flows (0 = local zone); -1 when none can.");
+    let mut level =
+        gauge("lb_vip_priority_level", "Priority level serving new flows (0 = local zone); -1 when none can.");
     let mut panic = gauge("lb_vip_panic", "1 while the VIP balances over all its backends for lack of available ones.");
     let mut ejections_active = gauge("lb_outlier_ejections_active", "Backends of the VIP ejected now.");
     let mut ejections_enforced = counter("lb_outlier_ejections_enforced", "Ejections enforced.");
-    let mut ejections_overflow = counter("lb_outlier_ejections_overflow", "Ejections refused because max_ejection_percent was reached.");
-    let mut detected_5xx = counter("lb_outlier_ejections_detected_consecutive_5xx", "Times a backend reached consecutive_5xx.");
+    let mut ejections_overflow =
+        counter("lb_outlier_ejections_overflow", "Ejections refused because max_ejection_percent was reached.");
+    let mut detected_5xx =
+        counter("lb_outlier_ejections_detected_consecutive_5xx", "Times a backend reached consecutive_5xx.");
     let mut detected_local = counter(
         "lb_outlier_ejections_detected_consecutive_local_origin_failure",
         "Times a backend reached consecutive_local_origin_failures.",
     );
-    let mut state = gauge("lb_backend_state", "1 for the backend's state in the VIP: available, unhealthy, ejected or draining.");
-    let mut serving_weight = gauge("lb_backend_serving_weight", "The backend's weight in the VIP's table now (0: no new flows).");
+    let mut state =
+        gauge("lb_backend_state", "1 for the backend's state in the VIP: available, unhealthy, ejected or draining.");
+    let mut serving_weight =
+        gauge("lb_backend_serving_weight", "The backend's weight in the VIP's table now (0: no new flows).");
     let mut by_backend = BTreeMap::new();
     for vip in &status.vips {
         let v = || vec![("vip", vip.name.clone())];
@@ -122,7 +130,11 @@ fn families(status: &Status) -> Vec<Family> {
         reply_packets.add(v(), c.reply_packets);
         reply_bytes.add(v(), c.reply_bytes);
         icmp.add(v(), c.icmp_errors_forwarded);
-        for (reason, n) in [("no_backend", c.drop_no_backend), ("no_route", c.drop_no_route), ("nat_ports_exhausted", c.drop_nat_ports_exhausted)] {
+        for (reason, n) in [
+            ("no_backend", c.drop_no_backend),
+            ("no_route", c.drop_no_route),
+            ("nat_ports_exhausted", c.drop_nat_ports_exhausted),
+        ] {
             dropped.add(vec![("vip", vip.name.clone()), ("reason", reason.into())], n);
         }
         for (limit, n) in [
@@ -162,11 +174,15 @@ fn families(status: &Status) -> Vec<Family> {
         counter("lb_backend_new_flows", "Flows sent to the backend."),
         counter("lb_backend_reply_packets", "nat replies from the backend."),
         counter("lb_backend_reply_bytes", "Bytes of nat replies from the backend."),
-        counter("lb_backend_connect_failures", "Connection attempts answered with RST or ICMP unreachable (watched VIPs)."),
+        counter(
+            "lb_backend_connect_failures",
+            "Connection attempts answered with RST or ICMP unreachable (watched VIPs).",
+        ),
         counter("lb_backend_responses_5xx", "First HTTP responses with a 5xx status (watched HTTP VIPs)."),
     ];
     for (address, c) in by_backend {
-        let values = [c.packets, c.bytes, c.new_flows, c.reply_packets, c.reply_bytes, c.connect_failures, c.responses_5xx];
+        let values =
+            [c.packets, c.bytes, c.new_flows, c.reply_packets, c.reply_bytes, c.connect_failures, c.responses_5xx];
         for (family, value) in backend_families.iter_mut().zip(values) {
             family.add(vec![("backend", address.to_string())], value);
         }
@@ -190,8 +206,26 @@ fn families(status: &Status) -> Vec<Family> {
     lost.add(vec![], g.health_signals_lost);
 
     let mut all = vec![
-        info, generation, reload, packets, bytes, new_flows, reply_packets, reply_bytes, icmp, dropped, limited, level, panic,
-        ejections_active, ejections_enforced, ejections_overflow, detected_5xx, detected_local, state, serving_weight,
+        info,
+        generation,
+        reload,
+        packets,
+        bytes,
+        new_flows,
+        reply_packets,
+        reply_bytes,
+        icmp,
+        dropped,
+        limited,
+        level,
+        panic,
+        ejections_active,
+        ejections_enforced,
+        ejections_overflow,
+        detected_5xx,
+        detected_local,
+        state,
+        serving_weight,
     ];
     all.extend(backend_families);
     all.extend([passed, global_dropped, lost]);
@@ -202,8 +236,12 @@ fn families(status: &Status) -> Vec<Family> {
 }
 
 fn dns_families(dns: &crate::dns::DnsStatus) -> Vec<Family> {
-    let mut up = gauge("lb_dns_target_up", "1 while the target is in the answers (fewer than a quorum of vantage points see it down).");
-    let mut view = gauge("lb_dns_target_view", "1 if the vantage point sees the target up, 0 if down (fresh views only).");
+    let mut up = gauge(
+        "lb_dns_target_up",
+        "1 while the target is in the answers (fewer than a quorum of vantage points see it down).",
+    );
+    let mut view =
+        gauge("lb_dns_target_view", "1 if the vantage point sees the target up, 0 if down (fresh views only).");
     let mut transitions = counter("lb_dns_target_transitions", "Times the quorum's decision about the target changed.");
     for t in &dns.targets {
         up.add(vec![("target", t.name.clone())], t.up as i64);
@@ -212,7 +250,8 @@ fn dns_families(dns: &crate::dns::DnsStatus) -> Vec<Family> {
             view.add(vec![("target", t.name.clone()), ("vantage", vantage.clone())], *seen_up as i64);
         }
     }
-    let mut state = gauge("lb_dns_policy_state", "1 for what the policy record answers with now: primary, backup or all_down.");
+    let mut state =
+        gauge("lb_dns_policy_state", "1 for what the policy record answers with now: primary, backup or all_down.");
     let mut answers = counter("lb_dns_policy_answers", "Answers of the policy record, by where they came from.");
     for p in &dns.policies {
         for s in ["primary", "backup", "all_down"] {
@@ -252,7 +291,11 @@ mod tests {
                 level: Some(1),
                 panic: false,
                 counters: VipStats { packets: 10, new_flows: 4, rate_limited_sources: 2, ..Default::default() },
-                outlier: Some(crate::outlier::OutlierStats { ejections_active: 1, ejections_enforced_total: 2, ..Default::default() }),
+                outlier: Some(crate::outlier::OutlierStats {
+                    ejections_active: 1,
+                    ejections_enforced_total: 2,
+                    ..Default::default()
+                }),
                 backends: vec![BackendStatus {
                     address: "10.0.1.1:8080".parse().unwrap(),
                     region: "r1".into(),

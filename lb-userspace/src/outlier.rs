@@ -6,8 +6,8 @@
 //! Pure state: the caller passes the time in, feeds signals from the packet path and
 //! active health checks, and applies the returned [`Decision`]s to the tables.
 
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::time::Instant;
 
 use crate::config::OutlierDetectionConfig;
@@ -345,7 +345,10 @@ mod tests {
         // Each kind of success resets only its own counter.
         let pattern = [Http5xx, LocalOriginFailure, HttpOk, LocalOriginSuccess, Http5xx, Http5xx, LocalOriginFailure];
         feed_quietly(&mut d, t0, 0, &pattern);
-        assert_eq!(d.record(t0, &0, LocalOriginFailure), ejected(0, t0 + secs(30), 1, Detector::ConsecutiveLocalOrigin));
+        assert_eq!(
+            d.record(t0, &0, LocalOriginFailure),
+            ejected(0, t0 + secs(30), 1, Detector::ConsecutiveLocalOrigin)
+        );
 
         let mut d = detector(split_config(), 4);
         let pattern = [Http5xx, LocalOriginFailure, LocalOriginSuccess, Http5xx];
@@ -470,7 +473,10 @@ mod tests {
         let mut d = detector(OutlierDetectionConfig { max_ejection_percent: 20, ..config() }, 10);
         assert!(matches!(fail_until_decision(&mut d, t0, 0), Decision::Ejected { .. }));
         assert!(matches!(fail_until_decision(&mut d, t0, 1), Decision::Ejected { .. }));
-        assert_eq!(fail_until_decision(&mut d, t0, 2), Decision::Refused { backend: 2, reason: Detector::Consecutive5xx });
+        assert_eq!(
+            fail_until_decision(&mut d, t0, 2),
+            Decision::Refused { backend: 2, reason: Detector::Consecutive5xx }
+        );
         assert!(!d.is_ejected(&2));
         // The refused backend's counter started over.
         feed_quietly(&mut d, t0, 2, &[Http5xx, Http5xx]);

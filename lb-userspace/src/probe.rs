@@ -100,17 +100,17 @@ async fn check_once(backend: SocketAddr, check: &HealthCheckConfig) -> Result<()
         return Ok(());
     }
     let host = check.host.clone().unwrap_or_else(|| addr.to_string());
-    let request = format!("GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-health-check\r\nConnection: close\r\n\r\n", check.path);
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-health-check\r\nConnection: close\r\n\r\n",
+        check.path
+    );
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("sending the request: {e}"))?;
     // Only the status line matters; the rest of the response is not read.
     let mut status_line = String::new();
     BufReader::new(stream).read_line(&mut status_line).await.map_err(|e| format!("reading the status line: {e}"))?;
-    let status = parse_status_line(&status_line).ok_or_else(|| format!("not an HTTP status line: {:?}", status_line.trim_end()))?;
-    if check.expected_statuses.iter().any(|r| r.contains(status)) {
-        Ok(())
-    } else {
-        Err(format!("status {status}"))
-    }
+    let status = parse_status_line(&status_line)
+        .ok_or_else(|| format!("not an HTTP status line: {:?}", status_line.trim_end()))?;
+    if check.expected_statuses.iter().any(|r| r.contains(status)) { Ok(()) } else { Err(format!("status {status}")) }
 }
 
 /// The status code of an HTTP/1 status line (`HTTP/1.1 200 OK`).

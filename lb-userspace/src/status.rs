@@ -110,7 +110,11 @@ pub fn table(status: &Status) -> String {
                 o.ejections_active, o.ejections_enforced_total, o.ejections_overflow_total
             );
         }
-        let _ = writeln!(out, "  {:<42} {:<10} {:>5} {:>7} {:>7} {:>12} {:>10}", "backend", "state", "level", "weight", "serving", "packets", "new flows");
+        let _ = writeln!(
+            out,
+            "  {:<42} {:<10} {:>5} {:>7} {:>7} {:>12} {:>10}",
+            "backend", "state", "level", "weight", "serving", "packets", "new flows"
+        );
         for b in &vip.backends {
             let _ = writeln!(
                 out,
@@ -133,13 +137,19 @@ pub fn table(status: &Status) -> String {
 
 fn dns_table(out: &mut String, dns: &crate::dns::DnsStatus) {
     let answered: u64 = dns.responses.values().sum();
-    let _ = writeln!(out, "
-DNS vantage {} (quorum {}): {answered} answers, {} truncated", dns.vantage, dns.quorum, dns.truncated);
+    let _ = writeln!(
+        out,
+        "
+DNS vantage {} (quorum {}): {answered} answers, {} truncated",
+        dns.vantage, dns.quorum, dns.truncated
+    );
     let _ = writeln!(out, "  {:<24} {:<40} {:<5} {:>11}  views", "target", "address", "state", "transitions");
     for t in &dns.targets {
-        let views: Vec<String> = t.views.iter().map(|(v, up)| format!("{v}={}", if *up { "up" } else { "down" })).collect();
+        let views: Vec<String> =
+            t.views.iter().map(|(v, up)| format!("{v}={}", if *up { "up" } else { "down" })).collect();
         let state = if t.up { "up" } else { "DOWN" };
-        let _ = writeln!(out, "  {:<24} {:<40} {:<5} {:>11}  {}", t.name, t.address, state, t.transitions, views.join(" "));
+        let _ =
+            writeln!(out, "  {:<24} {:<40} {:<5} {:>11}  {}", t.name, t.address, state, t.transitions, views.join(" "));
     }
     for p in &dns.policies {
         let ratio = match p.trickle_override {
@@ -147,6 +157,12 @@ DNS vantage {} (quorum {}): {answered} answers, {} truncated", dns.vantage, dns.
             None => p.trickle_ratio.to_string(),
         };
         let answers: Vec<String> = p.answers.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        let _ = writeln!(out, "  policy {}: answering {}, trickle {ratio}; answers: {}", p.record, p.state, answers.join(", "));
+        let _ = writeln!(
+            out,
+            "  policy {}: answering {}, trickle {ratio}; answers: {}",
+            p.record,
+            p.state,
+            answers.join(", ")
+        );
     }
 }

@@ -71,7 +71,8 @@ impl Applied {
             .vips
             .iter()
             .map(|(key, info)| {
-                let active_half = (info.table_offset / table_size.max(1)).saturating_sub(info.vip_id * 2).min(1) as usize;
+                let active_half =
+                    (info.table_offset / table_size.max(1)).saturating_sub(info.vip_id * 2).min(1) as usize;
                 (*key, AppliedVip { info: *info, active_half, halves: [Vec::new(), Vec::new()] })
             })
             .collect();
@@ -115,7 +116,11 @@ impl Applied {
                     let written = write_table(maps, vip.vip_id, 0, desired.table_size, &[], &vip.table)?;
                     self.vips.insert(
                         *key,
-                        AppliedVip { info: VipInfo::default(), active_half: 0, halves: [vip.table.clone(), Vec::new()] },
+                        AppliedVip {
+                            info: VipInfo::default(),
+                            active_half: 0,
+                            halves: [vip.table.clone(), Vec::new()],
+                        },
                     );
                     (0, written)
                 }
@@ -275,7 +280,10 @@ mod tests {
         let t = tables(&config_with(&["10.0.1.11", "10.0.1.12"]), &mut ids);
         let mut rec = Recorder::default();
         let report = Applied::default().sync(&t, &mut rec).expect("sync");
-        assert_eq!(rec.ops, ["settings", "backend 0 flags 3", "backend 1 flags 3", "slots", "vip offset 0", "vip addr 1"]);
+        assert_eq!(
+            rec.ops,
+            ["settings", "backend 0 flags 3", "backend 1 flags 3", "slots", "vip offset 0", "vip addr 1"]
+        );
         assert_eq!(report.slots_written, 211);
         assert_eq!(active_table(&rec, 211), t.vips.values().next().expect("vip").table);
     }

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use lb_common::{
-    Addr, BACKEND_ACTIVE, BACKEND_SERVING, Backend, FAMILY_V4, FAMILY_V6, LIMIT_NEW_FLOWS, LIMIT_PACKETS, LIMIT_SOURCES,
-    MODE_DSR, MODE_NAT, SOURCE_TOLERANCE_MIN_NS, Settings, TokenBucket, VipAddrKey, VipKey, WATCH_CONNECT, WATCH_HTTP,
-    vip_addr_filter_bit,
+    Addr, BACKEND_ACTIVE, BACKEND_SERVING, Backend, FAMILY_V4, FAMILY_V6, LIMIT_NEW_FLOWS, LIMIT_PACKETS,
+    LIMIT_SOURCES, MODE_DSR, MODE_NAT, SOURCE_TOLERANCE_MIN_NS, Settings, TokenBucket, VipAddrKey, VipKey,
+    WATCH_CONNECT, WATCH_HTTP, vip_addr_filter_bit,
 };
 
 use crate::config::{
@@ -146,7 +146,10 @@ impl IdAllocator {
     pub fn adopt(max_vips: u32, max_backends: u32, existing: &crate::sync::Existing) -> Self {
         Self {
             vips: Ids::new(existing.vips.iter().map(|(key, info)| (*key, info.vip_id)), max_vips),
-            backends: Ids::new(existing.backends.iter().map(|(id, b)| ((backend_address(b), b.port), *id)), max_backends),
+            backends: Ids::new(
+                existing.backends.iter().map(|(id, b)| ((backend_address(b), b.port), *id)),
+                max_backends,
+            ),
         }
     }
 
@@ -213,7 +216,8 @@ fn maglev_identity(backend: &BackendConfig) -> String {
 /// Computes the tables for `config` with every backend taking new flows unless the config
 /// drains it, assigning ids through `ids`.
 pub fn desired(config: &Config, ids: &mut IdAllocator) -> DesiredTables {
-    let by_config = |_: &VipConfig, b: &BackendConfig| if b.draining { Availability::Draining } else { Availability::Available };
+    let by_config =
+        |_: &VipConfig, b: &BackendConfig| if b.draining { Availability::Draining } else { Availability::Available };
     desired_with(config, &by_config, ids)
 }
 
@@ -251,25 +255,21 @@ pub fn desired_with(
             .zip(&plan.weights)
             .map(|(identity, &weight)| MaglevBackend { identity: identity.as_bytes(), weight })
             .collect();
-        let ids_by_index: Vec<u32> = vip
-            .backends
-            .iter()
-            .map(|b| ids.backend_id(&backend_identity(b)).expect("assigned above"))
-            .collect();
+        let ids_by_index: Vec<u32> =
+            vip.backends.iter().map(|b| ids.backend_id(&backend_identity(b)).expect("assigned above")).collect();
         let table = maglev::build(&candidates, balancer.maglev_table_size, balancer.hash_seed)
             .into_iter()
             .map(|index| ids_by_index[index as usize])
             .collect();
         for ((backend, &id), &weight) in vip.backends.iter().zip(&ids_by_index).zip(&plan.weights) {
             let (addr, family) = addr_bytes(backend.address);
-            let entry = backends.entry(id).or_insert(Backend { addr, port: backend.port, family, flags: BACKEND_ACTIVE });
+            let entry =
+                backends.entry(id).or_insert(Backend { addr, port: backend.port, family, flags: BACKEND_ACTIVE });
             if weight > 0 {
                 entry.flags |= BACKEND_SERVING;
             }
         }
-        *vip_addrs
-            .entry(VipAddrKey { addr: key.addr, family: key.family, _pad: [0; 3] })
-            .or_insert(0) += 1;
+        *vip_addrs.entry(VipAddrKey { addr: key.addr, family: key.family, _pad: [0; 3] }).or_insert(0) += 1;
         let mode = match vip.mode {
             ForwardingMode::Nat => MODE_NAT,
             ForwardingMode::Dsr => MODE_DSR,
@@ -280,7 +280,10 @@ pub fn desired_with(
             (Some(_), false) => WATCH_CONNECT,
             (Some(_), true) => WATCH_CONNECT | WATCH_HTTP,
         };
-        vips.insert(key, DesiredVip { name: vip.name.clone(), vip_id, mode, table, limits: RateLimits::of(vip), watch, plan });
+        vips.insert(
+            key,
+            DesiredVip { name: vip.name.clone(), vip_id, mode, table, limits: RateLimits::of(vip), watch, plan },
+        );
     }
     for key in vip_addrs.keys() {
         settings.mark_vip_addr_bit(vip_addr_filter_bit(&key.addr));
@@ -358,20 +361,35 @@ weight = 3
         );
         let limits = vip(&limited, &mut ids).limits;
         assert_eq!(limits.flags, LIMIT_NEW_FLOWS | LIMIT_SOURCES);
-        assert_eq!(limits.new_flows, TokenBucket { emission_ns: 10_000_000, tolerance_ns: 200_000_000, batch: 1, _pad: 0 });
-        assert_eq!(limits.sources, TokenBucket { emission_ns: 20_000_000, tolerance_ns: 100_000_000, batch: 1, _pad: 0 });
+        assert_eq!(
+            limits.new_flows,
+            TokenBucket { emission_ns: 10_000_000, tolerance_ns: 200_000_000, batch: 1, _pad: 0 }
+        );
+        assert_eq!(
+            limits.sources,
+            TokenBucket { emission_ns: 20_000_000, tolerance_ns: 100_000_000, batch: 1, _pad: 0 }
+        );
         // Per-source buckets run on the coarse clock: at least a tick of tolerance.
-        let fast_source = BASE.replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nsource_limit = { quota = 1000, burst = 1 }\n");
+        let fast_source =
+            BASE.replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\nsource_limit = { quota = 1000, burst = 1 }\n");
         assert_eq!(vip(&fast_source, &mut ids).limits.sources.tolerance_ns, SOURCE_TOLERANCE_MIN_NS);
         // Fast buckets are taken from in batches of about a millisecond, at most 64, at
         // most a quarter of the burst.
         let batch = |quota: u64, burst: u64| {
-            let limit = RateLimitConfig { quota, fill_interval: std::time::Duration::from_secs(1), burst: Some(burst), prefix_len: None };
+            let limit = RateLimitConfig {
+                quota,
+                fill_interval: std::time::Duration::from_secs(1),
+                burst: Some(burst),
+                prefix_len: None,
+            };
             token_bucket(&limit).batch
         };
         assert_eq!((batch(5000, 50), batch(5000, 8), batch(1_000_000, 10_000), batch(100, 100)), (5, 2, 64, 1));
         assert_eq!(limits.source_prefix_len, 24);
-        let v6 = BASE.replace("10.100.0.1", "fd00::100").replace("10.0.1.1", "fd00::1").replace("ipv4 = \"10.0.0.1\"", "ipv6 = \"fd00::1:1\"");
+        let v6 = BASE
+            .replace("10.100.0.1", "fd00::100")
+            .replace("10.0.1.1", "fd00::1")
+            .replace("ipv4 = \"10.0.0.1\"", "ipv6 = \"fd00::1:1\"");
         assert_eq!(vip(&v6, &mut IdAllocator::new(64, 4096)).limits.source_prefix_len, 64);
     }
 
@@ -384,10 +402,16 @@ weight = 3
             .replace("address = \"10.0.1.12\"\n", "address = \"10.0.1.12\"\nzone = \"z2\"\n")
             .replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\npanic_threshold = 0\n");
         let config = config::parse(&text, "test.toml").expect("valid config");
-        let ids_in = |t: &DesiredTables| -> std::collections::BTreeSet<u32> { t.vips.values().next().expect("one vip").table.iter().copied().collect() };
+        let ids_in = |t: &DesiredTables| -> std::collections::BTreeSet<u32> {
+            t.vips.values().next().expect("one vip").table.iter().copied().collect()
+        };
         let all = desired(&config, &mut ids);
         assert_eq!(ids_in(&all), [0].into(), "the local zone only");
-        let local_down = desired_with(&config, &|_, b| if b.zone == "z1" { Availability::Unhealthy } else { Availability::Available }, &mut ids);
+        let local_down = desired_with(
+            &config,
+            &|_, b| if b.zone == "z1" { Availability::Unhealthy } else { Availability::Available },
+            &mut ids,
+        );
         assert_eq!(ids_in(&local_down), [1].into(), "the next zone of the region");
         let vip = local_down.vips.values().next().expect("one vip");
         assert_eq!((vip.plan.level, vip.plan.panic), (Some(1), false));
@@ -403,10 +427,7 @@ weight = 3
     #[test]
     fn a_vip_without_backends_has_an_empty_table() {
         let mut ids = IdAllocator::new(64, 4096);
-        let text = BASE.replace("weight = 3", "weight = 0").replace(
-            "[[vip.backend]]\naddress = \"10.0.1.11\"\n",
-            "",
-        );
+        let text = BASE.replace("weight = 3", "weight = 0").replace("[[vip.backend]]\naddress = \"10.0.1.11\"\n", "");
         let t = tables(&text, &mut ids);
         assert!(t.vips.values().next().expect("one vip").table.is_empty());
     }

@@ -77,16 +77,8 @@ pub fn require_tool(tool: &str, package: &str) {
 }
 
 pub fn run_cmd(cmd: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    let out = Command::new(cmd).args(args).output().with_context(|| format!("running {cmd}"))?;
+    ensure!(out.status.success(), "{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     Ok(())
 }
 
@@ -99,19 +91,13 @@ static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 /// A name prefix unique to this process and call: `tag-pid-n`.
 pub fn unique_prefix(tag: &str) -> String {
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        NEXT_ID.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{tag}-{}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed))
 }
 
 impl Netns {
     pub fn new(name: &str) -> Result<Self> {
         run_cmd("ip", &["netns", "add", name])?;
-        let ns = Self {
-            name: name.to_owned(),
-        };
+        let ns = Self { name: name.to_owned() };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -161,16 +147,11 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace: sockets it opens live here.
     pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let handle = self.spawn(f)?;
-        handle
-            .join()
-            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))
+        handle.join().map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))
     }
 
     /// Like [`Self::run`], without waiting.
-    pub fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<JoinHandle<T>> {
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<JoinHandle<T>> {
         let file = File::open(self.path()).with_context(|| format!("opening {}", self.path()))?;
         Ok(std::thread::spawn(move || {
             setns(file.as_fd(), CloneFlags::CLONE_NEWNET).expect("entering the namespace");
@@ -195,11 +176,7 @@ pub struct BackendSpec {
 }
 
 /// `regions` x `zones_per_region` x `per_zone` backends named r1-z1-b1 and so on.
-pub fn backends_across(
-    regions: usize,
-    zones_per_region: usize,
-    per_zone: usize,
-) -> Vec<BackendSpec> {
+pub fn backends_across(regions: usize, zones_per_region: usize, per_zone: usize) -> Vec<BackendSpec> {
     let mut out = Vec::new();
     for r in 1..=regions {
         for z in 1..=zones_per_region {
@@ -248,11 +225,7 @@ struct ServedCounters {
 
 impl Backend {
     pub fn addr(&self, v6: bool) -> IpAddr {
-        if v6 {
-            IpAddr::V6(self.v6)
-        } else {
-            IpAddr::V4(self.v4)
-        }
+        if v6 { IpAddr::V6(self.v6) } else { IpAddr::V4(self.v4) }
     }
 
     /// Drops (`on`) or lets through again every packet of the backend, while its servers
@@ -272,12 +245,7 @@ impl Backend {
     /// Starts the servers again after [`Self::stop`] (a no-op if they run).
     pub fn restart(&mut self) -> Result<()> {
         if self.servers.is_none() {
-            self.servers = Some(Servers::start(
-                &self.ns,
-                &self.spec.name,
-                &self.local_addrs(),
-                self.served.clone(),
-            )?);
+            self.servers = Some(Servers::start(&self.ns, &self.spec.name, &self.local_addrs(), self.served.clone())?);
         }
         Ok(())
     }
@@ -327,27 +295,11 @@ impl Lab {
         let switch = Netns::new(&format!("{prefix}-sw"))?;
         switch.ip(&["link", "add", "br0", "type", "bridge"])?;
         switch.ip(&["link", "set", "br0", "up"])?;
-        let client = host(
-            &switch,
-            &format!("{prefix}-c"),
-            "pc",
-            &[&format!("{CLIENT_V4}/16"), &format!("{CLIENT_V6}/64")],
-        )?;
+        let client =
+            host(&switch, &format!("{prefix}-c"), "pc", &[&format!("{CLIENT_V4}/16"), &format!("{CLIENT_V6}/64")])?;
         client.ip(&["route", "add", "10.100.0.0/16", "via", &LB_V4.to_string()])?;
-        client.ip(&[
-            "-6",
-            "route",
-            "add",
-            "fd00:100::/64",
-            "via",
-            &LB_V6.to_string(),
-        ])?;
-        let lb = host(
-            &switch,
-            &format!("{prefix}-lb"),
-            "plb",
-            &[&format!("{LB_V4}/16"), &format!("{LB_V6}/64")],
-        )?;
+        client.ip(&["-6", "route", "add", "fd00:100::/64", "via", &LB_V6.to_string()])?;
+        let lb = host(&switch, &format!("{prefix}-lb"), "plb", &[&format!("{LB_V4}/16"), &format!("{LB_V6}/64")])?;
         let mut hosts = Vec::new();
         for (i, spec) in backends.into_iter().enumerate() {
             let v4 = Ipv4Addr::new(10, 0, 1, 11 + i as u8);
@@ -360,32 +312,12 @@ impl Lab {
             )?;
             if dsr {
                 ns.ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"])?;
-                ns.ip(&[
-                    "addr",
-                    "add",
-                    &format!("{VIP_V6}/128"),
-                    "dev",
-                    "lo",
-                    "nodad",
-                ])?;
-                for setting in [
-                    "all.arp_ignore=1",
-                    "all.arp_announce=2",
-                    "eth0.arp_ignore=1",
-                    "eth0.arp_announce=2",
-                ] {
+                ns.ip(&["addr", "add", &format!("{VIP_V6}/128"), "dev", "lo", "nodad"])?;
+                for setting in ["all.arp_ignore=1", "all.arp_announce=2", "eth0.arp_ignore=1", "eth0.arp_announce=2"] {
                     ns.sysctl(&format!("net.ipv4.conf.{setting}"))?;
                 }
             }
-            let mut backend = Backend {
-                spec,
-                v4,
-                v6,
-                servers: None,
-                served: Arc::default(),
-                dsr,
-                ns,
-            };
+            let mut backend = Backend { spec, v4, v6, servers: None, served: Arc::default(), dsr, ns };
             backend.restart()?;
             hosts.push(backend);
         }
@@ -412,7 +344,8 @@ impl Lab {
         let n = self.more_balancers.len() + 1;
         let (v4, v6) = (Ipv4Addr::new(10, 0, 0, 2 + n as u8), Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2 + n as u16));
         let port = format!("plb{n}");
-        let ns = host(&self._switch, &format!("{}-lb{n}", self.prefix), &port, &[&format!("{v4}/16"), &format!("{v6}/64")])?;
+        let ns =
+            host(&self._switch, &format!("{}-lb{n}", self.prefix), &port, &[&format!("{v4}/16"), &format!("{v6}/64")])?;
         self._switch.exec(&["ethtool", "-K", &port, "gro", "on"])?;
         let pass = attach_pass(&self._switch, &port)?;
         self.more_balancers.push((ns, pass));
@@ -420,18 +353,12 @@ impl Lab {
     }
 
     pub fn backend(&mut self, name: &str) -> &mut Backend {
-        self.backends
-            .iter_mut()
-            .find(|b| b.spec.name == name)
-            .expect("no such backend")
+        self.backends.iter_mut().find(|b| b.spec.name == name).expect("no such backend")
     }
 
     /// Requests served so far, by backend name.
     pub fn served(&self) -> BTreeMap<String, Served> {
-        self.backends
-            .iter()
-            .map(|b| (b.spec.name.clone(), b.served()))
-            .collect()
+        self.backends.iter().map(|b| (b.spec.name.clone(), b.served())).collect()
     }
 
     /// The switch namespace (the bridge `br0` and the switch ports `pc`, `plb`, `pb<i>`).
@@ -441,11 +368,7 @@ impl Lab {
 
     /// Names of every namespace of this lab.
     pub fn namespaces(&self) -> Vec<String> {
-        let mut names = vec![
-            self._switch.name().to_owned(),
-            self.client.name().to_owned(),
-            self.lb.name().to_owned(),
-        ];
+        let mut names = vec![self._switch.name().to_owned(), self.client.name().to_owned(), self.lb.name().to_owned()];
         names.extend(self.more_balancers.iter().map(|(ns, _)| ns.name().to_owned()));
         names.extend(self.backends.iter().map(|b| b.ns.name().to_owned()));
         names
@@ -510,25 +433,9 @@ fn host(switch: &Netns, name: &str, peer: &str, addrs: &[&str]) -> Result<Netns>
     }
     run_cmd(
         "ip",
-        &[
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            ns.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            peer,
-            "netns",
-            switch.name(),
-        ],
+        &["link", "add", "eth0", "netns", ns.name(), "type", "veth", "peer", "name", peer, "netns", switch.name()],
     )?;
-    for setting in [
-        "net.ipv6.conf.eth0.accept_dad=0",
-        "net.ipv4.conf.eth0.rp_filter=0",
-    ] {
+    for setting in ["net.ipv6.conf.eth0.accept_dad=0", "net.ipv4.conf.eth0.rp_filter=0"] {
         ns.sysctl(setting)?;
     }
     switch.ip(&["link", "set", peer, "master", "br0"])?;
@@ -550,13 +457,7 @@ fn host(switch: &Netns, name: &str, peer: &str, addrs: &[&str]) -> Result<Netns>
 /// documentation for why XDP_TX on the peer needs it).
 fn attach_pass(switch: &Netns, iface: &str) -> Result<Dataplane> {
     let iface = iface.to_owned();
-    let sizes = MapSizes {
-        max_vips: 1,
-        max_backends: 1,
-        table_size: 2,
-        flow_entries: 1,
-        source_entries: 1,
-    };
+    let sizes = MapSizes { max_vips: 1, max_backends: 1, table_size: 2, flow_entries: 1, source_entries: 1 };
     switch.run(move || -> Result<Dataplane> {
         let mut dataplane = Dataplane::load(sizes, None)?;
         dataplane
@@ -574,12 +475,7 @@ struct Servers {
 }
 
 impl Servers {
-    fn start(
-        ns: &Netns,
-        name: &str,
-        local: &[IpAddr],
-        served: Arc<ServedCounters>,
-    ) -> Result<Self> {
+    fn start(ns: &Netns, name: &str, local: &[IpAddr], served: Arc<ServedCounters>) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let (ready, ready_rx) = mpsc::channel::<Result<()>>();
@@ -621,9 +517,7 @@ impl Servers {
             )?);
         }
         for _ in 0..threads.len() {
-            ready_rx
-                .recv_timeout(Duration::from_secs(10))
-                .context("backend server did not start")??;
+            ready_rx.recv_timeout(Duration::from_secs(10)).context("backend server did not start")??;
         }
         Ok(Self { stop, threads })
     }
@@ -660,13 +554,7 @@ impl Drop for Servers {
 
 /// Accepts until `stop`; each connection gets a thread (threads spawned here inherit the
 /// namespace of this one). Connection threads also end soon after `stop`.
-fn serve_tcp(
-    listener: &TcpListener,
-    stop: &Arc<AtomicBool>,
-    name: &str,
-    port: u16,
-    served: &Arc<ServedCounters>,
-) {
+fn serve_tcp(listener: &TcpListener, stop: &Arc<AtomicBool>, name: &str, port: u16, served: &Arc<ServedCounters>) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
@@ -698,21 +586,12 @@ fn answer_http(mut stream: TcpStream, name: &str, served: &ServedCounters) -> st
     }
     let body = format!("{name}\n");
     served.http.fetch_add(1, Ordering::Relaxed);
-    write!(
-        stream,
-        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
+    write!(stream, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())
 }
 
 /// Answers every line with the backend's name and keeps the connection open until the
 /// client closes it or the servers stop.
-fn answer_lines(
-    stream: TcpStream,
-    name: &str,
-    stop: &AtomicBool,
-    served: &ServedCounters,
-) -> std::io::Result<()> {
+fn answer_lines(stream: TcpStream, name: &str, stop: &AtomicBool, served: &ServedCounters) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_millis(100)))?;
     let mut writer = stream.try_clone()?;
@@ -727,11 +606,7 @@ fn answer_lines(
                 line.clear();
             }
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(e) => return Err(e),
         }
     }
@@ -740,37 +615,26 @@ fn answer_lines(
 
 /// One HTTP GET over a new connection; returns the body (the backend's name).
 pub fn http_get(addr: SocketAddr) -> Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-        .with_context(|| format!("connecting to {addr}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.write_all(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("no HTTP header end")?;
-    ensure!(
-        head.starts_with("HTTP/1.0 200"),
-        "unexpected response: {head}"
-    );
+    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header end")?;
+    ensure!(head.starts_with("HTTP/1.0 200"), "unexpected response: {head}");
     Ok(body.trim().to_owned())
 }
 
 /// One UDP request from a new socket (so a new source port); returns the answering backend.
 pub fn udp_request(addr: SocketAddr) -> Result<String> {
-    let bind: SocketAddr = if addr.is_ipv6() {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    };
+    let bind: SocketAddr =
+        if addr.is_ipv6() { (Ipv6Addr::UNSPECIFIED, 0).into() } else { (Ipv4Addr::UNSPECIFIED, 0).into() };
     let socket = UdpSocket::bind(bind)?;
     socket.connect(addr)?;
     socket.set_read_timeout(Some(Duration::from_secs(1)))?;
     socket.send(b"who")?;
     let mut buf = [0u8; 256];
-    let n = socket
-        .recv(&mut buf)
-        .with_context(|| format!("no UDP answer from {addr}"))?;
+    let n = socket.recv(&mut buf).with_context(|| format!("no UDP answer from {addr}"))?;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
@@ -779,16 +643,15 @@ pub fn udp_request(addr: SocketAddr) -> Result<String> {
 /// through `net.ipv4.ping_group_range`), so no `ping` binary is needed.
 pub fn ping(addr: IpAddr) -> Result<()> {
     use nix::sys::socket::{
-        AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6, recv, sendto,
-        setsockopt, socket, sockopt,
+        AddressFamily, SockFlag, SockProtocol, SockType, SockaddrIn, SockaddrIn6, recv, sendto, setsockopt, socket,
+        sockopt,
     };
     use nix::sys::time::TimeVal;
     let (family, protocol, echo_request, echo_reply) = match addr {
         IpAddr::V4(_) => (AddressFamily::Inet, SockProtocol::Icmp, 8u8, 0u8),
         IpAddr::V6(_) => (AddressFamily::Inet6, SockProtocol::IcmpV6, 128u8, 129u8),
     };
-    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, protocol)
-        .context("opening an ICMP socket")?;
+    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, protocol).context("opening an ICMP socket")?;
     setsockopt(&fd, sockopt::ReceiveTimeout, &TimeVal::new(1, 0))?;
     // type, code, checksum (the kernel fills it in), identifier (the kernel's), sequence 1.
     let mut request = [echo_request, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -832,10 +695,7 @@ impl LineConnection {
     pub fn open(addr: SocketAddr) -> Result<Self> {
         let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        Ok(Self {
-            writer: stream.try_clone()?,
-            reader: BufReader::new(stream),
-        })
+        Ok(Self { writer: stream.try_clone()?, reader: BufReader::new(stream) })
     }
 
     pub fn ask(&mut self) -> Result<String> {
@@ -866,7 +726,13 @@ pub const FLOOD_ANSWER_WAIT: Duration = Duration::from_millis(500);
 /// [`FLOOD_ANSWER_WAIT`]. With `cpu`, the thread first pins itself to that CPU, so the
 /// packets it sends are processed there (veth delivers on the sending CPU). Runs in the
 /// calling thread's network namespace.
-pub fn connect_flood(source: IpAddr, target: SocketAddr, rate: f64, duration: Duration, cpu: Option<usize>) -> Result<Flood> {
+pub fn connect_flood(
+    source: IpAddr,
+    target: SocketAddr,
+    rate: f64,
+    duration: Duration,
+    cpu: Option<usize>,
+) -> Result<Flood> {
     use socket2::{Domain, Socket, Type};
     if let Some(cpu) = cpu {
         let mut set = nix::sched::CpuSet::new();
@@ -950,14 +816,7 @@ impl VipSpec {
         mode: &'static str,
         backends: Vec<(usize, u32)>,
     ) -> Self {
-        Self {
-            name: name.to_owned(),
-            address,
-            port,
-            protocol,
-            mode,
-            backends,
-        }
+        Self { name: name.to_owned(), address, port, protocol, mode, backends }
     }
 }
 
@@ -1047,17 +906,8 @@ pub fn render_config(pin_dir: &std::path::Path, vips: &[ConfigVip]) -> String {
 /// [`render_config`] for a balancer with addresses `own` (see [`Lab::add_balancer`]).
 pub fn render_config_for(own: (Ipv4Addr, Ipv6Addr), pin_dir: &std::path::Path, vips: &[ConfigVip]) -> String {
     let mut out = String::from("[balancer]\ninterfaces = [\"eth0\"]\nxdp_mode = \"driver\"\n");
-    let _ = writeln!(
-        out,
-        "ipv4 = {}\nipv6 = {}",
-        toml_str(&own.0.to_string()),
-        toml_str(&own.1.to_string())
-    );
-    let _ = writeln!(
-        out,
-        "pin_dir = {}\nmaglev_table_size = 65537",
-        toml_str(&pin_dir.display().to_string())
-    );
+    let _ = writeln!(out, "ipv4 = {}\nipv6 = {}", toml_str(&own.0.to_string()), toml_str(&own.1.to_string()));
+    let _ = writeln!(out, "pin_dir = {}\nmaglev_table_size = 65537", toml_str(&pin_dir.display().to_string()));
     for vip in vips {
         let _ = writeln!(
             out,
@@ -1073,21 +923,12 @@ pub fn render_config_for(own: (Ipv4Addr, Ipv6Addr), pin_dir: &std::path::Path, v
             toml_str(&vip.mode)
         );
         for b in &vip.backends {
-            let _ = writeln!(
-                out,
-                "\n[[vip.backend]]\naddress = {}",
-                toml_str(&b.address.to_string())
-            );
+            let _ = writeln!(out, "\n[[vip.backend]]\naddress = {}", toml_str(&b.address.to_string()));
             if let Some(port) = b.port {
                 let _ = writeln!(out, "port = {port}");
             }
-            let _ = writeln!(
-                out,
-                "weight = {}\nregion = {}\nzone = {}",
-                b.weight,
-                toml_str(&b.region),
-                toml_str(&b.zone)
-            );
+            let _ =
+                writeln!(out, "weight = {}\nregion = {}\nzone = {}", b.weight, toml_str(&b.region), toml_str(&b.zone));
         }
     }
     out
@@ -1111,11 +952,7 @@ pub struct LbProcess {
 pub fn lb_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("LB_BIN") {
         let bin = PathBuf::from(bin);
-        assert!(
-            bin.is_file(),
-            "LB_BIN={} does not exist (run `cargo xtask build`, or unset LB_BIN)",
-            bin.display()
-        );
+        assert!(bin.is_file(), "LB_BIN={} does not exist (run `cargo xtask build`, or unset LB_BIN)", bin.display());
         return bin;
     }
     let fallback = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/lb"));
@@ -1146,8 +983,7 @@ impl LbProcess {
         // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                    .map_err(std::io::Error::from)
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
             });
         }
         let mut child = command
@@ -1170,15 +1006,7 @@ impl LbProcess {
                 }
             }
         });
-        let mut lb = Self {
-            child,
-            owns_pins: true,
-            netns: ns.path(),
-            config_path,
-            pin_dir,
-            log,
-            lines: Vec::new(),
-        };
+        let mut lb = Self { child, owns_pins: true, netns: ns.path(), config_path, pin_dir, log, lines: Vec::new() };
         lb.wait_for(" ready", Duration::from_secs(60))?;
         Ok(lb)
     }
@@ -1201,10 +1029,7 @@ impl LbProcess {
                         Ok(Some(status)) => format!("it exited ({status})"),
                         _ => "it is still running".to_owned(),
                     };
-                    bail!(
-                        "lb never logged {needle:?} ({status}); its log:\n{}",
-                        self.lines.join("\n")
-                    )
+                    bail!("lb never logged {needle:?} ({status}); its log:\n{}", self.lines.join("\n"))
                 }
             }
         }
@@ -1297,11 +1122,8 @@ mod tests {
     #[test]
     fn client_reaches_every_backend_and_the_balancer_directly_over_v4_and_v6() -> Result<()> {
         let lab = Lab::build("ut", backends_across(1, 2, 1), false)?;
-        let targets: Vec<(String, IpAddr, IpAddr)> = lab
-            .backends
-            .iter()
-            .map(|b| (b.spec.name.clone(), b.addr(false), b.addr(true)))
-            .collect();
+        let targets: Vec<(String, IpAddr, IpAddr)> =
+            lab.backends.iter().map(|b| (b.spec.name.clone(), b.addr(false), b.addr(true))).collect();
         lab.client.run(move || -> Result<()> {
             for (name, v4, v6) in &targets {
                 for addr in [*v4, *v6] {
@@ -1316,23 +1138,11 @@ mod tests {
             ping(IpAddr::V4(LB_V4))?;
             ping(IpAddr::V6(LB_V6))?;
             // Nobody holds this address on the lab's segment: ping must say so.
-            assert!(
-                ping("10.0.0.99".parse()?).is_err(),
-                "ping to an unused address succeeded"
-            );
+            assert!(ping("10.0.0.99".parse()?).is_err(), "ping to an unused address succeeded");
             Ok(())
         })??;
         for backend in &lab.backends {
-            assert_eq!(
-                backend.served(),
-                Served {
-                    http: 2,
-                    line: 4,
-                    udp: 2
-                },
-                "{}",
-                backend.spec.name
-            );
+            assert_eq!(backend.served(), Served { http: 2, line: 4, udp: 2 }, "{}", backend.spec.name);
         }
         Ok(())
     }
@@ -1341,32 +1151,18 @@ mod tests {
     fn hosts_are_set_up_as_the_balancer_needs() -> Result<()> {
         let lab = Lab::build("ut", backends_across(1, 1, 1), false)?;
         // Routes to the VIP ranges go through the balancer.
-        let route = lab
-            .client
-            .output(&["ip", "route", "get", &VIP_V4.to_string()])?;
+        let route = lab.client.output(&["ip", "route", "get", &VIP_V4.to_string()])?;
         assert!(route.contains(&format!("via {LB_V4}")), "{route}");
-        let route = lab
-            .client
-            .output(&["ip", "-6", "route", "get", &VIP_V6.to_string()])?;
+        let route = lab.client.output(&["ip", "-6", "route", "get", &VIP_V6.to_string()])?;
         assert!(route.contains(&format!("via {LB_V6}")), "{route}");
         // Locally generated packets carry full checksums.
         for ns in [&lab.client, &lab.lb, &lab.backends[0].ns] {
             let features = ns.output(&["ethtool", "-k", "eth0"])?;
-            assert!(
-                features.contains("tx-checksumming: off"),
-                "{}: {features}",
-                ns.name()
-            );
-            assert_eq!(
-                ns.output(&["sysctl", "-n", "net.ipv4.conf.eth0.rp_filter"])?
-                    .trim(),
-                "0"
-            );
+            assert!(features.contains("tx-checksumming: off"), "{}: {features}", ns.name());
+            assert_eq!(ns.output(&["sysctl", "-n", "net.ipv4.conf.eth0.rp_filter"])?.trim(), "0");
         }
         // No address is left tentative (DAD off), so IPv6 works at once.
-        let addrs = lab
-            .client
-            .output(&["ip", "-6", "addr", "show", "dev", "eth0"])?;
+        let addrs = lab.client.output(&["ip", "-6", "addr", "show", "dev", "eth0"])?;
         assert!(!addrs.contains("tentative"), "{addrs}");
         // The switch port of the balancer has an XDP program, so XDP_TX frames are delivered.
         let port = lab.switch().output(&["ip", "link", "show", "plb"])?;
@@ -1379,11 +1175,10 @@ mod tests {
         let lab = Lab::build("ut", backends_across(1, 1, 1), true)?;
         let backend = &lab.backends[0];
         let lo = backend.ns.output(&["ip", "addr", "show", "dev", "lo"])?;
-        assert!(
-            lo.contains(&format!("{VIP_V4}/32")) && lo.contains(&format!("{VIP_V6}/128")),
-            "{lo}"
-        );
-        for (key, want) in [("all.arp_ignore", "1"), ("eth0.arp_ignore", "1"), ("all.arp_announce", "2"), ("eth0.arp_announce", "2")] {
+        assert!(lo.contains(&format!("{VIP_V4}/32")) && lo.contains(&format!("{VIP_V6}/128")), "{lo}");
+        for (key, want) in
+            [("all.arp_ignore", "1"), ("eth0.arp_ignore", "1"), ("all.arp_announce", "2"), ("eth0.arp_announce", "2")]
+        {
             let got = backend.ns.output(&["sysctl", "-n", &format!("net.ipv4.conf.{key}")])?;
             assert_eq!(got.trim(), want, "{key}");
         }
@@ -1401,10 +1196,7 @@ mod tests {
         assert_eq!(answers, vec![name; 4]);
         // Its own addresses still work from the client.
         let v4 = backend.addr(false);
-        assert_eq!(
-            lab.client.run(move || udp_request(sock(v4, UDP_PORT)))??,
-            backend.spec.name
-        );
+        assert_eq!(lab.client.run(move || udp_request(sock(v4, UDP_PORT)))??, backend.spec.name);
         Ok(())
     }
 
@@ -1419,10 +1211,7 @@ mod tests {
         let refused = lab.client.run(move || http_get(addr))?;
         assert!(refused.is_err(), "a stopped backend answered: {refused:?}");
         lab.backends[0].restart()?;
-        assert_eq!(
-            lab.client.run(move || http_get(addr))??,
-            lab.backends[0].spec.name
-        );
+        assert_eq!(lab.client.run(move || http_get(addr))??, lab.backends[0].spec.name);
         Ok(())
     }
 
@@ -1436,20 +1225,13 @@ mod tests {
             let list = String::from_utf8_lossy(&out.stdout).into_owned();
             Ok(names
                 .iter()
-                .filter(|n| {
-                    list.lines()
-                        .any(|l| l.split_whitespace().next() == Some(n.as_str()))
-                })
+                .filter(|n| list.lines().any(|l| l.split_whitespace().next() == Some(n.as_str())))
                 .cloned()
                 .collect())
         };
         assert_eq!(listed(&names)?, names);
         drop(lab);
-        assert!(
-            listed(&names)?.is_empty(),
-            "left behind: {:?}",
-            listed(&names)?
-        );
+        assert!(listed(&names)?.is_empty(), "left behind: {:?}", listed(&names)?);
         Ok(())
     }
 
@@ -1458,10 +1240,7 @@ mod tests {
         let a = unique_prefix("e2flow");
         let b = unique_prefix("e2flow");
         assert_ne!(a, b);
-        assert!(
-            a.starts_with(&format!("e2flow-{}-", std::process::id())),
-            "{a}"
-        );
+        assert!(a.starts_with(&format!("e2flow-{}-", std::process::id())), "{a}");
     }
 
     #[test]
@@ -1506,32 +1285,19 @@ mod tests {
             },
         ];
         let text = render_config(std::path::Path::new("/sys/fs/bpf/ut-test"), &vips);
-        let config = lb_userspace::config::parse(&text, "generated")
-            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let config = lb_userspace::config::parse(&text, "generated").unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(config.balancer.interfaces, vec!["eth0".to_owned()]);
         assert_eq!(config.balancer.ipv4, Some(LB_V4));
         assert_eq!(config.balancer.ipv6, Some(LB_V6));
-        assert_eq!(
-            config.balancer.pin_dir,
-            PathBuf::from("/sys/fs/bpf/ut-test")
-        );
+        assert_eq!(config.balancer.pin_dir, PathBuf::from("/sys/fs/bpf/ut-test"));
         assert_eq!(config.vips.len(), 2);
         assert_eq!(config.vips[0].name, "web-v4");
-        assert_eq!(
-            config.vips[0].backends[0].port, HTTP_PORT,
-            "defaults to the VIP's port"
-        );
+        assert_eq!(config.vips[0].backends[0].port, HTTP_PORT, "defaults to the VIP's port");
         assert_eq!(config.vips[0].backends[1].port, 8080);
         assert_eq!(config.vips[0].backends[1].weight, 4);
         assert_eq!(config.vips[0].backends[1].zone, "zone \"2\"", "quotes escaped");
-        assert_eq!(
-            config.vips[1].mode,
-            lb_userspace::config::ForwardingMode::Dsr
-        );
+        assert_eq!(config.vips[1].mode, lb_userspace::config::ForwardingMode::Dsr);
         assert_eq!(config.vips[1].protocol, lb_userspace::config::Protocol::Udp);
-        assert_eq!(
-            config.vips[1].backends[0].address,
-            "fd00::1:11".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(config.vips[1].backends[0].address, "fd00::1:11".parse::<IpAddr>().unwrap());
     }
 }

@@ -74,7 +74,10 @@ impl PacketEnv {
             ns.ip(&["neigh", "replace", addr, "lladdr", &mac, "dev", IFACE, "nud", "permanent"])?;
         }
         for family in ["ipv4", "ipv6"] {
-            run_cmd("ip", &["netns", "exec", ns.name(), "sysctl", "-qw", &format!("net.{family}.conf.{IFACE}.forwarding=1")])?;
+            run_cmd(
+                "ip",
+                &["netns", "exec", ns.name(), "sysctl", "-qw", &format!("net.{family}.conf.{IFACE}.forwarding=1")],
+            )?;
         }
         let config = parse_config(config_toml)?;
         let dataplane = Dataplane::load(MapSizes::from_config(&config.balancer), None)?;
@@ -106,7 +109,12 @@ impl PacketEnv {
     /// Like [`Self::run`], `repeat` times in the kernel; also returns the kernel's mean time
     /// per run. With `repeat > 1` the kernel reuses the buffer, so a program that rewrites
     /// the packet sees its own output from the second run on.
-    pub fn run_timed(&mut self, program: &str, input: &[u8], repeat: u32) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+    pub fn run_timed(
+        &mut self,
+        program: &str,
+        input: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
         let ctx = xdp_context(input.len(), self.ifindex);
         let mut output = vec![0u8; input.len() + 256];
         let result = self.dataplane.program(program)?.test_run(TestRunOptions {

@@ -25,7 +25,10 @@ use hickory_server::proto::op::{Message, MessageType, OpCode, Query, ResponseCod
 use hickory_server::proto::rr::{Name, RData, RecordType};
 use lb_userspace::status::Status;
 
-use crate::lab::{BackendSpec, HTTP_PORT, LB_V4, LB_V6, Lab, LbProcess, Netns, VIP_V4, VipSpec, backends_across, lb_config_for, require_tool};
+use crate::lab::{
+    BackendSpec, HTTP_PORT, LB_V4, LB_V6, Lab, LbProcess, Netns, VIP_V4, VipSpec, backends_across, lb_config_for,
+    require_tool,
+};
 
 pub const SITE_B_VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
 pub const NAME: &str = "www.example.test";
@@ -90,9 +93,24 @@ fn site_pins(lab: &Lab, site: char) -> PathBuf {
 
 /// One site's controller config: its VIP with `spec`'s settings over `backends` (lab
 /// indexes), and `[dns]` with this site judged by its VIP and the other probed.
-fn site_config(lab: &Lab, own: (Ipv4Addr, Ipv6Addr), site: char, peer: (char, Ipv4Addr), spec: &Site, backends: &[usize], timing: Timing) -> String {
+fn site_config(
+    lab: &Lab,
+    own: (Ipv4Addr, Ipv6Addr),
+    site: char,
+    peer: (char, Ipv4Addr),
+    spec: &Site,
+    backends: &[usize],
+    timing: Timing,
+) -> String {
     let own_vip = if site == 'a' { VIP_V4 } else { SITE_B_VIP };
-    let vip = VipSpec::new(&format!("web-{site}"), IpAddr::V4(own_vip), HTTP_PORT, "tcp", "nat", backends.iter().map(|&i| (i, 1)).collect());
+    let vip = VipSpec::new(
+        &format!("web-{site}"),
+        IpAddr::V4(own_vip),
+        HTTP_PORT,
+        "tcp",
+        "nat",
+        backends.iter().map(|&i| (i, 1)).collect(),
+    );
     let ms = timing.interval.as_millis();
     let check = format!(
         "type = \"http\", interval = \"{ms}ms\", timeout = \"{}ms\", healthy_threshold = {}, unhealthy_threshold = {}",
@@ -101,7 +119,11 @@ fn site_config(lab: &Lab, own: (Ipv4Addr, Ipv6Addr), site: char, peer: (char, Ip
         timing.unhealthy_threshold
     );
     let health = spec.vip_health.map_or_else(|| format!("health_check = {{ {check} }}"), str::to_owned);
-    let mut config = lb_config_for(lab, own, &site_pins(lab, site), &[vip]).replacen("mode = \"nat\"\n", &format!("mode = \"nat\"\n{health}\n"), 1);
+    let mut config = lb_config_for(lab, own, &site_pins(lab, site), &[vip]).replacen(
+        "mode = \"nat\"\n",
+        &format!("mode = \"nat\"\n{health}\n"),
+        1,
+    );
     if let Some((region, zone)) = spec.locality {
         config = config.replacen("[balancer]\n", &format!("[balancer]\nregion = \"{region}\"\nzone = \"{zone}\"\n"), 1);
     }
@@ -116,7 +138,8 @@ fn site_config(lab: &Lab, own: (Ipv4Addr, Ipv6Addr), site: char, peer: (char, Ip
         own.0,
         ms / 2
     );
-    let _ = write!(dns, "[[dns.peer]]\nname = \"site-{}\"\nadmin = \"{}:9180\"\ntoken = \"{TOKEN}\"\n\n", peer.0, peer.1);
+    let _ =
+        write!(dns, "[[dns.peer]]\nname = \"site-{}\"\nadmin = \"{}:9180\"\ntoken = \"{TOKEN}\"\n\n", peer.0, peer.1);
     for (target, address) in [('a', VIP_V4), ('b', SITE_B_VIP)] {
         let _ = write!(dns, "[[dns.target]]\nname = \"site-{target}\"\naddress = \"{address}\"\n");
         if target == site {
@@ -221,10 +244,15 @@ pub fn resolve_a(server: Ipv4Addr, name: &str, timeout: Duration) -> Result<(Vec
     socket.set_read_timeout(Some(timeout))?;
     socket.send(&query.to_vec().context("encoding the query")?).with_context(|| format!("asking {server}"))?;
     let mut buf = [0u8; 512];
-    let n = socket.recv(&mut buf).with_context(|| format!("no answer from {server} within {} ms", timeout.as_millis()))?;
+    let n =
+        socket.recv(&mut buf).with_context(|| format!("no answer from {server} within {} ms", timeout.as_millis()))?;
     let answer = Message::from_vec(&buf[..n]).with_context(|| format!("decoding the answer of {server}"))?;
     ensure!(answer.metadata.id == id, "{server} answered query {} instead of {id}", answer.metadata.id);
-    ensure!(answer.metadata.response_code == ResponseCode::NoError, "{server} answered {}", answer.metadata.response_code);
+    ensure!(
+        answer.metadata.response_code == ResponseCode::NoError,
+        "{server} answered {}",
+        answer.metadata.response_code
+    );
     let records: Vec<(Ipv4Addr, u32)> = answer
         .answers
         .iter()
@@ -233,6 +261,10 @@ pub fn resolve_a(server: Ipv4Addr, name: &str, timeout: Duration) -> Result<(Vec
             _ => None,
         })
         .collect();
-    let ttl = records.iter().map(|&(_, ttl)| ttl).min().with_context(|| format!("{server} answered no A record for {name}"))?;
+    let ttl = records
+        .iter()
+        .map(|&(_, ttl)| ttl)
+        .min()
+        .with_context(|| format!("{server} answered no A record for {name}"))?;
     Ok((records.into_iter().map(|(address, _)| address).collect(), Duration::from_secs(ttl.into())))
 }

@@ -11,12 +11,8 @@ use anyhow::{Result, ensure};
 use lb_tests::lab::{LB_V4, VIP_V4};
 use lb_tests::sites::{NAME, SITE_B_VIP, Timing, TwoSites, dig};
 
-const TIMING: Timing = Timing {
-    interval: Duration::from_millis(300),
-    unhealthy_threshold: 2,
-    healthy_threshold: 2,
-    ttl: 1,
-};
+const TIMING: Timing =
+    Timing { interval: Duration::from_millis(300), unhealthy_threshold: 2, healthy_threshold: 2, ttl: 1 };
 /// What a loaded machine may add to the detection bound (tests run in parallel).
 const SLACK: Duration = Duration::from_secs(4);
 
@@ -32,10 +28,7 @@ fn until_both_answer(sites: &TwoSites, want: Ipv4Addr, within: Duration) -> Resu
         if a == only(want) && b == only(want) {
             return Ok(started.elapsed());
         }
-        ensure!(
-            started.elapsed() < within,
-            "after {within:?} site A answers {a:?}, site B {b:?}; wanted {want}"
-        );
+        ensure!(started.elapsed() < within, "after {within:?} site A answers {a:?}, site B {b:?}; wanted {want}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -45,22 +38,10 @@ fn answers_move_to_the_backup_site_when_the_primary_vip_dies_and_come_back() -> 
     let mut sites = TwoSites::build("dnsf", 2, TIMING)?;
     until_both_answer(&sites, VIP_V4, SLACK)?;
     // Over TCP, and a name that does not exist.
-    assert_eq!(
-        dig(&sites.lab.client, LB_V4, NAME, &["+tcp"])?,
-        only(VIP_V4)
-    );
-    let nx = sites.lab.client.output(&[
-        "dig",
-        "+time=1",
-        "+tries=1",
-        &format!("@{LB_V4}"),
-        "nope.example.test",
-        "A",
-    ])?;
-    ensure!(
-        nx.contains("status: NXDOMAIN") && nx.contains("flags: qr aa"),
-        "{nx}"
-    );
+    assert_eq!(dig(&sites.lab.client, LB_V4, NAME, &["+tcp"])?, only(VIP_V4));
+    let nx =
+        sites.lab.client.output(&["dig", "+time=1", "+tries=1", &format!("@{LB_V4}"), "nope.example.test", "A"])?;
+    ensure!(nx.contains("status: NXDOMAIN") && nx.contains("flags: qr aa"), "{nx}");
 
     sites.site_a_backends(false)?;
     let bound = TIMING.detection_bound();
@@ -79,15 +60,8 @@ fn answers_move_to_the_backup_site_when_the_primary_vip_dies_and_come_back() -> 
     }
 
     sites.site_a_backends(true)?;
-    let back = until_both_answer(
-        &sites,
-        VIP_V4,
-        TIMING.interval * TIMING.healthy_threshold * 2 + bound + SLACK,
-    )?;
-    println!(
-        "answers back on site A {} ms after it healed",
-        back.as_millis()
-    );
+    let back = until_both_answer(&sites, VIP_V4, TIMING.interval * TIMING.healthy_threshold * 2 + bound + SLACK)?;
+    println!("answers back on site A {} ms after it healed", back.as_millis());
     // Down once, up once: no flapping.
     for lb in [&sites.a, &sites.b] {
         let dns = TwoSites::status(lb)?.dns.expect("dns status");
@@ -117,10 +91,7 @@ fn one_cut_off_prober_does_not_fail_a_healthy_site() -> Result<()> {
             ensure!(site_a.views.get("site-a") == Some(&true), "{site_a:?}");
             break;
         }
-        ensure!(
-            started.elapsed() < TIMING.detection_bound() + SLACK,
-            "site B never saw site A down: {site_a:?}"
-        );
+        ensure!(started.elapsed() < TIMING.detection_bound() + SLACK, "site B never saw site A down: {site_a:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
     // ...and for several more detection periods, nobody answers with anything but site A.
@@ -128,10 +99,7 @@ fn one_cut_off_prober_does_not_fail_a_healthy_site() -> Result<()> {
     let mut asked = 0;
     while watch.elapsed() < TIMING.detection_bound() * 3 {
         let (a, b) = sites.answers()?;
-        ensure!(
-            a == only(VIP_V4) && b == only(VIP_V4),
-            "one vantage point failed site A: {a:?} {b:?}"
-        );
+        ensure!(a == only(VIP_V4) && b == only(VIP_V4), "one vantage point failed site A: {a:?} {b:?}");
         asked += 1;
     }
     for lb in [&sites.a, &sites.b] {

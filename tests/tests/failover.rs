@@ -9,19 +9,26 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use lb_tests::lab::{
-    LINE_PORT, Lab, LbProcess, LineConnection, VIP_V4, VipSpec, backends_across, lb_config, tally,
-};
+use lb_tests::lab::{LINE_PORT, Lab, LbProcess, LineConnection, VIP_V4, VipSpec, backends_across, lb_config, tally};
 
 const DETECTION_WAIT: Duration = Duration::from_secs(20);
 
 /// A nat VIP on the line port over every backend of `lab`, with `extra` keys in its
 /// `[[vip]]` table; the balancer is in region r1, zone z1.
 fn config(lab: &Lab, extra: &str) -> String {
-    let vip = VipSpec::new("line", IpAddr::V4(VIP_V4), LINE_PORT, "tcp", "nat", (0..lab.backends.len()).map(|i| (i, 1)).collect());
-    lb_config(lab, &[vip])
-        .replacen("[balancer]\n", "[balancer]\nregion = \"r1\"\nzone = \"z1\"\n", 1)
-        .replacen("mode = \"nat\"\n", &format!("mode = \"nat\"\n{extra}\n"), 1)
+    let vip = VipSpec::new(
+        "line",
+        IpAddr::V4(VIP_V4),
+        LINE_PORT,
+        "tcp",
+        "nat",
+        (0..lab.backends.len()).map(|i| (i, 1)).collect(),
+    );
+    lb_config(lab, &[vip]).replacen("[balancer]\n", "[balancer]\nregion = \"r1\"\nzone = \"z1\"\n", 1).replacen(
+        "mode = \"nat\"\n",
+        &format!("mode = \"nat\"\n{extra}\n"),
+        1,
+    )
 }
 
 fn vip() -> SocketAddr {

@@ -7,8 +7,8 @@ use std::net::Ipv6Addr;
 
 use anyhow::Result;
 use etherparse::{
-    IpHeaders, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, VlanId,
-    icmpv4::DestUnreachableHeader, Icmpv4Type, Icmpv6Type,
+    Icmpv4Type, Icmpv6Type, IpHeaders, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, VlanId,
+    icmpv4::DestUnreachableHeader,
 };
 use lb_common::{
     FAMILY_V4, FAMILY_V6, FlowKey, GlobalStats, PROTO_TCP, PROTO_UDP, SIGNAL_CONNECT_FAILED, SIGNAL_CONNECTED,
@@ -129,7 +129,11 @@ fn tcp4(smac: [u8; 6], dmac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dp
 
 fn udp4(smac: [u8; 6], dmac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     write(|out| {
-        PacketBuilder::ethernet2(smac, dmac).ipv4(src, dst, 64).udp(sport, dport).write(out, b"query").expect("build udp4")
+        PacketBuilder::ethernet2(smac, dmac)
+            .ipv4(src, dst, 64)
+            .udp(sport, dport)
+            .write(out, b"query")
+            .expect("build udp4")
     })
 }
 
@@ -146,7 +150,11 @@ fn tcp6(smac: [u8; 6], dmac: [u8; 6], src: [u8; 16], dst: [u8; 16], sport: u16, 
 
 fn udp6(smac: [u8; 6], dmac: [u8; 6], src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
     write(|out| {
-        PacketBuilder::ethernet2(smac, dmac).ipv6(src, dst, 64).udp(sport, dport).write(out, b"query").expect("build udp6")
+        PacketBuilder::ethernet2(smac, dmac)
+            .ipv6(src, dst, 64)
+            .udp(sport, dport)
+            .write(out, b"query")
+            .expect("build udp6")
     })
 }
 
@@ -287,7 +295,8 @@ fn icmp_errors_about_a_vip_flow_go_to_its_backend() -> Result<()> {
     f.case("open the flow", &syn, XDP_TX, None)?;
 
     // "Fragmentation needed" about a VIP -> client segment.
-    let frag_needed = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 });
+    let frag_needed =
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 });
     let icmp = |dst, quoted: &[u8], dmac| {
         write(|out| {
             PacketBuilder::ethernet2(CLIENT_MAC, dmac)
@@ -314,7 +323,8 @@ fn icmp_errors_about_a_vip_flow_go_to_its_backend() -> Result<()> {
     let (client, vip) = (v6("fd00::2"), v6("fd00:100::2"));
     let query = udp6(CLIENT_MAC, LB_MAC, client, vip, CPORT, 9000);
     f.case("open the v6 dsr flow", &query, XDP_TX, None)?;
-    let quoted = write(|out| PacketBuilder::ipv6(vip, client, 63).udp(9000, CPORT).write(out, b"answer").expect("quoted6"));
+    let quoted =
+        write(|out| PacketBuilder::ipv6(vip, client, 63).udp(9000, CPORT).write(out, b"answer").expect("quoted6"));
     let too_big = |smac, dmac| {
         write(|out| {
             PacketBuilder::ethernet2(smac, dmac)
@@ -324,7 +334,12 @@ fn icmp_errors_about_a_vip_flow_go_to_its_backend() -> Result<()> {
                 .expect("icmpv6")
         })
     };
-    f.case("icmpv6 packet-too-big to dsr vip", &too_big(CLIENT_MAC, LB_MAC), XDP_TX, Some(&too_big(LB_MAC, neighbour_mac(0x13))))
+    f.case(
+        "icmpv6 packet-too-big to dsr vip",
+        &too_big(CLIENT_MAC, LB_MAC),
+        XDP_TX,
+        Some(&too_big(LB_MAC, neighbour_mac(0x13))),
+    )
 }
 
 #[test]
@@ -350,7 +365,13 @@ fn unusual_packets_are_passed_or_dropped_on_purpose_and_counted() -> Result<()> 
         source: v6("fd00::2"),
         destination: v6("fd00:100::1"),
     };
-    let mut hbh = write(|out| PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv6(ext.source, ext.destination, 64).udp(1, 2).write(out, &[]).expect("v6"));
+    let mut hbh = write(|out| {
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv6(ext.source, ext.destination, 64)
+            .udp(1, 2)
+            .write(out, &[])
+            .expect("v6")
+    });
     hbh.truncate(14);
     ext.write(&mut hbh).expect("v6 header");
     hbh.extend_from_slice(&[17, 0, 1, 4, 0, 0, 0, 0]);
@@ -381,7 +402,13 @@ fn unusual_packets_are_passed_or_dropped_on_purpose_and_counted() -> Result<()> 
     arp.extend_from_slice(&[0x08, 0x06]);
     arp.extend_from_slice(&[0u8; 28]);
     f.case("arp", &arp, XDP_PASS, Some(&arp))?;
-    let ping = write(|out| PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4(CLIENT4, LB4, 64).icmpv4_echo_request(1, 1).write(out, b"ping").expect("ping"));
+    let ping = write(|out| {
+        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+            .ipv4(CLIENT4, LB4, 64)
+            .icmpv4_echo_request(1, 1)
+            .write(out, b"ping")
+            .expect("ping")
+    });
     f.case("ping to the balancer", &ping, XDP_PASS, Some(&ping))?;
     assert_eq!(f.global().passed, 6);
     Ok(())
@@ -473,7 +500,9 @@ fn new_flow_limit_admits_its_burst_then_drops_only_new_flows() -> Result<()> {
 fn source_limit_groups_clients_by_prefix_and_goes_before_the_vip_limit() -> Result<()> {
     let mut f = Fixtures::with_limits(
         "fxrlsrc",
-        &format!("source_limit = {{ quota = 1, burst = 2, prefix_len = 24, {HOURLY} }}\nnew_flow_limit = {{ quota = 1, burst = 3, {HOURLY} }}"),
+        &format!(
+            "source_limit = {{ quota = 1, burst = 2, prefix_len = 24, {HOURLY} }}\nnew_flow_limit = {{ quota = 1, burst = 3, {HOURLY} }}"
+        ),
     );
     assert_eq!(f.syns(CLIENT4, 1000..1005)?, [XDP_TX, XDP_TX, XDP_DROP, XDP_DROP, XDP_DROP], "2 per source prefix");
     assert_eq!(f.syns([10, 0, 0, 77], 1000..1001)?, [XDP_DROP], "same /24, same bucket");
@@ -487,7 +516,12 @@ fn source_limit_groups_clients_by_prefix_and_goes_before_the_vip_limit() -> Resu
 #[test]
 fn packet_limit_counts_packets_of_every_flow() -> Result<()> {
     let mut f = Fixtures::with_limits("fxrlpkt", &format!("packet_limit = {{ quota = 1, burst = 3, {HOURLY} }}"));
-    let verdicts = [f.tcp(CLIENT4, 1000, true)?, f.tcp(CLIENT4, 1000, false)?, f.tcp(CLIENT4, 1001, true)?, f.tcp(CLIENT4, 1000, false)?];
+    let verdicts = [
+        f.tcp(CLIENT4, 1000, true)?,
+        f.tcp(CLIENT4, 1000, false)?,
+        f.tcp(CLIENT4, 1001, true)?,
+        f.tcp(CLIENT4, 1000, false)?,
+    ];
     assert_eq!(verdicts, [XDP_TX, XDP_TX, XDP_TX, XDP_DROP]);
     let stats = f.vip(LIMITED_TCP);
     assert_eq!((stats.packets, stats.rate_limited_packets, stats.new_flows), (4, 1, 2));
@@ -550,15 +584,36 @@ fn passive_health_signals_report_how_backends_answer() -> Result<()> {
 
     // Accepted, then a 503: one signal each, then nothing more for the flow.
     let port = open(&mut f, CPORT)?;
-    f.case("SYN-ACK", &from_backend(port, b"", |t| { t.syn = true; t.ack = true; }), XDP_TX, None)?;
-    let response = |status: &str| from_backend(port, format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(), |t| { t.ack = true; t.psh = true; });
+    f.case(
+        "SYN-ACK",
+        &from_backend(port, b"", |t| {
+            t.syn = true;
+            t.ack = true;
+        }),
+        XDP_TX,
+        None,
+    )?;
+    let response = |status: &str| {
+        from_backend(port, format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes(), |t| {
+            t.ack = true;
+            t.psh = true;
+        })
+    };
     f.case("503 response", &response("503 Service Unavailable"), XDP_TX, None)?;
     f.case("a later response", &response("200 OK"), XDP_TX, None)?;
     assert_eq!(kinds(&mut signals), [(0, 0, SIGNAL_CONNECTED), (0, 0, SIGNAL_HTTP_5XX)]);
 
     // Refused: a RST answers the SYN, and goes on to the client.
     let port = open(&mut f, CPORT + 1)?;
-    f.case("RST", &from_backend(port, b"", |t| { t.rst = true; t.ack = true; }), XDP_TX, None)?;
+    f.case(
+        "RST",
+        &from_backend(port, b"", |t| {
+            t.rst = true;
+            t.ack = true;
+        }),
+        XDP_TX,
+        None,
+    )?;
     assert_eq!(kinds(&mut signals), [(0, 0, SIGNAL_CONNECT_FAILED)]);
 
     // Unreachable: an ICMP error to the balancer quoting the SYN it sent the backend.
@@ -584,7 +639,11 @@ fn passive_health_signals_report_how_backends_answer() -> Result<()> {
     f.case("unwatched UDP query", &udp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 53), XDP_TX, None)?;
     let port = nat_port(addr16(CLIENT4), addr16(VIP4), CPORT, 53, PROTO_UDP, FAMILY_V4);
     let answer = write(|out| {
-        PacketBuilder::ethernet2(neighbour_mac(12), LB_MAC).ipv4(BACKEND4_UDP, LB4, 64).udp(5353, port).write(out, b"answer").expect("udp answer")
+        PacketBuilder::ethernet2(neighbour_mac(12), LB_MAC)
+            .ipv4(BACKEND4_UDP, LB4, 64)
+            .udp(5353, port)
+            .write(out, b"answer")
+            .expect("udp answer")
     });
     f.case("unwatched UDP answer", &answer, XDP_TX, None)?;
     assert_eq!(kinds(&mut signals), []);
@@ -608,8 +667,14 @@ fn nat_flows_through_every_limit_are_translated_both_ways() -> Result<()> {
 #[test]
 fn a_syn_reusing_the_flow_of_a_backend_out_of_service_picks_again() -> Result<()> {
     let config = |drain: Option<u8>| {
-        let backend = |last: u8| format!("[[vip.backend]]\naddress = \"10.0.1.{last}\"\ndraining = {}\n", drain == Some(last));
-        format!("{}\n[[vip]]\nname = \"two\"\naddress = \"10.100.0.2\"\nport = 80\nmode = \"dsr\"\n{}{}", CONFIG.split("[[vip]]").next().expect("balancer"), backend(12), backend(13))
+        let backend =
+            |last: u8| format!("[[vip.backend]]\naddress = \"10.0.1.{last}\"\ndraining = {}\n", drain == Some(last));
+        format!(
+            "{}\n[[vip]]\nname = \"two\"\naddress = \"10.100.0.2\"\nport = 80\nmode = \"dsr\"\n{}{}",
+            CONFIG.split("[[vip]]").next().expect("balancer"),
+            backend(12),
+            backend(13)
+        )
     };
     let mut f = Fixtures { env: PacketEnv::new("fxsyn", &config(None), NEIGHBOURS).expect("fixture environment") };
     let to = |f: &mut Fixtures, syn: bool| -> Result<u8> {

@@ -59,7 +59,10 @@ fn metrics_count_the_traffic_sent() -> Result<()> {
     assert_eq!(sample(&metrics, "lb_vip_new_flows_total{vip=\"http\"}")?, 200.0);
     assert_eq!(sample(&metrics, "lb_vip_packets_total{vip=\"udp\"}")?, 100.0);
     assert_eq!(sample(&metrics, "lb_vip_reply_packets_total{vip=\"udp\"}")?, 100.0);
-    assert!(sample(&metrics, "lb_vip_packets_total{vip=\"http\"}")? >= 200.0 * 4.0, "a connection is at least 4 packets in");
+    assert!(
+        sample(&metrics, "lb_vip_packets_total{vip=\"http\"}")? >= 200.0 * 4.0,
+        "a connection is at least 4 packets in"
+    );
     assert_eq!(sample(&metrics, "lb_config_generation")?, 1.0);
     // Per backend: exactly what each backend's servers counted (connections for TCP;
     // datagrams for UDP, whose new sockets may reuse a source port, so an old flow).
@@ -68,7 +71,8 @@ fn metrics_count_the_traffic_sent() -> Result<()> {
             let key = format!("lb_backend_{metric}_total{{backend=\"{}:{port}\"}}", backend.v4);
             assert_eq!(sample(&metrics, &key)?, count as f64, "{key}");
         }
-        let state = format!("lb_backend_state{{vip=\"http\",backend=\"{}:{HTTP_PORT}\",state=\"available\"}}", backend.v4);
+        let state =
+            format!("lb_backend_state{{vip=\"http\",backend=\"{}:{HTTP_PORT}\",state=\"available\"}}", backend.v4);
         assert_eq!(sample(&metrics, &state)?, 1.0, "{state}");
     }
     Ok(())
@@ -98,16 +102,22 @@ fn drain_and_undrain_from_the_command_line() -> Result<()> {
     let said = lb.cli(&["drain", "line", &drained])?;
     ensure!(said.contains("draining"), "{said}");
     let status: Status = serde_json::from_str(&lb.cli(&["status", "--json"])?)?;
-    let backend = status.vips[0].backends.iter().find(|b| b.address.to_string() == drained).context("drained backend in status")?;
+    let backend = status.vips[0]
+        .backends
+        .iter()
+        .find(|b| b.address.to_string() == drained)
+        .context("drained backend in status")?;
     assert_eq!((backend.state.as_str(), backend.serving_weight), ("draining", 0));
-    let answers = lab.client.run(move || (0..100).map(|_| LineConnection::open(vip)?.ask()).collect::<Result<Vec<_>>>())??;
+    let answers =
+        lab.client.run(move || (0..100).map(|_| LineConnection::open(vip)?.ask()).collect::<Result<Vec<_>>>())??;
     assert!(!answers.contains(&name), "a new connection went to the drained backend");
     assert_eq!(on_drained.ask()?, name, "the drained backend's open connection must stay");
     let table = lb.cli(&["status"])?;
     ensure!(table.contains("draining") && table.contains("VIP line"), "{table}");
 
     lb.cli(&["undrain", "line", &drained])?;
-    let answers = lab.client.run(move || (0..100).map(|_| LineConnection::open(vip)?.ask()).collect::<Result<Vec<_>>>())??;
+    let answers =
+        lab.client.run(move || (0..100).map(|_| LineConnection::open(vip)?.ask()).collect::<Result<Vec<_>>>())??;
     assert!(answers.contains(&name), "undrained, yet no new connection went to it");
     let unknown = lb.cli(&["drain", "line", "10.9.9.9:7"]).unwrap_err().to_string();
     ensure!(unknown.contains("has no backend 10.9.9.9:7"), "{unknown}");
@@ -194,7 +204,11 @@ fn a_killed_controller_is_replaced_without_losing_a_request_and_stop_detach_clea
     eprintln!("{sent} requests, {} failed", failures.len());
     assert!(failures.is_empty(), "{} of {sent} requests failed across the restart: {failures:?}", failures.len());
     assert!(sent >= 50, "only {sent} requests sent");
-    assert!(second.log().iter().any(|l| l.contains("adopting the program")), "the new controller did not adopt: {:#?}", second.log());
+    assert!(
+        second.log().iter().any(|l| l.contains("adopting the program")),
+        "the new controller did not adopt: {:#?}",
+        second.log()
+    );
     assert_eq!(lab::xdp_programs(&lab.lb, "eth0")?, programs, "the same single program stays attached");
     assert_eq!(open.0.ask()?, open.1, "the open connection stays on its backend");
 

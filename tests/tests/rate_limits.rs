@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use lb_tests::lab::{
-    CLIENT_V4, Flood, LINE_PORT, Lab, LbProcess, LineConnection, VIP_V4, VipSpec, backends_across,
-    connect_flood, lb_config,
+    CLIENT_V4, Flood, LINE_PORT, Lab, LbProcess, LineConnection, VIP_V4, VipSpec, backends_across, connect_flood,
+    lb_config,
 };
 
 const FLOOD_TIME: Duration = Duration::from_secs(3);
@@ -30,7 +30,17 @@ fn limited_lab(tag: &str, limits: &str) -> Result<(Lab, LbProcess)> {
     // is sent from whichever of the two addresses talks first.
     let mac = lab.client.output(&["cat", "/sys/class/net/eth0/address"])?;
     for client in [CLIENT_V4, OTHER_CLIENT] {
-        lab.lb.ip(&["neigh", "replace", &client.to_string(), "lladdr", mac.trim(), "dev", "eth0", "nud", "permanent"])?;
+        lab.lb.ip(&[
+            "neigh",
+            "replace",
+            &client.to_string(),
+            "lladdr",
+            mac.trim(),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
     }
     let vip = VipSpec::new("line", IpAddr::V4(VIP_V4), LINE_PORT, "tcp", "nat", (0..4).map(|i| (i, 1)).collect());
     let config = lb_config(&lab, &[vip]);
@@ -71,7 +81,10 @@ fn assert_admitted(what: &str, flood: &Flood, rate: f64, burst: f64) {
     let elapsed = flood.last_sent.duration_since(flood.first_sent).as_secs_f64();
     let allowed = burst + rate * elapsed;
     let got = flood.connected as f64;
-    eprintln!("{what}: {} attempts, {} connected over {elapsed:.2} s; the bucket allows {allowed:.0}", flood.sent, flood.connected);
+    eprintln!(
+        "{what}: {} attempts, {} connected over {elapsed:.2} s; the bucket allows {allowed:.0}",
+        flood.sent, flood.connected
+    );
     assert!(flood.sent as f64 >= 3.0 * allowed, "{what}: only {} attempts for {allowed:.0} allowed", flood.sent);
     assert!((got - allowed).abs() <= 0.1 * allowed, "{what}: {got} connected, allowed {allowed:.0} ± 10%");
 }

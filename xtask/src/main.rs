@@ -97,10 +97,7 @@ fn run(cli: Cli) -> Result<i32> {
             if !names_config(&args) {
                 let config = ws.root.join("config").join("lb.toml");
                 if !config.is_file() {
-                    bail!(
-                        "{} not found: pass one with `cargo xtask run -- --config FILE`",
-                        config.display()
-                    );
+                    bail!("{} not found: pass one with `cargo xtask run -- --config FILE`", config.display());
                 }
                 cmd.arg("--config").arg(config);
             }
@@ -122,14 +119,8 @@ fn run(cli: Cli) -> Result<i32> {
             }
             ws.build_release()?;
             let mut cmd = ws.cargo();
-            cmd.args(["test", "--release", "--workspace"])
-                .args(&args)
-                .env("LB_BIN", ws.lb_bin());
-            say(&format!(
-                "testing (LB_BIN={}): {}",
-                ws.lb_bin().display(),
-                describe(&cmd)
-            ));
+            cmd.args(["test", "--release", "--workspace"]).args(&args).env("LB_BIN", ws.lb_bin());
+            say(&format!("testing (LB_BIN={}): {}", ws.lb_bin().display(), describe(&cmd)));
             let (status, totals) = run_counting_tests(&mut cmd)?;
             if !status.success() {
                 say(&format!("tests failed ({})", explain(status)));
@@ -148,7 +139,9 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(exit_code(status_of(&mut cmd)?))
         }
         Task::Demo(PassThrough { args }) => ws.run_lab_program(setup_first, "lb-demo", &args, "starting the demo lab"),
-        Task::Drill(PassThrough { args }) => ws.run_lab_program(setup_first, "lb-drill", &args, "starting the fault drill"),
+        Task::Drill(PassThrough { args }) => {
+            ws.run_lab_program(setup_first, "lb-drill", &args, "starting the fault drill")
+        }
     }
 }
 
@@ -177,10 +170,7 @@ impl Workspace {
             .with_context(|| format!("{} has no parent directory", manifest_dir.display()))?
             .to_path_buf();
         if !root.join("Cargo.toml").is_file() {
-            bail!(
-                "no Cargo.toml in {}, the workspace root this xtask was built in",
-                root.display()
-            );
+            bail!("no Cargo.toml in {}, the workspace root this xtask was built in", root.display());
         }
         // Honour a target directory moved by the environment, as cargo does.
         let target_dir = ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
@@ -188,13 +178,7 @@ impl Workspace {
             .find_map(|var| std::env::var_os(var).filter(|v| !v.is_empty()))
             .map(|dir| {
                 let dir = PathBuf::from(dir);
-                if dir.is_absolute() {
-                    dir
-                } else {
-                    std::env::current_dir()
-                        .map(|cwd| cwd.join(&dir))
-                        .unwrap_or(dir)
-                }
+                if dir.is_absolute() { dir } else { std::env::current_dir().map(|cwd| cwd.join(&dir)).unwrap_or(dir) }
             })
             .unwrap_or_else(|| root.join("target"));
         Ok(Self { root, target_dir })
@@ -259,8 +243,7 @@ fn names_config(args: &[OsString]) -> bool {
 }
 
 fn status_of(cmd: &mut Command) -> Result<ExitStatus> {
-    cmd.status()
-        .with_context(|| format!("starting {}", describe(cmd)))
+    cmd.status().with_context(|| format!("starting {}", describe(cmd)))
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -291,10 +274,8 @@ impl TestTotals {
 /// Runs `cmd`, echoing its standard output while adding up the test summaries in it.
 fn run_counting_tests(cmd: &mut Command) -> Result<(ExitStatus, TestTotals)> {
     use std::io::{BufRead as _, BufReader};
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", describe(cmd)))?;
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("starting {}", describe(cmd)))?;
     let stdout = child.stdout.take().context("no stdout")?;
     let mut totals = TestTotals::default();
     for line in BufReader::new(stdout).lines() {
@@ -358,8 +339,7 @@ mod tests {
     use super::*;
 
     fn args_of(argv: &[&str]) -> Vec<String> {
-        let cli =
-            Cli::try_parse_from(std::iter::once("xtask").chain(argv.iter().copied())).unwrap();
+        let cli = Cli::try_parse_from(std::iter::once("xtask").chain(argv.iter().copied())).unwrap();
         let args = match cli.task {
             Task::Run(PassThrough { args })
             | Task::Test(PassThrough { args })
@@ -374,7 +354,9 @@ mod tests {
     #[test]
     fn adds_up_libtest_summaries() {
         let mut totals = TestTotals::default();
-        totals.add_summary("test result: ok. 45 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.07s");
+        totals.add_summary(
+            "test result: ok. 45 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.07s",
+        );
         totals.add_summary("test result: FAILED. 4 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
         totals.add_summary("test something ... ok");
         assert_eq!(totals, TestTotals { passed: 49, failed: 2 });
@@ -386,26 +368,12 @@ mod tests {
             args_of(&["test", "--", "-p", "lb-tests", "--", "--nocapture"]),
             ["-p", "lb-tests", "--", "--nocapture"]
         );
-        assert_eq!(
-            args_of(&["test", "-p", "lb-tests", "failover"]),
-            ["-p", "lb-tests", "failover"]
-        );
-        assert_eq!(
-            args_of(&["run", "--", "--config", "x.toml"]),
-            ["--config", "x.toml"]
-        );
+        assert_eq!(args_of(&["test", "-p", "lb-tests", "failover"]), ["-p", "lb-tests", "failover"]);
+        assert_eq!(args_of(&["run", "--", "--config", "x.toml"]), ["--config", "x.toml"]);
         assert_eq!(args_of(&["bench"]), Vec::<String>::new());
         assert_eq!(args_of(&["drill", "--", "--quick"]), ["--quick"]);
-        assert!(
-            Cli::try_parse_from(["xtask", "--no-setup", "build"])
-                .unwrap()
-                .no_setup
-        );
-        assert!(
-            Cli::try_parse_from(["xtask", "test", "--no-setup"])
-                .unwrap()
-                .no_setup
-        );
+        assert!(Cli::try_parse_from(["xtask", "--no-setup", "build"]).unwrap().no_setup);
+        assert!(Cli::try_parse_from(["xtask", "test", "--no-setup"]).unwrap().no_setup);
     }
 
     #[test]

@@ -163,7 +163,12 @@ mod tests {
 
     /// The full path's answer to `bytes` (hickory's parser, `respond`, hickory's encoder).
     async fn full_path(answers: &Answers, bytes: &[u8]) -> Message {
-        let request = Request::from_bytes(bytes.to_vec(), SocketAddr::new(RESOLVER, 5353), hickory_server::net::xfer::Protocol::Udp).unwrap();
+        let request = Request::from_bytes(
+            bytes.to_vec(),
+            SocketAddr::new(RESOLVER, 5353),
+            hickory_server::net::xfer::Protocol::Udp,
+        )
+        .unwrap();
         let out = UdpAnswer::default();
         let _: ResponseInfo = crate::dns::server::tests::respond_to(answers, &request, out.clone()).await;
         Message::from_vec(&out.bytes()).unwrap()
@@ -225,6 +230,9 @@ mod tests {
         let opt_ttl = version_one.len() - 6;
         version_one[opt_ttl + 1] = 1;
         let (mut name, mut out) = (Vec::new(), Vec::new());
-        assert!(!answer(&all_up, &version_one, RESOLVER, &mut name, &mut out), "EDNS version 1 gets BADVERS from the full path");
+        assert!(
+            !answer(&all_up, &version_one, RESOLVER, &mut name, &mut out),
+            "EDNS version 1 gets BADVERS from the full path"
+        );
     }
 }

@@ -123,13 +123,8 @@ fn probe_targets(dns: &DnsConfig) -> Vec<Target> {
         .iter()
         .filter_map(|t| {
             let check = t.health_check.clone()?;
-            let port = check
-                .port
-                .expect("validated: target checks name their port");
-            Some(Target {
-                key: (t.name.clone(), SocketAddr::new(t.address, port)),
-                check,
-            })
+            let port = check.port.expect("validated: target checks name their port");
+            Some(Target { key: (t.name.clone(), SocketAddr::new(t.address, port)), check })
         })
         .collect()
 }
@@ -170,10 +165,7 @@ impl DnsService {
         };
         // The answers are complete before the first query can arrive.
         service.take(config, zones);
-        let handler = DnsHandler {
-            answers: service.shared.clone(),
-            stats: service.stats.clone(),
-        };
+        let handler = DnsHandler { answers: service.shared.clone(), stats: service.stats.clone() };
         service.server = Some(server::serve(&dns.listen, dns.udp_sockets(), handler)?);
         info!(listen = ?dns.listen, vantage = %service.vantage, quorum = dns.quorum(), "DNS server listening");
         Ok(Some(service))
@@ -182,20 +174,14 @@ impl DnsService {
     /// Takes a new config (its `listen` is the same: that needs a restart). Target health
     /// and overrides of targets and policies that stay are kept.
     pub fn reconfigure(&mut self, config: &Config) -> Result<()> {
-        let dns = config
-            .dns
-            .as_ref()
-            .expect("the DNS section stays while the service runs");
+        let dns = config.dns.as_ref().expect("the DNS section stays while the service runs");
         self.take(config, compile(dns)?);
         Ok(())
     }
 
     /// Takes `config`, whose zones are `zones`.
     fn take(&mut self, config: &Config, zones: Arc<Zones>) {
-        let dns = config
-            .dns
-            .as_ref()
-            .expect("the DNS section stays while the service runs");
+        let dns = config.dns.as_ref().expect("the DNS section stays while the service runs");
         self.zones = zones;
         self.vantage = dns.vantage_name(&config.balancer.region).to_owned();
         let peers: Vec<&str> = dns.peers.iter().map(|p| p.name.as_str()).collect();
@@ -230,21 +216,11 @@ impl DnsService {
     /// A probe result of a target (from this service's prober).
     pub fn on_check(&mut self, result: &CheckResult) {
         let name = &result.key.0;
-        let Some(check) = self
-            .config
-            .targets
-            .iter()
-            .find(|t| &t.name == name)
-            .and_then(|t| t.health_check.as_ref())
+        let Some(check) = self.config.targets.iter().find(|t| &t.name == name).and_then(|t| t.health_check.as_ref())
         else {
             return;
         };
-        if self.health.record_check(
-            name,
-            result.outcome.is_ok(),
-            check.healthy_threshold,
-            check.unhealthy_threshold,
-        ) {
+        if self.health.record_check(name, result.outcome.is_ok(), check.healthy_threshold, check.unhealthy_threshold) {
             match &result.outcome {
                 Err(why) => {
                     warn!(target = %name, reason = %why, vantage = %self.vantage, "DNS target down from this vantage point")
@@ -260,9 +236,7 @@ impl DnsService {
     /// A peer's view arrived (or could not be had: then it just ages out).
     pub fn on_peer(&mut self, report: PeerReport, now: Instant) {
         match report.view {
-            Ok(view) if view.vantage == report.peer => {
-                self.health.peer_view(&report.peer, view.targets, now)
-            }
+            Ok(view) if view.vantage == report.peer => self.health.peer_view(&report.peer, view.targets, now),
             Ok(view) => {
                 warn!(peer = %report.peer, answered_as = %view.vantage, "DNS peer answered under another vantage name; its view is ignored")
             }
@@ -308,19 +282,9 @@ impl DnsService {
     }
 
     /// Sets (`Some`) or clears the run-time trickle ratio of the policy record `name type`.
-    pub fn set_trickle(
-        &mut self,
-        name: &str,
-        rtype: &str,
-        ratio: Option<f64>,
-    ) -> Result<(), String> {
+    pub fn set_trickle(&mut self, name: &str, rtype: &str, ratio: Option<f64>) -> Result<(), String> {
         let wanted = format!("{} {}", with_dot(name), rtype.to_ascii_uppercase());
-        let Some(record) = self
-            .zones
-            .policies
-            .iter()
-            .find(|p| p.label().eq_ignore_ascii_case(&wanted))
-        else {
+        let Some(record) = self.zones.policies.iter().find(|p| p.label().eq_ignore_ascii_case(&wanted)) else {
             return Err(format!("no policy record {wanted}"));
         };
         let label = record.label();
@@ -350,11 +314,7 @@ impl DnsService {
         let mut counters = Vec::new();
         for record in &zones.policies {
             let label = record.label();
-            let ratio = self
-                .overrides
-                .get(&label)
-                .copied()
-                .unwrap_or(record.policy.trickle_ratio);
+            let ratio = self.overrides.get(&label).copied().unwrap_or(record.policy.trickle_ratio);
             let selection = Selection::build(&record.policy, &zones.targets, &up, ratio);
             let state = selection.state();
             match self.states.insert(label.clone(), state) {
@@ -369,19 +329,12 @@ impl DnsService {
             selections.push(selection);
             counters.push(self.counters.entry(label).or_default().clone());
         }
-        *self.shared.write().expect("not poisoned") = Arc::new(Answers {
-            zones,
-            selections,
-            counters,
-        });
+        *self.shared.write().expect("not poisoned") = Arc::new(Answers { zones, selections, counters });
     }
 
     /// This vantage point's view, for peers.
     pub fn view(&self) -> VantageView {
-        VantageView {
-            vantage: self.vantage.clone(),
-            targets: self.health.local_view(),
-        }
+        VantageView { vantage: self.vantage.clone(), targets: self.health.local_view() }
     }
 
     pub fn status(&self) -> DnsStatus {
@@ -394,10 +347,7 @@ impl DnsService {
                 name: t.name.clone(),
                 address: t.address,
                 up: self.health.is_up(&t.name),
-                views: self
-                    .health
-                    .views(&t.name, now)
-                    .unwrap_or_default(),
+                views: self.health.views(&t.name, now).unwrap_or_default(),
                 transitions: self.health.transitions(&t.name),
             })
             .collect();
@@ -413,10 +363,7 @@ impl DnsService {
                     trickle_override,
                     record: label,
                     state: state.as_str().to_owned(),
-                    answers: Source::ALL
-                        .iter()
-                        .map(|s| (s.as_str().to_owned(), counters.answers_from(*s)))
-                        .collect(),
+                    answers: Source::ALL.iter().map(|s| (s.as_str().to_owned(), counters.answers_from(*s))).collect(),
                 }
             })
             .collect();
@@ -426,27 +373,18 @@ impl DnsService {
             targets,
             policies,
             responses: self.stats.responses().collect(),
-            truncated: self
-                .stats
-                .truncated
-                .load(std::sync::atomic::Ordering::Relaxed),
+            truncated: self.stats.truncated.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
 
 /// The zones of a validated `[dns]` section.
 fn compile(dns: &DnsConfig) -> Result<Arc<Zones>> {
-    Zones::compile(dns)
-        .map(Arc::new)
-        .map_err(|e| anyhow::anyhow!("dns zone {}: {}", e.zone, e.message))
+    Zones::compile(dns).map(Arc::new).map_err(|e| anyhow::anyhow!("dns zone {}: {}", e.zone, e.message))
 }
 
 fn with_dot(name: &str) -> String {
-    if name.ends_with('.') {
-        name.to_owned()
-    } else {
-        format!("{name}.")
-    }
+    if name.ends_with('.') { name.to_owned() } else { format!("{name}.") }
 }
 
 /// Fetches a peer's view every `interval`, each fetch bounded by `timeout`.
@@ -456,11 +394,7 @@ async fn poll_peer(
     timeout: Duration,
     views: UnboundedSender<PeerReport>,
 ) {
-    let client = AdminClient::new(&AdminConfig {
-        listen: peer.admin,
-        token: peer.token.clone(),
-    })
-    .with_timeout(timeout);
+    let client = AdminClient::new(&AdminConfig { listen: peer.admin, token: peer.token.clone() }).with_timeout(timeout);
     let client = Arc::new(client);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -471,22 +405,14 @@ async fn poll_peer(
             tokio::task::spawn_blocking(move || client.call("GET", "/v1/dns/view"))
         };
         let view = match tokio::time::timeout(timeout, fetch).await {
-            Ok(Ok(Ok(body))) => serde_json::from_str::<VantageView>(&body)
-                .map_err(|e| format!("decoding the view: {e}")),
+            Ok(Ok(Ok(body))) => {
+                serde_json::from_str::<VantageView>(&body).map_err(|e| format!("decoding the view: {e}"))
+            }
             Ok(Ok(Err(e))) => Err(format!("{e:#}")),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "no answer within {}",
-                humantime::format_duration(timeout)
-            )),
+            Err(_) => Err(format!("no answer within {}", humantime::format_duration(timeout))),
         };
-        if views
-            .send(PeerReport {
-                peer: peer.name.clone(),
-                view,
-            })
-            .is_err()
-        {
+        if views.send(PeerReport { peer: peer.name.clone(), view }).is_err() {
             return;
         }
     }

@@ -45,12 +45,7 @@ pub enum Source {
 }
 
 impl Source {
-    pub const ALL: [Source; 4] = [
-        Source::Primary,
-        Source::Backup,
-        Source::Trickle,
-        Source::AllDown,
-    ];
+    pub const ALL: [Source; 4] = [Source::Primary, Source::Backup, Source::Trickle, Source::AllDown];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -87,9 +82,7 @@ fn smooth_order(targets: &[(IpAddr, u32)]) -> Vec<IpAddr> {
             for (c, t) in current.iter_mut().zip(targets) {
                 *c += t.1 as i64;
             }
-            let best = (0..targets.len())
-                .max_by_key(|&i| (current[i], std::cmp::Reverse(i)))
-                .expect("non-empty");
+            let best = (0..targets.len()).max_by_key(|&i| (current[i], std::cmp::Reverse(i))).expect("non-empty");
             current[best] -= total;
             targets[best].0
         })
@@ -105,11 +98,7 @@ struct BackupChoice {
 
 impl BackupChoice {
     fn build(set: &[usize], targets: &[Target], up: &dyn Fn(usize) -> bool) -> Option<Self> {
-        let live: Vec<&Target> = set
-            .iter()
-            .filter(|&&i| up(i))
-            .map(|&i| &targets[i])
-            .collect();
+        let live: Vec<&Target> = set.iter().filter(|&&i| up(i)).map(|&i| &targets[i]).collect();
         if live.is_empty() {
             return None;
         }
@@ -119,16 +108,10 @@ impl BackupChoice {
         let mut by_region = BTreeMap::new();
         for region in live.iter().map(|t| &t.region).filter(|r| !r.is_empty()) {
             if !by_region.contains_key(region) {
-                by_region.insert(
-                    region.clone(),
-                    weighted(&mut live.iter().filter(|t| &t.region == region)),
-                );
+                by_region.insert(region.clone(), weighted(&mut live.iter().filter(|t| &t.region == region)));
             }
         }
-        Some(Self {
-            order: weighted(&mut live.iter()),
-            by_region,
-        })
+        Some(Self { order: weighted(&mut live.iter()), by_region })
     }
 }
 
@@ -154,35 +137,12 @@ pub struct Choice {
 
 impl Selection {
     /// `trickle_ratio` is the policy's, or the operator's override.
-    pub fn build(
-        policy: &Policy,
-        targets: &[Target],
-        up: &dyn Fn(usize) -> bool,
-        trickle_ratio: f64,
-    ) -> Self {
-        let live: Vec<IpAddr> = policy
-            .primary
-            .iter()
-            .filter(|&&i| up(i))
-            .map(|&i| targets[i].address)
-            .collect();
-        let backup = policy
-            .backups
-            .iter()
-            .find_map(|set| BackupChoice::build(set, targets, up));
+    pub fn build(policy: &Policy, targets: &[Target], up: &dyn Fn(usize) -> bool, trickle_ratio: f64) -> Self {
+        let live: Vec<IpAddr> = policy.primary.iter().filter(|&&i| up(i)).map(|&i| targets[i].address).collect();
+        let backup = policy.backups.iter().find_map(|set| BackupChoice::build(set, targets, up));
         let primary_up = !live.is_empty();
-        let primary = if primary_up {
-            live
-        } else {
-            policy.primary.iter().map(|&i| targets[i].address).collect()
-        };
-        Self {
-            primary,
-            backup,
-            primary_up,
-            trickle_ratio: trickle_ratio.clamp(0.0, 1.0),
-            geo: policy.geo,
-        }
+        let primary = if primary_up { live } else { policy.primary.iter().map(|&i| targets[i].address).collect() };
+        Self { primary, backup, primary_up, trickle_ratio: trickle_ratio.clamp(0.0, 1.0), geo: policy.geo }
     }
 
     /// Which of the answers goes where, in one phrase (for logs and status).
@@ -201,19 +161,11 @@ impl Selection {
         let choice = match (&self.backup, self.primary_up, trickle) {
             (Some(backup), false, _) | (Some(backup), true, true) => {
                 let k = counters.backup_answers.fetch_add(1, Ordering::Relaxed);
-                let regional = if self.geo {
-                    client_region.and_then(|r| backup.by_region.get(r))
-                } else {
-                    None
-                };
+                let regional = if self.geo { client_region.and_then(|r| backup.by_region.get(r)) } else { None };
                 let order = regional.unwrap_or(&backup.order);
                 Choice {
                     addresses: vec![order[(k % order.len() as u64) as usize]],
-                    source: if self.primary_up {
-                        Source::Trickle
-                    } else {
-                        Source::Backup
-                    },
+                    source: if self.primary_up { Source::Trickle } else { Source::Backup },
                     by_client_region: self.geo && !backup.by_region.is_empty(),
                 }
             }
@@ -225,11 +177,7 @@ impl Selection {
                 }
                 Choice {
                     addresses,
-                    source: if self.primary_up {
-                        Source::Primary
-                    } else {
-                        Source::AllDown
-                    },
+                    source: if self.primary_up { Source::Primary } else { Source::AllDown },
                     by_client_region: false,
                 }
             }
@@ -258,27 +206,13 @@ mod tests {
     use super::*;
 
     fn target(last: u8, region: &str, weight: u32) -> Target {
-        Target {
-            address: IpAddr::from([10, 100, 0, last]),
-            region: region.into(),
-            weight,
-        }
+        Target { address: IpAddr::from([10, 100, 0, last]), region: region.into(), weight }
     }
 
     /// Primary 1 (eu); backups: [2 (us, weight 3), 3 (ap, weight 1)], then [4 (eu)].
     fn sites() -> (Vec<Target>, Policy) {
-        let targets = vec![
-            target(1, "eu", 1),
-            target(2, "us", 3),
-            target(3, "ap", 1),
-            target(4, "eu", 1),
-        ];
-        let policy = Policy {
-            primary: vec![0],
-            backups: vec![vec![1, 2], vec![3]],
-            trickle_ratio: 0.0,
-            geo: false,
-        };
+        let targets = vec![target(1, "eu", 1), target(2, "us", 3), target(3, "ap", 1), target(4, "eu", 1)];
+        let policy = Policy { primary: vec![0], backups: vec![vec![1, 2], vec![3]], trickle_ratio: 0.0, geo: false };
         (targets, policy)
     }
 
@@ -306,11 +240,7 @@ mod tests {
         let first = all_up.choose(&counters, None);
         assert_eq!(first.source, Source::Primary);
         assert_eq!(first.addresses, vec![addr(1), addr(4)]);
-        assert_eq!(
-            all_up.choose(&counters, None).addresses,
-            vec![addr(4), addr(1)],
-            "rotated per answer"
-        );
+        assert_eq!(all_up.choose(&counters, None).addresses, vec![addr(4), addr(1)], "rotated per answer");
 
         let one_down = Selection::build(&policy, &targets, &|i| i != 0, 0.0);
         assert_eq!(one_down.choose(&counters, None).addresses, vec![addr(4)]);
@@ -339,15 +269,9 @@ mod tests {
         assert_eq!(shares, BTreeMap::from([(addr(2), 3000), (addr(3), 1000)]));
         // Smooth: the weight-1 target never waits more than 4 answers.
         let counters = PolicyCounters::default();
-        let order: Vec<IpAddr> = (0..8)
-            .map(|_| selection.choose(&counters, None).addresses[0])
-            .collect();
+        let order: Vec<IpAddr> = (0..8).map(|_| selection.choose(&counters, None).addresses[0]).collect();
         assert_eq!(order.iter().filter(|&&a| a == addr(3)).count(), 2);
-        assert!(
-            order
-                .windows(4)
-                .all(|w| w.contains(&addr(3)) || w.iter().all(|&a| a == addr(2)))
-        );
+        assert!(order.windows(4).all(|w| w.contains(&addr(3)) || w.iter().all(|&a| a == addr(2))));
     }
 
     #[test]
@@ -356,10 +280,7 @@ mod tests {
         let selection = Selection::build(&policy, &targets, &|_| false, 0.0);
         assert_eq!(selection.state(), Source::AllDown);
         let choice = selection.choose(&PolicyCounters::default(), None);
-        assert_eq!(
-            (choice.addresses, choice.source),
-            (vec![addr(1)], Source::AllDown)
-        );
+        assert_eq!((choice.addresses, choice.source), (vec![addr(1)], Source::AllDown));
     }
 
     #[test]
@@ -373,14 +294,8 @@ mod tests {
                 selection.choose(&counters, None);
             }
             let trickled = counters.answers_from(Source::Trickle) as f64 / n as f64;
-            assert!(
-                (trickled - ratio).abs() < 0.01 * ratio.max(0.1),
-                "ratio {ratio}: {trickled}"
-            );
-            assert_eq!(
-                counters.answers_from(Source::Primary) + counters.answers_from(Source::Trickle),
-                n
-            );
+            assert!((trickled - ratio).abs() < 0.01 * ratio.max(0.1), "ratio {ratio}: {trickled}");
+            assert_eq!(counters.answers_from(Source::Primary) + counters.answers_from(Source::Trickle), n);
         }
     }
 
@@ -404,31 +319,15 @@ mod tests {
         targets.push(target(5, "ap", 1));
         policy.backups[0].push(4);
         let selection = Selection::build(&policy, &targets, &|i| i != 0, 0.0);
-        assert_eq!(
-            tally(&selection, 10, Some("us")),
-            BTreeMap::from([(addr(2), 10)])
-        );
-        assert_eq!(
-            tally(&selection, 10, Some("ap")),
-            BTreeMap::from([(addr(3), 5), (addr(5), 5)])
-        );
+        assert_eq!(tally(&selection, 10, Some("us")), BTreeMap::from([(addr(2), 10)]));
+        assert_eq!(tally(&selection, 10, Some("ap")), BTreeMap::from([(addr(3), 5), (addr(5), 5)]));
         // A region without backups, or no region: every backup by weight.
-        assert_eq!(
-            tally(&selection, 5, Some("sa")),
-            BTreeMap::from([(addr(2), 3), (addr(3), 1), (addr(5), 1)])
-        );
+        assert_eq!(tally(&selection, 5, Some("sa")), BTreeMap::from([(addr(2), 3), (addr(3), 1), (addr(5), 1)]));
         assert_eq!(tally(&selection, 5, None).values().sum::<usize>(), 5);
-        assert!(
-            selection
-                .choose(&PolicyCounters::default(), Some("us"))
-                .by_client_region
-        );
+        assert!(selection.choose(&PolicyCounters::default(), Some("us")).by_client_region);
         // The region's backup down: the others answer.
         let selection = Selection::build(&policy, &targets, &|i| i != 0 && i != 1, 0.0);
-        assert_eq!(
-            tally(&selection, 4, Some("us")),
-            BTreeMap::from([(addr(3), 2), (addr(5), 2)])
-        );
+        assert_eq!(tally(&selection, 4, Some("us")), BTreeMap::from([(addr(3), 2), (addr(5), 2)]));
     }
 
     #[test]

@@ -73,16 +73,12 @@ impl SiteHealth {
         self.stale_after = stale_after;
         let mut kept = BTreeMap::new();
         for name in targets {
-            let health = self.targets.remove(name).unwrap_or(TargetHealth {
-                local: CheckStatus::new(),
-                up: true,
-            });
+            let health = self.targets.remove(name).unwrap_or(TargetHealth { local: CheckStatus::new(), up: true });
             kept.insert(name.to_owned(), health);
         }
         self.targets = kept;
         self.peers.retain(|name, _| peers.contains(&name.as_str()));
-        self.transitions
-            .retain(|name, _| self.targets.contains_key(name));
+        self.transitions.retain(|name, _| self.targets.contains_key(name));
     }
 
     /// A local probe result; returns whether this vantage point's view changed.
@@ -95,10 +91,7 @@ impl SiteHealth {
     ) -> bool {
         self.targets
             .get_mut(target)
-            .and_then(|t| {
-                t.local
-                    .record(passed, healthy_threshold, unhealthy_threshold)
-            })
+            .and_then(|t| t.local.record(passed, healthy_threshold, unhealthy_threshold))
             .is_some()
     }
 
@@ -116,21 +109,12 @@ impl SiteHealth {
     }
 
     pub fn peer_view(&mut self, peer: &str, view: View, now: Instant) {
-        self.peers.insert(
-            peer.to_owned(),
-            PeerView {
-                received: now,
-                view,
-            },
-        );
+        self.peers.insert(peer.to_owned(), PeerView { received: now, view });
     }
 
     /// This vantage point's view, as served to peers.
     pub fn local_view(&self) -> View {
-        self.targets
-            .iter()
-            .map(|(name, t)| (name.clone(), t.local.is_healthy()))
-            .collect()
+        self.targets.iter().map(|(name, t)| (name.clone(), t.local.is_healthy())).collect()
     }
 
     pub fn is_up(&self, target: &str) -> bool {
@@ -154,9 +138,7 @@ impl SiteHealth {
     }
 
     fn fresh_peers(&self, now: Instant) -> impl Iterator<Item = (&String, &PeerView)> {
-        self.peers
-            .iter()
-            .filter(move |(_, p)| now.saturating_duration_since(p.received) <= self.stale_after)
+        self.peers.iter().filter(move |(_, p)| now.saturating_duration_since(p.received) <= self.stale_after)
     }
 
     /// Counts the votes again (after any view changed or aged) and returns the targets
@@ -174,12 +156,7 @@ impl SiteHealth {
             }
             let up = down_votes < self.quorum;
             if up != t.up {
-                tallies.push(Change {
-                    target: name.clone(),
-                    up,
-                    down_votes,
-                    voters,
-                });
+                tallies.push(Change { target: name.clone(), up, down_votes, voters });
             }
         }
         for change in &tallies {
@@ -210,27 +187,19 @@ mod tests {
     }
 
     fn fail(health: &mut SiteHealth, target: &str, times: u32) -> bool {
-        (0..times)
-            .map(|_| health.record_check(target, false, 2, 3))
-            .fold(false, |a, b| a | b)
+        (0..times).map(|_| health.record_check(target, false, 2, 3)).fold(false, |a, b| a | b)
     }
 
     #[test]
     fn one_vantage_point_alone_cannot_take_a_target_down() {
         let now = Instant::now();
         let mut health = three();
-        assert!(
-            fail(&mut health, "site-b", 3),
-            "the local view flips after the threshold"
-        );
+        assert!(fail(&mut health, "site-b", 3), "the local view flips after the threshold");
         health.peer_view("b", view(&[("site-b", true)]), now);
         health.peer_view("c", view(&[("site-b", true)]), now);
         assert!(health.decide(now).is_empty());
         assert!(health.is_up("site-b"));
-        assert_eq!(
-            health.local_view(),
-            view(&[("site-a", true), ("site-b", false)])
-        );
+        assert_eq!(health.local_view(), view(&[("site-a", true), ("site-b", false)]));
     }
 
     #[test]
@@ -240,15 +209,7 @@ mod tests {
         fail(&mut health, "site-b", 3);
         health.peer_view("b", view(&[("site-b", false)]), now);
         let changes = health.decide(now);
-        assert_eq!(
-            changes,
-            vec![Change {
-                target: "site-b".into(),
-                up: false,
-                down_votes: 2,
-                voters: 2
-            }]
-        );
+        assert_eq!(changes, vec![Change { target: "site-b".into(), up: false, down_votes: 2, voters: 2 }]);
         assert!(!health.is_up("site-b"));
         assert!(health.decide(now).is_empty(), "no change, no report");
 
@@ -265,10 +226,7 @@ mod tests {
         health.reconfigure("a", 1, STALE, ["site-b"], &[]);
         fail(&mut health, "site-b", 3);
         assert_eq!(health.decide(now).len(), 1);
-        assert!(
-            !health.record_check("site-b", true, 2, 3),
-            "one pass is not enough"
-        );
+        assert!(!health.record_check("site-b", true, 2, 3), "one pass is not enough");
         assert!(health.decide(now).is_empty());
         assert!(health.record_check("site-b", true, 2, 3));
         assert!(health.decide(now)[0].up);
@@ -284,21 +242,10 @@ mod tests {
         // b's view ages out: only the local vote is left, and the target comes back.
         let later = start + STALE + Duration::from_millis(1);
         let changes = health.decide(later);
-        assert_eq!(
-            changes,
-            vec![Change {
-                target: "site-b".into(),
-                up: true,
-                down_votes: 1,
-                voters: 1
-            }]
-        );
+        assert_eq!(changes, vec![Change { target: "site-b".into(), up: true, down_votes: 1, voters: 1 }]);
         // A peer that does not know the target does not vote on it.
         health.peer_view("c", view(&[("site-a", true)]), later);
-        assert_eq!(
-            health.views("site-b", later).unwrap(),
-            BTreeMap::from([("a".to_owned(), false)])
-        );
+        assert_eq!(health.views("site-b", later).unwrap(), BTreeMap::from([("a".to_owned(), false)]));
     }
 
     #[test]

@@ -12,20 +12,18 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use hickory_server::Server;
-use tokio::task::JoinHandle;
 use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{
-    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
-};
+use hickory_server::proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_server::proto::rr::{DNSClass, RecordType};
 use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::task::JoinHandle;
 
-use super::{fast, udp};
 use super::zone::Answers;
+use super::{fast, udp};
 
 /// Largest UDP answer, whatever the client offers: the size that avoids IP fragmentation
 /// on common paths (DNS flag day 2020).
@@ -61,10 +59,7 @@ struct Tally {
 
 impl Tally {
     fn count(&mut self, info: &ResponseInfo) {
-        if let Some(i) = COUNTED_CODES
-            .iter()
-            .position(|&(c, _)| c == info.response_code)
-        {
+        if let Some(i) = COUNTED_CODES.iter().position(|&(c, _)| c == info.response_code) {
             self.by_code[i] += 1;
         }
         self.truncated += u64::from(info.truncation);
@@ -85,10 +80,7 @@ impl DnsStats {
 
     /// (code name, responses) for every counted code.
     pub fn responses(&self) -> impl Iterator<Item = (String, u64)> + '_ {
-        COUNTED_CODES
-            .iter()
-            .zip(&self.by_code)
-            .map(|((_, name), n)| ((*name).to_owned(), n.load(Ordering::Relaxed)))
+        COUNTED_CODES.iter().zip(&self.by_code).map(|((_, name), n)| ((*name).to_owned(), n.load(Ordering::Relaxed)))
     }
 }
 
@@ -103,11 +95,7 @@ pub struct DnsHandler {
 
 #[async_trait::async_trait]
 impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response_handle: R,
-    ) -> ResponseInfo {
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response_handle: R) -> ResponseInfo {
         let answers = self.answers.read().expect("not poisoned").clone();
         let mut tally = Tally::default();
         let info = respond(&answers, request, response_handle, &mut tally).await;
@@ -144,9 +132,7 @@ async fn respond<R: ResponseHandler>(
     let result = if let Some(code) = refusal {
         builder_edns = edns;
         let builder = MessageResponseBuilder::new(&request.queries, builder_edns.as_ref());
-        response_handle
-            .send_response(builder.error_msg(&request.metadata, code))
-            .await
+        response_handle.send_response(builder.error_msg(&request.metadata, code)).await
     } else {
         let query = &request.queries.queries()[0];
         let subnet = request_edns.and_then(|e| match e.option(EdnsCode::Subnet) {
@@ -154,9 +140,7 @@ async fn respond<R: ResponseHandler>(
             _ => None,
         });
         // A source prefix of 0 asks that the answer not depend on the client's address.
-        let client = subnet
-            .filter(|s| s.source_prefix() > 0)
-            .map_or(request.src().ip(), |s| s.addr());
+        let client = subnet.filter(|s| s.source_prefix() > 0).map_or(request.src().ip(), |s| s.addr());
         let response = answers.resolve(query.name(), query.query_type(), client);
         if let (Some(edns), Some(subnet)) = (edns.as_mut(), subnet) {
             // RFC 7871 7.2.1: echo the option; the scope says how far the answer applies.
@@ -165,12 +149,11 @@ async fn respond<R: ResponseHandler>(
             } else {
                 0
             };
-            edns.options_mut()
-                .insert(EdnsOption::Subnet(ClientSubnet::new(
-                    subnet.addr(),
-                    subnet.source_prefix(),
-                    scope,
-                )));
+            edns.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
+                subnet.addr(),
+                subnet.source_prefix(),
+                scope,
+            )));
         }
         builder_edns = edns;
         let mut metadata = Metadata::response_from_request(&request.metadata);
@@ -196,10 +179,7 @@ async fn respond<R: ResponseHandler>(
             tracing::debug!(%error, "a DNS answer could not be sent");
             let mut metadata = Metadata::response_from_request(&request.metadata);
             metadata.response_code = ResponseCode::ServFail;
-            ResponseInfo::from(Header {
-                metadata,
-                counts: HeaderCounts::default(),
-            })
+            ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() })
         }
     }
 }
@@ -214,8 +194,7 @@ pub fn serve(listen: &[SocketAddr], sockets: usize, handler: DnsHandler) -> Resu
         for _ in 0..sockets {
             udp.push(udp_socket(addr).with_context(|| format!("DNS: binding UDP {addr}"))?);
         }
-        let tcp = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("DNS: binding TCP {addr}"))?;
+        let tcp = std::net::TcpListener::bind(addr).with_context(|| format!("DNS: binding TCP {addr}"))?;
         tcp.set_nonblocking(true)?;
         server.register_listener(tokio::net::TcpListener::from_std(tcp)?, TCP_TIMEOUT, 64);
     }
@@ -287,10 +266,7 @@ async fn answer_udp(socket: tokio::net::UdpSocket, handler: DnsHandler) {
         let mut tally = Tally::default();
         for i in 0..received {
             let datagram = receiver.received[i];
-            let Some(src) = datagram
-                .src
-                .filter(|s| s.port() != 0 && !datagram.truncated)
-            else {
+            let Some(src) = datagram.src.filter(|s| s.port() != 0 && !datagram.truncated) else {
                 continue;
             };
             let mut out = spare.pop().unwrap_or_default();
@@ -333,18 +309,8 @@ async fn answer_udp(socket: tokio::net::UdpSocket, handler: DnsHandler) {
 }
 
 /// Answers one datagram into `answer` (left empty when nothing is to be sent).
-async fn answer_datagram(
-    answers: &Answers,
-    query: &[u8],
-    src: SocketAddr,
-    answer: &UdpAnswer,
-    tally: &mut Tally,
-) {
-    match Request::from_bytes(
-        query.to_vec(),
-        src,
-        hickory_server::net::xfer::Protocol::Udp,
-    ) {
+async fn answer_datagram(answers: &Answers, query: &[u8], src: SocketAddr, answer: &UdpAnswer, tally: &mut Tally) {
+    match Request::from_bytes(query.to_vec(), src, hickory_server::net::xfer::Protocol::Udp) {
         Ok(request) if request.metadata.message_type == MessageType::Query => {
             respond(answers, &request, answer.clone(), tally).await;
         }
@@ -357,8 +323,8 @@ async fn answer_datagram(
                 return;
             };
             if header.metadata.message_type == MessageType::Query {
-                let error = MessageResponseBuilder::new(&queries, None)
-                    .error_msg(&header.metadata, ResponseCode::FormErr);
+                let error =
+                    MessageResponseBuilder::new(&queries, None).error_msg(&header.metadata, ResponseCode::FormErr);
                 if let Ok(info) = answer.clone().send_response(error).await {
                     tally.count(&info);
                 }
@@ -402,23 +368,11 @@ pub(crate) mod tests {
 
     /// A server on a free loopback port with the test zone (every target up but site-a).
     async fn server() -> (SocketAddr, Arc<DnsStats>, tokio::task::JoinHandle<()>) {
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let stats = Arc::new(DnsStats::default());
         let shared = Arc::new(RwLock::new(Arc::new(answers(&|i| i != 0))));
-        let task = serve(
-            &[addr],
-            2,
-            DnsHandler {
-                answers: shared,
-                stats: stats.clone(),
-            },
-        )
-        .expect("binds");
+        let task = serve(&[addr], 2, DnsHandler { answers: shared, stats: stats.clone() }).expect("binds");
         (addr, stats, task)
     }
 
@@ -433,10 +387,7 @@ pub(crate) mod tests {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         socket.send_to(bytes, addr).await.unwrap();
         let mut buf = vec![0; 65535];
-        let n = tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf))
-            .await
-            .ok()?
-            .unwrap();
+        let n = tokio::time::timeout(Duration::from_millis(500), socket.recv(&mut buf)).await.ok()?.unwrap();
         Some(Message::from_vec(&buf[..n]).expect("a DNS message"))
     }
 
@@ -448,10 +399,7 @@ pub(crate) mod tests {
     async fn ask_tcp(addr: SocketAddr, message: &Message) -> Message {
         let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let bytes = message.to_vec().unwrap();
-        stream
-            .write_all(&(bytes.len() as u16).to_be_bytes())
-            .await
-            .unwrap();
+        stream.write_all(&(bytes.len() as u16).to_be_bytes()).await.unwrap();
         stream.write_all(&bytes).await.unwrap();
         let len = stream.read_u16().await.unwrap() as usize;
         let mut buf = vec![0; len];
@@ -481,33 +429,15 @@ pub(crate) mod tests {
 
         let mut chaos = query("version.bind.", RecordType::TXT, None);
         chaos.queries[0].set_query_class(DNSClass::CH);
-        assert_eq!(
-            ask(addr, &chaos).await
-                .metadata
-                .response_code,
-            ResponseCode::Refused
-        );
+        assert_eq!(ask(addr, &chaos).await.metadata.response_code, ResponseCode::Refused);
         let axfr = ask_tcp(addr, &query("example.test.", RecordType::AXFR, None)).await;
         assert_eq!(axfr.metadata.response_code, ResponseCode::Refused);
         let mut two = query("www.example.test.", RecordType::A, None);
-        two.add_query(Query::query(
-            Name::from_ascii("big.example.test.").unwrap(),
-            RecordType::TXT,
-        ));
-        assert_eq!(
-            ask(addr, &two).await
-                .metadata
-                .response_code,
-            ResponseCode::FormErr
-        );
+        two.add_query(Query::query(Name::from_ascii("big.example.test.").unwrap(), RecordType::TXT));
+        assert_eq!(ask(addr, &two).await.metadata.response_code, ResponseCode::FormErr);
         let mut notify = query("example.test.", RecordType::SOA, None);
         notify.metadata.op_code = OpCode::Notify;
-        assert_eq!(
-            ask(addr, &notify).await
-                .metadata
-                .response_code,
-            ResponseCode::NotImp
-        );
+        assert_eq!(ask(addr, &notify).await.metadata.response_code, ResponseCode::NotImp);
         let responses: std::collections::BTreeMap<String, u64> = stats.responses().collect();
         assert_eq!(responses["refused"], 3);
         assert_eq!(responses["noerror"], 1);
@@ -524,10 +454,7 @@ pub(crate) mod tests {
         let offered = ask(addr, &big(Some(edns(4096)))).await;
         assert!(!offered.metadata.truncation);
         assert_eq!(offered.answers.len(), 9);
-        assert_eq!(
-            offered.edns.as_ref().unwrap().max_payload(),
-            MAX_UDP_PAYLOAD
-        );
+        assert_eq!(offered.edns.as_ref().unwrap().max_payload(), MAX_UDP_PAYLOAD);
         let tcp = ask_tcp(addr, &big(None)).await;
         assert!(!tcp.metadata.truncation);
         assert_eq!(tcp.answers.len(), 9);
@@ -542,26 +469,16 @@ pub(crate) mod tests {
         future.set_version(1);
         let badvers = ask(addr, &query("www.example.test.", RecordType::A, Some(future))).await;
         // BADVERS and BADSIG share the number 16; the decoder names it BADSIG.
-        assert_eq!(
-            u16::from(badvers.metadata.response_code),
-            u16::from(ResponseCode::BADVERS)
-        );
+        assert_eq!(u16::from(badvers.metadata.response_code), u16::from(ResponseCode::BADVERS));
         assert!(badvers.edns.is_some(), "BADVERS travels in the OPT record");
 
         // The client subnet (10.1.2.0/24, region "us") picks site-b; the scope covers the
         // longest configured client prefix (/16).
         let mut with_subnet = edns(1232);
-        with_subnet
-            .options_mut()
-            .insert(EdnsOption::Subnet(ClientSubnet::new(
-                "10.1.2.0".parse().unwrap(),
-                24,
-                0,
-            )));
+        with_subnet.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new("10.1.2.0".parse().unwrap(), 24, 0)));
         let answer = ask(addr, &query("www.example.test.", RecordType::A, Some(with_subnet))).await;
         assert_eq!(answer.answers[0].data.to_string(), "10.100.0.2");
-        let Some(EdnsOption::Subnet(echo)) = answer.edns.as_ref().unwrap().option(EdnsCode::Subnet)
-        else {
+        let Some(EdnsOption::Subnet(echo)) = answer.edns.as_ref().unwrap().option(EdnsCode::Subnet) else {
             panic!("no ECS echo in {answer:?}");
         };
         assert_eq!((echo.source_prefix(), echo.scope_prefix()), (24, 16));
@@ -575,28 +492,14 @@ pub(crate) mod tests {
         assert!(ask_udp(addr, &[0x12, 0x34, 0x01]).await.is_none());
         // A header announcing a question that is not there: FORMERR.
         let header_only = [0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0];
-        assert_eq!(
-            ask_udp(addr, &header_only)
-                .await
-                .unwrap()
-                .metadata
-                .response_code,
-            ResponseCode::FormErr
-        );
+        assert_eq!(ask_udp(addr, &header_only).await.unwrap().metadata.response_code, ResponseCode::FormErr);
         // A name whose label runs past the end, and random bytes.
-        let mut cut = query("www.example.test.", RecordType::A, None)
-            .to_vec()
-            .unwrap();
+        let mut cut = query("www.example.test.", RecordType::A, None).to_vec().unwrap();
         cut.truncate(20);
-        assert!(
-            ask_udp(addr, &cut)
-                .await
-                .is_none_or(|m| m.metadata.response_code == ResponseCode::FormErr)
-        );
+        assert!(ask_udp(addr, &cut).await.is_none_or(|m| m.metadata.response_code == ResponseCode::FormErr));
         for seed in 0..200u32 {
-            let junk: Vec<u8> = (0..64)
-                .map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 40503) >> 7) as u8)
-                .collect();
+            let junk: Vec<u8> =
+                (0..64).map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 40503) >> 7) as u8).collect();
             let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
             socket.send_to(&junk, addr).unwrap();
         }

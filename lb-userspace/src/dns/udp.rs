@@ -45,10 +45,8 @@ impl Receiver {
     /// Takes what is queued on `fd` (at most [`BATCH`]); `WouldBlock` when nothing is.
     pub fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
         // On the stack: nothing is allocated per call.
-        let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
-            iov_base: self.buffers[i].as_mut_ptr().cast(),
-            iov_len: QUERY_ROOM,
-        });
+        let mut iovecs: [libc::iovec; BATCH] =
+            std::array::from_fn(|i| libc::iovec { iov_base: self.buffers[i].as_mut_ptr().cast(), iov_len: QUERY_ROOM });
         let addresses = self.addresses.as_mut_ptr();
         let mut headers: [libc::mmsghdr; BATCH] = std::array::from_fn(|i| {
             // SAFETY: all-zero is a valid msghdr; `i` is within `addresses` (BATCH long), and
@@ -62,15 +60,8 @@ impl Receiver {
         });
         // SAFETY: `headers` describes BATCH buffers and addresses owned by self, alive and
         // unaliased for the duration of the call.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                headers.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
+        let n =
+            unsafe { libc::recvmmsg(fd, headers.as_mut_ptr(), BATCH as u32, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -100,14 +91,8 @@ pub fn send(fd: RawFd, replies: &[(SocketAddr, Vec<u8>)]) -> io::Result<usize> {
     let addresses: [Option<SockAddr>; BATCH] =
         std::array::from_fn(|i| replies.get(i).map(|(to, _)| SockAddr::from(*to)));
     let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| match replies.get(i) {
-        Some((_, bytes)) => libc::iovec {
-            iov_base: bytes.as_ptr() as *mut libc::c_void,
-            iov_len: bytes.len(),
-        },
-        None => libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        },
+        Some((_, bytes)) => libc::iovec { iov_base: bytes.as_ptr() as *mut libc::c_void, iov_len: bytes.len() },
+        None => libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
     });
     let mut headers: [libc::mmsghdr; BATCH] = std::array::from_fn(|i| {
         // SAFETY: all-zero is a valid msghdr; the pointers set below outlive the call.
@@ -122,9 +107,7 @@ pub fn send(fd: RawFd, replies: &[(SocketAddr, Vec<u8>)]) -> io::Result<usize> {
     });
     // SAFETY: the first `replies.len()` headers point into `addresses`, `iovecs` and
     // `replies`, all alive for the call; the kernel only reads them.
-    let n = unsafe {
-        libc::sendmmsg(fd, headers.as_mut_ptr(), replies.len() as u32, libc::MSG_DONTWAIT)
-    };
+    let n = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), replies.len() as u32, libc::MSG_DONTWAIT) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

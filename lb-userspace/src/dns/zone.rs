@@ -66,17 +66,11 @@ struct Node {
 
 impl Node {
     fn rrset(&self, rtype: RecordType) -> Option<&[Record]> {
-        self.rrsets
-            .iter()
-            .find(|(t, _)| *t == rtype)
-            .map(|(_, r)| r.as_slice())
+        self.rrsets.iter().find(|(t, _)| *t == rtype).map(|(_, r)| r.as_slice())
     }
 
     fn policy(&self, rtype: RecordType) -> Option<usize> {
-        self.policies
-            .iter()
-            .find(|(t, _)| *t == rtype)
-            .map(|&(_, i)| i)
+        self.policies.iter().find(|(t, _)| *t == rtype).map(|&(_, i)| i)
     }
 }
 
@@ -107,8 +101,7 @@ pub struct Zones {
 }
 
 fn parse_name(text: &str) -> Result<Name, String> {
-    let mut name =
-        Name::from_utf8(text).map_err(|e| format!("{text:?} is not a domain name: {e}"))?;
+    let mut name = Name::from_utf8(text).map_err(|e| format!("{text:?} is not a domain name: {e}"))?;
     name.set_fqdn(true);
     Ok(name)
 }
@@ -121,11 +114,8 @@ fn owner_name(text: &str, origin: &Name) -> Result<Name, String> {
     } else if text.ends_with('.') {
         parse_name(text)?
     } else {
-        let relative =
-            Name::from_utf8(text).map_err(|e| format!("{text:?} is not a domain name: {e}"))?;
-        relative
-            .append_domain(origin)
-            .map_err(|e| format!("{text:?}: {e}"))?
+        let relative = Name::from_utf8(text).map_err(|e| format!("{text:?} is not a domain name: {e}"))?;
+        relative.append_domain(origin).map_err(|e| format!("{text:?}: {e}"))?
     };
     if !origin.zone_of(&name) {
         return Err(format!("{name} is not inside the zone {origin}"));
@@ -134,40 +124,24 @@ fn owner_name(text: &str, origin: &Name) -> Result<Name, String> {
 }
 
 fn record_type(text: &str) -> Result<RecordType, String> {
-    RecordType::from_str(&text.to_ascii_uppercase())
-        .map_err(|_| format!("{text:?} is not a record type"))
+    RecordType::from_str(&text.to_ascii_uppercase()).map_err(|_| format!("{text:?} is not a record type"))
 }
 
 impl Zones {
     /// Builds the zones; every problem names the zone and the key.
     pub fn compile(dns: &DnsConfig) -> Result<Self, ZoneError> {
-        let target_index: HashMap<&str, usize> = dns
-            .targets
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.as_str(), i))
-            .collect();
+        let target_index: HashMap<&str, usize> =
+            dns.targets.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
         let targets = dns
             .targets
             .iter()
-            .map(|t| Target {
-                address: t.address,
-                region: t.region.clone(),
-                weight: t.weight,
-            })
+            .map(|t| Target { address: t.address, region: t.region.clone(), weight: t.weight })
             .collect();
-        let mut client_regions: Vec<(IpNet, String)> = dns
-            .client_regions
-            .iter()
-            .map(|c| (c.prefix.trunc(), c.region.clone()))
-            .collect();
+        let mut client_regions: Vec<(IpNet, String)> =
+            dns.client_regions.iter().map(|c| (c.prefix.trunc(), c.region.clone())).collect();
         client_regions.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
         let longest = |v4: bool| {
-            client_regions
-                .iter()
-                .filter(|(n, _)| matches!(n, IpNet::V4(_)) == v4)
-                .map(|(n, _)| n.prefix_len())
-                .max()
+            client_regions.iter().filter(|(n, _)| matches!(n, IpNet::V4(_)) == v4).map(|(n, _)| n.prefix_len()).max()
         };
         let mut zones = Zones {
             zones: Vec::new(),
@@ -181,19 +155,11 @@ impl Zones {
         };
         let mut origins = HashMap::new();
         for (i, zone) in dns.zones.iter().enumerate() {
-            let err = |path: Vec<Step>, message: String| ZoneError {
-                zone: i,
-                path,
-                message,
-            };
-            let compiled = zones
-                .compile_zone(zone, &target_index, &dns.targets)
-                .map_err(|(path, message)| err(path, message))?;
+            let err = |path: Vec<Step>, message: String| ZoneError { zone: i, path, message };
+            let compiled =
+                zones.compile_zone(zone, &target_index, &dns.targets).map_err(|(path, message)| err(path, message))?;
             if let Some(j) = origins.insert(compiled.origin.clone(), i) {
-                return Err(err(
-                    vec![Step::Key("origin")],
-                    format!("zone {} is also dns.zone[{j}]", compiled.origin),
-                ));
+                return Err(err(vec![Step::Key("origin")], format!("zone {} is also dns.zone[{j}]", compiled.origin)));
             }
             zones.zones.push(compiled);
         }
@@ -208,10 +174,7 @@ impl Zones {
         targets: &[crate::config::dns::DnsTarget],
     ) -> Result<Zone, ZonePathError> {
         let at = |key: &'static str, index: Option<usize>| {
-            [Some(Step::Key(key)), index.map(Step::Index)]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
+            [Some(Step::Key(key)), index.map(Step::Index)].into_iter().flatten().collect::<Vec<_>>()
         };
         let origin = parse_name(&zone.origin).map_err(|m| (at("origin", None), m))?;
         if origin.is_root() {
@@ -228,9 +191,7 @@ impl Zones {
                 if n.ends_with('.') {
                     parse_name(n)
                 } else {
-                    Err(format!(
-                        "{n:?}: name servers are absolute names (end with '.')"
-                    ))
+                    Err(format!("{n:?}: name servers are absolute names (end with '.')"))
                 }
                 .map_err(|m| (at("ns", Some(j)), m))
             })
@@ -249,21 +210,9 @@ impl Zones {
         };
         let s = &zone.soa;
         let clamp = |v: u32| v.min(i32::MAX as u32) as i32;
-        let soa = SOA::new(
-            mname,
-            rname,
-            s.serial,
-            clamp(s.refresh),
-            clamp(s.retry),
-            clamp(s.expire),
-            s.minimum,
-        );
+        let soa = SOA::new(mname, rname, s.serial, clamp(s.refresh), clamp(s.retry), clamp(s.expire), s.minimum);
         let soa_record = Record::from_rdata(origin.clone(), zone.ttl, RData::SOA(soa));
-        let negative_soa = Record::from_rdata(
-            origin.clone(),
-            zone.ttl.min(s.minimum),
-            soa_record.data.clone(),
-        );
+        let negative_soa = Record::from_rdata(origin.clone(), zone.ttl.min(s.minimum), soa_record.data.clone());
 
         let mut nodes: HashMap<LowerName, Node> = HashMap::new();
         let mut add = |name: &Name, record: Record| {
@@ -276,10 +225,7 @@ impl Zones {
         };
         add(&origin, soa_record);
         for n in &ns {
-            add(
-                &origin,
-                Record::from_rdata(origin.clone(), zone.ttl, RData::NS(NS(n.clone()))),
-            );
+            add(&origin, Record::from_rdata(origin.clone(), zone.ttl, RData::NS(NS(n.clone()))));
         }
         for (j, r) in zone.records.iter().enumerate() {
             let at = |key: &'static str| vec![Step::Key("record"), Step::Index(j), Step::Key(key)];
@@ -290,37 +236,21 @@ impl Zones {
                     at("type"),
                     format!(
                         "the zone's {rtype} comes from dns.zone.{}",
-                        if rtype == RecordType::SOA {
-                            "soa"
-                        } else {
-                            "ns"
-                        }
+                        if rtype == RecordType::SOA { "soa" } else { "ns" }
                     ),
                 ));
             }
-            if matches!(
-                rtype,
-                RecordType::OPT | RecordType::ANY | RecordType::AXFR | RecordType::IXFR
-            ) {
-                return Err((
-                    at("type"),
-                    format!("{rtype} is not a record type that can be served"),
-                ));
+            if matches!(rtype, RecordType::OPT | RecordType::ANY | RecordType::AXFR | RecordType::IXFR) {
+                return Err((at("type"), format!("{rtype} is not a record type that can be served")));
             }
             let data = RData::try_from_str(rtype, &r.data)
                 .map_err(|e| (at("data"), format!("{:?} is not {rtype} data: {e}", r.data)))?;
-            add(
-                &name,
-                Record::from_rdata(name.clone(), r.ttl.unwrap_or(zone.ttl), data),
-            );
+            add(&name, Record::from_rdata(name.clone(), r.ttl.unwrap_or(zone.ttl), data));
         }
 
         for (j, p) in zone.policies.iter().enumerate() {
             let at = |keys: &[Step]| {
-                [Step::Key("policy"), Step::Index(j)]
-                    .into_iter()
-                    .chain(keys.iter().copied())
-                    .collect::<Vec<_>>()
+                [Step::Key("policy"), Step::Index(j)].into_iter().chain(keys.iter().copied()).collect::<Vec<_>>()
             };
             let name = owner_name(&p.name, &origin).map_err(|m| (at(&[Step::Key("name")]), m))?;
             let rtype = record_type(&p.rtype).map_err(|m| (at(&[Step::Key("type")]), m))?;
@@ -328,76 +258,54 @@ impl Zones {
                 RecordType::A => true,
                 RecordType::AAAA => false,
                 other => {
-                    return Err((
-                        at(&[Step::Key("type")]),
-                        format!("policy records are A or AAAA (got {other})"),
-                    ));
+                    return Err((at(&[Step::Key("type")]), format!("policy records are A or AAAA (got {other})")));
                 }
             };
             if !(0.0..=1.0).contains(&p.trickle_ratio.0) {
-                return Err((
-                    at(&[Step::Key("trickle_ratio")]),
-                    format!("a share, 0..=1 (got {})", p.trickle_ratio.0),
-                ));
+                return Err((at(&[Step::Key("trickle_ratio")]), format!("a share, 0..=1 (got {})", p.trickle_ratio.0)));
             }
             let mut seen = HashSet::new();
-            let mut resolve =
-                |names: &[String], key: &[Step]| -> Result<Vec<usize>, ZonePathError> {
-                    names
-                        .iter()
-                        .enumerate()
-                        .map(|(k, n)| {
-                            let i = *target_index.get(n.as_str()).ok_or_else(|| {
-                                (
-                                    at(&[key, &[Step::Index(k)]].concat()),
-                                    format!("no dns.target named {n:?}"),
-                                )
-                            })?;
-                            if targets[i].address.is_ipv4() != v4 {
-                                return Err((
-                                    at(&[key, &[Step::Index(k)]].concat()),
-                                    format!(
-                                        "target {n:?} has address {}, not one for {rtype} records",
-                                        targets[i].address
-                                    ),
-                                ));
-                            }
-                            if !seen.insert(i) {
-                                return Err((
-                                    at(&[key, &[Step::Index(k)]].concat()),
-                                    format!("target {n:?} appears twice in this policy"),
-                                ));
-                            }
-                            Ok(i)
-                        })
-                        .collect()
-                };
+            let mut resolve = |names: &[String], key: &[Step]| -> Result<Vec<usize>, ZonePathError> {
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(k, n)| {
+                        let i = *target_index.get(n.as_str()).ok_or_else(|| {
+                            (at(&[key, &[Step::Index(k)]].concat()), format!("no dns.target named {n:?}"))
+                        })?;
+                        if targets[i].address.is_ipv4() != v4 {
+                            return Err((
+                                at(&[key, &[Step::Index(k)]].concat()),
+                                format!("target {n:?} has address {}, not one for {rtype} records", targets[i].address),
+                            ));
+                        }
+                        if !seen.insert(i) {
+                            return Err((
+                                at(&[key, &[Step::Index(k)]].concat()),
+                                format!("target {n:?} appears twice in this policy"),
+                            ));
+                        }
+                        Ok(i)
+                    })
+                    .collect()
+            };
             let primary = resolve(&p.primary, &[Step::Key("primary")])?;
             if primary.is_empty() {
                 return Err((at(&[Step::Key("primary")]), "at least one target".into()));
             }
             if p.backup.is_empty() {
-                return Err((
-                    at(&[Step::Key("backup")]),
-                    "at least one backup set, e.g. [[\"site-b\"]]".into(),
-                ));
+                return Err((at(&[Step::Key("backup")]), "at least one backup set, e.g. [[\"site-b\"]]".into()));
             }
             let mut backups = Vec::new();
             for (k, set) in p.backup.iter().enumerate() {
                 if set.is_empty() {
-                    return Err((
-                        at(&[Step::Key("backup"), Step::Index(k)]),
-                        "an empty backup set".into(),
-                    ));
+                    return Err((at(&[Step::Key("backup"), Step::Index(k)]), "an empty backup set".into()));
                 }
                 backups.push(resolve(set, &[Step::Key("backup"), Step::Index(k)])?);
             }
             let node = nodes.entry(LowerName::new(&name)).or_default();
             if node.policy(rtype).is_some() || node.rrset(rtype).is_some() {
-                return Err((
-                    at(&[Step::Key("name")]),
-                    format!("{name} already has {rtype} records"),
-                ));
+                return Err((at(&[Step::Key("name")]), format!("{name} already has {rtype} records")));
             }
             let index = self.policies.len();
             node.policies.push((rtype, index));
@@ -408,12 +316,7 @@ impl Zones {
                 name,
                 rtype,
                 ttl: p.ttl,
-                policy: Policy {
-                    primary,
-                    backups,
-                    trickle_ratio: p.trickle_ratio.0,
-                    geo: p.geo,
-                },
+                policy: Policy { primary, backups, trickle_ratio: p.trickle_ratio.0, geo: p.geo },
             });
         }
 
@@ -421,10 +324,7 @@ impl Zones {
         for (name, node) in &nodes {
             let has_cname = node.rrset(RecordType::CNAME).is_some();
             if has_cname && (node.rrsets.len() > 1 || !node.policies.is_empty()) {
-                return Err((
-                    vec![Step::Key("record")],
-                    format!("{name} has a CNAME and other records"),
-                ));
+                return Err((vec![Step::Key("record")], format!("{name} has a CNAME and other records")));
             }
             let mut parent = name.base_name();
             while LowerName::new(&origin).zone_of(&parent) && !nodes.contains_key(&parent) {
@@ -432,12 +332,7 @@ impl Zones {
                 parent = parent.base_name();
             }
         }
-        Ok(Zone {
-            origin: LowerName::new(&origin),
-            negative_soa,
-            nodes,
-            empty_non_terminals,
-        })
+        Ok(Zone { origin: LowerName::new(&origin), negative_soa, nodes, empty_non_terminals })
     }
 
     /// The policy record for a lowercase wire-format name and a type (A or AAAA).
@@ -453,27 +348,17 @@ impl Zones {
 
     /// The region of a client address (longest configured prefix).
     pub fn client_region(&self, client: IpAddr) -> Option<&str> {
-        self.client_regions
-            .iter()
-            .find(|(net, _)| net.contains(&client))
-            .map(|(_, r)| r.as_str())
+        self.client_regions.iter().find(|(net, _)| net.contains(&client)).map(|(_, r)| r.as_str())
     }
 
     /// The ECS scope of answers chosen by the client's region: the longest configured
     /// prefix of the family, so no resolver shares an answer across two regions.
     pub fn region_scope(&self, client: IpAddr) -> u8 {
-        if client.is_ipv4() {
-            self.scope_v4
-        } else {
-            self.scope_v6
-        }
+        if client.is_ipv4() { self.scope_v4 } else { self.scope_v6 }
     }
 
     fn zone_of(&self, name: &LowerName) -> Option<&Zone> {
-        self.zones
-            .iter()
-            .filter(|z| z.origin.zone_of(name))
-            .max_by_key(|z| z.origin.num_labels())
+        self.zones.iter().filter(|z| z.origin.zone_of(name)).max_by_key(|z| z.origin.num_labels())
     }
 }
 
@@ -490,12 +375,7 @@ pub struct Response {
 
 impl Response {
     fn refused() -> Self {
-        Self {
-            code: ResponseCode::Refused,
-            answers: Vec::new(),
-            authority: None,
-            by_client_region: false,
-        }
+        Self { code: ResponseCode::Refused, answers: Vec::new(), authority: None, by_client_region: false }
     }
 }
 
@@ -519,12 +399,8 @@ impl Answers {
             return Response::refused();
         };
         let region = self.zones.client_region(client);
-        let mut response = Response {
-            code: ResponseCode::NoError,
-            answers: Vec::new(),
-            authority: None,
-            by_client_region: false,
-        };
+        let mut response =
+            Response { code: ResponseCode::NoError, answers: Vec::new(), authority: None, by_client_region: false };
         let mut name = qname.clone();
         for _ in 0..=MAX_CNAME_CHAIN {
             let Some(node) = zone.nodes.get(&name) else {
@@ -536,13 +412,9 @@ impl Answers {
                 }
                 return response;
             };
-            if let (Some(cname), false) =
-                (node.rrset(RecordType::CNAME), qtype == RecordType::CNAME)
-            {
+            if let (Some(cname), false) = (node.rrset(RecordType::CNAME), qtype == RecordType::CNAME) {
                 response.answers.extend_from_slice(cname);
-                let RData::CNAME(target) = &cname[0].data else {
-                    unreachable!("a CNAME rrset")
-                };
+                let RData::CNAME(target) = &cname[0].data else { unreachable!("a CNAME rrset") };
                 name = LowerName::new(&target.0);
                 if !zone.origin.zone_of(&name) {
                     return response;
@@ -551,9 +423,7 @@ impl Answers {
             }
             let before = response.answers.len();
             if qtype == RecordType::ANY {
-                node.rrsets
-                    .iter()
-                    .for_each(|(_, set)| response.answers.extend_from_slice(set));
+                node.rrsets.iter().for_each(|(_, set)| response.answers.extend_from_slice(set));
                 for &(_, p) in &node.policies {
                     self.answer_policy(p, region, &mut response);
                 }
@@ -577,11 +447,7 @@ impl Answers {
 
     fn answer_policy(&self, index: usize, region: Option<&str>, response: &mut Response) {
         let record = &self.zones.policies[index];
-        let Choice {
-            addresses,
-            by_client_region,
-            ..
-        } = self.choose(index, region);
+        let Choice { addresses, by_client_region, .. } = self.choose(index, region);
         response.by_client_region |= by_client_region;
         response.answers.extend(addresses.into_iter().map(|a| {
             let data = match a {
@@ -594,11 +460,7 @@ impl Answers {
 
     /// How each policy answers now.
     pub fn states(&self) -> impl Iterator<Item = (&PolicyRecord, Source)> {
-        self.zones
-            .policies
-            .iter()
-            .zip(&self.selections)
-            .map(|(p, s)| (p, s.state()))
+        self.zones.policies.iter().zip(&self.selections).map(|(p, s)| (p, s.state()))
     }
 }
 
@@ -679,17 +541,10 @@ address = "10.0.1.11"
     pub(crate) fn answers(up: &dyn Fn(usize) -> bool) -> Answers {
         let text = "x".repeat(100);
         let big: String = (0..9)
-            .map(|i| {
-                format!(
-                    "[[dns.zone.record]]\nname = \"big\"\ntype = \"TXT\"\ndata = \"{i:02}{text}\"\n"
-                )
-            })
+            .map(|i| format!("[[dns.zone.record]]\nname = \"big\"\ntype = \"TXT\"\ndata = \"{i:02}{text}\"\n"))
             .collect();
         let config = config::parse(
-            &CONFIG.replace(
-                "[[dns.zone.record]]\nname = \"big\"\ntype = \"TXT\"\ndata = \"BIG\"\n",
-                &big,
-            ),
+            &CONFIG.replace("[[dns.zone.record]]\nname = \"big\"\ntype = \"TXT\"\ndata = \"BIG\"\n", &big),
             "test.toml",
         )
         .expect("valid");
@@ -700,11 +555,7 @@ address = "10.0.1.11"
             .map(|p| Selection::build(&p.policy, &zones.targets, up, p.policy.trickle_ratio))
             .collect();
         let counters = zones.policies.iter().map(|_| Arc::default()).collect();
-        Answers {
-            zones,
-            selections,
-            counters,
-        }
+        Answers { zones, selections, counters }
     }
 
     fn name(s: &str) -> LowerName {
@@ -714,33 +565,18 @@ address = "10.0.1.11"
     pub(crate) const RESOLVER: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
 
     fn addresses(response: &Response) -> Vec<String> {
-        response
-            .answers
-            .iter()
-            .map(|r| r.data.to_string())
-            .collect()
+        response.answers.iter().map(|r| r.data.to_string()).collect()
     }
 
     #[test]
     fn policy_record_follows_health() {
         let all_up = answers(&|_| true);
         let r = all_up.resolve(&name("www.example.test."), RecordType::A, RESOLVER);
-        assert_eq!(
-            (r.code, addresses(&r)),
-            (ResponseCode::NoError, vec!["10.100.0.1".to_owned()])
-        );
+        assert_eq!((r.code, addresses(&r)), (ResponseCode::NoError, vec!["10.100.0.1".to_owned()]));
         assert_eq!(r.answers[0].ttl, 30);
         let site_a_down = answers(&|i| i != 0);
-        let r = site_a_down.resolve(
-            &name("WWW.Example.Test."),
-            RecordType::A,
-            "10.1.2.3".parse().unwrap(),
-        );
-        assert_eq!(
-            addresses(&r),
-            vec!["10.100.0.2".to_owned()],
-            "the client's region (us) picks site-b"
-        );
+        let r = site_a_down.resolve(&name("WWW.Example.Test."), RecordType::A, "10.1.2.3".parse().unwrap());
+        assert_eq!(addresses(&r), vec!["10.100.0.2".to_owned()], "the client's region (us) picks site-b");
         assert!(r.by_client_region);
         assert_eq!(site_a_down.zones.region_scope(RESOLVER), 16);
     }
@@ -762,20 +598,10 @@ address = "10.0.1.11"
         ] {
             let nodata = a.resolve(&name(qname), qtype, RESOLVER);
             assert_eq!(nodata.code, ResponseCode::NoError, "{qname} {qtype}");
-            assert!(
-                nodata.answers.is_empty() && nodata.authority.is_some(),
-                "{qname} {qtype}"
-            );
+            assert!(nodata.answers.is_empty() && nodata.authority.is_some(), "{qname} {qtype}");
         }
-        assert_eq!(
-            a.resolve(&name("example.org."), RecordType::A, RESOLVER)
-                .code,
-            ResponseCode::Refused
-        );
-        assert_eq!(
-            a.resolve(&name("test."), RecordType::A, RESOLVER).code,
-            ResponseCode::Refused
-        );
+        assert_eq!(a.resolve(&name("example.org."), RecordType::A, RESOLVER).code, ResponseCode::Refused);
+        assert_eq!(a.resolve(&name("test."), RecordType::A, RESOLVER).code, ResponseCode::Refused);
     }
 
     #[test]
@@ -788,10 +614,7 @@ address = "10.0.1.11"
         let txt = a.resolve(&name("txt.deep.example.test."), RecordType::TXT, RESOLVER);
         assert_eq!(txt.answers.len(), 1);
         let alias = a.resolve(&name("alias.example.test."), RecordType::A, RESOLVER);
-        assert_eq!(
-            addresses(&alias),
-            vec!["www.example.test.".to_owned(), "10.100.0.1".to_owned()]
-        );
+        assert_eq!(addresses(&alias), vec!["www.example.test.".to_owned(), "10.100.0.1".to_owned()]);
         let cname = a.resolve(&name("alias.example.test."), RecordType::CNAME, RESOLVER);
         assert_eq!(cname.answers.len(), 1);
         let any = a.resolve(&name("www.example.test."), RecordType::ANY, RESOLVER);
@@ -799,62 +622,37 @@ address = "10.0.1.11"
     }
 
     fn compile_error(edit: impl Fn(&str) -> String) -> String {
-        config::parse(&edit(CONFIG), "test.toml")
-            .expect_err("refused")
-            .to_string()
+        config::parse(&edit(CONFIG), "test.toml").expect_err("refused").to_string()
     }
 
     #[test]
     fn zone_problems_name_the_key() {
         let cases: [(&str, &str, &str); 6] = [
-            (
-                "data = \"10.0.0.53\"",
-                "data = \"10.0.0\"",
-                "dns.zone[0].record[0].data",
-            ),
-            (
-                "type = \"CNAME\"",
-                "type = \"CNAMEX\"",
-                "dns.zone[0].record[1].type",
-            ),
-            (
-                "primary = [\"site-a\"]",
-                "primary = [\"site-x\"]",
-                "dns.zone[0].policy[0].primary[0]",
-            ),
+            ("data = \"10.0.0.53\"", "data = \"10.0.0\"", "dns.zone[0].record[0].data"),
+            ("type = \"CNAME\"", "type = \"CNAMEX\"", "dns.zone[0].record[1].type"),
+            ("primary = [\"site-a\"]", "primary = [\"site-x\"]", "dns.zone[0].policy[0].primary[0]"),
             (
                 "backup = [[\"site-b\", \"site-c\"]]",
                 "backup = [[\"site-b\", \"site-b\"]]",
                 "dns.zone[0].policy[0].backup[0][1]",
             ),
             ("name = \"alias\"", "name = \"www\"", "dns.zone[0].record"),
-            (
-                "name = \"txt.deep\"",
-                "name = \"txt.example.org.\"",
-                "dns.zone[0].record[2].name",
-            ),
+            ("name = \"txt.deep\"", "name = \"txt.example.org.\"", "dns.zone[0].record[2].name"),
         ];
         for (from, to, key) in cases {
             let message = compile_error(|c| c.replacen(from, to, 1));
             assert!(message.contains(key), "{to}: {message}");
         }
         let message = compile_error(|c| c.replace("ttl = 30", "ttl = 30\ntrickle_ratio = 1.5"));
-        assert!(
-            message.contains("dns.zone[0].policy[0].trickle_ratio"),
-            "{message}"
-        );
-        let message =
-            compile_error(|c| c.replace("type = \"A\"\nttl = 30", "type = \"AAAA\"\nttl = 30"));
+        assert!(message.contains("dns.zone[0].policy[0].trickle_ratio"), "{message}");
+        let message = compile_error(|c| c.replace("type = \"A\"\nttl = 30", "type = \"AAAA\"\nttl = 30"));
         assert!(message.contains("not one for AAAA records"), "{message}");
     }
 
     /// The example site config serves what its comments say.
     #[test]
     fn example_site_config_answers() {
-        let path = std::path::Path::new(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../config/dns-site.toml"
-        ));
+        let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/dns-site.toml"));
         let config = config::load(path).expect("valid");
         let zones = Arc::new(Zones::compile(config.dns.as_ref().unwrap()).expect("compiles"));
         let answers = |up: &dyn Fn(usize) -> bool| Answers {
@@ -868,18 +666,10 @@ address = "10.0.1.11"
         };
         let all_up = answers(&|_| true);
         let www = |a: &Answers, client: &str| {
-            addresses(&a.resolve(
-                &name("www.example.com."),
-                RecordType::A,
-                client.parse().unwrap(),
-            ))
+            addresses(&a.resolve(&name("www.example.com."), RecordType::A, client.parse().unwrap()))
         };
         let firsts: Vec<Vec<String>> = (0..100).map(|_| www(&all_up, "192.0.2.1")).collect();
-        assert_eq!(
-            firsts.iter().filter(|a| a[0] == "192.0.2.100").count(),
-            99,
-            "1% trickle"
-        );
+        assert_eq!(firsts.iter().filter(|a| a[0] == "192.0.2.100").count(), 99, "1% trickle");
         assert_eq!(
             addresses(&all_up.resolve(&name("shop.example.com."), RecordType::A, RESOLVER)).len(),
             2,
@@ -889,24 +679,10 @@ address = "10.0.1.11"
             addresses(&all_up.resolve(&name("example.com."), RecordType::MX, RESOLVER)),
             vec!["10 mail.example.com.".to_owned()]
         );
-        assert_eq!(
-            all_up
-                .resolve(&name("example.com."), RecordType::TXT, RESOLVER)
-                .answers
-                .len(),
-            1
-        );
+        assert_eq!(all_up.resolve(&name("example.com."), RecordType::TXT, RESOLVER).answers.len(), 1);
         let eu_down = answers(&|i| i != 0);
-        assert_eq!(
-            www(&eu_down, "198.19.4.4"),
-            vec!["203.0.113.100".to_owned()],
-            "ap-south for its region"
-        );
+        assert_eq!(www(&eu_down, "198.19.4.4"), vec!["203.0.113.100".to_owned()], "ap-south for its region");
         let spread: Vec<String> = (0..30).flat_map(|_| www(&eu_down, "192.0.2.1")).collect();
-        assert_eq!(
-            spread.iter().filter(|a| *a == "198.51.100.100").count(),
-            20,
-            "2:1 by weight"
-        );
+        assert_eq!(spread.iter().filter(|a| *a == "198.51.100.100").count(), 20, "2:1 by weight");
     }
 }

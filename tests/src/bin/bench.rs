@@ -77,14 +77,7 @@ nat_port_max = 65535
     );
     for (name, addr, port, proto, mode, backend_port) in [
         ("tcp-nat", "10.100.0.1", 80, "tcp", "nat", Some(8080)),
-        (
-            "udp-nat",
-            "10.100.0.1",
-            UDP_NAT_PORT,
-            "udp",
-            "nat",
-            Some(5353),
-        ),
+        ("udp-nat", "10.100.0.1", UDP_NAT_PORT, "udp", "nat", Some(5353)),
         ("tcp-dsr", "10.100.0.2", 80, "tcp", "dsr", None),
         ("udp-dsr", "10.100.0.2", UDP_DSR_PORT, "udp", "dsr", None),
     ] {
@@ -114,13 +107,10 @@ fn new_env(tag: &str) -> Result<PacketEnv> {
 }
 
 fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, 1000, 64240);
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240);
     let b = if syn { b.syn() } else { b.ack(2000) };
     let mut out = Vec::with_capacity(FRAME_LEN);
-    b.write(&mut out, &[0u8; FRAME_LEN - 54])
-        .expect("build tcp4");
+    b.write(&mut out, &[0u8; FRAME_LEN - 54]).expect("build tcp4");
     out
 }
 
@@ -144,10 +134,7 @@ impl FreshClients {
         let i = self.0;
         self.0 += 1;
         let host = i / 60_000;
-        (
-            [10, 64, (host >> 8) as u8, host as u8],
-            1024 + (i % 60_000) as u16,
-        )
+        ([10, 64, (host >> 8) as u8, host as u8], 1024 + (i % 60_000) as u16)
     }
     fn syn(&mut self, vip: [u8; 4]) -> Vec<u8> {
         let (src, sport) = self.next();
@@ -159,11 +146,7 @@ fn median_f64(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 struct Sizes {
@@ -181,10 +164,7 @@ struct Sizes {
 /// Method A: the kernel's mean time per run over `repeat` runs of one call.
 fn in_kernel(env: &mut PacketEnv, prog: &str, pkt: &[u8], repeat: u32, want: u32) -> Result<f64> {
     let (verdict, _, mean) = env.run_timed(prog, pkt, repeat)?;
-    ensure!(
-        verdict == want,
-        "{prog}: verdict {verdict}, expected {want}"
-    );
+    ensure!(verdict == want, "{prog}: verdict {verdict}, expected {want}");
     Ok(mean.as_nanos() as f64)
 }
 
@@ -232,11 +212,7 @@ fn per_call(
             pct(99)
         );
     }
-    Ok(Calls {
-        ns: iqm,
-        wrong,
-        last_wrong,
-    })
+    Ok(Calls { ns: iqm, wrong, last_wrong })
 }
 
 /// Like [`per_call`], failing on any unexpected verdict.
@@ -248,41 +224,25 @@ fn per_call_exact(
     next: impl FnMut() -> Vec<u8>,
 ) -> Result<f64> {
     let c = per_call(env, prog, calls, want, next)?;
-    ensure!(
-        c.wrong == 0,
-        "{prog}: {} of {calls} calls gave verdict {}, expected {want}",
-        c.wrong,
-        c.last_wrong
-    );
+    ensure!(c.wrong == 0, "{prog}: {} of {calls} calls gave verdict {}, expected {want}", c.wrong, c.last_wrong);
     Ok(c.ns)
 }
 
 /// VIP packets and new flows (summed over VIP ids).
 fn vip_traffic(env: &PacketEnv) -> (u64, u64) {
-    (0..8)
-        .filter_map(|id| env.dataplane.vip_stats(id).ok())
-        .fold((0, 0), |a, s| (a.0 + s.packets, a.1 + s.new_flows))
+    (0..8).filter_map(|id| env.dataplane.vip_stats(id).ok()).fold((0, 0), |a, s| (a.0 + s.packets, a.1 + s.new_flows))
 }
 
 /// Drops counted by the VIPs (summed over VIP ids): (nat ports exhausted, no route, no backend).
 fn vip_drops(env: &PacketEnv) -> (u64, u64, u64) {
     (0..8)
         .filter_map(|id| env.dataplane.vip_stats(id).ok())
-        .fold((0, 0, 0), |a, s| {
-            (
-                a.0 + s.drop_nat_ports_exhausted,
-                a.1 + s.drop_no_route,
-                a.2 + s.drop_no_backend,
-            )
-        })
+        .fold((0, 0, 0), |a, s| (a.0 + s.drop_nat_ports_exhausted, a.1 + s.drop_no_route, a.2 + s.drop_no_backend))
 }
 
 /// Runs `f` on a thread of its own (the environments enter a netns in the calling thread),
 /// turning a panic into an error.
-fn on_thread<T: Send + 'static>(
-    name: &str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
+fn on_thread<T: Send + 'static>(name: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     let handle = std::thread::Builder::new().name(name.to_owned()).spawn(f)?;
     match handle.join() {
         Ok(r) => r,
@@ -387,20 +347,11 @@ fn per_packet(sizes: &Sizes) -> Result<()> {
         ];
         let (mut rows, mut notes) = (Vec::new(), Vec::new());
         for case in &cases {
-            let vip = if case.packet[30..34] == VIP_NAT {
-                VIP_NAT
-            } else {
-                VIP_DSR
-            };
+            let vip = if case.packet[30..34] == VIP_NAT { VIP_NAT } else { VIP_DSR };
             if case.method != Method::BNew {
                 // Creates the flow; every later run finds it.
                 let (v, _) = env.run(PROG_LB, &case.packet)?;
-                ensure!(
-                    v == case.verdict,
-                    "{}: first packet gave verdict {v}, expected {}",
-                    case.name,
-                    case.verdict
-                );
+                ensure!(v == case.verdict, "{}: first packet gave verdict {v}, expected {}", case.name, case.verdict);
             }
             let (mut vals, mut bases) = (Vec::new(), Vec::new());
             let drops_before = vip_drops(&env);
@@ -412,21 +363,14 @@ fn per_packet(sizes: &Sizes) -> Result<()> {
                         in_kernel(&mut env, PROG_LB, &case.packet, repeat, case.verdict)?,
                     ),
                     Method::BSame => (
-                        per_call_exact(&mut env, PROG_DROP, calls, XDP_DROP, || {
-                            case.packet.clone()
-                        })?,
-                        per_call_exact(&mut env, PROG_LB, calls, case.verdict, || {
-                            case.packet.clone()
-                        })?,
+                        per_call_exact(&mut env, PROG_DROP, calls, XDP_DROP, || case.packet.clone())?,
+                        per_call_exact(&mut env, PROG_LB, calls, case.verdict, || case.packet.clone())?,
                     ),
                     Method::BNew => {
-                        let base = per_call_exact(&mut env, PROG_DROP, calls, XDP_DROP, || {
-                            case.packet.clone()
-                        })?;
+                        let base = per_call_exact(&mut env, PROG_DROP, calls, XDP_DROP, || case.packet.clone())?;
                         // A new nat flow can be refused when its few source-port candidates
                         // are all taken: counted and reported, not fatal unless frequent.
-                        let c =
-                            per_call(&mut env, PROG_LB, calls, case.verdict, || clients.syn(vip))?;
+                        let c = per_call(&mut env, PROG_LB, calls, case.verdict, || clients.syn(vip))?;
                         ensure!(
                             c.wrong * 100 <= calls,
                             "{}: {} of {calls} calls gave verdict {}, expected {}",
@@ -459,13 +403,7 @@ fn per_packet(sizes: &Sizes) -> Result<()> {
                 Method::BSame => format!("B {}k same", calls / 1000),
                 Method::BNew => format!("B {}k new", calls / 1000),
             };
-            rows.push((
-                case.name.to_owned(),
-                method,
-                median_f64(&vals),
-                median_f64(&bases),
-                case.target,
-            ));
+            rows.push((case.name.to_owned(), method, median_f64(&vals), median_f64(&bases), case.target));
         }
         Ok((rows, notes))
     })?;
@@ -521,45 +459,20 @@ fn flow_table(sizes: &Sizes) -> Result<()> {
             ensure!(v == XDP_TX, "existing flow: verdict {v}");
             let (mut new, mut old, mut base) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..REPS {
-                base.push(per_call_exact(
-                    &mut env,
-                    PROG_DROP,
-                    calls,
-                    XDP_DROP,
-                    || existing.clone(),
-                )?);
-                new.push(per_call_exact(&mut env, PROG_LB, calls, XDP_TX, || {
-                    clients.syn(VIP_DSR)
-                })?);
-                old.push(per_call_exact(&mut env, PROG_LB, calls, XDP_TX, || {
-                    existing.clone()
-                })?);
+                base.push(per_call_exact(&mut env, PROG_DROP, calls, XDP_DROP, || existing.clone())?);
+                new.push(per_call_exact(&mut env, PROG_LB, calls, XDP_TX, || clients.syn(VIP_DSR))?);
+                old.push(per_call_exact(&mut env, PROG_LB, calls, XDP_TX, || existing.clone())?);
             }
             if fill > 0 {
-                eprintln!(
-                    "  (filled to {filled} flows in {:.1} s)",
-                    fill_time.as_secs_f64()
-                );
+                eprintln!("  (filled to {filled} flows in {:.1} s)", fill_time.as_secs_f64());
             }
-            rows.push((
-                label,
-                filled,
-                median_f64(&new),
-                median_f64(&old),
-                median_f64(&base),
-            ));
+            rows.push((label, filled, median_f64(&new), median_f64(&old), median_f64(&base)));
         }
         Ok(rows)
     })?;
     println!(
         "{:<34} {:>9} {:>9} {:>9} {:>12} {:>8} {:>9}",
-        "fill level (flows created)",
-        "new ns",
-        "exist ns",
-        "base ns",
-        "new-exist ns",
-        "new/base",
-        "exist/base"
+        "fill level (flows created)", "new ns", "exist ns", "base ns", "new-exist ns", "new/base", "exist/base"
     );
     for (label, filled, new, old, base) in rows {
         println!(
@@ -587,26 +500,15 @@ fn maglev_build(sizes: &Sizes) -> Result<()> {
         "backends", "slots", "best ms", "median ms", "ns/slot(med)", "target"
     );
     for count in [100usize, 1000] {
-        let identities: Vec<String> = (0..count)
-            .map(|i| format!("10.1.{}.{}:80", i / 256, i % 256))
-            .collect();
-        let backends: Vec<MaglevBackend> = identities
-            .iter()
-            .map(|id| MaglevBackend {
-                identity: id.as_bytes(),
-                weight: 1,
-            })
-            .collect();
+        let identities: Vec<String> = (0..count).map(|i| format!("10.1.{}.{}:80", i / 256, i % 256)).collect();
+        let backends: Vec<MaglevBackend> =
+            identities.iter().map(|id| MaglevBackend { identity: id.as_bytes(), weight: 1 }).collect();
         let mut times = Vec::new();
         for _ in 0..sizes.maglev_runs {
             let start = Instant::now();
             let table = maglev::build(std::hint::black_box(&backends), SLOTS, 42);
             times.push(start.elapsed().as_secs_f64() * 1e3);
-            ensure!(
-                table.len() == SLOTS as usize,
-                "maglev table has {} slots",
-                table.len()
-            );
+            ensure!(table.len() == SLOTS as usize, "maglev table has {} slots", table.len());
             std::hint::black_box(table);
         }
         let best = times.iter().copied().fold(f64::INFINITY, f64::min);
@@ -627,15 +529,8 @@ fn maglev_build(sizes: &Sizes) -> Result<()> {
 
 /// The veth counters of `iface` (`ethtool -S`), in the calling thread's netns.
 fn ethtool_stats(iface: &str) -> Result<std::collections::BTreeMap<String, u64>> {
-    let out = std::process::Command::new("ethtool")
-        .args(["-S", iface])
-        .output()
-        .context("running ethtool")?;
-    ensure!(
-        out.status.success(),
-        "ethtool -S {iface}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new("ethtool").args(["-S", iface]).output().context("running ethtool")?;
+    ensure!(out.status.success(), "ethtool -S {iface}: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -650,11 +545,7 @@ fn delta(
     after: &std::collections::BTreeMap<String, u64>,
     key: &str,
 ) -> u64 {
-    after
-        .get(key)
-        .copied()
-        .unwrap_or(0)
-        .saturating_sub(before.get(key).copied().unwrap_or(0))
+    after.get(key).copied().unwrap_or(0).saturating_sub(before.get(key).copied().unwrap_or(0))
 }
 
 struct TputRun {
@@ -681,16 +572,13 @@ fn live_run(
     let ctx_bytes = xdp_context(frame.len(), gen_ifindex);
     let (b0, a0) = (ethtool_stats(rx_iface)?, ethtool_stats(gen_iface)?);
     let start = Instant::now();
-    let result = env
-        .dataplane
-        .program(PROG_MAC_SWAP)?
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            ctx_in: Some(&ctx_bytes),
-            repeat: frames,
-            attrs: TestRunAttrs::new().xdp_live_frames(64),
-            ..TestRunOptions::new()
-        });
+    let result = env.dataplane.program(PROG_MAC_SWAP)?.test_run(TestRunOptions {
+        data_in: Some(frame),
+        ctx_in: Some(&ctx_bytes),
+        repeat: frames,
+        attrs: TestRunAttrs::new().xdp_live_frames(64),
+        ..TestRunOptions::new()
+    });
     let wall = start.elapsed();
     let result = result.context("BPF_PROG_RUN with BPF_F_TEST_XDP_LIVE_FRAMES")?;
     // Let the last NAPI polls finish before reading the counters.
@@ -719,26 +607,16 @@ fn throughput(sizes: &Sizes) -> Result<()> {
         let mut env = new_env("lbb-tput")?;
         let (rx_iface, gen_iface) = (IFACE, PEER);
         let gen_ifindex = nix::net::if_::if_nametoindex(gen_iface).context("generator ifindex")?;
-        let counters = ethtool_stats(rx_iface)?
-            .keys()
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ");
+        let counters = ethtool_stats(rx_iface)?.keys().cloned().collect::<Vec<_>>().join(", ");
         // A TCP segment of a dsr flow; create the flow before timing.
         let frame = tcp4(CLIENT4, VIP_DSR, 40001, 80, false);
         let (v, out) = env.run(PROG_LB, &frame)?;
         ensure!(v == XDP_TX, "dsr flow setup: verdict {v}");
-        ensure!(
-            out[..5] == neighbour_mac(0)[..5] && out[6..12] == LB_MAC,
-            "dsr output MACs unexpected"
-        );
+        ensure!(out[..5] == neighbour_mac(0)[..5] && out[6..12] == LB_MAC, "dsr output MACs unexpected");
 
         // XDP_TX on a veth needs an XDP program on its peer: xdp_drop on the generator side
         // takes the frames B sends back.
-        env.dataplane
-            .program(PROG_DROP)?
-            .attach(gen_iface, XdpMode::Driver)
-            .context("xdp_drop on fx1 (driver)")?;
+        env.dataplane.program(PROG_DROP)?.attach(gen_iface, XdpMode::Driver).context("xdp_drop on fx1 (driver)")?;
         let attach = |env: &mut PacketEnv, prog: &str| -> Result<aya::programs::xdp::XdpLinkId> {
             env.dataplane
                 .program(prog)?
@@ -749,14 +627,9 @@ fn throughput(sizes: &Sizes) -> Result<()> {
         // Calibrate the frame count to the window with the baseline.
         let link = attach(&mut env, PROG_MAC_SWAP)?;
         let probe = live_run(&mut env, &frame, gen_ifindex, gen_iface, rx_iface, 200_000)?;
-        ensure!(
-            probe.b_xdp > 0,
-            "no frame reached {rx_iface}'s XDP program (generated {})",
-            probe.generated
-        );
+        ensure!(probe.b_xdp > 0, "no frame reached {rx_iface}'s XDP program (generated {})", probe.generated);
         env.dataplane.program(PROG_MAC_SWAP)?.detach(link)?;
-        let frames =
-            ((probe.pps * window.as_secs_f64()) as u32).clamp(200_000, 50_000_000) / 64 * 64;
+        let frames = ((probe.pps * window.as_secs_f64()) as u32).clamp(200_000, 50_000_000) / 64 * 64;
 
         let mut runs = Vec::new();
         for _ in 0..REPS {
@@ -798,15 +671,8 @@ fn throughput(sizes: &Sizes) -> Result<()> {
             r.kernel_ns_per_frame
         );
     }
-    let median_of = |name: &str| {
-        median_f64(
-            &runs
-                .iter()
-                .filter(|(p, _)| p == name)
-                .map(|(_, r)| r.pps)
-                .collect::<Vec<_>>(),
-        )
-    };
+    let median_of =
+        |name: &str| median_f64(&runs.iter().filter(|(p, _)| p == name).map(|(_, r)| r.pps).collect::<Vec<_>>());
     let (base, lb) = (median_of(PROG_MAC_SWAP), median_of(PROG_LB));
     let ratio = lb / base;
     println!(
@@ -931,12 +797,18 @@ fn rate_limit_config() -> String {
     let generous = "{ quota = 20000000, burst = 20000000 }";
     let mut c = bench_config();
     for (name, addr, limits) in [
-        ("all-limits", VIP_ALL_LIMITS, format!("new_flow_limit = {generous}\npacket_limit = {generous}\nsource_limit = {generous}")),
+        (
+            "all-limits",
+            VIP_ALL_LIMITS,
+            format!("new_flow_limit = {generous}\npacket_limit = {generous}\nsource_limit = {generous}"),
+        ),
         ("vip-wide-limits", VIP_WIDE_LIMITS, format!("new_flow_limit = {generous}\npacket_limit = {generous}")),
         ("accuracy", VIP_ACCURACY, format!("new_flow_limit = {{ quota = {ACCURACY_RATE}, burst = {ACCURACY_BURST} }}")),
     ] {
         let [a, b, c3, d] = addr;
-        c += &format!("\n[[vip]]\nname = \"{name}\"\naddress = \"{a}.{b}.{c3}.{d}\"\nport = 80\nmode = \"dsr\"\n{limits}\n");
+        c += &format!(
+            "\n[[vip]]\nname = \"{name}\"\naddress = \"{a}.{b}.{c3}.{d}\"\nport = 80\nmode = \"dsr\"\n{limits}\n"
+        );
         for backend in 0..BACKENDS_PER_VIP {
             c += &format!("[[vip.backend]]\naddress = \"10.0.1.{}\"\n", 11 + backend);
         }
@@ -967,7 +839,10 @@ fn rate_limits(sizes: &Sizes) -> Result<()> {
         }
         rows.push(("existing: TCP ACK, every limit", "A", median_f64(&with), median_f64(&without)));
         let mut clients = FreshClients::default();
-        for (name, vip) in [("new flow: TCP SYN, VIP-wide limits", VIP_WIDE_LIMITS), ("new flow: TCP SYN, + per-source limit", VIP_ALL_LIMITS)] {
+        for (name, vip) in [
+            ("new flow: TCP SYN, VIP-wide limits", VIP_WIDE_LIMITS),
+            ("new flow: TCP SYN, + per-source limit", VIP_ALL_LIMITS),
+        ] {
             let (mut with, mut without) = (Vec::new(), Vec::new());
             for _ in 0..REPS {
                 without.push(per_call_exact(&mut env, PROG_LB, calls, XDP_TX, || clients.syn(VIP_DSR))?);
@@ -999,14 +874,18 @@ fn rate_limits(sizes: &Sizes) -> Result<()> {
                 let admitted: u64 = floods.iter().map(|f| f.admitted).sum();
                 let first = floods.iter().map(|f| f.first).min().context("no worker")?;
                 let last = floods.iter().map(|f| f.last).max().context("no worker")?;
-                let allowed = (ACCURACY_BURST + ACCURACY_RATE * last.duration_since(first).as_secs_f64()).min(sent as f64);
+                let allowed =
+                    (ACCURACY_BURST + ACCURACY_RATE * last.duration_since(first).as_secs_f64()).min(sent as f64);
                 results.push((multiple, sent, admitted, allowed));
             }
             Ok(results)
         })?;
         Ok((rows, accuracy))
     })?;
-    println!("{:<44} {:<7} {:>10} {:>13} {:>7} {:>7}  within", "case (dsr VIP)", "method", "limits ns", "no limits ns", "ratio", "target");
+    println!(
+        "{:<44} {:<7} {:>10} {:>13} {:>7} {:>7}  within",
+        "case (dsr VIP)", "method", "limits ns", "no limits ns", "ratio", "target"
+    );
     for (name, method, with, without) in rows {
         let ratio = with / without;
         println!(
@@ -1018,7 +897,10 @@ fn rate_limits(sizes: &Sizes) -> Result<()> {
     println!(
         "(the same VIP setup with and without limits whose buckets always have tokens, median of {REPS} runs; A = in-kernel\n loop of {repeat} runs, B = interquartile mean of {calls} single-run calls, new clients each)"
     );
-    println!("\n{:<10} {:>12} {:>10} {:>10} {:>10}  within 10%", "offered", "new flows", "admitted", "allowed", "accuracy");
+    println!(
+        "\n{:<10} {:>12} {:>10} {:>10} {:>10}  within 10%",
+        "offered", "new flows", "admitted", "allowed", "accuracy"
+    );
     for (multiple, sent, admitted, allowed) in accuracy {
         let accuracy = admitted as f64 / allowed;
         println!(
@@ -1045,7 +927,14 @@ struct PacedRun {
 
 /// Sends SYNs of new flows to `VIP_ACCURACY` through the pinned program from CPU `cpu` at
 /// `rate` per second for [`ACCURACY_WINDOW`], clients `first_client + cpu + k * stride`.
-fn paced_new_flows(pin: &std::path::Path, cpu: usize, stride: usize, first_client: u32, rate: f64, ifindex: u32) -> Result<PacedRun> {
+fn paced_new_flows(
+    pin: &std::path::Path,
+    cpu: usize,
+    stride: usize,
+    first_client: u32,
+    rate: f64,
+    ifindex: u32,
+) -> Result<PacedRun> {
     let program = pinned_on_cpu(pin, cpu)?;
     let mut clients = FreshClients(first_client + cpu as u32);
     let first = Instant::now();
@@ -1083,7 +972,9 @@ const SIGNAL_BACKEND: [u8; 4] = [10, 0, 1, 11];
 
 fn signal_config() -> String {
     let mut c = bench_config();
-    for (name, [a, b, c3, d], extra) in [("watched", VIP_WATCHED, "outlier_detection = {}\n"), ("unwatched", VIP_UNWATCHED, "")] {
+    for (name, [a, b, c3, d], extra) in
+        [("watched", VIP_WATCHED, "outlier_detection = {}\n"), ("unwatched", VIP_UNWATCHED, "")]
+    {
         c += &format!(
             "\n[[vip]]\nname = \"{name}\"\naddress = \"{a}.{b}.{c3}.{d}\"\nport = 80\n{extra}[[vip.backend]]\naddress = \"10.0.1.11\"\nport = 8080\n"
         );
@@ -1133,7 +1024,12 @@ fn passive_signals(sizes: &Sizes) -> Result<()> {
                 }
                 let mut replies = nat_ports.iter().map(|&port| syn_ack(port));
                 let c = per_call(&mut env, PROG_LB, calls, XDP_TX, || replies.next().expect("one reply per flow"))?;
-                ensure!(c.wrong * 100 <= calls, "{} of {calls} SYN-ACKs not translated (verdict {})", c.wrong, c.last_wrong);
+                ensure!(
+                    c.wrong * 100 <= calls,
+                    "{} of {calls} SYN-ACKs not translated (verdict {})",
+                    c.wrong,
+                    c.last_wrong
+                );
                 results.push(c.ns);
                 read += signals.drain().len();
             }
@@ -1154,7 +1050,8 @@ fn passive_signals(sizes: &Sizes) -> Result<()> {
 fn ejection_latency() -> Result<()> {
     use lb_tests::lab::{HTTP_PORT, Lab, LbProcess, VIP_V4, VipSpec, backends_across, lb_config};
     let lab = Lab::build("lbb-ej", backends_across(1, 1, 4), false)?;
-    let vip = VipSpec::new("web", std::net::IpAddr::V4(VIP_V4), HTTP_PORT, "tcp", "nat", (0..4).map(|i| (i, 1)).collect());
+    let vip =
+        VipSpec::new("web", std::net::IpAddr::V4(VIP_V4), HTTP_PORT, "tcp", "nat", (0..4).map(|i| (i, 1)).collect());
     let config = lb_config(&lab, &[vip]).replacen(
         "mode = \"nat\"\n",
         "mode = \"nat\"\noutlier_detection = { consecutive_5xx = 1, interval = \"200ms\", base_ejection_time = \"500ms\", max_ejection_time = \"500ms\" }\n",
@@ -1203,7 +1100,9 @@ fn ejection_latency() -> Result<()> {
         latencies.len(),
         if latencies[latencies.len() - 1] < 50.0 { "yes" } else { "NO" }
     );
-    println!("(consecutive_5xx = 1; packet path -> ring buffer -> controller -> Maglev rebuild -> diff written -> VIPS switch;\n 0 when the switch came before the client saw its refusal)");
+    println!(
+        "(consecutive_5xx = 1; packet path -> ring buffer -> controller -> Maglev rebuild -> diff written -> VIPS switch;\n 0 when the switch came before the client saw its refusal)"
+    );
     Ok(())
 }
 
@@ -1299,10 +1198,25 @@ struct DnsRun {
 fn dnsperf(ns: &lb_tests::lab::Netns, port: u16, pid: u32, queries: &std::path::Path, seconds: u32) -> Result<DnsRun> {
     let cpu_before = process_cpu(pid)?;
     let out = ns.output(&[
-        "dnsperf", "-s", "127.0.0.1", "-p", &port.to_string(), "-d", &queries.display().to_string(), "-l", &seconds.to_string(), "-c", "16", "-T", "1",
+        "dnsperf",
+        "-s",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-d",
+        &queries.display().to_string(),
+        "-l",
+        &seconds.to_string(),
+        "-c",
+        "16",
+        "-T",
+        "1",
     ])?;
     let field = |name: &str| -> Result<f64> {
-        let line = out.lines().find(|l| l.trim_start().starts_with(name)).with_context(|| format!("no {name:?} in dnsperf's output:\n{out}"))?;
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .with_context(|| format!("no {name:?} in dnsperf's output:\n{out}"))?;
         let value = line.split(':').nth(1).and_then(|v| v.split_whitespace().next()).unwrap_or_default();
         value.parse().with_context(|| format!("{line:?}"))
     };
@@ -1320,7 +1234,17 @@ fn dnsperf(ns: &lb_tests::lab::Netns, port: u16, pid: u32, queries: &std::path::
 fn wait_for_dns(ns: &lb_tests::lab::Netns, port: u16) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let out = ns.output(&["dig", "+short", "+time=1", "+tries=1", "@127.0.0.1", "-p", &port.to_string(), "www.example.test", "A"]);
+        let out = ns.output(&[
+            "dig",
+            "+short",
+            "+time=1",
+            "+tries=1",
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "www.example.test",
+            "A",
+        ]);
         if out.as_ref().is_ok_and(|o| o.trim() == "10.100.0.1") {
             return Ok(());
         }
@@ -1363,9 +1287,16 @@ fn dns_failover(sizes: &Sizes) -> Result<()> {
         let cpu = |v: &[DnsRun]| median_f64(&v.iter().map(|r| r.cpu_per_query.as_secs_f64() * 1e6).collect::<Vec<_>>());
         let lost = |v: &[DnsRun]| v.iter().map(|r| r.lost).fold(0.0, f64::max) * 100.0;
         let (q_ours, q_theirs) = (qps(&ours), qps(&theirs));
-        println!("policy record www.example.test A under dnsperf (16 sockets, 1 thread, {seconds} s x {REPS} alternating, loopback, 2 CPUs shared with dnsperf), medians:");
+        println!(
+            "policy record www.example.test A under dnsperf (16 sockets, 1 thread, {seconds} s x {REPS} alternating, loopback, 2 CPUs shared with dnsperf), medians:"
+        );
         for (who, runs) in [("lb run (hickory-server)", &ours), ("gdnsd 3.8 (simplefo)", &theirs)] {
-            println!("  {who:<24} {:>9.0} queries/s, {:.2} us of server CPU per query (lost at most {:.2}%)", qps(runs), cpu(runs), lost(runs));
+            println!(
+                "  {who:<24} {:>9.0} queries/s, {:.2} us of server CPU per query (lost at most {:.2}%)",
+                qps(runs),
+                cpu(runs),
+                lost(runs)
+            );
         }
         println!(
             "  ratio lb / gdnsd: {:.2}x the queries per second (target >= 1.0x: {}); {:.2}x the CPU per query",
@@ -1426,7 +1357,10 @@ fn time_to_changed_answer(sizes: &Sizes) -> Result<()> {
         let (median, max) = at(i);
         println!("  {server}: median {median:.0} ms, max {max:.0} ms");
     }
-    println!("  bound interval x unhealthy_threshold + one peer exchange = {bound:.0} ms; clients see it after at most one TTL more ({} s)", timing.ttl);
+    println!(
+        "  bound interval x unhealthy_threshold + one peer exchange = {bound:.0} ms; clients see it after at most one TTL more ({} s)",
+        timing.ttl
+    );
     Ok(())
 }
 
@@ -1508,11 +1442,8 @@ fn active_checks(_: &Sizes) -> Result<()> {
     counts.sort_unstable();
     // From the second result on, a check's start follows the previous one's by interval
     // plus up to the jitter; the largest gap shows whether any backend was held up.
-    let max_gap = healthy
-        .iter()
-        .flat_map(|v| v.windows(2).map(|w| w[1].0.saturating_sub(w[0].0)))
-        .max()
-        .unwrap_or_default();
+    let max_gap =
+        healthy.iter().flat_map(|v| v.windows(2).map(|w| w[1].0.saturating_sub(w[0].0))).max().unwrap_or_default();
     let silent_results = seen.get(&silent).map(Vec::as_slice).unwrap_or_default();
     println!(
         "{CHECKED_BACKENDS} HTTP backends + 1 that never answers, interval 1 s, jitter 100 ms, timeout 500 ms, for {} s:",
@@ -1578,14 +1509,8 @@ fn sweep_stale_netns() {
             && pid != std::process::id()
             && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         {
-            let ok = std::process::Command::new("ip")
-                .args(["netns", "del", &name])
-                .status()
-                .is_ok_and(|s| s.success());
-            eprintln!(
-                "removed netns {name} left by an earlier lb-bench run{}",
-                if ok { "" } else { " (failed)" }
-            );
+            let ok = std::process::Command::new("ip").args(["netns", "del", &name]).status().is_ok_and(|s| s.success());
+            eprintln!("removed netns {name} left by an earlier lb-bench run{}", if ok { "" } else { " (failed)" });
         }
     }
 }
@@ -1604,10 +1529,7 @@ fn main() -> ExitCode {
                     eprintln!("--only needs a list such as 1,3");
                     return ExitCode::from(2);
                 };
-                only = list
-                    .split(',')
-                    .filter_map(|s| s.trim().parse().ok())
-                    .collect();
+                only = list.split(',').filter_map(|s| s.trim().parse().ok()).collect();
             }
             "-h" | "--help" => {
                 println!(
@@ -1622,9 +1544,7 @@ fn main() -> ExitCode {
         }
     }
     if (only.iter().any(|s| [1, 2, 4, 5, 6, 7, 9].contains(s))) && !nix::unistd::Uid::effective().is_root() {
-        eprintln!(
-            "lb-bench: sections 1, 2, 4 to 7 and 9 need root (BPF, network namespaces); try --only 3"
-        );
+        eprintln!("lb-bench: sections 1, 2, 4 to 7 and 9 need root (BPF, network namespaces); try --only 3");
         return ExitCode::from(2);
     }
     sweep_stale_netns();
@@ -1643,28 +1563,17 @@ fn main() -> ExitCode {
             fills: vec![
                 ("empty".into(), 0),
                 ("500k".into(), 500_000),
-                (
-                    "full, evicting".into(),
-                    FLOW_TABLE_SIZE + FLOW_TABLE_SIZE / 8,
-                ),
+                ("full, evicting".into(), FLOW_TABLE_SIZE + FLOW_TABLE_SIZE / 8),
             ],
             maglev_runs: 10,
             tput_window: Duration::from_millis(700),
         }
     };
     let sections: [(u32, &str, Section); 9] = [
-        (
-            1,
-            "per-packet cost (BPF_PROG_TEST_RUN) vs xdp_drop",
-            per_packet,
-        ),
+        (1, "per-packet cost (BPF_PROG_TEST_RUN) vs xdp_drop", per_packet),
         (2, "flow table (shared LRU hash) by fill level", flow_table),
         (3, "Maglev table build", maglev_build),
-        (
-            4,
-            "throughput, veth in driver mode, vs xdp_mac_swap",
-            throughput,
-        ),
+        (4, "throughput, veth in driver mode, vs xdp_mac_swap", throughput),
         (5, "the shared flow table across CPUs", flows_across_cpus),
         (6, "rate limits: cost and accuracy", rate_limits),
         (7, "passive health signals: cost and ejection latency", passive_signals),
@@ -1688,9 +1597,5 @@ fn main() -> ExitCode {
         }
     }
     println!("\ntotal {:.1} s", total.elapsed().as_secs_f64());
-    if failed > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
+    if failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

@@ -22,33 +22,15 @@ struct Options {
 }
 
 fn options() -> Result<Options> {
-    let mut opts = Options {
-        http: 400,
-        udp: 200,
-        hold: false,
-    };
+    let mut opts = Options { http: 400, udp: 200, hold: false };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--http" => {
-                opts.http = args
-                    .next()
-                    .context("--http needs a number")?
-                    .parse()
-                    .context("--http")?
-            }
-            "--udp" => {
-                opts.udp = args
-                    .next()
-                    .context("--udp needs a number")?
-                    .parse()
-                    .context("--udp")?
-            }
+            "--http" => opts.http = args.next().context("--http needs a number")?.parse().context("--http")?,
+            "--udp" => opts.udp = args.next().context("--udp needs a number")?.parse().context("--udp")?,
             "--hold" => opts.hold = true,
             "-h" | "--help" => {
-                println!(
-                    "lb-demo [--http N] [--udp N] [--hold]   (needs root; LB_BIN names the `lb` binary)"
-                );
+                println!("lb-demo [--http N] [--udp N] [--hold]   (needs root; LB_BIN names the `lb` binary)");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -73,9 +55,7 @@ fn main() -> ExitCode {
 }
 
 fn demo(opts: Options) -> Result<()> {
-    println!(
-        "building the lab: a client, the balancer, 2 regions x 2 zones x 2 backends (network namespaces)"
-    );
+    println!("building the lab: a client, the balancer, 2 regions x 2 zones x 2 backends (network namespaces)");
     let lab = Lab::build("demo", backends_across(2, 2, 2), true)?;
     interrupted()?;
     let all: Vec<(usize, u32)> = (0..lab.backends.len()).map(|i| (i, 1)).collect();
@@ -87,29 +67,14 @@ fn demo(opts: Options) -> Result<()> {
     let config = lab::lb_config(&lab, &vips);
     println!("starting `lb run` in namespace {}", lab.lb.name());
     let lb = LbProcess::start(&lab, &config)?;
-    println!(
-        "config ({}):\n{}",
-        lb.config_path().display(),
-        indent(&config)
-    );
+    println!("config ({}):\n{}", lb.config_path().display(), indent(&config));
 
     let pins = lab.pin_dir();
     println!("while the balancer runs, its maps can be read from another shell, e.g.:");
-    for map in [
-        "VIPS",
-        "BACKENDS",
-        "MAGLEV",
-        "FLOWS",
-        "VIP_STATS",
-        "BACKEND_STATS",
-        "GLOBAL_STATS",
-    ] {
+    for map in ["VIPS", "BACKENDS", "MAGLEV", "FLOWS", "VIP_STATS", "BACKEND_STATS", "GLOBAL_STATS"] {
         println!("  bpftool map dump pinned {}/{map}", pins.display());
     }
-    println!(
-        "  ip netns exec {} ip link show eth0     # the attached XDP program",
-        lab.lb.name()
-    );
+    println!("  ip netns exec {} ip link show eth0     # the attached XDP program", lab.lb.name());
     if !opts.hold {
         println!("(run with --hold to keep everything up after the traffic until Ctrl-C)");
     }
@@ -133,21 +98,14 @@ fn demo(opts: Options) -> Result<()> {
     })??;
 
     let share = |n: usize, total: usize| {
-        if total == 0 {
-            0.0
-        } else {
-            100.0 * n as f64 / total as f64
-        }
+        if total == 0 { 0.0 } else { 100.0 * n as f64 / total as f64 }
     };
     println!(
         "\n{:<10} {:<7} {:<5} {:>6} {:>7} {:>6} {:>7}",
         "backend", "region", "zone", "http", "share", "udp", "share"
     );
     for b in &lab.backends {
-        let (h, u) = (
-            http.get(&b.spec.name).copied().unwrap_or(0),
-            udp.get(&b.spec.name).copied().unwrap_or(0),
-        );
+        let (h, u) = (http.get(&b.spec.name).copied().unwrap_or(0), udp.get(&b.spec.name).copied().unwrap_or(0));
         println!(
             "{:<10} {:<7} {:<5} {:>6} {:>6.1}% {:>6} {:>6.1}%",
             b.spec.name,
@@ -160,9 +118,7 @@ fn demo(opts: Options) -> Result<()> {
         );
     }
     let served = lab.served();
-    let (served_http, served_udp): (u64, u64) = served
-        .values()
-        .fold((0, 0), |(h, u), s| (h + s.http, u + s.udp));
+    let (served_http, served_udp): (u64, u64) = served.values().fold((0, 0), |(h, u), s| (h + s.http, u + s.udp));
     println!(
         "every request was answered; the backends' own counters say {served_http} HTTP and {served_udp} UDP requests served"
     );
@@ -177,10 +133,7 @@ fn demo(opts: Options) -> Result<()> {
         Ok(out) if out.status.success() => {
             print!("{}", indent(&String::from_utf8_lossy(&out.stdout)))
         }
-        Ok(out) => println!(
-            "  (bpftool: {})",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
+        Ok(out) => println!("  (bpftool: {})", String::from_utf8_lossy(&out.stderr).trim()),
         Err(e) => println!("  (bpftool not available: {e})"),
     }
 

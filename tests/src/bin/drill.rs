@@ -44,7 +44,8 @@ outlier_detection = { split_external_local_origin_errors = true, consecutive_loc
 const DETECTION_WINDOW: Duration = Duration::from_secs(2);
 /// How the sites judge each other: at the pace of [`HEALTH`]'s checks, and the record's
 /// short TTL.
-const TIMING: Timing = Timing { interval: Duration::from_secs(1), unhealthy_threshold: 2, healthy_threshold: 2, ttl: 2 };
+const TIMING: Timing =
+    Timing { interval: Duration::from_secs(1), unhealthy_threshold: 2, healthy_threshold: 2, ttl: 2 };
 /// What the drill allows beyond the failover bound (the controllers' loops, a busy machine).
 const FAILOVER_ALLOWANCE: Duration = Duration::from_secs(1);
 /// How long the stub resolver waits for one DNS server before asking the next.
@@ -67,7 +68,9 @@ fn options() -> Result<Options> {
             "--quick" => opts.phase = Duration::from_secs(4),
             "--out" => opts.out = value("--out")?.into(),
             "-h" | "--help" => {
-                println!("lb-drill [--rate N] [--phase SECS] [--quick] [--out FILE.svg]   (needs root; LB_BIN names `lb`)");
+                println!(
+                    "lb-drill [--rate N] [--phase SECS] [--quick] [--out FILE.svg]   (needs root; LB_BIN names `lb`)"
+                );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -116,7 +119,11 @@ fn backends(layout: &[(&str, &str, usize)]) -> Vec<BackendSpec> {
     layout
         .iter()
         .flat_map(|&(region, zone, n)| {
-            (1..=n).map(move |i| BackendSpec { name: format!("{region}-{zone}-b{i}"), region: region.into(), zone: zone.into() })
+            (1..=n).map(move |i| BackendSpec {
+                name: format!("{region}-{zone}-b{i}"),
+                region: region.into(),
+                zone: zone.into(),
+            })
         })
         .collect()
 }
@@ -259,7 +266,14 @@ fn drill(opts: Options) -> Result<()> {
 }
 
 /// A load worker: takes the next due request until the run is over.
-fn load(start: Instant, total: Duration, rate: f64, next: &AtomicU64, resolver: &Resolver, records: &Mutex<Vec<Record>>) {
+fn load(
+    start: Instant,
+    total: Duration,
+    rate: f64,
+    next: &AtomicU64,
+    resolver: &Resolver,
+    records: &Mutex<Vec<Record>>,
+) {
     loop {
         let due = Duration::from_secs_f64(next.fetch_add(1, Ordering::Relaxed) as f64 / rate);
         if due >= total || lab::interrupted().is_err() {
@@ -330,7 +344,8 @@ fn report(records: &[Record], fault_at: &[Duration], bounds: &[Duration]) {
             spread.join(" ")
         );
         match fault {
-            Fault::KillProcess(_) => verdicts.push(format!("kill one backend process: {share:.3}% failed (target < 0.1%): {}", mark(share < 0.1))),
+            Fault::KillProcess(_) => verdicts
+                .push(format!("kill one backend process: {share:.3}% failed (target < 0.1%): {}", mark(share < 0.1))),
             Fault::BlackHole(_) => {
                 let late = failed.iter().filter(|r| r.due.saturating_sub(fault_at[i]) > DETECTION_WINDOW).count();
                 verdicts.push(format!(
@@ -340,7 +355,9 @@ fn report(records: &[Record], fault_at: &[Duration], bounds: &[Duration]) {
                     mark(late == 0)
                 ))
             }
-            Fault::KillBackends(b) if b.len() == 4 => verdicts.push(format!("kill a zone: {share:.3}% failed (target < 1%): {}", mark(share < 1.0))),
+            Fault::KillBackends(b) if b.len() == 4 => {
+                verdicts.push(format!("kill a zone: {share:.3}% failed (target < 1%): {}", mark(share < 1.0)))
+            }
             Fault::KillSiteA => {
                 let target = failover_target();
                 verdicts.push(format!(
@@ -362,11 +379,12 @@ fn report(records: &[Record], fault_at: &[Duration], bounds: &[Duration]) {
     for verdict in verdicts {
         println!("{verdict}");
     }
-    let failures: BTreeMap<String, usize> = records.iter().filter_map(|r| r.outcome.as_ref().err()).fold(BTreeMap::new(), |mut m, e| {
-        // The innermost cause: refused, reset, timed out.
-        *m.entry(e.rsplit(": ").next().unwrap_or(e).to_owned()).or_default() += 1;
-        m
-    });
+    let failures: BTreeMap<String, usize> =
+        records.iter().filter_map(|r| r.outcome.as_ref().err()).fold(BTreeMap::new(), |mut m, e| {
+            // The innermost cause: refused, reset, timed out.
+            *m.entry(e.rsplit(": ").next().unwrap_or(e).to_owned()).or_default() += 1;
+            m
+        });
     println!("failures by kind: {failures:?}");
 }
 
@@ -389,14 +407,19 @@ fn svg(records: &[Record], bounds: &[Duration]) -> String {
             latencies[b].push(r.latency);
         }
     }
-    let p99: Vec<f64> = latencies.iter_mut().map(|l| {
-        l.sort();
-        percentile(l, 99)
-    }).collect();
+    let p99: Vec<f64> = latencies
+        .iter_mut()
+        .map(|l| {
+            l.sort();
+            percentile(l, 99)
+        })
+        .collect();
     let max_latency = p99.iter().copied().fold(1.0, f64::max);
     let (width, height, left) = (1000.0, 420.0, 60.0);
     let x = |b: f64| left + (width - left - 10.0) * b / buckets as f64;
-    let mut out = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n");
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n"
+    );
     for (i, (name, _)) in PHASES.iter().enumerate() {
         let (x0, x1) = (x(in_buckets(bounds[i])), x(in_buckets(bounds[i + 1])));
         let fill = if i % 2 == 0 { "#f4f4f4" } else { "#e6eef8" };
@@ -405,11 +428,25 @@ fn svg(records: &[Record], bounds: &[Duration]) -> String {
         let _ = writeln!(out, "<text x=\"{:.1}\" y=\"{}\">{name}</text>", x0 + 2.0, if i % 2 == 0 { 9 } else { 18 });
     }
     let mut line = |values: Vec<f64>, top: f64, span: f64, color: &str, label: &str| {
-        let points: Vec<String> = values.iter().enumerate().map(|(b, v)| format!("{:.1},{:.1}", x(b as f64), top + span * (1.0 - v))).collect();
-        let _ = writeln!(out, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>", points.join(" "));
+        let points: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(b, v)| format!("{:.1},{:.1}", x(b as f64), top + span * (1.0 - v)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>",
+            points.join(" ")
+        );
         let _ = writeln!(out, "<text x=\"4\" y=\"{:.1}\" fill=\"{color}\">{label}</text>", top + span / 2.0);
     };
-    line(rate.iter().map(|&(ok, n)| if n == 0 { 1.0 } else { ok as f64 / n as f64 }).collect(), 30.0, 170.0, "#2a7", "success");
+    line(
+        rate.iter().map(|&(ok, n)| if n == 0 { 1.0 } else { ok as f64 / n as f64 }).collect(),
+        30.0,
+        170.0,
+        "#2a7",
+        "success",
+    );
     line(p99.iter().map(|l| l / max_latency).collect(), 220.0, 170.0, "#c33", &format!("p99 ≤{max_latency:.0}ms"));
     out.push_str("</svg>\n");
     out
