@@ -1,0 +1,129 @@
+//! Forwarding: the next hop from the kernel's FIB (cached per backend), the MAC
+//! addresses, and XDP_TX or a redirect.
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_redirect},
+    programs::XdpContext,
+};
+use lb_common::*;
+
+use crate::maps::NEXT_HOPS;
+use crate::mem::addr_words;
+use crate::parse::Headers;
+use crate::rewrite::set_macs;
+
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+/// How long a cached next hop is used before the FIB is asked again.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+/// An upper bound on the length of a jiffy: HZ is at least 20 on every Linux configuration.
+pub const MAX_JIFFY_NS: u64 = 50_000_000;
+
+/// The jiffies value below which a next hop with `remaining_ns` of its time to live left
+/// (read from the coarse clock now) is certainly still fresh by that clock. The coarse
+/// clock and jiffies advance together at the tick; two ticks of margin cover a tick that
+/// falls between reading the one and the other, here and when the bound is used.
+#[inline(always)]
+pub fn fresh_until_jiffies(jiffies: u64, remaining_ns: u64) -> u64 {
+    match (remaining_ns / MAX_JIFFY_NS).checked_sub(2) {
+        Some(ticks) if ticks > 0 => jiffies + ticks,
+        _ => 0,
+    }
+}
+
+/// Forwards towards a backend through its cached next hop, refreshing it when stale.
+#[inline(always)]
+pub fn forward_to_backend(ctx: &XdpContext, h: &Headers, backend_id: u32, addr: &Addr) -> u32 {
+    let Some(hop) = NEXT_HOPS.get_ptr_mut(backend_id) else {
+        return forward(ctx, h, addr, None);
+    };
+    // SAFETY: per-CPU value.
+    let hop = unsafe { &mut *hop };
+    // SAFETY: plain helper call (inlined by the kernel: a load of jiffies_64).
+    let jiffies = unsafe { bpf_jiffies64() };
+    if jiffies < hop.fresh_until_jiffies {
+        return transmit_hop(ctx, hop);
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let age = now.wrapping_sub(hop.refreshed_ns);
+    if hop.refreshed_ns != 0 && age < NEXT_HOP_TTL_NS {
+        hop.fresh_until_jiffies = fresh_until_jiffies(jiffies, NEXT_HOP_TTL_NS - age);
+        return transmit_hop(ctx, hop);
+    }
+    forward(ctx, h, addr, Some(hop))
+}
+
+/// Routes the (rewritten) packet towards `next` with the kernel's FIB and neighbour table,
+/// fills in the MAC addresses and transmits it; the answer is also stored in `cache`.
+/// No route or no resolved neighbour is a drop: the kernel could not deliver a packet with
+/// a VIP it does not own either.
+// A BPF subprogram of its own: its stack frame is not added to its siblings'.
+#[inline(never)]
+pub fn forward(ctx: &XdpContext, h: &Headers, next: &Addr, cache: Option<&mut NextHop>) -> u32 {
+    // SAFETY: all-zero is a valid bpf_fib_lookup; zeroed by word (volatile: not a memset
+    // call) before any field is set.
+    let mut fib_mem = core::mem::MaybeUninit::<FibParams>::uninit();
+    let fib: &mut FibParams = unsafe {
+        let words = fib_mem.as_mut_ptr().cast::<u64>();
+        for i in 0..core::mem::size_of::<FibParams>() / 8 {
+            core::ptr::write_volatile(words.add(i), 0);
+        }
+        fib_mem.assume_init_mut()
+    };
+    fib.l4_protocol = h.proto;
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.__bindgen_anon_1.tot_len = h.ip_len;
+    if h.family == FAMILY_V4 {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_3.ipv4_src = addr_words(&h.src)[0];
+        fib.__bindgen_anon_4.ipv4_dst = addr_words(next)[0];
+    } else {
+        fib.family = AF_INET6;
+        // SAFETY: both are 16 bytes.
+        fib.__bindgen_anon_3.ipv6_src = addr_words(&h.src);
+        fib.__bindgen_anon_4.ipv6_dst = addr_words(next);
+    }
+    // SAFETY: the helper reads and writes only `fib`.
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), fib, core::mem::size_of::<FibParams>() as i32, 0) };
+    if rc != 0 {
+        return xdp_action::XDP_DROP;
+    }
+    if let Some(cache) = cache {
+        // SAFETY: plain helper calls.
+        let jiffies = unsafe { bpf_jiffies64() };
+        cache.refreshed_ns = unsafe { bpf_ktime_get_coarse_ns() };
+        cache.fresh_until_jiffies = fresh_until_jiffies(jiffies, NEXT_HOP_TTL_NS);
+        cache.ifindex = fib.ifindex;
+        copy_mac(&mut cache.smac, &fib.smac);
+        copy_mac(&mut cache.dmac, &fib.dmac);
+    }
+    transmit(ctx, fib.ifindex, &fib.smac, &fib.dmac)
+}
+
+/// Copies a MAC address between 2-byte aligned arrays (`NextHop`, `bpf_fib_lookup`).
+#[inline(always)]
+pub fn copy_mac(to: &mut [u8; 6], from: &[u8; 6]) {
+    let (to, from) = (to.as_mut_ptr().cast::<u16>(), from.as_ptr().cast::<u16>());
+    for i in 0..3 {
+        // SAFETY: 6 bytes each, 2-byte aligned as said above.
+        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read(from.add(i))) };
+    }
+}
+
+#[inline(always)]
+pub fn transmit_hop(ctx: &XdpContext, hop: &NextHop) -> u32 {
+    transmit(ctx, hop.ifindex, &hop.smac, &hop.dmac)
+}
+
+#[inline(always)]
+pub fn transmit(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> u32 {
+    set_macs(ctx, smac, dmac);
+    if ifindex == ctx.ingress_ifindex() as u32 {
+        xdp_action::XDP_TX
+    } else {
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
+    }
+}

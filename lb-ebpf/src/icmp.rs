@@ -1,0 +1,46 @@
+//! ICMP errors about VIP flows, steered to the flow's backend.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::*;
+
+use crate::forward::forward_to_backend;
+use crate::keys::{own_addr, vip_key};
+use crate::maps::*;
+use crate::mem::copy_addr;
+use crate::parse::{parse_quoted, set_flow_key_tail};
+use crate::rewrite::rewrite_icmp_error;
+use crate::stats::Reason;
+
+/// An ICMP error sent to a VIP address quotes a packet the VIP sent to a client: deliver it
+/// to the backend that owns that flow, so path MTU discovery and unreachables work.
+// A BPF subprogram of its own: its stack frame is not added to its siblings'.
+#[inline(never)]
+pub fn icmp_error_to_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize) -> Result<u32, Reason> {
+    let family = s.headers.family;
+    if !parse_quoted(ctx, family, inner_l3, &mut s.quoted) {
+        return Err(Reason::IcmpUnmatched);
+    }
+    let quoted = &s.quoted;
+    // The quoted packet went VIP -> client; the flow was keyed client -> VIP.
+    copy_addr(&mut s.flow.src, &quoted.dst);
+    copy_addr(&mut s.flow.dst, &quoted.src);
+    set_flow_key_tail(&mut s.flow, quoted.dport, quoted.sport, quoted.proto, family);
+    let vip_key = vip_key(&s.flow.dst, s.flow.dport, s.flow.proto, family);
+    // SAFETY: values are only replaced whole by the controller; the flow state is copied.
+    let vip = unsafe { VIPS.get(vip_key.as_key()) }.ok_or(Reason::IcmpUnmatched)?;
+    let state = unsafe { FLOWS.get(&s.flow) }.copied().ok_or(Reason::IcmpUnmatched)?;
+    let backend = BACKENDS.get(state.backend_id).ok_or(Reason::IcmpUnmatched)?;
+    if vip.mode == MODE_NAT {
+        let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
+        copy_addr(&mut s.to.src, &backend.addr);
+        copy_addr(&mut s.to.dst, own_addr(settings, family));
+        s.to.sport = backend.port;
+        s.to.dport = state.nat_port;
+        rewrite_icmp_error(ctx, &s.headers, &s.quoted, &s.to)?;
+    }
+    if let Some(stats) = VIP_STATS.get_ptr_mut(vip.vip_id) {
+        // SAFETY: per-CPU value.
+        unsafe { (*stats).icmp_errors_forwarded += 1 };
+    }
+    Ok(forward_to_backend(ctx, &s.headers, state.backend_id, &backend.addr))
+}

@@ -1,0 +1,84 @@
+//! Every map of the program, with its purpose. The static names are the pinned names
+//! (see `lb_common::MAP_*`); sizes marked "sized by the controller" are set at load time.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
+};
+use lb_common::*;
+
+use crate::parse::{Headers, Quoted};
+use crate::rewrite::Translation;
+
+/// Every VIP by (address, port, protocol): its id, mode, active Maglev table and limits.
+#[btf_map]
+pub static VIPS: HashMap<VipKey, VipInfo, { DEFAULT_MAX_VIPS as usize }> = HashMap::new();
+/// Every VIP address (value: how many VIPs share it), so that traffic to a VIP address that
+/// no VIP serves is dropped and counted rather than passed.
+#[btf_map]
+pub static VIP_ADDRS: HashMap<VipAddrKey, u32, { DEFAULT_MAX_VIPS as usize }> = HashMap::new();
+/// Backends by id: address, port, and whether they serve (`BACKEND_*` flags).
+#[btf_map]
+pub static BACKENDS: Array<Backend, { DEFAULT_MAX_BACKENDS as usize }> = Array::new();
+/// Maglev tables, two per VIP (active and the one being built), `ring size` slots each;
+/// a slot holds a backend id. Sized by the controller at load time.
+#[btf_map]
+pub static MAGLEV: Array<u32, 1> = Array::new();
+/// The flow table: each client -> VIP flow and the backend it stays on.
+#[btf_map]
+pub static FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOW_ENTRIES as usize }> = LruHashMap::new();
+/// nat reverse entries: a reply (backend -> balancer port) and the client flow it belongs to.
+#[btf_map]
+pub static NAT: LruHashMap<FlowKey, NatState, { DEFAULT_FLOW_ENTRIES as usize }> = LruHashMap::new();
+/// Balancer-wide settings (own addresses, hash seed, nat port range, VIP address filter).
+#[btf_map]
+pub static SETTINGS: Array<Settings, 1> = Array::new();
+/// Per-VIP counters, per CPU.
+#[btf_map]
+pub static VIP_STATS: PerCpuArray<VipStats, { DEFAULT_MAX_VIPS as usize }> = PerCpuArray::new();
+/// Per-backend counters, per CPU.
+#[btf_map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats, { DEFAULT_MAX_BACKENDS as usize }> = PerCpuArray::new();
+/// Each backend's next hop (FIB and neighbour answer), cached per CPU so that the hot path
+/// never writes a cache line another CPU reads.
+#[btf_map]
+pub static NEXT_HOPS: PerCpuArray<NextHop, { DEFAULT_MAX_BACKENDS as usize }> = PerCpuArray::new();
+
+/// The shared buckets of each VIP's rate limits (see `TokenBucket`).
+#[btf_map]
+pub static RATE_STATE: Array<VipRateState, { DEFAULT_MAX_VIPS as usize }> = Array::new();
+/// Tokens each CPU took from each VIP's shared buckets and has yet to spend.
+#[btf_map]
+pub static RATE_CPU_TOKENS: PerCpuArray<VipCpuTokens, { DEFAULT_MAX_VIPS as usize }> = PerCpuArray::new();
+/// Per-source new-flow buckets: the value is the bucket's TAT.
+#[btf_map]
+pub static SOURCE_BUCKETS: LruHashMap<SourceKey, u64, { DEFAULT_SOURCE_ENTRIES as usize }> = LruHashMap::new();
+
+/// Passive health signals for the controller (see `HealthSignal`): a few per connection at
+/// most, and only for VIPs with outlier detection.
+#[btf_map]
+pub static HEALTH_SIGNALS: RingBuf<HealthSignal, { 256 * 1024 }> = RingBuf::new();
+
+/// Working memory for one packet (see `Scratch`); typed as words so its BTF stays plain.
+#[btf_map]
+pub static SCRATCH: PerCpuArray<[u64; SCRATCH_WORDS], 1> = PerCpuArray::new();
+pub const SCRATCH_WORDS: usize = 64;
+const _: () = assert!(core::mem::size_of::<Scratch>() <= SCRATCH_WORDS * 8);
+
+/// Counters of packets that belong to no VIP or left the fast path, per CPU (`GlobalStats`).
+#[btf_map]
+pub static GLOBAL_STATS: PerCpuArray<GlobalStats, 1> = PerCpuArray::new();
+
+/// What the packet path works on. It lives in a per-CPU map, not on the stack: BPF allows
+/// 512 bytes of stack for a whole call chain, and keys of 40 bytes add up quickly.
+#[derive(Default)]
+pub struct Scratch {
+    pub headers: Headers,
+    /// The flow as keyed in `FLOWS` (client -> VIP).
+    pub flow: FlowKey,
+    /// A reply as keyed in `NAT` (backend -> balancer).
+    pub reply: FlowKey,
+    pub nat: NatState,
+    pub quoted: Quoted,
+    pub to: Translation,
+}
