@@ -8,6 +8,10 @@
 //! byte-aligned fields would cost a load and a store per byte.
 #![no_std]
 
+mod counters;
+
+pub use counters::{BackendStats, Counter, Counters, GlobalStats, VipStats};
+
 /// Address family tags used in keys (not the kernel's AF_* numbers, which differ by OS).
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
@@ -349,68 +353,6 @@ pub struct NextHop {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-}
-
-/// Per-VIP counters (per CPU; readers sum over CPUs).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
-pub struct VipStats {
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_flows: u64,
-    pub reply_packets: u64,
-    pub reply_bytes: u64,
-    pub icmp_errors_forwarded: u64,
-    pub drop_no_backend: u64,
-    pub drop_no_route: u64,
-    pub drop_nat_ports_exhausted: u64,
-    /// New flows dropped by the VIP's `new_flow_limit`.
-    pub rate_limited_new_flows: u64,
-    /// New flows dropped by the per-source `source_limit`.
-    pub rate_limited_sources: u64,
-    /// Packets dropped by the VIP's `packet_limit`.
-    pub rate_limited_packets: u64,
-}
-
-/// Per-backend counters (per CPU).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
-pub struct BackendStats {
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_flows: u64,
-    pub reply_packets: u64,
-    pub reply_bytes: u64,
-    /// Connection attempts of watched nat flows answered with RST or ICMP unreachable.
-    pub connect_failures: u64,
-    /// First HTTP responses of watched flows with a 5xx status.
-    pub responses_5xx: u64,
-}
-
-/// Counters for packets that belong to no VIP, or whose VIP could not be determined.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
-pub struct GlobalStats {
-    /// Not IPv4/IPv6, or not addressed to a VIP: handed to the kernel untouched.
-    pub passed: u64,
-    /// Truncated or inconsistent Ethernet/IP/L4 headers: dropped.
-    pub drop_malformed: u64,
-    /// IPv4 fragments or IPv6 fragment headers addressed to a VIP address: dropped
-    /// (ports are not visible in later fragments, so no backend can be chosen).
-    pub drop_fragment: u64,
-    /// IPv4 options or IPv6 extension headers on traffic to a VIP address: dropped.
-    pub drop_ip_options: u64,
-    /// A VIP address, but no VIP on that port and protocol: dropped.
-    pub drop_unknown_vip_port: u64,
-    /// ICMP errors to a VIP address that quote no known flow: dropped.
-    pub drop_icmp_unmatched: u64,
-    /// The map lookup that every VIP packet needs failed (a controller bug or a race).
-    pub drop_internal: u64,
-    /// Passive health signals not reported because `HEALTH_SIGNALS` was full.
-    pub health_signals_lost: u64,
 }
 
 #[cfg(feature = "user")]

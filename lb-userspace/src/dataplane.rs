@@ -328,49 +328,24 @@ impl Dataplane {
     }
 
     pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats> {
-        let per_cpu = self.vip_stats.get(&vip_id, 0)?;
-        Ok(per_cpu.iter().fold(VipStats::default(), |a, s| VipStats {
-            packets: a.packets + s.packets,
-            bytes: a.bytes + s.bytes,
-            new_flows: a.new_flows + s.new_flows,
-            reply_packets: a.reply_packets + s.reply_packets,
-            reply_bytes: a.reply_bytes + s.reply_bytes,
-            icmp_errors_forwarded: a.icmp_errors_forwarded + s.icmp_errors_forwarded,
-            drop_no_backend: a.drop_no_backend + s.drop_no_backend,
-            drop_no_route: a.drop_no_route + s.drop_no_route,
-            drop_nat_ports_exhausted: a.drop_nat_ports_exhausted + s.drop_nat_ports_exhausted,
-            rate_limited_new_flows: a.rate_limited_new_flows + s.rate_limited_new_flows,
-            rate_limited_sources: a.rate_limited_sources + s.rate_limited_sources,
-            rate_limited_packets: a.rate_limited_packets + s.rate_limited_packets,
-        }))
+        sum_over_cpus(&self.vip_stats, vip_id)
     }
 
     pub fn backend_stats(&self, backend_id: u32) -> Result<BackendStats> {
-        let per_cpu = self.backend_stats.get(&backend_id, 0)?;
-        Ok(per_cpu.iter().fold(BackendStats::default(), |a, s| BackendStats {
-            packets: a.packets + s.packets,
-            bytes: a.bytes + s.bytes,
-            new_flows: a.new_flows + s.new_flows,
-            reply_packets: a.reply_packets + s.reply_packets,
-            reply_bytes: a.reply_bytes + s.reply_bytes,
-            connect_failures: a.connect_failures + s.connect_failures,
-            responses_5xx: a.responses_5xx + s.responses_5xx,
-        }))
+        sum_over_cpus(&self.backend_stats, backend_id)
     }
 
     pub fn global_stats(&self) -> Result<GlobalStats> {
-        let per_cpu = self.global_stats.get(&0, 0)?;
-        Ok(per_cpu.iter().fold(GlobalStats::default(), |a, s| GlobalStats {
-            passed: a.passed + s.passed,
-            drop_malformed: a.drop_malformed + s.drop_malformed,
-            drop_fragment: a.drop_fragment + s.drop_fragment,
-            drop_ip_options: a.drop_ip_options + s.drop_ip_options,
-            drop_unknown_vip_port: a.drop_unknown_vip_port + s.drop_unknown_vip_port,
-            drop_icmp_unmatched: a.drop_icmp_unmatched + s.drop_icmp_unmatched,
-            drop_internal: a.drop_internal + s.drop_internal,
-            health_signals_lost: a.health_signals_lost + s.health_signals_lost,
-        }))
+        sum_over_cpus(&self.global_stats, 0)
     }
+}
+
+/// The counters at `index` of a per-CPU map, summed over CPUs.
+fn sum_over_cpus<T: Counters + aya::Pod>(map: &PerCpuArray<MapData, T>, index: u32) -> Result<T> {
+    Ok(map.get(&index, 0)?.iter().fold(T::default(), |mut total, cpu| {
+        total.add(cpu);
+        total
+    }))
 }
 
 impl MapWriter for Dataplane {

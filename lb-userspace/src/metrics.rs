@@ -12,6 +12,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use lb_common::{BackendStats, Counters, VipStats};
+
 use crate::status::Status;
 
 /// The content type of [`render`]'s output.
@@ -94,15 +96,6 @@ fn families(status: &Status) -> Vec<Family> {
         reload.add(vec![], r.applied as i64);
     }
 
-    let mut packets = counter("lb_vip_packets", "Packets received for the VIP.");
-    let mut bytes = counter("lb_vip_bytes", "Bytes received for the VIP.");
-    let mut new_flows = counter("lb_vip_new_flows", "Flows the VIP sent to a backend.");
-    let mut reply_packets = counter("lb_vip_reply_packets", "nat replies translated back to clients.");
-    let mut reply_bytes = counter("lb_vip_reply_bytes", "Bytes of nat replies translated back to clients.");
-    let mut icmp =
-        counter("lb_vip_icmp_errors_forwarded", "ICMP errors about the VIP's flows delivered to their backend.");
-    let mut dropped = counter("lb_vip_dropped_packets", "Packets for the VIP dropped, by reason.");
-    let mut limited = counter("lb_vip_rate_limited_packets", "Packets for the VIP dropped by a rate limit, by limit.");
     let mut level =
         gauge("lb_vip_priority_level", "Priority level serving new flows (0 = local zone); -1 when none can.");
     let mut panic = gauge("lb_vip_panic", "1 while the VIP balances over all its backends for lack of available ones.");
@@ -123,27 +116,6 @@ fn families(status: &Status) -> Vec<Family> {
     let mut by_backend = BTreeMap::new();
     for vip in &status.vips {
         let v = || vec![("vip", vip.name.clone())];
-        let c = &vip.counters;
-        packets.add(v(), c.packets);
-        bytes.add(v(), c.bytes);
-        new_flows.add(v(), c.new_flows);
-        reply_packets.add(v(), c.reply_packets);
-        reply_bytes.add(v(), c.reply_bytes);
-        icmp.add(v(), c.icmp_errors_forwarded);
-        for (reason, n) in [
-            ("no_backend", c.drop_no_backend),
-            ("no_route", c.drop_no_route),
-            ("nat_ports_exhausted", c.drop_nat_ports_exhausted),
-        ] {
-            dropped.add(vec![("vip", vip.name.clone()), ("reason", reason.into())], n);
-        }
-        for (limit, n) in [
-            ("new_flow_limit", c.rate_limited_new_flows),
-            ("source_limit", c.rate_limited_sources),
-            ("packet_limit", c.rate_limited_packets),
-        ] {
-            limited.add(vec![("vip", vip.name.clone()), ("limit", limit.into())], n);
-        }
         level.add(v(), vip.level.map_or(-1, |l| l as i64));
         panic.add(v(), vip.panic as i64);
         if let Some(o) = &vip.outlier {
@@ -167,56 +139,15 @@ fn families(status: &Status) -> Vec<Family> {
         }
     }
 
+    let vip_counters: Vec<(Labels, VipStats)> =
+        status.vips.iter().map(|vip| (vec![("vip", vip.name.clone())], vip.counters)).collect();
     // Backends are counted per address and port, whichever VIPs they serve.
-    let mut backend_families = [
-        counter("lb_backend_packets", "Packets sent to the backend."),
-        counter("lb_backend_bytes", "Bytes sent to the backend."),
-        counter("lb_backend_new_flows", "Flows sent to the backend."),
-        counter("lb_backend_reply_packets", "nat replies from the backend."),
-        counter("lb_backend_reply_bytes", "Bytes of nat replies from the backend."),
-        counter(
-            "lb_backend_connect_failures",
-            "Connection attempts answered with RST or ICMP unreachable (watched VIPs).",
-        ),
-        counter("lb_backend_responses_5xx", "First HTTP responses with a 5xx status (watched HTTP VIPs)."),
-    ];
-    for (address, c) in by_backend {
-        let values =
-            [c.packets, c.bytes, c.new_flows, c.reply_packets, c.reply_bytes, c.connect_failures, c.responses_5xx];
-        for (family, value) in backend_families.iter_mut().zip(values) {
-            family.add(vec![("backend", address.to_string())], value);
-        }
-    }
-
-    let g = &status.global;
-    let mut passed = counter("lb_passed_packets", "Packets for no VIP, handed to the kernel.");
-    passed.add(vec![], g.passed);
-    let mut global_dropped = counter("lb_dropped_packets", "Packets dropped before a VIP was found, by reason.");
-    for (reason, n) in [
-        ("malformed", g.drop_malformed),
-        ("fragment", g.drop_fragment),
-        ("ip_options", g.drop_ip_options),
-        ("unknown_vip_port", g.drop_unknown_vip_port),
-        ("icmp_unmatched", g.drop_icmp_unmatched),
-        ("internal", g.drop_internal),
-    ] {
-        global_dropped.add(vec![("reason", reason.into())], n);
-    }
-    let mut lost = counter("lb_health_signals_lost", "Passive health signals lost because the ring buffer was full.");
-    lost.add(vec![], g.health_signals_lost);
-
+    let backend_counters: Vec<(Labels, BackendStats)> =
+        by_backend.into_iter().map(|(address, c)| (vec![("backend", address.to_string())], c)).collect();
     let mut all = vec![
         info,
         generation,
         reload,
-        packets,
-        bytes,
-        new_flows,
-        reply_packets,
-        reply_bytes,
-        icmp,
-        dropped,
-        limited,
         level,
         panic,
         ejections_active,
@@ -227,12 +158,31 @@ fn families(status: &Status) -> Vec<Family> {
         state,
         serving_weight,
     ];
-    all.extend(backend_families);
-    all.extend([passed, global_dropped, lost]);
+    all.extend(counter_families(&vip_counters));
+    all.extend(counter_families(&backend_counters));
+    all.extend(counter_families(&[(vec![], status.global)]));
     if let Some(dns) = &status.dns {
         all.extend(dns_families(dns));
     }
     all
+}
+
+/// The metric families of counters declared with `lb_common::counters!`: a sample per
+/// member and labelled item.
+fn counter_families<T: Counters>(items: &[(Labels, T)]) -> Vec<Family> {
+    let mut families: Vec<Family> = Vec::new();
+    for (i, c) in T::COUNTERS.iter().enumerate() {
+        if !families.iter().any(|f| f.name == c.family) {
+            families.push(counter(c.family, T::family_help(c.family)));
+        }
+        let family = families.iter_mut().find(|f| f.name == c.family).expect("pushed above");
+        for (labels, counters) in items {
+            let mut labels = labels.clone();
+            labels.extend(c.label.map(|(k, v)| (k, v.to_owned())));
+            family.add(labels, counters.values()[i]);
+        }
+    }
+    families
 }
 
 fn dns_families(dns: &crate::dns::DnsStatus) -> Vec<Family> {
@@ -274,7 +224,17 @@ fn dns_families(dns: &crate::dns::DnsStatus) -> Vec<Family> {
 mod tests {
     use super::*;
     use crate::status::{BackendStatus, ReloadOutcome, VipStatus};
-    use lb_common::{BackendStats, GlobalStats, VipStats};
+    use lb_common::{BackendStats, Counters, GlobalStats, VipStats};
+
+    /// Every packet-path counter family is documented in the README's metrics list.
+    #[test]
+    fn the_readme_names_every_counter_family() {
+        let readme = include_str!("../../README.md");
+        let families = VipStats::COUNTERS.iter().chain(BackendStats::COUNTERS).chain(GlobalStats::COUNTERS);
+        for c in families {
+            assert!(readme.contains(&format!("`{}`", c.family)), "README.md does not mention `{}`", c.family);
+        }
+    }
 
     #[test]
     fn metrics_carry_the_snapshot() {

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
-use lb_common::{BackendStats, GlobalStats, VipStats};
+use lb_common::{BackendStats, Counters, GlobalStats, VipStats};
 use serde::{Deserialize, Serialize};
 
 use crate::locality::Availability;
@@ -100,8 +100,8 @@ pub fn table(status: &Status) -> String {
             serving,
             c.packets,
             c.new_flows,
-            c.rate_limited_new_flows + c.rate_limited_sources + c.rate_limited_packets,
-            c.drop_no_backend + c.drop_no_route + c.drop_nat_ports_exhausted,
+            c.family_sum("lb_vip_rate_limited_packets"),
+            c.family_sum("lb_vip_dropped_packets"),
         );
         if let Some(o) = &vip.outlier {
             let _ = writeln!(
