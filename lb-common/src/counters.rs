@@ -126,6 +126,19 @@ counters! {
         drop_no_route as dropped_packets(reason = "no_route"),
         /// New nat flows dropped: every candidate source port towards the backend is in use.
         drop_nat_ports_exhausted as dropped_packets(reason = "nat_ports_exhausted"),
+        /// New nat flows dropped: the flow table or the nat table is full.
+        drop_flow_table_full as dropped_packets(reason = "flow_table_full"),
+        /// dsr packets dropped: the kernel has no neighbour entry for the next hop yet (the
+        /// controller is asked to resolve it).
+        drop_no_neighbour as dropped_packets(reason = "no_neighbour"),
+        /// nat packets handed to the kernel, which resolves the next hop's neighbour entry
+        /// and forwards them.
+        passed_no_neighbour,
+        /// New dsr flows forwarded without a flow entry (by the Maglev table alone): the
+        /// flow table is full.
+        untracked_flows,
+        /// New connections on the 4-tuple of a closed or expired flow, given a backend afresh.
+        reopened_flows,
         /// New flows dropped by the VIP's `new_flow_limit`.
         rate_limited_new_flows as rate_limited_packets(limit = "new_flow_limit"),
         /// New flows dropped by the per-source `source_limit`.

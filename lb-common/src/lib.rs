@@ -8,8 +8,10 @@
 //! byte-aligned fields would cost a load and a store per byte.
 #![no_std]
 
+mod conn;
 mod counters;
 
+pub use conn::*;
 pub use counters::{BackendStats, Counter, Counters, GlobalStats, VipStats};
 
 /// Address family tags used in keys (not the kernel's AF_* numbers, which differ by OS).
@@ -50,6 +52,7 @@ pub const MAP_RATE_STATE: &str = "RATE_STATE";
 pub const MAP_RATE_CPU_TOKENS: &str = "RATE_CPU_TOKENS";
 pub const MAP_SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
 pub const MAP_HEALTH_SIGNALS: &str = "HEALTH_SIGNALS";
+pub const MAP_NAT_PORT_CURSORS: &str = "NAT_PORT_CURSORS";
 
 /// Program names in the object.
 pub const PROG_LB: &str = "xdp_lb";
@@ -75,7 +78,8 @@ const _: () = {
     assert!(core::mem::size_of::<VipAddrKey>() == 20);
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<FlowKey>() == 40);
-    assert!(core::mem::size_of::<NatState>() == 52);
+    assert!(core::mem::size_of::<FlowState>() == 24);
+    assert!(core::mem::size_of::<NatState>() == 64);
     assert!(core::mem::size_of::<SourceKey>() == 20);
     assert!(core::mem::size_of::<VipInfo>() == 88);
 };
@@ -131,6 +135,9 @@ pub const SIGNAL_CONNECT_FAILED: u32 = 1;
 pub const SIGNAL_CONNECTED: u32 = 2;
 pub const SIGNAL_HTTP_5XX: u32 = 3;
 pub const SIGNAL_HTTP_OK: u32 = 4;
+/// Not about health: a dsr packet for the backend was dropped because the kernel has no
+/// neighbour entry for its next hop; the controller resolves it at once.
+pub const SIGNAL_NEIGHBOUR_MISSING: u32 = 5;
 
 /// A record of `HEALTH_SIGNALS` (a ring buffer the controller reads as they come): a
 /// passive health signal about one backend of a nat VIP.
@@ -269,31 +276,6 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FlowState {
-    pub backend_id: u32,
-    pub vip_id: u32,
-    /// Source port on the balancer's address (nat mode only).
-    pub nat_port: u16,
-    pub _pad: [u8; 6],
-}
-
-/// Value of `NAT`, keyed by the reply's `FlowKey` (backend -> balancer address:nat_port):
-/// the client-side flow to translate the reply back into.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NatState {
-    pub client: FlowKey,
-    pub vip_id: u32,
-    pub backend_id: u32,
-    /// `WATCH_*` bits of the VIP when the flow began.
-    pub watch: u8,
-    /// `SEEN_*` bits: signals already reported for this flow (written in place).
-    pub seen: u8,
-    pub _pad: [u8; 2],
-}
-
 /// Balancer-wide settings, one element in `SETTINGS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -307,6 +289,7 @@ pub struct Settings {
     /// Bit `vip_addr_filter_bit(a)` is set for every VIP address `a`: a packet whose
     /// destination's bit is clear is not for a VIP, with no hash lookup at all.
     pub vip_addr_filter: [u64; 4],
+    pub timeouts: FlowTimeouts,
 }
 
 impl Settings {
@@ -353,6 +336,9 @@ pub struct NextHop {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
+    /// When this CPU last asked the controller to resolve the backend's neighbour entry
+    /// (`SIGNAL_NEIGHBOUR_MISSING`), so that it asks at most once a second.
+    pub neighbour_asked_ns: u64,
 }
 
 #[cfg(feature = "user")]

@@ -2,7 +2,7 @@
 //! addresses, and XDP_TX or a redirect.
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, bpf_fib_lookup as FibParams, xdp_action},
     helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
 };
@@ -12,6 +12,7 @@ use crate::maps::NEXT_HOPS;
 use crate::mem::addr_words;
 use crate::parse::Headers;
 use crate::rewrite::set_macs;
+use crate::signals::signal;
 
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
@@ -32,9 +33,45 @@ pub fn fresh_until_jiffies(jiffies: u64, remaining_ns: u64) -> u64 {
     }
 }
 
-/// Forwards towards a backend through its cached next hop, refreshing it when stale.
+/// Why `forward` could not send a packet out itself.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Unsent {
+    /// The FIB has a route, but the kernel has not resolved the next hop's MAC address.
+    NoNeighbour,
+    /// No route, or one the kernel would not forward on.
+    NoRoute,
+}
+
+/// The verdict for a packet that `forward` could not send, counted in the VIP's `stats`.
+/// A nat packet is addressed to its next hop once rewritten, so the kernel can forward it:
+/// it is passed, and the kernel resolves the neighbour on the way. A dsr packet is still
+/// addressed to the VIP, which the kernel would not send to the backend: it is dropped.
 #[inline(always)]
-pub fn forward_to_backend(ctx: &XdpContext, h: &Headers, backend_id: u32, addr: &Addr) -> u32 {
+pub fn unsent_verdict(unsent: Unsent, rewritten: bool, stats: &mut VipStats) -> u32 {
+    match unsent {
+        Unsent::NoNeighbour if rewritten => {
+            stats.passed_no_neighbour += 1;
+            xdp_action::XDP_PASS
+        }
+        Unsent::NoNeighbour => {
+            stats.drop_no_neighbour += 1;
+            xdp_action::XDP_DROP
+        }
+        Unsent::NoRoute => {
+            stats.drop_no_route += 1;
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// How often one CPU asks the controller to resolve a backend's neighbour entry.
+const NEIGHBOUR_ASK_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Forwards towards a backend through its cached next hop, refreshing it when stale. When
+/// the kernel has no neighbour entry for the backend's next hop, the controller is asked to
+/// resolve it (XDP can't make the kernel do so).
+#[inline(always)]
+pub fn forward_to_backend(ctx: &XdpContext, h: &Headers, backend_id: u32, addr: &Addr) -> Result<u32, Unsent> {
     let Some(hop) = NEXT_HOPS.get_ptr_mut(backend_id) else {
         return forward(ctx, h, addr, None);
     };
@@ -43,25 +80,29 @@ pub fn forward_to_backend(ctx: &XdpContext, h: &Headers, backend_id: u32, addr: 
     // SAFETY: plain helper call (inlined by the kernel: a load of jiffies_64).
     let jiffies = unsafe { bpf_jiffies64() };
     if jiffies < hop.fresh_until_jiffies {
-        return transmit_hop(ctx, hop);
+        return Ok(transmit_hop(ctx, hop));
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let age = now.wrapping_sub(hop.refreshed_ns);
     if hop.refreshed_ns != 0 && age < NEXT_HOP_TTL_NS {
         hop.fresh_until_jiffies = fresh_until_jiffies(jiffies, NEXT_HOP_TTL_NS - age);
-        return transmit_hop(ctx, hop);
+        return Ok(transmit_hop(ctx, hop));
     }
-    forward(ctx, h, addr, Some(hop))
+    let sent = forward(ctx, h, addr, Some(&mut *hop));
+    if sent == Err(Unsent::NoNeighbour) && now.wrapping_sub(hop.neighbour_asked_ns) >= NEIGHBOUR_ASK_INTERVAL_NS {
+        hop.neighbour_asked_ns = now;
+        signal(backend_id, 0, SIGNAL_NEIGHBOUR_MISSING);
+    }
+    sent
 }
 
 /// Routes the (rewritten) packet towards `next` with the kernel's FIB and neighbour table,
 /// fills in the MAC addresses and transmits it; the answer is also stored in `cache`.
-/// No route or no resolved neighbour is a drop: the kernel could not deliver a packet with
-/// a VIP it does not own either.
+/// A missing route or neighbour entry is for the caller to handle (see `unsent_verdict`).
 // A BPF subprogram of its own: its stack frame is not added to its siblings'.
 #[inline(never)]
-pub fn forward(ctx: &XdpContext, h: &Headers, next: &Addr, cache: Option<&mut NextHop>) -> u32 {
+pub fn forward(ctx: &XdpContext, h: &Headers, next: &Addr, cache: Option<&mut NextHop>) -> Result<u32, Unsent> {
     // SAFETY: all-zero is a valid bpf_fib_lookup; zeroed by word (volatile: not a memset
     // call) before any field is set.
     let mut fib_mem = core::mem::MaybeUninit::<FibParams>::uninit();
@@ -87,8 +128,10 @@ pub fn forward(ctx: &XdpContext, h: &Headers, next: &Addr, cache: Option<&mut Ne
     }
     // SAFETY: the helper reads and writes only `fib`.
     let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), fib, core::mem::size_of::<FibParams>() as i32, 0) };
-    if rc != 0 {
-        return xdp_action::XDP_DROP;
+    match rc as u32 {
+        0 => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Unsent::NoNeighbour),
+        _ => return Err(Unsent::NoRoute),
     }
     if let Some(cache) = cache {
         // SAFETY: plain helper calls.
@@ -99,7 +142,7 @@ pub fn forward(ctx: &XdpContext, h: &Headers, next: &Addr, cache: Option<&mut Ne
         copy_mac(&mut cache.smac, &fib.smac);
         copy_mac(&mut cache.dmac, &fib.dmac);
     }
-    transmit(ctx, fib.ifindex, &fib.smac, &fib.dmac)
+    Ok(transmit(ctx, fib.ifindex, &fib.smac, &fib.dmac))
 }
 
 /// Copies a MAC address between 2-byte aligned arrays (`NextHop`, `bpf_fib_lookup`).

@@ -3,7 +3,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::*;
 
-use crate::forward::forward_to_backend;
+use crate::forward::{forward_to_backend, unsent_verdict};
 use crate::keys::{own_addr, vip_key};
 use crate::maps::*;
 use crate::mem::copy_addr;
@@ -17,7 +17,8 @@ use crate::stats::Reason;
 #[inline(never)]
 pub fn icmp_error_to_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize) -> Result<u32, Reason> {
     let family = s.headers.family;
-    if !parse_quoted(ctx, family, inner_l3, &mut s.quoted) {
+    let end = s.headers.l3 + s.headers.ip_len as usize;
+    if !parse_quoted(ctx, family, inner_l3, end, &mut s.quoted) {
         return Err(Reason::IcmpUnmatched);
     }
     let quoted = &s.quoted;
@@ -38,9 +39,10 @@ pub fn icmp_error_to_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize)
         s.to.dport = state.nat_port;
         rewrite_icmp_error(ctx, &s.headers, &s.quoted, &s.to)?;
     }
-    if let Some(stats) = VIP_STATS.get_ptr_mut(vip.vip_id) {
-        // SAFETY: per-CPU value.
-        unsafe { (*stats).icmp_errors_forwarded += 1 };
-    }
-    Ok(forward_to_backend(ctx, &s.headers, state.backend_id, &backend.addr))
+    let stats = VIP_STATS.get_ptr_mut(vip.vip_id).ok_or(Reason::Internal)?;
+    // SAFETY: per-CPU value.
+    let stats = unsafe { &mut *stats };
+    stats.icmp_errors_forwarded += 1;
+    let sent = forward_to_backend(ctx, &s.headers, state.backend_id, &backend.addr);
+    Ok(sent.unwrap_or_else(|unsent| unsent_verdict(unsent, vip.mode == MODE_NAT, stats)))
 }

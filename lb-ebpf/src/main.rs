@@ -12,6 +12,7 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+mod flows;
 mod forward;
 mod icmp;
 mod keys;

@@ -3,6 +3,7 @@
 
 use aya_ebpf::{
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::btf_map,
 };
 use lb_common::*;
@@ -24,12 +25,22 @@ pub static BACKENDS: Array<Backend, { DEFAULT_MAX_BACKENDS as usize }> = Array::
 /// a slot holds a backend id. Sized by the controller at load time.
 #[btf_map]
 pub static MAGLEV: Array<u32, 1> = Array::new();
-/// The flow table: each client -> VIP flow and the backend it stays on.
+/// The flow table: each client -> VIP flow, the backend it stays on and the client's side
+/// of its connection. A plain hash map, not an LRU: an entry lives as long as its
+/// connection and is removed only when that is over (by the controller's sweep, or here
+/// when its port or 4-tuple is taken again), so live connections are never evicted.
 #[btf_map]
-pub static FLOWS: LruHashMap<FlowKey, FlowState, { DEFAULT_FLOW_ENTRIES as usize }> = LruHashMap::new();
-/// nat reverse entries: a reply (backend -> balancer port) and the client flow it belongs to.
+pub static FLOWS: HashMap<FlowKey, FlowState, { DEFAULT_FLOW_ENTRIES as usize }> = HashMap::new();
+/// nat reverse entries: a reply (backend -> balancer port), the client flow it belongs to
+/// and the backend's side of the connection. Removed like `FLOWS` entries, never evicted,
+/// so a port stays with its connection until that is over.
 #[btf_map]
-pub static NAT: LruHashMap<FlowKey, NatState, { DEFAULT_FLOW_ENTRIES as usize }> = LruHashMap::new();
+pub static NAT: HashMap<FlowKey, NatState, { DEFAULT_FLOW_ENTRIES as usize }> = HashMap::new();
+/// Per CPU and backend: where this CPU's search for a free nat port goes on. Ports are
+/// freed roughly in the order they were taken, so the port after the last one taken is
+/// the likeliest to be free again.
+#[btf_map]
+pub static NAT_PORT_CURSORS: PerCpuArray<u32, { DEFAULT_MAX_BACKENDS as usize }> = PerCpuArray::new();
 /// Balancer-wide settings (own addresses, hash seed, nat port range, VIP address filter).
 #[btf_map]
 pub static SETTINGS: Array<Settings, 1> = Array::new();
@@ -79,6 +90,34 @@ pub struct Scratch {
     /// A reply as keyed in `NAT` (backend -> balancer).
     pub reply: FlowKey,
     pub nat: NatState,
+    /// A new flow entry, built here to be inserted.
+    pub state: FlowState,
     pub quoted: Quoted,
     pub to: Translation,
+    /// Kept across packets (per CPU): the coarse clock, read once per tick.
+    pub clock: Clock,
+    /// When this CPU last logged that nat ports ran out (at most once a second).
+    pub ports_exhausted_logged_ns: u64,
+}
+
+/// The coarse clock (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC_COARSE), cached per CPU:
+/// it only moves at the timer tick, and `jiffies` tells when that happened with a load
+/// (the kernel inlines `bpf_jiffies64`) instead of a helper call per packet.
+#[derive(Default)]
+pub struct Clock {
+    jiffies: u64,
+    ns: u64,
+}
+
+impl Clock {
+    #[inline(always)]
+    pub fn now(&mut self) -> u64 {
+        // SAFETY (both): plain helper calls.
+        let jiffies = unsafe { bpf_jiffies64() };
+        if jiffies != self.jiffies || self.ns == 0 {
+            self.ns = unsafe { bpf_ktime_get_coarse_ns() };
+            self.jiffies = jiffies;
+        }
+        self.ns
+    }
 }

@@ -211,8 +211,21 @@ pub fn parse_v6(ctx: &XdpContext, h: &mut Headers, l3: usize, frame_len: u32) ->
 #[inline(always)]
 pub fn parse_l4(ctx: &XdpContext, h: &mut Headers, icmp_proto: u8) -> Result<(), Reason> {
     let (off, proto) = (h.l4_start, h.proto);
+    // What the IP header says the packet holds: the frame may be longer (padding), and what
+    // lies beyond the IP length is no part of the packet, nor of its checksums.
+    let ip_end = h.l3 + h.ip_len as usize;
     if proto == PROTO_TCP || proto == PROTO_UDP {
         let l4 = at(ctx, off, if proto == PROTO_TCP { TCP_MIN_HLEN } else { UDP_HLEN })?;
+        let len = if proto == PROTO_TCP {
+            ((read_u8(l4 + TCP_DATA_OFFSET_OFF) >> 4) as usize) * 4
+        } else {
+            read_be16(l4 + UDP_LEN_OFF) as usize
+        };
+        let min = if proto == PROTO_TCP { TCP_MIN_HLEN } else { UDP_HLEN };
+        // The TCP header (with its options), or the whole UDP datagram, within the packet.
+        if len < min || off + len > ip_end {
+            return Err(Reason::Malformed);
+        }
         h.sport = read_be16(l4);
         h.dport = read_be16(l4 + 2);
         h.tcp_flags = if proto == PROTO_TCP { read_u8(l4 + TCP_FLAGS_OFF) } else { 0 };
@@ -221,6 +234,9 @@ pub fn parse_l4(ctx: &XdpContext, h: &mut Headers, icmp_proto: u8) -> Result<(),
     }
     if proto == icmp_proto {
         let l4 = at(ctx, off, ICMP_HLEN)?;
+        if off + ICMP_HLEN > ip_end {
+            return Err(Reason::Malformed);
+        }
         let icmp_type = read_u8(l4);
         // v4: destination unreachable (incl. fragmentation needed), time exceeded.
         // v6: destination unreachable, packet too big, time exceeded.
@@ -253,9 +269,11 @@ pub fn http_status_class(ctx: &XdpContext, h: &Headers) -> Option<u8> {
 }
 
 /// Reads the IP and port header of the packet quoted in an ICMP error into `q`. Only a TCP
-/// or UDP packet without IPv4 options can belong to a flow.
+/// or UDP packet without IPv4 options can belong to a flow. Both must lie within the ICMP
+/// message (`end`: where the outer IP packet ends), which its checksum covers: a rewrite
+/// of bytes beyond it would be applied to a checksum that never counted them.
 #[inline(always)]
-pub fn parse_quoted(ctx: &XdpContext, family: u8, l3: usize, q: &mut Quoted) -> bool {
+pub fn parse_quoted(ctx: &XdpContext, family: u8, l3: usize, end: usize, q: &mut Quoted) -> bool {
     let (l4, proto) = if family == FAMILY_V4 {
         let Ok(ip) = at(ctx, l3, IPV4_HLEN) else {
             return false;
@@ -274,7 +292,7 @@ pub fn parse_quoted(ctx: &XdpContext, family: u8, l3: usize, q: &mut Quoted) -> 
         read_addr(&mut q.dst, ip + 24, FAMILY_V6);
         (l3 + IPV6_HLEN, read_u8(ip + 6))
     };
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if (proto != PROTO_TCP && proto != PROTO_UDP) || l4 + 4 > end {
         return false;
     }
     let Ok(ports) = at(ctx, l4, 4) else {

@@ -48,7 +48,8 @@ pub fn observe_reply(ctx: &XdpContext, s: &mut Scratch) {
 #[inline(never)]
 pub fn observe_unreachable_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize) {
     let family = s.headers.family;
-    if !parse_quoted(ctx, family, inner_l3, &mut s.quoted) {
+    let end = s.headers.l3 + s.headers.ip_len as usize;
+    if !parse_quoted(ctx, family, inner_l3, end, &mut s.quoted) {
         return;
     }
     // The quoted packet went balancer -> backend; the flow's replies are keyed the other way.

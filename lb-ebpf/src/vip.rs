@@ -4,12 +4,13 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::*;
 
-use crate::forward::forward_to_backend;
+use crate::flows::{detach, follow, initial_state};
+use crate::forward::{forward_to_backend, unsent_verdict};
 use crate::keys::own_addr;
 use crate::limits::{Admission, admit_new_flow, take_vip_token};
 use crate::maps::*;
-use crate::mem::{Words, copy_addr, copy_words};
-use crate::nat::reserve_nat_port;
+use crate::mem::{copy_addr, copy_words};
+use crate::nat::{NoPort, reserve_nat_port};
 use crate::rewrite::rewrite;
 use crate::stats::Reason;
 
@@ -17,74 +18,29 @@ use crate::stats::Reason;
 // A BPF subprogram of its own: its stack frame is not added to its siblings'.
 #[inline(never)]
 pub fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, Reason> {
-    let Scratch { headers: h, flow, nat, .. } = s;
-    h.flow_key_into(flow);
+    s.headers.flow_key_into(&mut s.flow);
     let vip_stats = VIP_STATS.get_ptr_mut(vip.vip_id).ok_or(Reason::Internal)?;
     // SAFETY: per-CPU value.
     let vip_stats = unsafe { &mut *vip_stats };
     vip_stats.packets += 1;
-    vip_stats.bytes += h.frame_len as u64;
+    vip_stats.bytes += s.headers.frame_len as u64;
     if vip.limits & LIMIT_PACKETS != 0 && !take_vip_token(vip, LIMIT_PACKETS) {
         vip_stats.rate_limited_packets += 1;
         return Ok(xdp_action::XDP_DROP);
     }
-
     let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
-    // SAFETY: copied out; a concurrent LRU reuse only makes the copy stale.
-    let known = unsafe { FLOWS.get(&*flow) }.copied();
-    let (backend_id, backend, nat_port) = match known.and_then(|state| {
-        let backend = BACKENDS.get(state.backend_id)?;
-        let follows = backend.flags & BACKEND_ACTIVE != 0 && (backend.flags & BACKEND_SERVING != 0 || !h.is_syn());
-        follows.then_some((state.backend_id, backend, state.nat_port))
-    }) {
-        Some(found) => found,
-        None => {
-            if vip.limits & (LIMIT_NEW_FLOWS | LIMIT_SOURCES) != 0 && h.opens_flow() {
-                match admit_new_flow(flow, vip) {
-                    Admission::Admitted => {}
-                    Admission::SourceLimited => {
-                        vip_stats.rate_limited_sources += 1;
-                        return Ok(xdp_action::XDP_DROP);
-                    }
-                    Admission::VipLimited => {
-                        vip_stats.rate_limited_new_flows += 1;
-                        return Ok(xdp_action::XDP_DROP);
-                    }
-                }
-            }
-            let Some((backend_id, backend)) = pick_backend(vip, flow, settings.hash_seed) else {
-                vip_stats.drop_no_backend += 1;
-                return Ok(xdp_action::XDP_DROP);
-            };
-            let nat_port = if vip.mode == MODE_NAT {
-                copy_words(&mut nat.client, flow);
-                nat.vip_id = vip.vip_id;
-                nat.backend_id = backend_id;
-                nat.watch = vip.watch;
-                nat.seen = 0;
-                match reserve_nat_port(s, backend) {
-                    0 => {
-                        vip_stats.drop_nat_ports_exhausted += 1;
-                        warn!(ctx, "nat source ports exhausted for vip {}", vip.vip_id);
-                        return Ok(xdp_action::XDP_DROP);
-                    }
-                    port => port as u16,
-                }
-            } else {
-                0
-            };
-            let state: Words<FlowState, 4> =
-                Words([backend_id, vip.vip_id, nat_port as u32, 0], core::marker::PhantomData);
-            // An LRU insert only fails on allocation failure; the flow then re-hashes to
-            // the same backend on its next packet, so forwarding goes on.
-            let _ = FLOWS.insert(&s.flow, state.as_key(), 0);
-            vip_stats.new_flows += 1;
-            if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
-                // SAFETY: per-CPU value.
-                unsafe { (*b).new_flows += 1 };
-            }
-            (backend_id, backend, nat_port)
-        }
+    let now = s.clock.now();
+    let entry = FLOWS.get_ptr_mut(&s.flow);
+    // SAFETY: a map value, alive while the program runs; written in place by this flow's
+    // packets only (a racing writer repeats the same bits).
+    let followed = entry.and_then(|f| Some((f, follow(s, unsafe { &mut *f }, settings, now)?)));
+    let (backend_id, backend, nat_port) = match followed {
+        // SAFETY: as above.
+        Some((f, backend)) => unsafe { ((*f).backend_id, backend, (*f).nat_port) },
+        None => match new_flow(ctx, s, vip, vip_stats, entry.is_some(), settings, now) {
+            Ok(picked) => picked,
+            Err(verdict) => return Ok(verdict),
+        },
     };
     let h = &s.headers;
     if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
@@ -100,11 +56,114 @@ pub fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u3
         s.to.dport = backend.port;
         rewrite(ctx, h, &s.to)?;
     }
-    let action = forward_to_backend(ctx, h, backend_id, &backend.addr);
-    if action == xdp_action::XDP_DROP {
-        vip_stats.drop_no_route += 1;
+    let sent = forward_to_backend(ctx, h, backend_id, &backend.addr);
+    Ok(sent.unwrap_or_else(|unsent| unsent_verdict(unsent, vip.mode == MODE_NAT, vip_stats)))
+}
+
+/// How often one CPU logs that nat ports ran out.
+const PORTS_EXHAUSTED_LOG_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// A new flow (or a new connection on the 4-tuple of an entry that `replaces`): admitted
+/// by the limits, given a backend and, in nat, a port; entered in the flow table. Returns
+/// the backend and port, or the verdict for a flow that can't be had.
+#[inline(always)]
+fn new_flow(
+    ctx: &XdpContext,
+    s: &mut Scratch,
+    vip: &VipInfo,
+    vip_stats: &mut VipStats,
+    replaces: bool,
+    settings: &Settings,
+    now: u64,
+) -> Result<(u32, &'static Backend, u16), u32> {
+    const DROP: u32 = xdp_action::XDP_DROP;
+    if vip.limits & (LIMIT_NEW_FLOWS | LIMIT_SOURCES) != 0 && s.headers.opens_flow() {
+        match admit_new_flow(&s.flow, vip) {
+            Admission::Admitted => {}
+            Admission::SourceLimited => {
+                vip_stats.rate_limited_sources += 1;
+                return Err(DROP);
+            }
+            Admission::VipLimited => {
+                vip_stats.rate_limited_new_flows += 1;
+                return Err(DROP);
+            }
+        }
     }
-    Ok(action)
+    let Some((backend_id, backend)) = pick_backend(vip, &s.flow, settings.hash_seed) else {
+        vip_stats.drop_no_backend += 1;
+        return Err(DROP);
+    };
+    let state = initial_state(&s.headers);
+    let nat = vip.mode == MODE_NAT;
+    let nat_port = if nat {
+        if replaces {
+            // SAFETY: read in place before the entry is replaced below.
+            if let Some(old) = unsafe { FLOWS.get(&s.flow) } {
+                detach(s, old, settings);
+            }
+        }
+        new_reverse_entry(s, vip, backend_id, state, now);
+        match reserve_nat_port(s, backend_id, backend, now) {
+            Ok(port) => port,
+            Err(NoPort::TableFull) => {
+                vip_stats.drop_flow_table_full += 1;
+                return Err(DROP);
+            }
+            Err(NoPort::InUse) => {
+                vip_stats.drop_nat_ports_exhausted += 1;
+                if now.wrapping_sub(s.ports_exhausted_logged_ns) >= PORTS_EXHAUSTED_LOG_INTERVAL_NS {
+                    s.ports_exhausted_logged_ns = now;
+                    warn!(ctx, "nat source ports exhausted for vip {} backend {}", vip.vip_id, backend_id);
+                }
+                return Err(DROP);
+            }
+        }
+    } else {
+        0
+    };
+    let entry = &mut s.state;
+    entry.backend_id = backend_id;
+    entry.vip_id = vip.vip_id;
+    entry.nat_port = nat_port;
+    entry.state = state;
+    entry.client = 0;
+    entry.last_seen_ns = now;
+    if FLOWS.insert(&s.flow, &s.state, 0).is_err() {
+        // The table is full of live connections. A dsr flow still goes by the Maglev
+        // table (its packets pick the same backend while the table stays); nat can't
+        // translate its replies without the entry.
+        if nat {
+            let _ = NAT.remove(&s.reply);
+            vip_stats.drop_flow_table_full += 1;
+            return Err(DROP);
+        }
+        vip_stats.untracked_flows += 1;
+    }
+    if replaces {
+        vip_stats.reopened_flows += 1;
+    }
+    vip_stats.new_flows += 1;
+    if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU value.
+        unsafe { (*b).new_flows += 1 };
+    }
+    Ok((backend_id, backend, nat_port))
+}
+
+/// Fills `s.nat`: the reverse entry of the new nat flow `s.flow`.
+#[inline(always)]
+fn new_reverse_entry(s: &mut Scratch, vip: &VipInfo, backend_id: u32, state: u8, now: u64) {
+    copy_words(&mut s.nat.client, &s.flow);
+    let nat = &mut s.nat;
+    nat.vip_id = vip.vip_id;
+    nat.backend_id = backend_id;
+    nat.watch = vip.watch;
+    nat.seen = 0;
+    nat.backend = 0;
+    nat.client_state = state;
+    nat.client_flags = 0;
+    nat.last_seen_ns = now;
 }
 
 /// The backend for a new flow from the VIP's Maglev table, if it has one.

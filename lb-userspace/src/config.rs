@@ -22,6 +22,7 @@ use toml_edit::{Array, ArrayOfTables, ImDocument, InlineTable, Item, Table, Valu
 use crate::maglev;
 
 pub mod dns;
+pub mod flows;
 
 /// Default of `balancer.pin_dir`.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
@@ -123,6 +124,9 @@ pub struct BalancerConfig {
     pub nat_port_min: u16,
     #[serde(default = "default_nat_port_max")]
     pub nat_port_max: u16,
+    /// How long flow entries live after a connection's last packet, by state.
+    #[serde(default)]
+    pub flow_timeouts: flows::FlowTimeoutsConfig,
     /// Locality labels of this balancer (compared with the backends' for failover order).
     #[serde(default)]
     pub region: String,
@@ -864,6 +868,9 @@ fn fields_at(path: &[Seg]) -> &'static [&'static str] {
             &["name", "type", "ttl", "primary", "backup", "trickle_ratio", "geo"]
         }
         [Key(a)] if a == "admin" => &["listen", "token"],
+        [Key(b), Key(t)] if b == "balancer" && t == "flow_timeouts" => {
+            &["tcp_syn", "tcp_established", "tcp_fin", "tcp_closed", "tcp_time_wait", "udp"]
+        }
         [Key(b)] if b == "balancer" => &[
             "interfaces",
             "xdp_mode",
@@ -878,6 +885,7 @@ fn fields_at(path: &[Seg]) -> &'static [&'static str] {
             "source_table_size",
             "nat_port_min",
             "nat_port_max",
+            "flow_timeouts",
             "region",
             "zone",
         ],
@@ -1002,6 +1010,19 @@ fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
             &path!["balancer", "nat_port_min"],
             format!("must be at least {MIN_NAT_PORT} (got {})", b.nat_port_min),
         ));
+    }
+    for (key, timeout) in b.flow_timeouts.all() {
+        if !(flows::MIN_FLOW_TIMEOUT..=flows::MAX_FLOW_TIMEOUT).contains(&timeout) {
+            return Err(cx.err(
+                &path!["balancer", "flow_timeouts", key],
+                format!(
+                    "must be between {} and {} (got {})",
+                    humantime::format_duration(flows::MIN_FLOW_TIMEOUT),
+                    humantime::format_duration(flows::MAX_FLOW_TIMEOUT),
+                    humantime::format_duration(timeout)
+                ),
+            ));
+        }
     }
     if b.nat_port_max < b.nat_port_min {
         return Err(cx.err(
@@ -1717,6 +1738,29 @@ nat_port_max = 1024
         expect(&text, "balancer.nat_port_min", 3, "at least 1024");
         let text = replace(GOOD, "[balancer]", "[balancer]\nnat_port_min = 30000\nnat_port_max = 29999");
         expect(&text, "balancer.nat_port_max", 4, "must not be below nat_port_min (30000)");
+    }
+
+    #[test]
+    fn flow_timeouts_parse_with_defaults_and_are_bounded() {
+        let c = parse(GOOD, "t.toml").expect("valid");
+        assert_eq!(c.balancer.flow_timeouts, flows::FlowTimeoutsConfig::default());
+        assert_eq!(c.balancer.flow_timeouts.tcp_time_wait, Duration::from_secs(60));
+        let text = format!("{GOOD}\n[balancer.flow_timeouts]\ntcp_closed = \"200ms\"\nudp = \"2m\"\n");
+        let c = parse(&text, "t.toml").expect("valid");
+        assert_eq!(
+            (c.balancer.flow_timeouts.tcp_closed, c.balancer.flow_timeouts.udp),
+            (Duration::from_millis(200), Duration::from_secs(120))
+        );
+        assert_eq!(c.balancer.flow_timeouts.to_map().tcp_closed_ns, 200_000_000);
+        let text = format!("{GOOD}\n[balancer.flow_timeouts]\ntcp_fin = \"1ms\"\n");
+        expect(
+            &text,
+            "balancer.flow_timeouts.tcp_fin",
+            line_with(&text, "tcp_fin", 0),
+            "must be between 10ms and 30days",
+        );
+        let text = format!("{GOOD}\n[balancer.flow_timeouts]\ntcp_finn = \"1s\"\n");
+        expect(&text, "balancer.flow_timeouts.tcp_finn", line_with(&text, "tcp_finn", 0), "unknown");
     }
 
     #[test]

@@ -9,15 +9,17 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
+use lb_common::SIGNAL_NEIGHBOUR_MISSING;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::admin::AdminRequest;
 use crate::config::{self, Config};
 use crate::dataplane::{Dataplane, HealthSignals, MapSizes, PacketLogger};
 use crate::dns::DnsService;
 use crate::failover::BackendStates;
+use crate::flows::FlowSummary;
 use crate::locality::{Availability, Plan};
 use crate::probe::Prober;
 use crate::status::{BackendStatus, ReloadOutcome, Status, VipStatus};
@@ -28,6 +30,8 @@ use crate::tables::{self, IdAllocator};
 const NEIGHBOR_REFRESH: Duration = Duration::from_secs(10);
 /// How often due ejection sweeps run (each VIP sweeps at its own `interval`).
 const SWEEP_TICK: Duration = Duration::from_millis(250);
+/// How often the flow tables are swept of connections that are over.
+const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Everything the controller knows; `apply` makes the maps match it.
 struct Controller {
@@ -44,6 +48,8 @@ struct Controller {
     plans: BTreeMap<String, Plan>,
     /// The DNS server for site failover, with `[dns]`.
     dns: Option<DnsService>,
+    /// The live flows as the last sweep of the flow tables counted them.
+    flows: FlowSummary,
 }
 
 impl Controller {
@@ -123,7 +129,8 @@ impl Controller {
             .iter()
             .map(|vip| {
                 let key = tables::vip_key(vip);
-                let counters = self.ids.vip_id(&key).and_then(|id| dataplane.vip_stats(id).ok()).unwrap_or_default();
+                let vip_id = self.ids.vip_id(&key);
+                let counters = vip_id.and_then(|id| dataplane.vip_stats(id).ok()).unwrap_or_default();
                 let plan = self.plans.get(&vip.name);
                 let backends = vip
                     .backends
@@ -142,6 +149,11 @@ impl Controller {
                             .backend_id(&(b.address, b.port))
                             .and_then(|id| dataplane.backend_stats(id).ok())
                             .unwrap_or_default(),
+                        flows: self
+                            .ids
+                            .backend_id(&(b.address, b.port))
+                            .and_then(|id| self.flows.by_backend.get(&id).copied())
+                            .unwrap_or_default(),
                     })
                     .collect();
                 VipStatus {
@@ -153,6 +165,7 @@ impl Controller {
                     level: plan.and_then(|p| p.level),
                     panic: plan.is_some_and(|p| p.panic),
                     counters,
+                    flows: vip_id.and_then(|id| self.flows.by_vip.get(&id).copied()).unwrap_or_default(),
                     outlier: self.states.outlier_stats(&vip.name),
                     backends,
                 }
@@ -202,6 +215,34 @@ impl Controller {
             });
         }
         Ok(())
+    }
+
+    /// Sweeps the flow tables of connections that are over; a failure is logged, and the
+    /// packet path goes on (it takes over the ports of connections that are over itself).
+    fn sweep_flows(&mut self, dataplane: &mut Dataplane) {
+        let started = Instant::now();
+        match dataplane.sweep_flows(&self.config.balancer.flow_timeouts.to_map()) {
+            Ok(report) => {
+                if report.flows_removed + report.nat_removed > 0 {
+                    debug!(
+                        flows = report.flows_removed,
+                        nat = report.nat_removed,
+                        took_ms = started.elapsed().as_secs_f64() * 1000.0,
+                        "flow entries of finished connections removed"
+                    );
+                }
+                self.flows = report.summary;
+            }
+            Err(e) => warn!("sweeping the flow tables failed: {e:#}"),
+        }
+    }
+
+    /// Resolves the neighbour entry of a backend whose packets found none in the kernel.
+    fn resolve_neighbour(&self, backend_id: u32) {
+        if let Some((address, _)) = self.ids.backend_of(backend_id) {
+            debug!(%address, "no neighbour entry for a backend: resolving it now");
+            crate::neighbors::prime([address]);
+        }
     }
 
     /// The VIP name and backend address of a signal's ids, if they are still configured.
@@ -284,6 +325,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         applied,
         plans: BTreeMap::new(),
         dns,
+        flows: FlowSummary::default(),
     };
     lb.prober.set_targets(BackendStates::check_targets(&lb.config));
     lb.apply(&mut dataplane)?;
@@ -300,6 +342,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut neighbor_tick = tokio::time::interval(NEIGHBOR_REFRESH);
     let mut sweep_tick = tokio::time::interval(SWEEP_TICK);
+    let mut flow_sweep_tick = tokio::time::interval(FLOW_SWEEP_INTERVAL);
     let detach = loop {
         let changed = tokio::select! {
             _ = hangup.recv() => {
@@ -316,13 +359,19 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 let now = Instant::now();
                 let mut changed = false;
                 for signal in batch {
-                    if let Some((vip, backend)) = lb.signal_target(signal.vip_id, signal.backend_id) {
+                    if signal.kind == SIGNAL_NEIGHBOUR_MISSING {
+                        lb.resolve_neighbour(signal.backend_id);
+                    } else if let Some((vip, backend)) = lb.signal_target(signal.vip_id, signal.backend_id) {
                         changed |= lb.states.on_signal(&lb.config, now, &vip, backend, signal.kind);
                     }
                 }
                 changed
             }
             _ = sweep_tick.tick() => lb.states.sweep(Instant::now()),
+            _ = flow_sweep_tick.tick() => {
+                lb.sweep_flows(&mut dataplane);
+                false
+            }
             Some(result) = target_checks.recv() => {
                 if let Some(dns) = &mut lb.dns {
                     dns.on_check(&result);

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod dataplane;
 pub mod dns;
 pub mod failover;
+pub mod flows;
 pub mod health;
 pub mod locality;
 pub mod maglev;

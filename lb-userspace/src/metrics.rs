@@ -113,10 +113,17 @@ fn families(status: &Status) -> Vec<Family> {
         gauge("lb_backend_state", "1 for the backend's state in the VIP: available, unhealthy, ejected or draining.");
     let mut serving_weight =
         gauge("lb_backend_serving_weight", "The backend's weight in the VIP's table now (0: no new flows).");
+    let mut vip_flows = gauge("lb_vip_flows", "Live flows of the VIP in the flow table, by connection state.");
+    let mut backend_flows = gauge("lb_backend_flows", "Live flows on the backend, over all its VIPs.");
+    let mut backend_nat_ports =
+        gauge("lb_backend_nat_ports", "nat source ports held towards the backend (open connections and their guard).");
     let mut by_backend = BTreeMap::new();
     for vip in &status.vips {
         let v = || vec![("vip", vip.name.clone())];
         level.add(v(), vip.level.map_or(-1, |l| l as i64));
+        for (state, n) in vip.flows.named() {
+            vip_flows.add(vec![("vip", vip.name.clone()), ("state", state.into())], n);
+        }
         panic.add(v(), vip.panic as i64);
         if let Some(o) = &vip.outlier {
             ejections_active.add(v(), o.ejections_active);
@@ -135,15 +142,20 @@ fn families(status: &Status) -> Vec<Family> {
                 state.add(labels(Some(("state", s))), (b.state == s) as i64);
             }
             serving_weight.add(labels(None), b.serving_weight);
-            by_backend.insert(b.address, b.counters);
+            by_backend.insert(b.address, (b.counters, b.flows));
         }
     }
 
     let vip_counters: Vec<(Labels, VipStats)> =
         status.vips.iter().map(|vip| (vec![("vip", vip.name.clone())], vip.counters)).collect();
     // Backends are counted per address and port, whichever VIPs they serve.
-    let backend_counters: Vec<(Labels, BackendStats)> =
-        by_backend.into_iter().map(|(address, c)| (vec![("backend", address.to_string())], c)).collect();
+    let mut backend_counters: Vec<(Labels, BackendStats)> = Vec::new();
+    for (address, (counters, flows)) in by_backend {
+        let labels = vec![("backend", address.to_string())];
+        backend_flows.add(labels.clone(), flows.flows);
+        backend_nat_ports.add(labels.clone(), flows.nat_ports);
+        backend_counters.push((labels, counters));
+    }
     let mut all = vec![
         info,
         generation,
@@ -157,6 +169,9 @@ fn families(status: &Status) -> Vec<Family> {
         detected_local,
         state,
         serving_weight,
+        vip_flows,
+        backend_flows,
+        backend_nat_ports,
     ];
     all.extend(counter_families(&vip_counters));
     all.extend(counter_families(&backend_counters));
@@ -251,6 +266,7 @@ mod tests {
                 level: Some(1),
                 panic: false,
                 counters: VipStats { packets: 10, new_flows: 4, rate_limited_sources: 2, ..Default::default() },
+                flows: crate::flows::StateCounts([1, 2, 0, 0, 3, 0]),
                 outlier: Some(crate::outlier::OutlierStats {
                     ejections_active: 1,
                     ejections_enforced_total: 2,
@@ -265,6 +281,7 @@ mod tests {
                     serving_weight: 0,
                     state: "ejected".into(),
                     counters: BackendStats { new_flows: 4, connect_failures: 3, ..Default::default() },
+                    flows: crate::flows::BackendFlows { flows: 6, nat_ports: 9 },
                 }],
             }],
             global: GlobalStats { drop_fragment: 7, ..Default::default() },
@@ -303,6 +320,10 @@ mod tests {
             "lb_backend_state{vip=\"web\",backend=\"10.0.1.1:8080\",state=\"ejected\"} 1",
             "lb_backend_state{vip=\"web\",backend=\"10.0.1.1:8080\",state=\"available\"} 0",
             "lb_backend_connect_failures_total{backend=\"10.0.1.1:8080\"} 3",
+            "lb_vip_flows{vip=\"web\",state=\"established\"} 2",
+            "lb_vip_flows{vip=\"web\",state=\"time_wait\"} 3",
+            "lb_backend_flows{backend=\"10.0.1.1:8080\"} 6",
+            "lb_backend_nat_ports{backend=\"10.0.1.1:8080\"} 9",
             "lb_dropped_packets_total{reason=\"fragment\"} 7",
             "lb_dns_target_up{target=\"site-a\"} 0",
             "lb_dns_target_view{target=\"site-a\",vantage=\"us\"} 0",

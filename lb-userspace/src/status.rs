@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use lb_common::{BackendStats, Counters, GlobalStats, VipStats};
 use serde::{Deserialize, Serialize};
 
+use crate::flows::{BackendFlows, StateCounts};
 use crate::locality::Availability;
 use crate::outlier::OutlierStats;
 
@@ -44,6 +45,9 @@ pub struct VipStatus {
     pub level: Option<usize>,
     pub panic: bool,
     pub counters: VipStats,
+    /// Live flows by state (as of the last sweep of the flow tables, at most a second old).
+    #[serde(default)]
+    pub flows: StateCounts,
     /// With outlier detection: the mesh's ejection counters.
     pub outlier: Option<OutlierStats>,
     pub backends: Vec<BackendStatus>,
@@ -63,6 +67,9 @@ pub struct BackendStatus {
     pub state: String,
     /// Counted per backend address and port, over every VIP it serves.
     pub counters: BackendStats,
+    /// Its live flows and the nat ports held towards it (per address and port too).
+    #[serde(default)]
+    pub flows: BackendFlows,
 }
 
 pub fn state_name(availability: Availability) -> &'static str {
@@ -92,7 +99,7 @@ pub fn table(status: &Status) -> String {
         let c = &vip.counters;
         let _ = writeln!(
             out,
-            "\nVIP {} {}/{} {} ({}): {} packets, {} new flows, {} rate-limited, {} dropped",
+            "\nVIP {} {}/{} {} ({}): {} packets, {} new flows, {} rate-limited, {} dropped, {} live flows ({})",
             vip.name,
             SocketAddr::new(vip.address, vip.port),
             vip.protocol,
@@ -102,6 +109,8 @@ pub fn table(status: &Status) -> String {
             c.new_flows,
             c.family_sum("lb_vip_rate_limited_packets"),
             c.family_sum("lb_vip_dropped_packets"),
+            vip.flows.total(),
+            vip.flows.named().filter(|(_, n)| *n > 0).map(|(s, n)| format!("{n} {s}")).collect::<Vec<_>>().join(", "),
         );
         if let Some(o) = &vip.outlier {
             let _ = writeln!(
@@ -112,20 +121,22 @@ pub fn table(status: &Status) -> String {
         }
         let _ = writeln!(
             out,
-            "  {:<42} {:<10} {:>5} {:>7} {:>7} {:>12} {:>10}",
-            "backend", "state", "level", "weight", "serving", "packets", "new flows"
+            "  {:<42} {:<10} {:>5} {:>7} {:>7} {:>12} {:>10} {:>8} {:>9}",
+            "backend", "state", "level", "weight", "serving", "packets", "new flows", "flows", "nat ports"
         );
         for b in &vip.backends {
             let _ = writeln!(
                 out,
-                "  {:<42} {:<10} {:>5} {:>7} {:>7} {:>12} {:>10}",
+                "  {:<42} {:<10} {:>5} {:>7} {:>7} {:>12} {:>10} {:>8} {:>9}",
                 format!("{} ({}/{})", b.address, b.region, b.zone),
                 b.state,
                 b.level,
                 b.weight,
                 b.serving_weight,
                 b.counters.packets,
-                b.counters.new_flows
+                b.counters.new_flows,
+                b.flows.flows,
+                b.flows.nat_ports
             );
         }
     }

@@ -19,6 +19,11 @@ pub trait MapWriter {
     fn remove_vip(&mut self, key: &VipKey) -> Result<()>;
     fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> Result<()>;
     fn remove_vip_addr(&mut self, key: &VipAddrKey) -> Result<()>;
+    /// Zeroes what the packet path keeps per VIP id, for a VIP that takes the id: counters
+    /// must not carry over from a VIP that had it before.
+    fn reset_vip(&mut self, id: u32) -> Result<()>;
+    /// Likewise per backend id: counters, and the cached next hop of the backend before.
+    fn reset_backend(&mut self, id: u32) -> Result<()>;
 }
 
 /// What an adopted program's maps hold, for a new controller to take over its ids and
@@ -96,7 +101,11 @@ impl Applied {
         }
         self.write_settings(&widened, maps)?;
         for (&id, backend) in &desired.backends {
-            if self.backends.get(&id) != Some(backend) {
+            let before = self.backends.get(&id);
+            if before != Some(backend) {
+                if before.is_none_or(|b| (b.addr, b.port, b.family) != (backend.addr, backend.port, backend.family)) {
+                    maps.reset_backend(id)?;
+                }
                 maps.set_backend(id, backend)?;
                 self.backends.insert(id, *backend);
                 report.backends_written += 1;
@@ -113,6 +122,7 @@ impl Applied {
                     (half, written)
                 }
                 None => {
+                    maps.reset_vip(vip.vip_id)?;
                     let written = write_table(maps, vip.vip_id, 0, desired.table_size, &[], &vip.table)?;
                     self.vips.insert(
                         *key,
@@ -252,6 +262,14 @@ mod tests {
             self.ops.push("remove vip addr".into());
             Ok(())
         }
+        fn reset_vip(&mut self, id: u32) -> Result<()> {
+            self.ops.push(format!("reset vip {id}"));
+            Ok(())
+        }
+        fn reset_backend(&mut self, id: u32) -> Result<()> {
+            self.ops.push(format!("reset backend {id}"));
+            Ok(())
+        }
     }
 
     fn config_with(backends: &[&str]) -> String {
@@ -282,7 +300,17 @@ mod tests {
         let report = Applied::default().sync(&t, &mut rec).expect("sync");
         assert_eq!(
             rec.ops,
-            ["settings", "backend 0 flags 3", "backend 1 flags 3", "slots", "vip offset 0", "vip addr 1"]
+            [
+                "settings",
+                "reset backend 0",
+                "backend 0 flags 3",
+                "reset backend 1",
+                "backend 1 flags 3",
+                "reset vip 0",
+                "slots",
+                "vip offset 0",
+                "vip addr 1"
+            ]
         );
         assert_eq!(report.slots_written, 211);
         assert_eq!(active_table(&rec, 211), t.vips.values().next().expect("vip").table);
@@ -297,7 +325,7 @@ mod tests {
         rec.ops.clear();
         let three = tables(&config_with(&["10.0.1.11", "10.0.1.12", "10.0.1.13"]), &mut ids);
         let report = applied.sync(&three, &mut rec).expect("sync");
-        assert_eq!(rec.ops, ["backend 2 flags 3", "slots", "vip offset 211"]);
+        assert_eq!(rec.ops, ["reset backend 2", "backend 2 flags 3", "slots", "vip offset 211"]);
         assert_eq!(active_table(&rec, 211), three.vips.values().next().expect("vip").table);
         assert_eq!(report.vips_switched, 1);
 
@@ -324,5 +352,24 @@ mod tests {
         let empty = "[balancer]\ninterfaces = [\"eth0\"]\nipv4 = \"10.0.0.1\"\nmaglev_table_size = 211\n";
         applied.sync(&tables(empty, &mut ids), &mut rec).expect("sync");
         assert_eq!(rec.ops, ["remove vip", "remove vip addr", "backend 0 flags 0", "settings"]);
+    }
+
+    #[test]
+    fn an_id_taken_by_another_vip_or_backend_starts_from_zero() {
+        let mut ids = IdAllocator::new(64, 4096);
+        let mut applied = Applied::default();
+        let mut rec = Recorder::default();
+        applied.sync(&tables(&config_with(&["10.0.1.11"]), &mut ids), &mut rec).expect("sync");
+        // The backend is replaced by another (which gets its id 0), the VIP by another.
+        let other = config_with(&["10.0.1.99"]).replace("10.100.0.1", "10.100.0.9");
+        rec.ops.clear();
+        applied.sync(&tables(&other, &mut ids), &mut rec).expect("sync");
+        assert!(rec.ops.contains(&"reset backend 0".to_owned()), "{:?}", rec.ops);
+        assert!(rec.ops.contains(&"reset vip 0".to_owned()), "{:?}", rec.ops);
+        // A backend whose flags change (drained) keeps its counters.
+        rec.ops.clear();
+        let drained = other.replace("address = \"10.0.1.99\"\n", "address = \"10.0.1.99\"\ndraining = true\n");
+        applied.sync(&tables(&drained, &mut ids), &mut rec).expect("sync");
+        assert!(!rec.ops.iter().any(|op| op.starts_with("reset")), "{:?}", rec.ops);
     }
 }

@@ -234,6 +234,7 @@ pub fn desired_with(
         hash_seed: balancer.hash_seed,
         nat_port_min: balancer.nat_port_min,
         nat_port_max: balancer.nat_port_max,
+        timeouts: balancer.flow_timeouts.to_map(),
         ..Default::default()
     };
     if let Some(v4) = balancer.ipv4 {

@@ -2,4 +2,5 @@
 
 pub mod lab;
 pub mod packet_env;
+pub mod packets;
 pub mod sites;

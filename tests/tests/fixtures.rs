@@ -3,198 +3,13 @@
 //! etherparse with freshly computed checksums, so equal bytes also prove that the
 //! program's incremental checksum updates are right.
 
-use std::net::Ipv6Addr;
-
 use anyhow::Result;
 use etherparse::{
-    Icmpv4Type, Icmpv6Type, IpHeaders, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder, VlanId,
-    icmpv4::DestUnreachableHeader,
+    Icmpv4Type, Icmpv6Type, IpNumber, Ipv6FlowLabel, Ipv6Header, PacketBuilder, VlanId, icmpv4::DestUnreachableHeader,
 };
-use lb_common::{
-    FAMILY_V4, FAMILY_V6, FlowKey, GlobalStats, PROTO_TCP, PROTO_UDP, SIGNAL_CONNECT_FAILED, SIGNAL_CONNECTED,
-    SIGNAL_HTTP_5XX, flow_hash,
-};
-use lb_tests::packet_env::{LB_MAC, PacketEnv, expect_bytes, neighbour_mac};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-
-const SEED: u32 = 42;
-const NAT_MIN: u16 = 20000;
-const NAT_MAX: u16 = 59999;
-
-const CONFIG: &str = r#"
-[balancer]
-interfaces = ["fx0"]
-ipv4 = "10.0.0.1"
-ipv6 = "fd00::1"
-pin_dir = "/sys/fs/bpf/lb-fixtures-unused"
-maglev_table_size = 1009
-max_vips = 8
-max_backends = 16
-flow_table_size = 1024
-hash_seed = 42
-nat_port_min = 20000
-nat_port_max = 59999
-
-[[vip]]
-name = "v4-tcp-nat"
-address = "10.100.0.1"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "10.0.1.11"
-port = 8080
-
-[[vip]]
-name = "v4-udp-nat"
-address = "10.100.0.1"
-port = 53
-protocol = "udp"
-[[vip.backend]]
-address = "10.0.1.12"
-port = 5353
-
-[[vip]]
-name = "v4-tcp-dsr"
-address = "10.100.0.2"
-port = 80
-protocol = "tcp"
-mode = "dsr"
-[[vip.backend]]
-address = "10.0.1.13"
-
-[[vip]]
-name = "v6-tcp-nat"
-address = "fd00:100::1"
-port = 80
-protocol = "tcp"
-[[vip.backend]]
-address = "fd00::1:11"
-port = 8080
-
-[[vip]]
-name = "v6-udp-dsr"
-address = "fd00:100::2"
-port = 9000
-protocol = "udp"
-mode = "dsr"
-[[vip.backend]]
-address = "fd00::1:13"
-"#;
-
-const NEIGHBOURS: &[&str] = &["10.0.0.2", "10.0.1.11", "10.0.1.12", "10.0.1.13", "fd00::2", "fd00::1:11", "fd00::1:13"];
-
-const CLIENT4: [u8; 4] = [10, 0, 0, 2];
-const LB4: [u8; 4] = [10, 0, 0, 1];
-const VIP4: [u8; 4] = [10, 100, 0, 1];
-const VIP4_DSR: [u8; 4] = [10, 100, 0, 2];
-const BACKEND4: [u8; 4] = [10, 0, 1, 11];
-const BACKEND4_UDP: [u8; 4] = [10, 0, 1, 12];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 2];
-const CPORT: u16 = 40000;
-const PAYLOAD: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
-
-fn v6(s: &str) -> [u8; 16] {
-    s.parse::<Ipv6Addr>().expect("ipv6 literal").octets()
-}
-
-fn addr16(v4: [u8; 4]) -> [u8; 16] {
-    let mut a = [0; 16];
-    a[..4].copy_from_slice(&v4);
-    a
-}
-
-/// The balancer-side port the program picks for a new nat flow (first candidate).
-fn nat_port(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, proto: u8, family: u8) -> u16 {
-    let flow = FlowKey { src, dst, sport, dport, proto, family, _pad: [0; 2] };
-    let span = (NAT_MAX - NAT_MIN) as u32 + 1;
-    (NAT_MIN as u32 + flow_hash(&flow, !SEED) % span) as u16
-}
-
-fn write(builder: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    let mut out = Vec::new();
-    builder(&mut out);
-    out
-}
-
-fn tcp4(smac: [u8; 6], dmac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
-    write(|out| {
-        let b = PacketBuilder::ethernet2(smac, dmac).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240);
-        let b = if syn { b.syn() } else { b.ack(2000) };
-        b.write(out, PAYLOAD).expect("build tcp4");
-    })
-}
-
-fn udp4(smac: [u8; 6], dmac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    write(|out| {
-        PacketBuilder::ethernet2(smac, dmac)
-            .ipv4(src, dst, 64)
-            .udp(sport, dport)
-            .write(out, b"query")
-            .expect("build udp4")
-    })
-}
-
-fn tcp6(smac: [u8; 6], dmac: [u8; 6], src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
-    write(|out| {
-        PacketBuilder::ethernet2(smac, dmac)
-            .ipv6(src, dst, 64)
-            .tcp(sport, dport, 1000, 64240)
-            .syn()
-            .write(out, PAYLOAD)
-            .expect("build tcp6")
-    })
-}
-
-fn udp6(smac: [u8; 6], dmac: [u8; 6], src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16) -> Vec<u8> {
-    write(|out| {
-        PacketBuilder::ethernet2(smac, dmac)
-            .ipv6(src, dst, 64)
-            .udp(sport, dport)
-            .write(out, b"query")
-            .expect("build udp6")
-    })
-}
-
-/// An IPv4 TCP packet with the given header tweaks (options, fragment bits).
-fn tcp4_with(dst: [u8; 4], tweak: impl FnOnce(&mut Ipv4Header)) -> Vec<u8> {
-    let mut ip = Ipv4Header::new(0, 64, IpNumber::TCP, CLIENT4, dst).expect("ipv4 header");
-    tweak(&mut ip);
-    write(|out| {
-        PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
-            .ip(IpHeaders::Ipv4(ip, Default::default()))
-            .tcp(CPORT, 80, 1000, 64240)
-            .syn()
-            .write(out, PAYLOAD)
-            .expect("build tweaked tcp4")
-    })
-}
-
-struct Fixtures {
-    env: PacketEnv,
-}
-
-impl Fixtures {
-    fn new(tag: &str) -> Self {
-        Self { env: PacketEnv::new(tag, CONFIG, NEIGHBOURS).expect("fixture environment") }
-    }
-
-    /// Runs one case: `input` must give `verdict`, and (for TX and PASS) exactly `want`.
-    fn case(&mut self, name: &str, input: &[u8], verdict: u32, want: Option<&[u8]>) -> Result<()> {
-        let (got_verdict, got) = self.env.run("xdp_lb", input)?;
-        anyhow::ensure!(got_verdict == verdict, "{name}: verdict {got_verdict}, want {verdict}");
-        if let Some(want) = want {
-            expect_bytes(name, &got, want)?;
-        }
-        Ok(())
-    }
-
-    fn global(&self) -> GlobalStats {
-        self.env.dataplane.global_stats().expect("global stats")
-    }
-}
+use lb_common::{FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, SIGNAL_CONNECT_FAILED, SIGNAL_CONNECTED, SIGNAL_HTTP_5XX};
+use lb_tests::packet_env::{LB_MAC, PacketEnv, neighbour_mac};
+use lb_tests::packets::*;
 
 #[test]
 fn nat_ipv4_tcp_forward_and_reply() -> Result<()> {
@@ -275,14 +90,6 @@ fn ipv6_nat_tcp_and_dsr_udp() -> Result<()> {
     let query = udp6(CLIENT_MAC, LB_MAC, client, dsr_vip, CPORT, 9000);
     let want = udp6(LB_MAC, neighbour_mac(0x13), client, dsr_vip, CPORT, 9000);
     f.case("v6 udp to dsr vip", &query, XDP_TX, Some(&want))
-}
-
-/// The packet a router quotes in an ICMP error: the first 28 (v4) bytes of what it dropped.
-fn quoted_v4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    let full = write(|out| {
-        PacketBuilder::ipv4(src, dst, 63).tcp(sport, dport, 5000, 64240).ack(1001).write(out, PAYLOAD).expect("quoted")
-    });
-    full[..28].to_vec()
 }
 
 #[test]
@@ -414,61 +221,6 @@ fn unusual_packets_are_passed_or_dropped_on_purpose_and_counted() -> Result<()> 
     Ok(())
 }
 
-/// The balancer section of [`CONFIG`], then a dsr TCP VIP (id 0, 10.100.0.2:80) and a nat
-/// UDP VIP (id 1, 10.100.0.1:53), both with the rate-limit tables `limits`.
-fn limited(limits: &str) -> String {
-    let balancer = CONFIG.split("[[vip]]").next().expect("balancer section");
-    format!(
-        r#"{balancer}
-[[vip]]
-name = "limited-tcp"
-address = "10.100.0.2"
-port = 80
-mode = "dsr"
-{limits}
-[[vip.backend]]
-address = "10.0.1.13"
-
-[[vip]]
-name = "limited-udp"
-address = "10.100.0.1"
-port = 53
-protocol = "udp"
-{limits}
-[[vip.backend]]
-address = "10.0.1.12"
-port = 5353
-"#
-    )
-}
-
-const LIMITED_TCP: u32 = 0;
-const LIMITED_UDP: u32 = 1;
-
-impl Fixtures {
-    fn with_limits(tag: &str, limits: &str) -> Self {
-        Self { env: PacketEnv::new(tag, &limited(limits), NEIGHBOURS).expect("fixture environment") }
-    }
-
-    /// The verdicts of a TCP packet from `client`:`port` to the limited dsr VIP.
-    fn tcp(&mut self, client: [u8; 4], port: u16, syn: bool) -> Result<u32> {
-        Ok(self.env.run("xdp_lb", &tcp4(CLIENT_MAC, LB_MAC, client, VIP4_DSR, port, 80, syn))?.0)
-    }
-
-    /// The verdicts of SYNs from `client` on each of `ports`.
-    fn syns(&mut self, client: [u8; 4], ports: std::ops::Range<u16>) -> Result<Vec<u32>> {
-        ports.map(|port| self.tcp(client, port, true)).collect()
-    }
-
-    fn udp(&mut self, port: u16) -> Result<u32> {
-        Ok(self.env.run("xdp_lb", &udp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, port, 53))?.0)
-    }
-
-    fn vip(&self, vip_id: u32) -> lb_common::VipStats {
-        self.env.dataplane.vip_stats(vip_id).expect("vip stats")
-    }
-}
-
 /// A bucket that refills one token an hour: within a test, it only empties.
 const HOURLY: &str = r#"fill_interval = "1h""#;
 
@@ -554,20 +306,6 @@ fn limits_change_with_the_config_without_reloading_the_program() -> Result<()> {
 /// [`CONFIG`]'s IPv4 nat TCP VIP with outlier detection on, as an HTTP VIP.
 fn watched() -> String {
     CONFIG.replacen("protocol = \"tcp\"\n", "protocol = \"tcp\"\nhttp = true\noutlier_detection = {}\n", 1)
-}
-
-/// A TCP segment from the v4 nat backend to the balancer's `port`, with `flags` set by
-/// `tweak` and `payload`.
-fn from_backend(port: u16, payload: &[u8], tweak: impl FnOnce(&mut etherparse::TcpHeader)) -> Vec<u8> {
-    let mut tcp = etherparse::TcpHeader::new(8080, port, 7000, 64240);
-    tweak(&mut tcp);
-    write(|out| {
-        PacketBuilder::ethernet2(neighbour_mac(11), LB_MAC)
-            .ipv4(BACKEND4, LB4, 64)
-            .tcp_header(tcp)
-            .write(out, payload)
-            .expect("backend segment")
-    })
 }
 
 #[test]

@@ -13,8 +13,12 @@ use aya::{
 use lb_common::*;
 use tracing::{debug, info, warn};
 
+mod flows;
+
 use crate::config::{BalancerConfig, XdpModeSetting};
+use crate::flows::{FlowSummary, sweep};
 use crate::sync::{Existing, MapWriter};
+use flows::FlowTables;
 
 /// Map sizes chosen at load time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +82,8 @@ pub struct Dataplane {
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
     global_stats: PerCpuArray<MapData, GlobalStats>,
+    next_hops: PerCpuArray<MapData, NextHop>,
+    flow_tables: FlowTables,
     logger: Option<PacketLogger>,
     health_signals: Option<HealthSignals>,
     pin_dir: Option<PathBuf>,
@@ -128,6 +134,7 @@ impl Dataplane {
             .map_max_entries(MAP_BACKENDS, sizes.max_backends)
             .map_max_entries(MAP_BACKEND_STATS, sizes.max_backends)
             .map_max_entries(MAP_NEXT_HOPS, sizes.max_backends)
+            .map_max_entries(MAP_NAT_PORT_CURSORS, sizes.max_backends)
             .map_max_entries(MAP_MAGLEV, maglev_slots)
             .map_max_entries(MAP_FLOWS, sizes.flow_entries)
             .map_max_entries(MAP_NAT, sizes.flow_entries)
@@ -176,6 +183,8 @@ impl Dataplane {
             vip_stats: take(&mut ebpf, MAP_VIP_STATS)?,
             backend_stats: take(&mut ebpf, MAP_BACKEND_STATS)?,
             global_stats: take(&mut ebpf, MAP_GLOBAL_STATS)?,
+            next_hops: take(&mut ebpf, MAP_NEXT_HOPS)?,
+            flow_tables: FlowTables { flows: take(&mut ebpf, MAP_FLOWS)?, nat: take(&mut ebpf, MAP_NAT)? },
             health_signals: Some(HealthSignals(take(&mut ebpf, MAP_HEALTH_SIGNALS)?)),
             ebpf: Some(ebpf),
             logger,
@@ -237,6 +246,11 @@ impl Dataplane {
             vip_stats: open_pinned(pin_dir, MAP_VIP_STATS, Map::PerCpuArray)?,
             backend_stats: open_pinned(pin_dir, MAP_BACKEND_STATS, Map::PerCpuArray)?,
             global_stats: open_pinned(pin_dir, MAP_GLOBAL_STATS, Map::PerCpuArray)?,
+            next_hops: open_pinned(pin_dir, MAP_NEXT_HOPS, Map::PerCpuArray)?,
+            flow_tables: FlowTables {
+                flows: open_pinned(pin_dir, MAP_FLOWS, Map::HashMap)?,
+                nat: open_pinned(pin_dir, MAP_NAT, Map::HashMap)?,
+            },
             health_signals: Some(HealthSignals(open_pinned(pin_dir, MAP_HEALTH_SIGNALS, Map::RingBuf)?)),
             logger,
             pin_dir: Some(pin_dir.to_owned()),
@@ -338,6 +352,46 @@ impl Dataplane {
     pub fn global_stats(&self) -> Result<GlobalStats> {
         sum_over_cpus(&self.global_stats, 0)
     }
+
+    /// Removes the entries of connections that are over (the packet path's clock is
+    /// CLOCK_MONOTONIC_COARSE) and counts the others. An entry that changed since it was
+    /// read is kept: a packet came, its connection is alive.
+    pub fn sweep_flows(&mut self, timeouts: &FlowTimeouts) -> Result<SweepReport> {
+        let (flows, nat) = self.flow_tables.read()?;
+        let found = sweep(&flows, &nat, coarse_now_ns(), timeouts);
+        let mut report = SweepReport { summary: found.summary, ..Default::default() };
+        let mut kept = std::collections::HashSet::new();
+        for (key, seen) in &found.over_flows {
+            if self.flow_tables.remove_flow_if(key, seen) {
+                report.flows_removed += 1;
+            } else {
+                kept.insert(*key);
+            }
+        }
+        for (key, seen) in &found.over_nat {
+            // The reverse entry of a flow entry that came alive stays with it.
+            if !kept.contains(&seen.client) && self.flow_tables.remove_nat_if(key, seen) {
+                report.nat_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What a sweep of the flow tables did and found.
+#[derive(Debug, Default)]
+pub struct SweepReport {
+    pub flows_removed: usize,
+    pub nat_removed: usize,
+    pub summary: FlowSummary,
+}
+
+/// The packet path's clock.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: plain syscall (vDSO) on a valid struct.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The counters at `index` of a per-CPU map, summed over CPUs.
@@ -370,6 +424,20 @@ impl MapWriter for Dataplane {
     fn remove_vip_addr(&mut self, key: &VipAddrKey) -> Result<()> {
         Ok(self.vip_addrs.remove(key)?)
     }
+    fn reset_vip(&mut self, id: u32) -> Result<()> {
+        zero_per_cpu(&mut self.vip_stats, id)
+    }
+    fn reset_backend(&mut self, id: u32) -> Result<()> {
+        zero_per_cpu(&mut self.backend_stats, id)?;
+        zero_per_cpu(&mut self.next_hops, id)
+    }
+}
+
+/// Sets every CPU's value at `index` to the default (zero).
+fn zero_per_cpu<T: aya::Pod + Default>(map: &mut PerCpuArray<MapData, T>, index: u32) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+    let zeros = aya::maps::PerCpuValues::try_from(vec![T::default(); cpus])?;
+    Ok(map.set(index, zeros, 0)?)
 }
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.

@@ -1,0 +1,103 @@
+//! The flow and nat tables as the controller's sweep sees them: read whole in batches,
+//! and entries removed only if they did not change since they were read.
+
+use std::os::fd::{AsFd as _, AsRawFd as _};
+
+use anyhow::{Context as _, Result};
+use aya::Pod;
+use aya::maps::{HashMap, IterableMap, MapData};
+use lb_common::{FlowKey, FlowState, NatState};
+
+/// `BPF_MAP_LOOKUP_BATCH` (linux/bpf.h).
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+/// Entries asked for per batch; a hash bucket never holds more.
+const BATCH: usize = 4096;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Every entry of a hash map, a batch per syscall (aya reads entries one at a time, two
+/// syscalls each, which is slow for a table of a million flows).
+pub fn dump<K: Pod, V: Pod>(map: &MapData) -> Result<Vec<(K, V)>> {
+    let mut entries = Vec::new();
+    let (mut keys, mut values) = (vec![K::zeroed(); BATCH], vec![V::zeroed(); BATCH]);
+    // The hash map's batch token: a bucket index.
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &token_in as *const u64 as u64 },
+            out_batch: &mut token_out as *mut u64 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: map.fd().as_fd().as_raw_fd() as u32,
+            ..Default::default()
+        };
+        // SAFETY: the attr points at buffers of `count` keys and values, alive for the call.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>())
+        };
+        let error = (rc < 0).then(std::io::Error::last_os_error);
+        let n = attr.count as usize;
+        entries.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        match error {
+            None => {}
+            // The end of the map (with the last entries in this batch).
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(entries),
+            Some(e) => return Err(e).context("reading a map in batches (BPF_MAP_LOOKUP_BATCH)"),
+        }
+        token_in = token_out;
+        first = false;
+    }
+}
+
+trait Zeroed {
+    fn zeroed() -> Self;
+}
+
+impl<T: Pod> Zeroed for T {
+    fn zeroed() -> Self {
+        // SAFETY: `Pod` types are plain integers, for which zero is valid.
+        unsafe { std::mem::zeroed() }
+    }
+}
+
+/// The flow table and the nat table.
+pub struct FlowTables {
+    pub flows: HashMap<MapData, FlowKey, FlowState>,
+    pub nat: HashMap<MapData, FlowKey, NatState>,
+}
+
+impl FlowTables {
+    /// Every flow entry and every reverse entry.
+    pub fn read(&self) -> Result<(Vec<(FlowKey, FlowState)>, Vec<(FlowKey, NatState)>)> {
+        Ok((dump(self.flows.map())?, dump(self.nat.map())?))
+    }
+
+    /// Removes the flow entry `key` if it still holds `seen` (a packet since the sweep read
+    /// it means its connection is alive after all). Returns whether it was removed.
+    pub fn remove_flow_if(&mut self, key: &FlowKey, seen: &FlowState) -> bool {
+        remove_if(&mut self.flows, key, seen)
+    }
+
+    /// Likewise for the reverse entry `key`.
+    pub fn remove_nat_if(&mut self, key: &FlowKey, seen: &NatState) -> bool {
+        remove_if(&mut self.nat, key, seen)
+    }
+}
+
+fn remove_if<V: Pod + PartialEq>(map: &mut HashMap<MapData, FlowKey, V>, key: &FlowKey, seen: &V) -> bool {
+    matches!(map.get(key, 0), Ok(now) if now == *seen) && map.remove(key).is_ok()
+}
