@@ -24,7 +24,6 @@
 //! other packet wakes it up). The lab therefore attaches `xdp_pass` to `plb`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -41,6 +40,8 @@ use aya::programs::XdpMode;
 use lb_common::PROG_PASS;
 use lb_userspace::dataplane::{Dataplane, MapSizes};
 use nix::sched::{CloneFlags, setns};
+
+pub use crate::lab_config::{LabConfig, VipSpec, lb_config};
 
 pub const LB_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const LB_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
@@ -795,145 +796,6 @@ pub fn tally(names: impl IntoIterator<Item = String>) -> BTreeMap<String, usize>
     counts
 }
 
-/// A VIP of the generated config.
-#[derive(Clone, Debug)]
-pub struct VipSpec {
-    pub name: String,
-    pub address: IpAddr,
-    pub port: u16,
-    pub protocol: &'static str,
-    pub mode: &'static str,
-    /// (backend index in the lab, weight)
-    pub backends: Vec<(usize, u32)>,
-}
-
-impl VipSpec {
-    pub fn new(
-        name: &str,
-        address: IpAddr,
-        port: u16,
-        protocol: &'static str,
-        mode: &'static str,
-        backends: Vec<(usize, u32)>,
-    ) -> Self {
-        Self { name: name.to_owned(), address, port, protocol, mode, backends }
-    }
-}
-
-/// The balancer's config for this lab: [`render_config`] with the lab's pin directory and
-/// backend indexes resolved to addresses (of the VIP's family) and locality labels.
-pub fn lb_config(lab: &Lab, vips: &[VipSpec]) -> String {
-    lb_config_for(lab, (LB_V4, LB_V6), &lab.pin_dir(), vips)
-}
-
-/// [`lb_config`] for a balancer with addresses `own` and maps pinned at `pin_dir`.
-pub fn lb_config_for(lab: &Lab, own: (Ipv4Addr, Ipv6Addr), pin_dir: &std::path::Path, vips: &[VipSpec]) -> String {
-    let vips: Vec<ConfigVip> = vips
-        .iter()
-        .map(|vip| ConfigVip {
-            name: vip.name.clone(),
-            address: vip.address,
-            port: vip.port,
-            protocol: vip.protocol.to_owned(),
-            mode: vip.mode.to_owned(),
-            backends: vip
-                .backends
-                .iter()
-                .map(|&(index, weight)| {
-                    let b = &lab.backends[index];
-                    ConfigBackend {
-                        address: b.addr(vip.address.is_ipv6()),
-                        port: None,
-                        weight,
-                        region: b.spec.region.clone(),
-                        zone: b.spec.zone.clone(),
-                    }
-                })
-                .collect(),
-        })
-        .collect();
-    render_config_for(own, pin_dir, &vips)
-}
-
-/// A `[[vip]]` of a generated config.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigVip {
-    pub name: String,
-    pub address: IpAddr,
-    pub port: u16,
-    /// `tcp` or `udp`.
-    pub protocol: String,
-    /// `nat` or `dsr`.
-    pub mode: String,
-    pub backends: Vec<ConfigBackend>,
-}
-
-/// A `[[vip.backend]]` of a generated config.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigBackend {
-    pub address: IpAddr,
-    /// Left out (the VIP's port) when `None`.
-    pub port: Option<u16>,
-    pub weight: u32,
-    pub region: String,
-    pub zone: String,
-}
-
-/// A TOML string literal (quotes and escapes).
-fn toml_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A controller config for the lab's balancer: interface `eth0` in driver mode, the lab's
-/// balancer addresses ([`LB_V4`], [`LB_V6`]) as NAT sources, maps pinned at `pin_dir`.
-pub fn render_config(pin_dir: &std::path::Path, vips: &[ConfigVip]) -> String {
-    render_config_for((LB_V4, LB_V6), pin_dir, vips)
-}
-
-/// [`render_config`] for a balancer with addresses `own` (see [`Lab::add_balancer`]).
-pub fn render_config_for(own: (Ipv4Addr, Ipv6Addr), pin_dir: &std::path::Path, vips: &[ConfigVip]) -> String {
-    let mut out = String::from("[balancer]\ninterfaces = [\"eth0\"]\nxdp_mode = \"driver\"\n");
-    let _ = writeln!(out, "ipv4 = {}\nipv6 = {}", toml_str(&own.0.to_string()), toml_str(&own.1.to_string()));
-    let _ = writeln!(out, "pin_dir = {}\nmaglev_table_size = 65537", toml_str(&pin_dir.display().to_string()));
-    for vip in vips {
-        let _ = writeln!(
-            out,
-            "\n[[vip]]\nname = {}\naddress = {}",
-            toml_str(&vip.name),
-            toml_str(&vip.address.to_string())
-        );
-        let _ = writeln!(
-            out,
-            "port = {}\nprotocol = {}\nmode = {}",
-            vip.port,
-            toml_str(&vip.protocol),
-            toml_str(&vip.mode)
-        );
-        for b in &vip.backends {
-            let _ = writeln!(out, "\n[[vip.backend]]\naddress = {}", toml_str(&b.address.to_string()));
-            if let Some(port) = b.port {
-                let _ = writeln!(out, "port = {port}");
-            }
-            let _ =
-                writeln!(out, "weight = {}\nregion = {}\nzone = {}", b.weight, toml_str(&b.region), toml_str(&b.zone));
-        }
-    }
-    out
-}
-
 /// The `lb run` process inside the lab's balancer namespace.
 pub struct LbProcess {
     child: Child,
@@ -965,15 +827,20 @@ pub fn lb_bin() -> PathBuf {
 }
 
 impl LbProcess {
-    pub fn start(lab: &Lab, config: &str) -> Result<Self> {
+    pub fn start(lab: &Lab, config: &(impl std::fmt::Display + ?Sized)) -> Result<Self> {
         Self::start_in(&lab.lb, &lab.prefix, lab.pin_dir(), config)
     }
 
     /// `lb run` in the balancer namespace `ns`, its config written under the name `name`;
     /// `pin_dir` is the config's (removed when this is dropped).
-    pub fn start_in(ns: &Netns, name: &str, pin_dir: PathBuf, config: &str) -> Result<Self> {
+    pub fn start_in(
+        ns: &Netns,
+        name: &str,
+        pin_dir: PathBuf,
+        config: &(impl std::fmt::Display + ?Sized),
+    ) -> Result<Self> {
         let config_path = std::env::temp_dir().join(format!("{name}.toml"));
-        std::fs::write(&config_path, config)?;
+        std::fs::write(&config_path, config.to_string())?;
         // nsenter switches only the network namespace: `ip netns exec` would also remount
         // /sys and with it bpffs, hiding the pinned maps.
         let mut command = Command::new("nsenter");
@@ -1079,8 +946,8 @@ impl LbProcess {
     }
 
     /// Replaces the config and reloads it with SIGHUP.
-    pub fn reload(&mut self, config: &str) -> Result<()> {
-        std::fs::write(&self.config_path, config)?;
+    pub fn reload(&mut self, config: &(impl std::fmt::Display + ?Sized)) -> Result<()> {
+        std::fs::write(&self.config_path, config.to_string())?;
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)?;
         self.wait_for("config applied", Duration::from_secs(30))
@@ -1241,63 +1108,5 @@ mod tests {
         let b = unique_prefix("e2flow");
         assert_ne!(a, b);
         assert!(a.starts_with(&format!("e2flow-{}-", std::process::id())), "{a}");
-    }
-
-    #[test]
-    fn generated_config_is_accepted_by_the_controller() {
-        let vips = vec![
-            ConfigVip {
-                name: "web-v4".into(),
-                address: IpAddr::V4(VIP_V4),
-                port: HTTP_PORT,
-                protocol: "tcp".into(),
-                mode: "nat".into(),
-                backends: vec![
-                    ConfigBackend {
-                        address: "10.0.1.11".parse().unwrap(),
-                        port: None,
-                        weight: 1,
-                        region: "r1".into(),
-                        zone: "z1".into(),
-                    },
-                    ConfigBackend {
-                        address: "10.0.1.12".parse().unwrap(),
-                        port: Some(8080),
-                        weight: 4,
-                        region: "r1".into(),
-                        zone: "zone \"2\"".into(),
-                    },
-                ],
-            },
-            ConfigVip {
-                name: "dns6".into(),
-                address: IpAddr::V6(VIP_V6),
-                port: UDP_PORT,
-                protocol: "udp".into(),
-                mode: "dsr".into(),
-                backends: vec![ConfigBackend {
-                    address: "fd00::1:11".parse().unwrap(),
-                    port: None,
-                    weight: 2,
-                    region: "r2".into(),
-                    zone: "z1".into(),
-                }],
-            },
-        ];
-        let text = render_config(std::path::Path::new("/sys/fs/bpf/ut-test"), &vips);
-        let config = lb_userspace::config::parse(&text, "generated").unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(config.balancer.interfaces, vec!["eth0".to_owned()]);
-        assert_eq!(config.balancer.ipv4, Some(LB_V4));
-        assert_eq!(config.balancer.ipv6, Some(LB_V6));
-        assert_eq!(config.balancer.pin_dir, PathBuf::from("/sys/fs/bpf/ut-test"));
-        assert_eq!(config.vips.len(), 2);
-        assert_eq!(config.vips[0].name, "web-v4");
-        assert_eq!(config.vips[0].backends[0].port, HTTP_PORT, "defaults to the VIP's port");
-        assert_eq!(config.vips[0].backends[1].port, 8080);
-        assert_eq!(config.vips[0].backends[1].weight, 4);
-        assert_eq!(config.vips[0].backends[1].zone, "zone \"2\"", "quotes escaped");
-        assert_eq!(config.vips[1].mode, lb_userspace::config::ForwardingMode::Dsr);
-        assert_eq!(config.vips[1].protocol, lb_userspace::config::Protocol::Udp);
-        assert_eq!(config.vips[1].backends[0].address, "fd00::1:11".parse::<IpAddr>().unwrap());
     }
 }

@@ -1,6 +1,7 @@
 //! Test support: the netns lab, and the environment for packet fixtures and benchmarks.
 
 pub mod lab;
+pub mod lab_config;
 pub mod packet_env;
 pub mod packets;
 pub mod sites;

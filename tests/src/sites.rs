@@ -26,7 +26,7 @@ use hickory_server::proto::rr::{Name, RData, RecordType};
 use lb_userspace::status::Status;
 
 use crate::lab::{
-    BackendSpec, HTTP_PORT, LB_V4, LB_V6, Lab, LbProcess, Netns, VIP_V4, VipSpec, backends_across, lb_config_for,
+    BackendSpec, HTTP_PORT, LB_V4, LB_V6, Lab, LabConfig, LbProcess, Netns, VIP_V4, VipSpec, backends_across,
     require_tool,
 };
 
@@ -119,16 +119,12 @@ fn site_config(
         timing.unhealthy_threshold
     );
     let health = spec.vip_health.map_or_else(|| format!("health_check = {{ {check} }}"), str::to_owned);
-    let mut config = lb_config_for(lab, own, &site_pins(lab, site), &[vip]).replacen(
-        "mode = \"nat\"\n",
-        &format!("mode = \"nat\"\n{health}\n"),
-        1,
-    );
+    let mut config = LabConfig::new(lab, own, &site_pins(lab, site), &[vip]).vip(&format!("web-{site}"), &health);
     if let Some((region, zone)) = spec.locality {
-        config = config.replacen("[balancer]\n", &format!("[balancer]\nregion = \"{region}\"\nzone = \"{zone}\"\n"), 1);
+        config = config.balancer(&format!("region = \"{region}\"\nzone = \"{zone}\""));
     }
     if let Some(slots) = spec.maglev_table_size {
-        config = config.replacen("maglev_table_size = 65537", &format!("maglev_table_size = {slots}"), 1);
+        config = config.balancer(&format!("maglev_table_size = {slots}"));
     }
     let mut dns = String::new();
     let _ = write!(
@@ -154,9 +150,7 @@ fn site_config(
          [[dns.zone.policy]]\nname = \"www\"\ntype = \"A\"\nttl = {}\nprimary = [\"site-a\"]\nbackup = [[\"site-b\"]]\n\n",
         timing.ttl
     );
-    // Before `[balancer]`: the generated config ends inside its last `[[vip.backend]]`.
-    config.insert_str(0, &dns);
-    config
+    config.merge(&dns).to_string()
 }
 
 impl TwoSites {

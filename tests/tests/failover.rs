@@ -9,13 +9,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use lb_tests::lab::{LINE_PORT, Lab, LbProcess, LineConnection, VIP_V4, VipSpec, backends_across, lb_config, tally};
+use lb_tests::lab::{
+    LINE_PORT, Lab, LabConfig, LbProcess, LineConnection, VIP_V4, VipSpec, backends_across, lb_config, tally,
+};
 
 const DETECTION_WAIT: Duration = Duration::from_secs(20);
 
 /// A nat VIP on the line port over every backend of `lab`, with `extra` keys in its
 /// `[[vip]]` table; the balancer is in region r1, zone z1.
-fn config(lab: &Lab, extra: &str) -> String {
+fn config(lab: &Lab, extra: &str) -> LabConfig {
     let vip = VipSpec::new(
         "line",
         IpAddr::V4(VIP_V4),
@@ -24,11 +26,7 @@ fn config(lab: &Lab, extra: &str) -> String {
         "nat",
         (0..lab.backends.len()).map(|i| (i, 1)).collect(),
     );
-    lb_config(lab, &[vip]).replacen("[balancer]\n", "[balancer]\nregion = \"r1\"\nzone = \"z1\"\n", 1).replacen(
-        "mode = \"nat\"\n",
-        &format!("mode = \"nat\"\n{extra}\n"),
-        1,
-    )
+    lb_config(lab, &[vip]).balancer("region = \"r1\"\nzone = \"z1\"").vip("line", extra)
 }
 
 fn vip() -> SocketAddr {

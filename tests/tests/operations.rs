@@ -21,7 +21,7 @@ fn config(lab: &Lab, vips: &[(&str, u16, &'static str)]) -> String {
         .iter()
         .map(|&(name, port, protocol)| VipSpec::new(name, IpAddr::V4(VIP_V4), port, protocol, "nat", backends.clone()))
         .collect();
-    lb_config(lab, &vips)
+    lb_config(lab, &vips).to_string()
 }
 
 /// `GET path` on the admin interface (default address) from the balancer's namespace.

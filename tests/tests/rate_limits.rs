@@ -43,8 +43,7 @@ fn limited_lab(tag: &str, limits: &str) -> Result<(Lab, LbProcess)> {
         ])?;
     }
     let vip = VipSpec::new("line", IpAddr::V4(VIP_V4), LINE_PORT, "tcp", "nat", (0..4).map(|i| (i, 1)).collect());
-    let config = lb_config(&lab, &[vip]);
-    let config = config.replacen("mode = \"nat\"\n", &format!("mode = \"nat\"\n{limits}\n"), 1);
+    let config = lb_config(&lab, &[vip]).vip("line", limits);
     let lb = LbProcess::start(&lab, &config)?;
     Ok((lab, lb))
 }

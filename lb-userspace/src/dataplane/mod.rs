@@ -164,7 +164,7 @@ impl Dataplane {
         for name in [PROG_LB, PROG_PASS, PROG_DROP, PROG_MAC_SWAP] {
             let program: &mut Xdp =
                 ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
-            program.load().with_context(|| format!("verifier rejected {name}"))?;
+            load_program(program).with_context(|| format!("verifier rejected {name}"))?;
         }
         if let Some(dir) = pin_dir {
             let path = program_pin(dir);
@@ -438,6 +438,25 @@ fn zero_per_cpu<T: aya::Pod + Default>(map: &mut PerCpuArray<MapData, T>, index:
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
     let zeros = aya::maps::PerCpuValues::try_from(vec![T::default(); cpus])?;
     Ok(map.set(index, zeros, 0)?)
+}
+
+/// How often a program load that the kernel interrupted (EAGAIN: a signal arrived while the
+/// verifier ran) is tried again, as libbpf does.
+const LOAD_ATTEMPTS: u32 = 5;
+
+fn load_program(program: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
+    let mut attempt = 1;
+    loop {
+        match program.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                debug!(attempt, "program load interrupted, trying again");
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.

@@ -1052,10 +1052,9 @@ fn ejection_latency() -> Result<()> {
     let lab = Lab::build("lbb-ej", backends_across(1, 1, 4), false)?;
     let vip =
         VipSpec::new("web", std::net::IpAddr::V4(VIP_V4), HTTP_PORT, "tcp", "nat", (0..4).map(|i| (i, 1)).collect());
-    let config = lb_config(&lab, &[vip]).replacen(
-        "mode = \"nat\"\n",
-        "mode = \"nat\"\noutlier_detection = { consecutive_5xx = 1, interval = \"200ms\", base_ejection_time = \"500ms\", max_ejection_time = \"500ms\" }\n",
-        1,
+    let config = lb_config(&lab, &[vip]).vip(
+        "web",
+        "outlier_detection = { consecutive_5xx = 1, interval = \"200ms\", base_ejection_time = \"500ms\", max_ejection_time = \"500ms\" }",
     );
     let mut lb = LbProcess::start(&lab, &config)?;
     let vips_pin = lab.pin_dir().join(lb_common::MAP_VIPS);
@@ -1111,7 +1110,7 @@ fn ejection_latency() -> Result<()> {
 fn dns_site_config(lab: &lb_tests::lab::Lab, port: u16) -> String {
     use lb_tests::lab::{HTTP_PORT, VIP_V4, VipSpec, lb_config};
     let vip = VipSpec::new("web", std::net::IpAddr::V4(VIP_V4), HTTP_PORT, "tcp", "nat", vec![(0, 1)]);
-    format!(
+    let dns = format!(
         r#"[dns]
 listen = ["127.0.0.1:{port}"]
 
@@ -1140,10 +1139,9 @@ type = "A"
 ttl = 30
 primary = ["site-a"]
 backup = [["site-b"]]
-
-{}"#,
-        lb_config(lab, &[vip])
-    )
+"#
+    );
+    lb_config(lab, &[vip]).merge(&dns).to_string()
 }
 
 /// gdnsd's config directory for the same zone: a simplefo record checked by tcp_connect.

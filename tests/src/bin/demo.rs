@@ -67,7 +67,7 @@ fn demo(opts: Options) -> Result<()> {
     let config = lab::lb_config(&lab, &vips);
     println!("starting `lb run` in namespace {}", lab.lb.name());
     let lb = LbProcess::start(&lab, &config)?;
-    println!("config ({}):\n{}", lb.config_path().display(), indent(&config));
+    println!("config ({}):\n{}", lb.config_path().display(), indent(&config.to_string()));
 
     let pins = lab.pin_dir();
     println!("while the balancer runs, its maps can be read from another shell, e.g.:");
