@@ -234,7 +234,7 @@ impl Dataplane {
             .inspect_err(|e| warn!("packet-path logging unavailable: {e:#}"))
             .ok();
         for iface in interfaces {
-            enable_forwarding(iface)?;
+            prepare_interface(iface)?;
         }
         Ok(Some(Self {
             ebpf: None,
@@ -301,7 +301,7 @@ impl Dataplane {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
         link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
-        enable_forwarding(iface)?;
+        prepare_interface(iface)?;
         info!(iface, ?mode, "XDP program attached");
         Ok(())
     }
@@ -474,15 +474,40 @@ pub fn ensure_bpffs() -> Result<()> {
     Ok(())
 }
 
-/// The kernel's FIB lookup from XDP refuses interfaces that don't forward.
-fn enable_forwarding(iface: &str) -> Result<()> {
-    for family in ["ipv4", "ipv6"] {
-        let path = format!("/proc/sys/net/{family}/conf/{iface}/forwarding");
-        if std::fs::read_to_string(&path).map(|v| v.trim() == "1").unwrap_or(false) {
-            continue;
+/// What the kernel must allow on an attached interface, and why.
+const INTERFACE_SETTINGS: [(&str, &str, &str); 4] = [
+    ("ipv4", "forwarding", "the FIB lookup in XDP refuses interfaces that don't forward"),
+    ("ipv6", "forwarding", "the FIB lookup in XDP refuses interfaces that don't forward"),
+    (
+        "ipv4",
+        "accept_local",
+        "nat packets handed to the kernel to resolve their next hop carry the balancer's own source address",
+    ),
+    // IPv6 forwards by the global `all.forwarding` only, unless an interface forces it
+    // (Linux 6.17 and later): the host's other interfaces keep their behaviour.
+    ("ipv6", "force_forwarding", "the kernel forwards IPv6 nat packets handed to it to resolve their next hop"),
+];
+
+/// Sets [`INTERFACE_SETTINGS`] on `iface`.
+fn prepare_interface(iface: &str) -> Result<()> {
+    for (family, setting, why) in INTERFACE_SETTINGS {
+        let path = format!("/proc/sys/net/{family}/conf/{iface}/{setting}");
+        match std::fs::read_to_string(&path) {
+            Ok(value) if value.trim() == "1" => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && setting == "force_forwarding" => {
+                if std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").is_ok_and(|v| v.trim() != "1") {
+                    warn!(
+                        iface,
+                        "this kernel has no per-interface IPv6 force_forwarding: IPv6 nat packets whose next hop has \
+                         no neighbour entry yet are dropped by the kernel unless net.ipv6.conf.all.forwarding=1"
+                    );
+                }
+                continue;
+            }
+            _ => {}
         }
-        std::fs::write(&path, "1").with_context(|| format!("enabling forwarding: {path}"))?;
-        info!(iface, family, "enabled forwarding (needed by the FIB lookup in XDP)");
+        std::fs::write(&path, "1").with_context(|| format!("setting {path}"))?;
+        info!(iface, family, setting, "set to 1: {why}");
     }
     Ok(())
 }
