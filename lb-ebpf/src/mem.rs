@@ -23,7 +23,7 @@ impl<K, const N: usize> Words<K, N> {
 /// are volatile so that LLVM can't turn the copy back into a `memmove` call.
 #[inline(always)]
 pub fn copy_words<T>(to: &mut T, from: &T) {
-    const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(4) && core::mem::align_of::<T>() >= 4) };
     let (to, from) = ((to as *mut T).cast::<u32>(), (from as *const T).cast::<u32>());
     for i in 0..core::mem::size_of::<T>() / 4 {
         // SAFETY: in bounds and aligned (asserted above).
@@ -34,7 +34,7 @@ pub fn copy_words<T>(to: &mut T, from: &T) {
 /// Compares two values of `T` (as `copy_words`) word by word.
 #[inline(always)]
 pub fn words_eq<T>(a: &T, b: &T) -> bool {
-    const { assert!(core::mem::size_of::<T>() % 4 == 0 && core::mem::align_of::<T>() >= 4) };
+    const { assert!(core::mem::size_of::<T>().is_multiple_of(4) && core::mem::align_of::<T>() >= 4) };
     let (a, b) = ((a as *const T).cast::<u32>(), (b as *const T).cast::<u32>());
     let mut diff = 0;
     for i in 0..core::mem::size_of::<T>() / 4 {

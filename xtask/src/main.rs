@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build|run|test|bench|demo|drill>`.
+//! Project tasks: `cargo xtask <setup|build|lint|run|test|bench|demo|drill>`.
 //!
 //! Every task except `setup` itself runs `scripts/setup.sh` first (idempotent: on a machine
 //! that has everything it passes straight through), then drives cargo from the workspace
@@ -43,11 +43,14 @@ enum Task {
     Setup,
     /// Build the controller `lb` (with the XDP program embedded) in release mode.
     Build,
+    /// Formatting and lints as policy: `cargo fmt --check`, clippy on the host crates and
+    /// on the XDP program for its BPF target, warnings as errors. Part of `test`.
+    Lint,
     /// Build, then run `lb run --config config/lb.toml ARGS...` (no default config if ARGS
     /// name one with --config).
     Run(PassThrough),
-    /// Build, then run every test in the workspace (`cargo test --release --workspace ARGS`)
-    /// with LB_BIN pointing at the built `lb`. Needs root.
+    /// Lint, build, then run every test in the workspace (`cargo test --release --workspace
+    /// ARGS`) with LB_BIN pointing at the built `lb`. Needs root.
     Test(PassThrough),
     /// Run the benchmarks (`lb-bench` from lb-tests) with ARGS.
     Bench(PassThrough),
@@ -107,6 +110,14 @@ fn run(cli: Cli) -> Result<i32> {
             let err = cmd.exec();
             Err(err).with_context(|| format!("executing {}", lb.display()))
         }
+        Task::Lint => {
+            if setup_first {
+                ws.setup()?;
+            }
+            ws.lint()?;
+            say("lint passed");
+            Ok(0)
+        }
         Task::Test(PassThrough { args }) => {
             if !is_root() {
                 bail!(
@@ -117,6 +128,7 @@ fn run(cli: Cli) -> Result<i32> {
             if setup_first {
                 ws.setup()?;
             }
+            ws.lint()?;
             ws.build_release()?;
             let mut cmd = ws.cargo();
             cmd.args(["test", "--release", "--workspace"]).args(&args).env("LB_BIN", ws.lb_bin());
@@ -212,6 +224,45 @@ impl Workspace {
         let status = status_of(&mut cmd)?;
         if !status.success() {
             bail!("{} failed ({})", script.display(), explain(status));
+        }
+        Ok(())
+    }
+
+    /// `cargo fmt --check`, then clippy with warnings as errors: the host crates, and the
+    /// XDP program for its BPF target (as aya's own xtask lints its eBPF crates).
+    fn lint(&self) -> Result<()> {
+        let mut fmt = self.cargo();
+        fmt.args(["fmt", "--all", "--", "--check"]);
+        let mut host = self.cargo();
+        host.args([
+            "clippy",
+            "--release",
+            "--workspace",
+            "--all-targets",
+            "--exclude",
+            "lb-ebpf",
+            "--",
+            "-D",
+            "warnings",
+        ]);
+        let mut ebpf = Command::new("rustup");
+        ebpf.args(["run", "nightly", "cargo", "clippy", "--release", "-p", "lb-ebpf", "-Z", "build-std=core"])
+            .args(["--target", "bpfel-unknown-none", "--target-dir"])
+            .arg(self.target_dir.join("bpfel-lint"))
+            .args(["--", "-D", "warnings"])
+            .current_dir(&self.root);
+        // The host toolchain's settings must not reach the nightly one.
+        for var in
+            ["CARGO", "RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"]
+        {
+            ebpf.env_remove(var);
+        }
+        for (what, mut cmd) in [("formatting", fmt), ("clippy (host)", host), ("clippy (lb-ebpf, bpfel)", ebpf)] {
+            say(&format!("lint, {what}: {}", describe(&cmd)));
+            let status = status_of(&mut cmd)?;
+            if !status.success() {
+                bail!("lint failed: {what} ({}); `cargo fmt --all` fixes formatting", explain(status));
+            }
         }
         Ok(())
     }
@@ -346,7 +397,7 @@ mod tests {
             | Task::Bench(PassThrough { args })
             | Task::Demo(PassThrough { args })
             | Task::Drill(PassThrough { args }) => args,
-            Task::Setup | Task::Build => Vec::new(),
+            Task::Setup | Task::Build | Task::Lint => Vec::new(),
         };
         args.into_iter().map(|a| a.into_string().unwrap()).collect()
     }

@@ -74,6 +74,9 @@ impl<T: Pod> Zeroed for T {
     }
 }
 
+/// A table's entries, as read.
+pub type Entries<V> = Vec<(FlowKey, V)>;
+
 /// The flow table and the nat table.
 pub struct FlowTables {
     pub flows: HashMap<MapData, FlowKey, FlowState>,
@@ -82,7 +85,7 @@ pub struct FlowTables {
 
 impl FlowTables {
     /// Every flow entry and every reverse entry.
-    pub fn read(&self) -> Result<(Vec<(FlowKey, FlowState)>, Vec<(FlowKey, NatState)>)> {
+    pub fn read(&self) -> Result<(Entries<FlowState>, Entries<NatState>)> {
         Ok((dump(self.flows.map())?, dump(self.nat.map())?))
     }
 
