@@ -808,7 +808,7 @@ impl Ctx<'_> {
         // outer one's (a lone [[vip]] spans the whole file): climb to the table whose
         // schema has the field, then name the key.
         if let Some(field) = message.strip_prefix("missing field `").and_then(|r| r.strip_suffix('`')) {
-            while !path.is_empty() && !fields_at(&path).contains(&field) {
+            while !path.is_empty() && !fields_at(&path).iter().any(|f| f == field) {
                 path.pop();
             }
             path.push(Seg::from(field));
@@ -823,105 +823,25 @@ impl Ctx<'_> {
     }
 }
 
-const HEALTH_CHECK_KEYS: &[&str] = &[
-    "type",
-    "interval",
-    "timeout",
-    "jitter",
-    "healthy_threshold",
-    "unhealthy_threshold",
-    "port",
-    "path",
-    "host",
-    "expected_statuses",
-];
-
-/// The keys of the table at a key path, by the path's shape.
-fn fields_at(path: &[Seg]) -> &'static [&'static str] {
-    use Seg::{Index, Key};
-    match path {
-        [] => &["balancer", "admin", "dns", "vip"],
-        [Key(d)] if d == "dns" => &[
-            "listen",
-            "udp_sockets",
-            "vantage",
-            "quorum",
-            "peer_interval",
-            "peer_timeout",
-            "peer_stale_after",
-            "peer",
-            "client_region",
-            "target",
-            "zone",
-        ],
-        [Key(d), Key(p), Index(_)] if d == "dns" && p == "peer" => &["name", "admin", "token"],
-        [Key(d), Key(c), Index(_)] if d == "dns" && c == "client_region" => &["prefix", "region"],
-        [Key(d), Key(t), Index(_)] if d == "dns" && t == "target" => {
-            &["name", "address", "region", "weight", "health_check", "vip"]
-        }
-        [Key(d), Key(t), Index(_), Key(h)] if d == "dns" && t == "target" && h == "health_check" => HEALTH_CHECK_KEYS,
-        [Key(d), Key(z), Index(_)] if d == "dns" && z == "zone" => &["origin", "ttl", "soa", "ns", "record", "policy"],
-        [Key(d), Key(z), Index(_), Key(r), Index(_)] if d == "dns" && z == "zone" && r == "record" => {
-            &["name", "type", "data", "ttl"]
-        }
-        [Key(d), Key(z), Index(_), Key(p), Index(_)] if d == "dns" && z == "zone" && p == "policy" => {
-            &["name", "type", "ttl", "primary", "backup", "trickle_ratio", "geo"]
-        }
-        [Key(a)] if a == "admin" => &["listen", "token"],
-        [Key(b), Key(t)] if b == "balancer" && t == "flow_timeouts" => {
-            &["tcp_syn", "tcp_established", "tcp_fin", "tcp_closed", "tcp_time_wait", "udp"]
-        }
-        [Key(b)] if b == "balancer" => &[
-            "interfaces",
-            "xdp_mode",
-            "ipv4",
-            "ipv6",
-            "pin_dir",
-            "hash_seed",
-            "maglev_table_size",
-            "max_vips",
-            "max_backends",
-            "flow_table_size",
-            "source_table_size",
-            "nat_port_min",
-            "nat_port_max",
-            "flow_timeouts",
-            "region",
-            "zone",
-        ],
-        [Key(v), Index(_)] if v == "vip" => &[
-            "name",
-            "address",
-            "port",
-            "protocol",
-            "mode",
-            "new_flow_limit",
-            "packet_limit",
-            "source_limit",
-            "health_check",
-            "outlier_detection",
-            "http",
-            "panic_threshold",
-            "failover_regions",
-            "backend",
-        ],
-        [Key(v), Index(_), Key(h)] if v == "vip" && h == "health_check" => HEALTH_CHECK_KEYS,
-        [Key(v), Index(_), Key(o)] if v == "vip" && o == "outlier_detection" => &[
-            "consecutive_5xx",
-            "consecutive_local_origin_failures",
-            "split_external_local_origin_errors",
-            "interval",
-            "base_ejection_time",
-            "max_ejection_time",
-            "max_ejection_percent",
-            "uneject_on_healthy_check",
-        ],
-        [Key(v), Index(_), Key(_)] if v == "vip" => &["quota", "fill_interval", "burst", "prefix_len"],
-        [Key(v), Index(_), Key(b), Index(_)] if v == "vip" && b == "backend" => {
-            &["address", "port", "weight", "region", "zone", "draining"]
-        }
-        _ => &[],
+/// The keys of the table at a key path, as the config's own types (serde) declare them: a
+/// document holding only an unknown key at that path is refused with the list of the keys
+/// expected there (`deny_unknown_fields`), before anything else is checked.
+fn fields_at(path: &[Seg]) -> Vec<String> {
+    const PROBE: &str = "lb-schema-probe";
+    let mut value = toml::Value::Table([(PROBE.to_owned(), toml::Value::Integer(0))].into_iter().collect());
+    for seg in path.iter().rev() {
+        value = match seg {
+            Seg::Key(k) => toml::Value::Table([(k.clone(), value)].into_iter().collect()),
+            Seg::Index(_) => toml::Value::Array(vec![value]),
+        };
     }
+    let Ok(probe) = toml::to_string(&value) else { return Vec::new() };
+    let Err(e) = toml::from_str::<Config>(&probe) else { return Vec::new() };
+    let message = e.message();
+    let Some(expected) = message.strip_prefix(&format!("unknown field `{PROBE}`, expected")) else {
+        return Vec::new();
+    };
+    expected.split('`').skip(1).step_by(2).map(str::to_owned).collect()
 }
 
 fn valid_ifname(name: &str) -> bool {
@@ -1738,6 +1658,17 @@ nat_port_max = 1024
         expect(&text, "balancer.nat_port_min", 3, "at least 1024");
         let text = replace(GOOD, "[balancer]", "[balancer]\nnat_port_min = 30000\nnat_port_max = 29999");
         expect(&text, "balancer.nat_port_max", 4, "must not be below nat_port_min (30000)");
+    }
+
+    #[test]
+    fn the_keys_of_a_table_come_from_the_schema() {
+        let keys = |path: &[Seg]| fields_at(path);
+        assert_eq!(keys(&[]), ["balancer", "admin", "dns", "vip"]);
+        assert!(keys(&path!["balancer"]).contains(&"flow_timeouts".to_owned()));
+        assert_eq!(keys(&path!["balancer", "flow_timeouts"]).len(), 6);
+        assert!(keys(&path!["vip", 0, "health_check"]).contains(&"expected_statuses".to_owned()));
+        assert!(keys(&path!["dns", "zone", 0, "policy", 0]).contains(&"trickle_ratio".to_owned()));
+        assert_eq!(keys(&path!["vip", 0, "backend", 0]), ["address", "port", "weight", "region", "zone", "draining"]);
     }
 
     #[test]
