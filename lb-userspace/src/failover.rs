@@ -40,7 +40,7 @@ impl BackendStates {
             pairs(config).filter(|(vip, _)| vip.health_check.is_some()).map(|(vip, b)| key(vip, b)).collect();
         self.checks.retain(|k, _| checked.contains(k));
         for k in checked {
-            self.checks.entry(k).or_insert_with(CheckStatus::new);
+            self.checks.entry(k).or_default();
         }
         self.drained.retain(|k| keys.contains(k));
         let mut outliers = BTreeMap::new();

@@ -96,6 +96,12 @@ impl AdminArgs {
     }
 }
 
+/// Makes one admin call and prints what the controller said.
+fn say(admin: &AdminArgs, method: &str, path: &str) -> anyhow::Result<()> {
+    print!("{}", admin.client()?.call(method, path)?);
+    Ok(())
+}
+
 /// `lb stop`: asks the controller to end (and detach), and waits until it has; with
 /// `--detach` and no controller running, detaches what is pinned itself.
 fn stop(admin: &AdminArgs, detach: bool) -> anyhow::Result<()> {
@@ -160,14 +166,14 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
-        Command::Reload { admin } => admin.client().and_then(|c| Ok(print!("{}", c.call("POST", "/v1/reload")?))),
-        Command::Drain { admin, vip, backend } => admin
-            .client()
-            .and_then(|c| Ok(print!("{}", c.call("POST", &format!("/v1/vips/{vip}/backends/{backend}/drain"))?))),
+        Command::Reload { admin } => say(&admin, "POST", "/v1/reload"),
+        Command::Drain { admin, vip, backend } => {
+            say(&admin, "POST", &format!("/v1/vips/{vip}/backends/{backend}/drain"))
+        }
         Command::Stop { admin, detach } => stop(&admin, detach),
-        Command::Undrain { admin, vip, backend } => admin
-            .client()
-            .and_then(|c| Ok(print!("{}", c.call("POST", &format!("/v1/vips/{vip}/backends/{backend}/undrain"))?))),
+        Command::Undrain { admin, vip, backend } => {
+            say(&admin, "POST", &format!("/v1/vips/{vip}/backends/{backend}/undrain"))
+        }
         Command::Trickle { admin, name, rtype, ratio } => admin.client().and_then(|c| {
             let path = format!("/v1/dns/policies/{name}/{rtype}/trickle");
             let said = match ratio.as_str() {
@@ -177,7 +183,8 @@ fn main() -> ExitCode {
                     c.call("POST", &format!("{path}?ratio={r}"))?
                 }
             };
-            Ok(print!("{said}"))
+            print!("{said}");
+            Ok(())
         }),
     };
     match result {

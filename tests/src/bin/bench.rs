@@ -819,10 +819,13 @@ fn rate_limit_config() -> String {
 /// (case, method, ns with limits, ns without).
 type RateRow = (&'static str, &'static str, f64, f64);
 
+/// (multiple of the rate offered, new flows sent, admitted, allowed).
+type AccuracyRow = (f64, u64, u64, f64);
+
 fn rate_limits(sizes: &Sizes) -> Result<()> {
     let (repeat, calls) = (sizes.repeat, sizes.calls);
     let cpus = std::thread::available_parallelism()?.get();
-    let (rows, accuracy) = on_thread("rate-limits", move || -> Result<(Vec<RateRow>, Vec<(f64, u64, u64, f64)>)> {
+    let (rows, accuracy) = on_thread("rate-limits", move || -> Result<(Vec<RateRow>, Vec<AccuracyRow>)> {
         let n = neighbours();
         let refs: Vec<&str> = n.iter().map(String::as_str).collect();
         let mut env = PacketEnv::new("lbb-rate", &rate_limit_config(), &refs)?;
