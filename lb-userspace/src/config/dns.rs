@@ -106,7 +106,7 @@ pub struct DnsTarget {
     #[serde(default)]
     pub region: String,
     /// Share among backups (weighted round robin; default 1).
-    #[serde(default = "super::default_weight")]
+    #[serde(default = "super::vip::default_weight")]
     pub weight: u32,
     /// Probe the target (`port` is required).
     #[serde(default)]

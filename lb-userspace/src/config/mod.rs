@@ -1,0 +1,142 @@
+//! The controller's TOML configuration: types (serde), defaults, and validation whose
+//! errors name the file, the line and the key, e.g.
+//! `config/lb.toml:14: vip[1].backend[0].port: dsr backends must use the VIP's port 80 (got 8080)`.
+//!
+//! [`parse`] deserialises with `toml` (unknown keys are refused), resolves defaults that
+//! depend on other keys (a backend's port defaults to its VIP's port), then checks the rules
+//! that types cannot express. Lines are found with `toml_edit`'s spans: for serde errors by
+//! mapping the error's span back to the key path, for semantic errors by looking the key
+//! path up in the same text (falling back to the enclosing table's header when the key was
+//! left out).
+
+mod admin;
+mod balancer;
+mod checks;
+pub mod dns;
+mod errors;
+pub mod flows;
+mod validate;
+mod vip;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml_edit::ImDocument;
+
+pub use admin::AdminConfig;
+pub use balancer::{BalancerConfig, XdpModeSetting};
+pub use checks::{HealthCheckConfig, HealthCheckKind, OutlierDetectionConfig, StatusRange};
+pub use errors::ConfigError;
+pub use vip::{BackendConfig, ForwardingMode, Protocol, RateLimitConfig, VipConfig};
+
+use balancer::default_pin_dir;
+use errors::{Ctx, line_of, one_line};
+use validate::validate;
+
+/// Default of `balancer.pin_dir`.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
+/// Maps must be pinned below this directory (the BPF filesystem).
+pub const BPF_FS: &str = "/sys/fs/bpf";
+/// Bounds of `balancer.maglev_table_size` (which must also be prime).
+pub const MIN_TABLE_SIZE: u32 = 101;
+pub const MAX_TABLE_SIZE: u32 = 1_048_573; // largest prime below 2^20
+/// Largest backend weight.
+pub const MAX_WEIGHT: u32 = 65_535;
+/// Lowest allowed `balancer.nat_port_min` (stay out of the well-known ports).
+pub const MIN_NAT_PORT: u16 = 1024;
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+/// Fastest rate a token bucket may have: one token per 50 ns keeps the rounding of the
+/// per-token time (whole nanoseconds, in the packet path) under 1%.
+pub const MIN_TOKEN_NS: u64 = 50;
+/// Longest time an empty bucket may take to refill completely.
+pub const MAX_REFILL: Duration = Duration::from_secs(24 * 3600);
+/// Bounds of `fill_interval`.
+pub const MIN_FILL_INTERVAL: Duration = Duration::from_millis(1);
+pub const MAX_FILL_INTERVAL: Duration = Duration::from_secs(3600);
+/// Allowed and default `source_limit.prefix_len` per family: one IPv6 host usually holds
+/// a whole /64.
+pub const SOURCE_PREFIX_V4: (u8, u8, u8) = (8, 32, 32);
+pub const SOURCE_PREFIX_V6: (u8, u8, u8) = (32, 128, 64);
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub balancer: BalancerConfig,
+    /// The admin HTTP interface (status, metrics, drain, reload).
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// The DNS server for site failover.
+    #[serde(default)]
+    pub dns: Option<dns::DnsConfig>,
+    #[serde(rename = "vip", default)]
+    pub vips: Vec<VipConfig>,
+}
+
+/// Reads and parses a configuration file; an unreadable file is a [`ConfigError`] too.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    parse(&read(path)?, &path.display().to_string())
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        origin: path.display().to_string(),
+        line: None,
+        key: String::new(),
+        message: format!("cannot read the file: {e}"),
+    })
+}
+
+/// What the commands that control a running balancer need from its config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Control {
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub balancer: ControlBalancer,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ControlBalancer {
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+}
+
+impl Default for ControlBalancer {
+    fn default() -> Self {
+        Self { pin_dir: default_pin_dir() }
+    }
+}
+
+/// Reads only [`Control`] from a config file, leniently: the commands that talk to a
+/// running controller must work while the file holds a config it refused. A file that is
+/// not TOML at all gives the defaults.
+pub fn load_control(path: &Path) -> Result<Control, ConfigError> {
+    Ok(toml::from_str(&read(path)?).unwrap_or_default())
+}
+
+/// Parses and validates a configuration; `origin` (the file name) prefixes error messages.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let doc = ImDocument::parse(text).map_err(|e| ConfigError {
+        origin: origin.to_string(),
+        line: e.span().map(|s| line_of(text, s.start)),
+        key: String::new(),
+        message: format!("invalid TOML: {}", one_line(e.message())),
+    })?;
+    let cx = Ctx { origin, text, doc: &doc };
+    let mut config: Config = toml::from_str(text).map_err(|e| cx.serde_error(&e))?;
+    for vip in &mut config.vips {
+        // An explicit port is never 0 (refused while deserialising), so 0 means "omitted".
+        for b in &mut vip.backends {
+            if b.port == 0 {
+                b.port = vip.port;
+            }
+        }
+    }
+    validate(&config, &cx)?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests;
