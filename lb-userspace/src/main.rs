@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use lb_userspace::client::AdminClient;
-use lb_userspace::{config, controller};
+use lb_userspace::{config, control};
 
 #[derive(Parser)]
 #[command(name = "lb", version, about = "XDP edge load balancer")]
@@ -147,7 +147,7 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(controller::run(config))),
+            .and_then(|rt| rt.block_on(control::run(config))),
         Command::Check { config } => config::load(&config)
             .map(|c| {
                 let backends: usize = c.vips.iter().map(|v| v.backends.len()).sum();

@@ -267,7 +267,7 @@ mod tests {
                 panic: false,
                 counters: VipStats { packets: 10, new_flows: 4, rate_limited_sources: 2, ..Default::default() },
                 flows: crate::flows::StateCounts([1, 2, 0, 0, 3, 0]),
-                outlier: Some(crate::outlier::OutlierStats {
+                outlier: Some(crate::backends::outlier::OutlierStats {
                     ejections_active: 1,
                     ejections_enforced_total: 2,
                     ..Default::default()

@@ -8,9 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use lb_common::{BackendStats, Counters, GlobalStats, VipStats};
 use serde::{Deserialize, Serialize};
 
+use crate::backends::locality::Availability;
+use crate::backends::outlier::OutlierStats;
 use crate::flows::{BackendFlows, StateCounts};
-use crate::locality::Availability;
-use crate::outlier::OutlierStats;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use lb_common::{Backend, Settings, VipAddrKey, VipInfo, VipKey};
 
-use crate::tables::DesiredTables;
+use crate::plan::{DesiredTables, Existing};
 
 /// The map writes a sync needs; the dataplane implements it with BPF maps, tests with a log.
 pub trait MapWriter {
@@ -24,17 +24,6 @@ pub trait MapWriter {
     fn reset_vip(&mut self, id: u32) -> Result<()>;
     /// Likewise per backend id: counters, and the cached next hop of the backend before.
     fn reset_backend(&mut self, id: u32) -> Result<()>;
-}
-
-/// What an adopted program's maps hold, for a new controller to take over its ids and
-/// tables.
-#[derive(Debug, Default)]
-pub struct Existing {
-    pub settings: Settings,
-    pub vips: Vec<(VipKey, VipInfo)>,
-    pub vip_addrs: Vec<(VipAddrKey, u32)>,
-    /// Active backend slots.
-    pub backends: Vec<(u32, Backend)>,
 }
 
 /// What the maps hold now, as far as this controller wrote them.
@@ -219,7 +208,7 @@ fn write_table(
 mod tests {
     use super::*;
     use crate::config;
-    use crate::tables::{IdAllocator, desired};
+    use crate::plan::{IdAllocator, desired};
 
     /// Records writes in order, like the maps would see them.
     #[derive(Default)]

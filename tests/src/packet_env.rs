@@ -13,8 +13,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_userspace::config;
 use lb_userspace::dataplane::{Dataplane, MapSizes};
+use lb_userspace::plan::{IdAllocator, desired};
 use lb_userspace::sync::Applied;
-use lb_userspace::tables::{IdAllocator, desired};
 use nix::sched::{CloneFlags, setns};
 
 use crate::lab::{Netns, require_root, run_cmd, unique_prefix};

@@ -17,7 +17,8 @@ mod flows;
 
 use crate::config::{BalancerConfig, XdpModeSetting};
 use crate::flows::{FlowSummary, sweep};
-use crate::sync::{Existing, MapWriter};
+use crate::plan::Existing;
+use crate::sync::MapWriter;
 use flows::FlowTables;
 
 /// Map sizes chosen at load time.

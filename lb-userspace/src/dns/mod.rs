@@ -22,10 +22,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::backends::probe::{CheckResult, Prober, Target};
 use crate::client::AdminClient;
 use crate::config::dns::DnsConfig;
 use crate::config::{AdminConfig, Config};
-use crate::probe::{CheckResult, Prober, Target};
 use policy::{PolicyCounters, Selection, Source};
 use quorum::{SiteHealth, View};
 use server::{DnsHandler, DnsStats, SharedAnswers};

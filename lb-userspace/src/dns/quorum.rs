@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::health::CheckStatus;
+use crate::backends::health::CheckStatus;
 
 /// One vantage point's view: target name -> up.
 pub type View = BTreeMap<String, bool>;

@@ -37,7 +37,7 @@ use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode};
 use etherparse::PacketBuilder;
 use lb_common::{PROG_DROP, PROG_LB, PROG_MAC_SWAP};
 use lb_tests::packet_env::{IFACE, LB_MAC, PEER, PacketEnv, neighbour_mac, xdp_context};
-use lb_userspace::maglev::{self, MaglevBackend};
+use lb_userspace::plan::maglev::{self, MaglevBackend};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -1384,8 +1384,8 @@ const CHECK_RUN: Duration = Duration::from_secs(6);
 /// runtime: whether every backend is checked on its own timer, whether a silent backend
 /// delays the others, and what it costs in CPU.
 fn active_checks(_: &Sizes) -> Result<()> {
+    use lb_userspace::backends::probe::{Prober, Target};
     use lb_userspace::config::{HealthCheckConfig, HealthCheckKind, StatusRange};
-    use lb_userspace::probe::{Prober, Target};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let check = HealthCheckConfig {

@@ -11,7 +11,7 @@ use vip::{validate_health, validate_rate_limits};
 
 use super::errors::{ConfigError, Ctx, Seg, at_line, key_path};
 use super::*;
-use crate::maglev;
+use crate::plan::maglev;
 
 pub(super) fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
     validate_interfaces(&c.balancer.interfaces, cx)?;

@@ -1,7 +1,7 @@
 //! The state of every (VIP, backend) pair that decides whether it takes new flows: active
 //! checks with thresholds, passive outlier ejection per VIP, and draining. Events come in
 //! (check results, packet-path signals, sweeps, reloads); `availability` comes out, which
-//! `tables::desired_with` turns into Maglev tables. Pure: the caller passes the time in.
+//! `plan::desired_with` turns into Maglev tables. Pure: the caller passes the time in.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -10,11 +10,11 @@ use std::time::Instant;
 use lb_common::{SIGNAL_CONNECT_FAILED, SIGNAL_CONNECTED, SIGNAL_HTTP_5XX, SIGNAL_HTTP_OK};
 use tracing::{info, warn};
 
+use crate::backends::health::CheckStatus;
+use crate::backends::locality::Availability;
+use crate::backends::outlier::{Decision, Outcome, OutlierDetector, OutlierStats};
+use crate::backends::probe::{CheckResult, Target, TargetKey};
 use crate::config::{BackendConfig, Config, VipConfig};
-use crate::health::CheckStatus;
-use crate::locality::Availability;
-use crate::outlier::{Decision, Outcome, OutlierDetector, OutlierStats};
-use crate::probe::{CheckResult, Target, TargetKey};
 
 /// What every backend of every VIP is known to be doing.
 #[derive(Default)]

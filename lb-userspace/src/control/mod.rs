@@ -1,7 +1,7 @@
 //! The controller loop: load and attach, then keep the maps equal to what the config and
 //! the backends' state say. Events (SIGHUP reload, active check results, passive signals
 //! from the packet path, ejection sweeps) update one state (`Controller`);
-//! `tables::desired_with` turns it into tables; `sync` writes the difference.
+//! `plan::desired_with` turns it into tables; `sync` writes the difference.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -15,16 +15,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, error, info, warn};
 
 use crate::admin::AdminRequest;
+use crate::backends::failover::BackendStates;
+use crate::backends::locality::{Availability, Plan};
+use crate::backends::probe::Prober;
 use crate::config::{self, Config};
 use crate::dataplane::{Dataplane, HealthSignals, MapSizes, PacketLogger};
 use crate::dns::DnsService;
-use crate::failover::BackendStates;
 use crate::flows::FlowSummary;
-use crate::locality::{Availability, Plan};
-use crate::probe::Prober;
+use crate::plan::{self, IdAllocator};
 use crate::status::{BackendStatus, ReloadOutcome, Status, VipStatus};
 use crate::sync::Applied;
-use crate::tables::{self, IdAllocator};
 
 /// How often neighbour entries of backends are refreshed.
 const NEIGHBOR_REFRESH: Duration = Duration::from_secs(10);
@@ -68,7 +68,7 @@ impl Controller {
         };
         self.states.reconfigure(&next, Instant::now());
         self.prober.set_targets(BackendStates::check_targets(&next));
-        crate::neighbors::prime(neighbors_of(&next));
+        crate::backends::neighbors::prime(neighbors_of(&next));
         if let Some(dns) = &mut self.dns {
             dns.reconfigure(&next)?;
         }
@@ -128,7 +128,7 @@ impl Controller {
             .vips
             .iter()
             .map(|vip| {
-                let key = tables::vip_key(vip);
+                let key = plan::vip_key(vip);
                 let vip_id = self.ids.vip_id(&key);
                 let counters = vip_id.and_then(|id| dataplane.vip_stats(id).ok()).unwrap_or_default();
                 let plan = self.plans.get(&vip.name);
@@ -140,7 +140,12 @@ impl Controller {
                         address: b.socket_addr(),
                         region: b.region.clone(),
                         zone: b.zone.clone(),
-                        level: crate::locality::level_of(&balancer.region, &balancer.zone, &vip.failover_regions, b),
+                        level: crate::backends::locality::level_of(
+                            &balancer.region,
+                            &balancer.zone,
+                            &vip.failover_regions,
+                            b,
+                        ),
                         weight: b.weight,
                         serving_weight: plan.and_then(|p| p.weights.get(i).copied()).unwrap_or(0),
                         state: crate::status::state_name(self.states.availability(vip, b)).to_owned(),
@@ -186,7 +191,7 @@ impl Controller {
     fn apply(&mut self, dataplane: &mut Dataplane) -> Result<()> {
         let started = Instant::now();
         let states = &self.states;
-        let desired = tables::desired_with(&self.config, &|vip, b| states.availability(vip, b), &mut self.ids);
+        let desired = plan::desired_with(&self.config, &|vip, b| states.availability(vip, b), &mut self.ids);
         let report = self.applied.sync(&desired, dataplane).context("writing the maps")?;
         if report != Default::default() {
             info!(
@@ -241,14 +246,14 @@ impl Controller {
     fn resolve_neighbour(&self, backend_id: u32) {
         if let Some((address, _)) = self.ids.backend_of(backend_id) {
             debug!(%address, "no neighbour entry for a backend: resolving it now");
-            crate::neighbors::prime([address]);
+            crate::backends::neighbors::prime([address]);
         }
     }
 
     /// The VIP name and backend address of a signal's ids, if they are still configured.
     fn signal_target(&self, vip_id: u32, backend_id: u32) -> Option<(String, SocketAddr)> {
         let key = self.ids.vip_of(vip_id)?;
-        let vip = self.config.vips.iter().find(|v| tables::vip_key(v) == key)?;
+        let vip = self.config.vips.iter().find(|v| plan::vip_key(v) == key)?;
         let (address, port) = self.ids.backend_of(backend_id)?;
         Some((vip.name.clone(), SocketAddr::new(address, port)))
     }
@@ -329,7 +334,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     };
     lb.prober.set_targets(BackendStates::check_targets(&lb.config));
     lb.apply(&mut dataplane)?;
-    crate::neighbors::prime(neighbors_of(&lb.config));
+    crate::backends::neighbors::prime(neighbors_of(&lb.config));
     if !adopted {
         for iface in &lb.config.balancer.interfaces {
             dataplane.attach(iface, lb.config.balancer.xdp_mode)?;
@@ -385,7 +390,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
                 false
             }
             _ = neighbor_tick.tick() => {
-                crate::neighbors::prime(neighbors_of(&lb.config));
+                crate::backends::neighbors::prime(neighbors_of(&lb.config));
                 false
             }
             _ = terminate.recv() => break false,

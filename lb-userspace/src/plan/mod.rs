@@ -1,0 +1,10 @@
+//! The pure step from state to desired tables: `tables` (per-VIP entries, rate limits,
+//! backends), `ids` (stable small ids for VIPs and backends) and `maglev` (the lookup
+//! tables). No I/O; `sync` writes the difference into the maps.
+
+pub mod ids;
+pub mod maglev;
+pub mod tables;
+
+pub use ids::{BackendIdentity, Existing, IdAllocator};
+pub use tables::{DesiredTables, DesiredVip, desired, desired_with, vip_key};
