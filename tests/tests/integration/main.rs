@@ -1,0 +1,14 @@
+//! Every integration test, in one binary (as aya and hickory keep theirs): one link, and
+//! tests of different features run side by side. Each module is one feature; a module's
+//! tests are selected by its name, e.g.
+//! `cargo xtask test -- -p lb-tests --test integration failover::`.
+//! Most need root: they build their own namespaces, and fail when they can't.
+
+mod connections;
+mod dns;
+mod end_to_end;
+mod failover;
+mod fixtures;
+mod lifecycle;
+mod operations;
+mod rate_limits;
