@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use lb_common::{Backend, Settings, VipAddrKey, VipInfo, VipKey};
 
-use crate::plan::{DesiredTables, Existing};
+use crate::plan::{DesiredTables, DesiredVip, Existing};
 
 /// The map writes a sync needs; the dataplane implements it with BPF maps, tests with a log.
 pub trait MapWriter {
@@ -78,6 +78,7 @@ impl Applied {
         }
     }
 
+    /// Writes the difference between `desired` and what the maps hold, in the order above.
     pub fn sync(&mut self, desired: &DesiredTables, maps: &mut impl MapWriter) -> Result<SyncReport> {
         let mut report = SyncReport::default();
         // While VIPs come and go, the VIP address filter must let through both the old and
@@ -89,6 +90,29 @@ impl Applied {
             }
         }
         self.write_settings(&widened, maps)?;
+        self.write_backends(desired, maps, &mut report)?;
+        for (key, vip) in &desired.vips {
+            self.write_vip(key, vip, desired.table_size, maps, &mut report)?;
+        }
+        for (key, &count) in &desired.vip_addrs {
+            if self.vip_addrs.get(key) != Some(&count) {
+                maps.set_vip_addr(key, count)?;
+                self.vip_addrs.insert(*key, count);
+            }
+        }
+        self.remove_what_is_gone(desired, maps, &mut report)?;
+        self.write_settings(&desired.settings, maps)?;
+        Ok(report)
+    }
+
+    /// New and changed backends; a backend id that now names another backend starts with
+    /// zeroed counters and next hop.
+    fn write_backends(
+        &mut self,
+        desired: &DesiredTables,
+        maps: &mut impl MapWriter,
+        report: &mut SyncReport,
+    ) -> Result<()> {
         for (&id, backend) in &desired.backends {
             let before = self.backends.get(&id);
             if before != Some(backend) {
@@ -100,58 +124,67 @@ impl Applied {
                 report.backends_written += 1;
             }
         }
-        for (key, vip) in &desired.vips {
-            let applied = self.vips.get_mut(key).filter(|a| a.info.vip_id == vip.vip_id);
-            let (half, slots_written) = match applied {
-                Some(a) if a.halves[a.active_half] == vip.table => (a.active_half, 0),
-                Some(a) => {
-                    let half = 1 - a.active_half;
-                    let written = write_table(maps, vip.vip_id, half, desired.table_size, &a.halves[half], &vip.table)?;
-                    a.halves[half] = vip.table.clone();
-                    (half, written)
-                }
-                None => {
-                    maps.reset_vip(vip.vip_id)?;
-                    let written = write_table(maps, vip.vip_id, 0, desired.table_size, &[], &vip.table)?;
-                    self.vips.insert(
-                        *key,
-                        AppliedVip {
-                            info: VipInfo::default(),
-                            active_half: 0,
-                            halves: [vip.table.clone(), Vec::new()],
-                        },
-                    );
-                    (0, written)
-                }
-            };
-            let info = VipInfo {
-                vip_id: vip.vip_id,
-                table_offset: table_offset(vip.vip_id, half, desired.table_size),
-                table_size: if vip.table.is_empty() { 0 } else { desired.table_size },
-                mode: vip.mode,
-                limits: vip.limits.flags,
-                source_prefix_len: vip.limits.source_prefix_len,
-                watch: vip.watch,
-                new_flow_limit: vip.limits.new_flows,
-                packet_limit: vip.limits.packets,
-                source_limit: vip.limits.sources,
-            };
-            let applied = self.vips.get_mut(key).expect("inserted above");
-            if applied.info == info {
-                continue;
+        Ok(())
+    }
+
+    /// One VIP: its new table into the spare half (the whole table for a new VIP), then the
+    /// VIP entry that switches to it, in one map update.
+    fn write_vip(
+        &mut self,
+        key: &VipKey,
+        vip: &DesiredVip,
+        table_size: u32,
+        maps: &mut impl MapWriter,
+        report: &mut SyncReport,
+    ) -> Result<()> {
+        let applied = self.vips.get_mut(key).filter(|a| a.info.vip_id == vip.vip_id);
+        let (half, slots_written) = match applied {
+            Some(a) if a.halves[a.active_half] == vip.table => (a.active_half, 0),
+            Some(a) => {
+                let half = 1 - a.active_half;
+                let written = write_table(maps, vip.vip_id, half, table_size, &a.halves[half], &vip.table)?;
+                a.halves[half] = vip.table.clone();
+                (half, written)
             }
+            None => {
+                maps.reset_vip(vip.vip_id)?;
+                let written = write_table(maps, vip.vip_id, 0, table_size, &[], &vip.table)?;
+                let halves = [vip.table.clone(), Vec::new()];
+                self.vips.insert(*key, AppliedVip { info: VipInfo::default(), active_half: 0, halves });
+                (0, written)
+            }
+        };
+        let info = VipInfo {
+            vip_id: vip.vip_id,
+            table_offset: table_offset(vip.vip_id, half, table_size),
+            table_size: if vip.table.is_empty() { 0 } else { table_size },
+            mode: vip.mode,
+            limits: vip.limits.flags,
+            source_prefix_len: vip.limits.source_prefix_len,
+            watch: vip.watch,
+            new_flow_limit: vip.limits.new_flows,
+            packet_limit: vip.limits.packets,
+            source_limit: vip.limits.sources,
+        };
+        let applied = self.vips.get_mut(key).expect("inserted above");
+        if applied.info != info {
             maps.set_vip(key, &info)?;
             applied.info = info;
             applied.active_half = half;
             report.slots_written += slots_written;
             report.vips_switched += 1;
         }
-        for (key, &count) in &desired.vip_addrs {
-            if self.vip_addrs.get(key) != Some(&count) {
-                maps.set_vip_addr(key, count)?;
-                self.vip_addrs.insert(*key, count);
-            }
-        }
+        Ok(())
+    }
+
+    /// Removals, last: VIPs and their addresses, and backends, which are deactivated, not
+    /// deleted, so that flows still pinned to the id re-pick a backend.
+    fn remove_what_is_gone(
+        &mut self,
+        desired: &DesiredTables,
+        maps: &mut impl MapWriter,
+        report: &mut SyncReport,
+    ) -> Result<()> {
         let gone: Vec<VipKey> = self.vips.keys().filter(|k| !desired.vips.contains_key(k)).copied().collect();
         for key in gone {
             maps.remove_vip(&key)?;
@@ -164,15 +197,13 @@ impl Applied {
             maps.remove_vip_addr(&key)?;
             self.vip_addrs.remove(&key);
         }
-        // Deactivated, not deleted: flows still pinned to the id re-pick a backend.
         let gone: Vec<u32> = self.backends.keys().filter(|k| !desired.backends.contains_key(k)).copied().collect();
         for id in gone {
             maps.set_backend(id, &Backend::default())?;
             self.backends.remove(&id);
             report.backends_written += 1;
         }
-        self.write_settings(&desired.settings, maps)?;
-        Ok(report)
+        Ok(())
     }
 
     fn write_settings(&mut self, settings: &Settings, maps: &mut impl MapWriter) -> Result<()> {
