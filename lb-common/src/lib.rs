@@ -10,9 +10,16 @@
 
 mod conn;
 mod counters;
+mod csum;
+mod hash;
+use hash::word;
+mod limits;
 
 pub use conn::*;
 pub use counters::{BackendStats, Counter, Counters, GlobalStats, VipStats};
+pub use csum::{csum_replace_addr, csum_replace2, csum_replace4};
+pub use hash::{flow_hash, murmur_fmix, murmur_round};
+pub use limits::*;
 
 /// Address family tags used in keys (not the kernel's AF_* numbers, which differ by OS).
 pub const FAMILY_V4: u8 = 4;
@@ -150,100 +157,6 @@ pub struct HealthSignal {
     pub _pad: u32,
 }
 
-/// The shortest tolerance of a per-source bucket. Those buckets read the kernel's coarse
-/// clock, which only moves at each timer tick (at most 10 ms: HZ is at least 100): with a
-/// tolerance below a tick, a bucket would admit fewer tokens per tick than its rate.
-pub const SOURCE_TOLERANCE_MIN_NS: u64 = 10_000_000;
-
-/// `VipInfo::limits` bits.
-pub const LIMIT_NEW_FLOWS: u8 = 1;
-pub const LIMIT_PACKETS: u8 = 2;
-pub const LIMIT_SOURCES: u8 = 4;
-
-/// A token bucket in its GCRA form: its whole state is one timestamp, the theoretical
-/// arrival time (TAT). The bucket is full when the TAT is not ahead of now; each token
-/// taken moves it `emission_ns` (one token's worth of refill time) forward; tokens may be
-/// taken while that keeps the TAT within `tolerance_ns` (burst x emission) of now. One
-/// timestamp updated with compare-and-swap makes the bucket exact when every CPU shares it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TokenBucket {
-    pub emission_ns: u64,
-    pub tolerance_ns: u64,
-    /// Tokens a CPU takes from a VIP's shared bucket at once and then spends without
-    /// touching the shared TAT (see `VipCpuTokens`): about a millisecond's worth, so CPUs
-    /// hold back at most that much of the rate each. 1 means every token is taken alone.
-    pub batch: u32,
-    pub _pad: u32,
-}
-
-impl TokenBucket {
-    /// The bucket's next TAT if a token can be taken at `now` from a bucket at `tat`.
-    #[inline(always)]
-    pub fn take(&self, tat: u64, now: u64) -> Option<u64> {
-        self.take_n(tat, now, 1)
-    }
-
-    /// The bucket's next TAT if `n` tokens can be taken at `now` from a bucket at `tat`.
-    /// Taking tokens never moves a TAT beyond the tolerance, so one that is beyond it was
-    /// left by an earlier configuration of the bucket (or an earlier VIP with the same
-    /// id): the bucket starts over, full.
-    #[inline(always)]
-    pub fn take_n(&self, tat: u64, now: u64, n: u32) -> Option<u64> {
-        let limit = now + self.tolerance_ns;
-        let start = if tat > now && tat <= limit { tat } else { now };
-        let next = start + self.emission_ns * n as u64;
-        if next <= limit { Some(next) } else { None }
-    }
-}
-
-/// Value of `RATE_CPU_TOKENS` (per CPU, per VIP id): tokens this CPU took from the VIP's
-/// shared buckets in a batch and has not spent yet.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VipCpuTokens {
-    pub new_flows: u32,
-    pub packets: u32,
-}
-
-/// Value of `RATE_STATE`, per VIP id: the TATs of the VIP's shared buckets, each on a
-/// cache line of its own (every CPU writes them).
-#[repr(C, align(64))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct VipRateState {
-    pub new_flows_tat_ns: u64,
-    pub _pad1: [u64; 7],
-    pub packets_tat_ns: u64,
-    pub _pad2: [u64; 7],
-}
-
-/// Key of `SOURCE_BUCKETS` (an LRU map, so a flood of sources evicts the least recent
-/// ones instead of exhausting memory): a client prefix of one VIP. The value is the
-/// bucket's TAT.
-#[repr(C, align(4))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SourceKey {
-    /// The client address masked to `VipInfo::source_prefix_len` bits.
-    pub addr: Addr,
-    pub vip_id: u32,
-}
-
-/// The 32-bit word `i` (memory order, as read from an `Addr`) of the mask that keeps the
-/// first `prefix_len` bits of an address.
-#[inline(always)]
-pub fn prefix_mask_word(prefix_len: u8, i: u32) -> u32 {
-    let bits = (prefix_len as u32).saturating_sub(i * 32);
-    let mask = if bits >= 32 {
-        u32::MAX
-    } else if bits == 0 {
-        0
-    } else {
-        u32::MAX << (32 - bits)
-    };
-    // Addresses are kept in network byte order; words are read little-endian.
-    mask.swap_bytes()
-}
-
 /// Key of `VIP_ADDRS`: every address that has at least one VIP, so traffic to a VIP
 /// address that the program cannot or will not serve is dropped and counted, not passed.
 #[repr(C, align(4))]
@@ -363,109 +276,10 @@ mod pod {
     unsafe impl aya::Pod for SourceKey {}
 }
 
-/// Flow hash: deterministic given the key and the shared seed, so every balancer host
-/// that fronts a VIP (ECMP) picks the same Maglev slot for a flow. Mixes 32-bit words with
-/// the murmur3 round and finalizer; cheap enough for the packet path (no loops over bytes).
-#[inline(always)]
-pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
-    let mut h = seed;
-    let mut i = 0;
-    while i < 4 {
-        h = murmur_round(h, word(&key.src, i));
-        h = murmur_round(h, word(&key.dst, i));
-        i += 1;
-    }
-    h = murmur_round(h, ((key.sport as u32) << 16) | key.dport as u32);
-    h = murmur_round(h, ((key.proto as u32) << 8) | key.family as u32);
-    murmur_fmix(h ^ 40)
-}
-
-#[inline(always)]
-fn word(addr: &Addr, i: usize) -> u32 {
-    u32::from_le_bytes([addr[i * 4], addr[i * 4 + 1], addr[i * 4 + 2], addr[i * 4 + 3]])
-}
-
-#[inline(always)]
-pub fn murmur_round(h: u32, k: u32) -> u32 {
-    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
-    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
-}
-
-#[inline(always)]
-pub fn murmur_fmix(mut h: u32) -> u32 {
-    h ^= h >> 16;
-    h = h.wrapping_mul(0x85eb_ca6b);
-    h ^= h >> 13;
-    h = h.wrapping_mul(0xc2b2_ae35);
-    h ^ (h >> 16)
-}
-
-/// Incremental Internet checksum update (RFC 1624, eqn. 3) for one 16-bit word that
-/// changed from `old` to `new`. Checksums and words are in the order they sit on the wire
-/// read as big-endian numbers.
-#[inline(always)]
-pub fn csum_replace2(csum: u16, old: u16, new: u16) -> u16 {
-    let sum = (!csum as u32) + (!old as u32) + new as u32;
-    !fold(sum)
-}
-
-/// Same as [`csum_replace2`] for a 32-bit field (an IPv4 address, or part of IPv6).
-#[inline(always)]
-pub fn csum_replace4(csum: u16, old: u32, new: u32) -> u16 {
-    let sum = (!csum as u32) + (!(old >> 16) & 0xffff) + (!old & 0xffff) + (new >> 16) + (new & 0xffff);
-    !fold(sum)
-}
-
-/// Same as [`csum_replace2`] for an address of the given family.
-#[inline(always)]
-pub fn csum_replace_addr(mut csum: u16, old: &Addr, new: &Addr, family: u8) -> u16 {
-    let words = if family == FAMILY_V4 { 1 } else { 4 };
-    let mut i = 0;
-    while i < 4 {
-        if i < words {
-            csum = csum_replace4(
-                csum,
-                u32::from_be_bytes([old[i * 4], old[i * 4 + 1], old[i * 4 + 2], old[i * 4 + 3]]),
-                u32::from_be_bytes([new[i * 4], new[i * 4 + 1], new[i * 4 + 2], new[i * 4 + 3]]),
-            );
-        }
-        i += 1;
-    }
-    csum
-}
-
-#[inline(always)]
-fn fold(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
-}
-
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
-
-    fn full_csum(words: &[u16]) -> u16 {
-        let sum: u32 = words.iter().map(|&w| w as u32).sum();
-        !fold(sum)
-    }
-
-    #[test]
-    fn incremental_update_matches_full_recompute() {
-        let mut words = [0x4500u16, 0x0054, 0x1c46, 0x4000, 0x4006, 0, 0xc0a8, 0x0001, 0xc0a8, 0x00c7];
-        let before = full_csum(&words);
-        let old = ((words[8] as u32) << 16) | words[9] as u32;
-        let new = 0x0a00_0105u32;
-        words[8] = (new >> 16) as u16;
-        words[9] = new as u16;
-        assert_eq!(csum_replace4(before, old, new), full_csum(&words));
-        let old_word = words[3];
-        words[3] = 0x1234;
-        let after = full_csum(&words);
-        let step = csum_replace4(before, old, new);
-        assert_eq!(csum_replace2(step, old_word, 0x1234), after);
-    }
 
     #[test]
     fn vip_addr_filter_bits_spread_addresses() {
@@ -492,112 +306,5 @@ mod tests {
             }
         }
         assert!(same < 16 * 255 / 64, "{same} of {} one-byte changes keep the bit", 16 * 255);
-    }
-
-    /// 10 tokens a second (100 ms each), burst 3.
-    const BUCKET: TokenBucket = TokenBucket { emission_ns: 100_000_000, tolerance_ns: 300_000_000, batch: 1, _pad: 0 };
-    const SECOND: u64 = 1_000_000_000;
-
-    /// Takes tokens at `now` until the bucket refuses; returns how many and the TAT.
-    fn drain(bucket: &TokenBucket, mut tat: u64, now: u64) -> (u32, u64) {
-        let mut taken = 0;
-        while let Some(next) = bucket.take(tat, now) {
-            tat = next;
-            taken += 1;
-        }
-        (taken, tat)
-    }
-
-    #[test]
-    fn token_bucket_starts_full_and_empties_after_its_burst() {
-        let (taken, tat) = drain(&BUCKET, 0, 50 * SECOND);
-        assert_eq!(taken, 3);
-        assert_eq!(tat, 50 * SECOND + 300_000_000);
-        assert_eq!(BUCKET.take(tat, 50 * SECOND + 99_999_999), None, "no token before one refill");
-    }
-
-    #[test]
-    fn token_bucket_refills_one_token_per_emission_interval() {
-        let now = 50 * SECOND;
-        let (_, tat) = drain(&BUCKET, 0, now);
-        assert_eq!(drain(&BUCKET, tat, now + 100_000_000).0, 1);
-        assert_eq!(drain(&BUCKET, tat, now + 250_000_000).0, 2);
-        // Refill stops at the burst, however long the bucket rested.
-        assert_eq!(drain(&BUCKET, tat, now + 100 * SECOND).0, 3);
-    }
-
-    #[test]
-    fn token_bucket_admits_its_rate_under_steady_overload() {
-        // 1000 attempts a second for 10 s: burst + rate x time, exactly.
-        let (mut tat, mut admitted) = (0, 0);
-        for i in 0..10_000u64 {
-            if let Some(next) = BUCKET.take(tat, 50 * SECOND + i * 1_000_000) {
-                tat = next;
-                admitted += 1;
-            }
-        }
-        assert_eq!(admitted, 3 + 100 - 1);
-    }
-
-    #[test]
-    fn token_bucket_gives_batches_only_whole() {
-        let now = 50 * SECOND;
-        assert_eq!(BUCKET.take_n(0, now, 3), Some(now + 300_000_000));
-        assert_eq!(BUCKET.take_n(0, now, 4), None);
-        let one = BUCKET.take(0, now).unwrap();
-        assert_eq!(BUCKET.take_n(one, now, 3), None);
-        assert_eq!(BUCKET.take_n(one, now, 2), Some(now + 300_000_000));
-    }
-
-    #[test]
-    fn token_bucket_starts_over_from_a_tat_beyond_its_tolerance() {
-        // Left by an earlier configuration with a longer burst: an hour ahead.
-        let now = 50 * SECOND;
-        assert_eq!(drain(&BUCKET, now + 3600 * SECOND, now).0, 3);
-    }
-
-    #[test]
-    fn prefix_masks_keep_the_leading_bits_in_network_order() {
-        let addr: Addr = [192, 168, 37, 201, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let masked = |len: u8| {
-            let mut out = [0u8; 16];
-            for i in 0..4 {
-                let w = word(&addr, i as usize) & prefix_mask_word(len, i);
-                out[i as usize * 4..i as usize * 4 + 4].copy_from_slice(&w.to_le_bytes());
-            }
-            out
-        };
-        assert_eq!(masked(32)[..4], [192, 168, 37, 201]);
-        assert_eq!(masked(24)[..4], [192, 168, 37, 0]);
-        assert_eq!(masked(20)[..4], [192, 168, 32, 0]);
-        assert_eq!(masked(8)[..4], [192, 0, 0, 0]);
-        let v6: Addr = [0x20, 0x01, 0x0d, 0xb8, 0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4, 5, 6, 7, 8];
-        let w = |len: u8, i: u32| word(&v6, i as usize) & prefix_mask_word(len, i);
-        assert_eq!(
-            [w(48, 0), w(48, 1), w(48, 2), w(48, 3)],
-            [word(&v6, 0), u32::from_le_bytes([0xaa, 0xbb, 0, 0]), 0, 0]
-        );
-        assert_eq!(w(128, 3), word(&v6, 3));
-    }
-
-    #[test]
-    fn flow_hash_depends_on_seed_and_every_field() {
-        let key = FlowKey {
-            src: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            sport: 1234,
-            dport: 80,
-            proto: PROTO_TCP,
-            family: FAMILY_V4,
-            ..Default::default()
-        };
-        let base = flow_hash(&key, 7);
-        assert_eq!(base, flow_hash(&key, 7));
-        assert_ne!(base, flow_hash(&key, 8));
-        assert_ne!(base, flow_hash(&FlowKey { sport: 1235, ..key }, 7));
-        assert_ne!(base, flow_hash(&FlowKey { dport: 81, ..key }, 7));
-        assert_ne!(base, flow_hash(&FlowKey { proto: PROTO_UDP, ..key }, 7));
-        let mut dst = key;
-        dst.dst[15] = 1;
-        assert_ne!(base, flow_hash(&dst, 7));
     }
 }
