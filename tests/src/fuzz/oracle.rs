@@ -52,37 +52,14 @@ pub fn check(world: &World, model: &mut Model, run: &Run) -> Result<Option<Sent>
         XDP_PASS | XDP_TX | XDP_REDIRECT => {}
         other => return violation("unknown verdict", other),
     }
-    if let Err(e) = SlicedPacket::from_ethernet(output) {
-        return violation("out: etherparse refuses the frame", e);
-    }
     let (Some(lin), Some(lout)) = (Layout::of(input), Layout::of(output)) else {
         return violation("out: IP lengths beyond the frame", ());
     };
-    ensure(output.len() == input.len(), "out: frame length changed", (input.len(), output.len()))?;
-    // Ethernet frames shorter than 60 bytes are padded.
-    ensure(lout.end == output.len() || output.len() <= 60, "out: IP length differs from the frame", lout)?;
-    ensure(output[12..lout.l3] == input[12..lin.l3], "out: VLAN tag or ethertype changed", ())?;
-    let wrong_in = wrong_checksums(input);
-    let broken: Vec<_> = wrong_checksums(output).into_iter().filter(|c| !wrong_in.contains(c)).collect();
-    if let Some(first) = broken.first() {
-        return violation(&format!("out: {first} checksum broken"), &broken);
-    }
-    let transmitted = verdict != XDP_PASS;
-    ensure(!transmitted || output[6..12] == LB_MAC, "out: source MAC not the balancer's", &output[6..12])?;
-    let out = Out { input, output, lin, lout, transmitted };
-    if let Some(quote) = lin.quote(input).filter(|_| world.is_vip_addr(addr(lin.dst(input)))) {
-        return out.icmp_error(world, model, quote).map(|()| Some(Sent::IcmpError));
-    }
-    let Some(t) = Tuple::of(input) else {
-        return violation("out: neither TCP/UDP nor an ICMP error to a VIP", ());
-    };
-    if let Some(vip) = world.vip(t.dst, t.dport, t.proto) {
-        return out.forwarded(world, model, vip, t).map(|()| Some(Sent::Forwarded));
-    }
-    if t.dst == world.lb(t.dst) {
-        return out.reply(model, t).map(|()| Some(Sent::Reply));
-    }
-    violation("out: not a VIP flow, a reply of one or an ICMP error about one", t)
+    let out = Out { input, output, lin, lout, transmitted: verdict != XDP_PASS };
+    // What the output was sent as, first: the model learns from it even if an invariant
+    // of the frame is broken, so that one finding does not make up others.
+    let sent = out.classify(world, model);
+    out.frame_checks().and(sent).map(Some)
 }
 
 struct Out<'a> {
@@ -94,6 +71,46 @@ struct Out<'a> {
 }
 
 impl Out<'_> {
+    /// The invariants of every frame that goes out, whatever it is.
+    fn frame_checks(&self) -> Result<(), Violation> {
+        let (input, output, lout) = (self.input, self.output, &self.lout);
+        if let Err(e) = SlicedPacket::from_ethernet(output) {
+            return violation("out: etherparse refuses the frame", e);
+        }
+        // Only a transmitted frame is cut to its IP packet: the kernel cuts what it is passed.
+        let kept = if self.transmitted { output.len() <= input.len() } else { output.len() == input.len() };
+        ensure(kept, "out: frame longer, or cut", (input.len(), output.len()))?;
+        // Ethernet frames shorter than 60 bytes are padded.
+        let may_pad = output.len() <= 60 || !self.transmitted;
+        ensure(lout.end == output.len() || may_pad, "out: IP length differs from the frame", lout)?;
+        ensure(output[12..lout.l3] == input[12..self.lin.l3], "out: VLAN tag or ethertype changed", ())?;
+        let wrong_in = wrong_checksums(input);
+        let broken: Vec<_> = wrong_checksums(output).into_iter().filter(|c| !wrong_in.contains(c)).collect();
+        if let Some(first) = broken.first() {
+            return violation(&format!("out: {first} checksum broken"), &broken);
+        }
+        ensure(!self.transmitted || output[6..12] == LB_MAC, "out: source MAC not the balancer's", &output[6..12])
+    }
+
+    /// What the output is (a VIP flow's packet, a reply, an ICMP error about a flow), and
+    /// whether it went where that kind of packet must go.
+    fn classify(&self, world: &World, model: &mut Model) -> Result<Sent, Violation> {
+        let (input, lin) = (self.input, &self.lin);
+        if let Some(quote) = lin.quote(input).filter(|_| world.is_vip_addr(addr(lin.dst(input)))) {
+            return self.icmp_error(world, model, quote).map(|()| Sent::IcmpError);
+        }
+        let Some(t) = Tuple::of(input) else {
+            return violation("out: neither TCP/UDP nor an ICMP error to a VIP", ());
+        };
+        if let Some(vip) = world.vip(t.dst, t.dport, t.proto) {
+            return self.forwarded(world, model, vip, t).map(|()| Sent::Forwarded);
+        }
+        if t.dst == world.lb(t.dst) {
+            return self.reply(model, t).map(|()| Sent::Reply);
+        }
+        violation("out: not a VIP flow, a reply of one or an ICMP error about one", t)
+    }
+
     fn tuple(&self) -> Result<Tuple, Violation> {
         Tuple::of(self.output).map_or_else(|| violation("out: ports lost", ()), Ok)
     }
@@ -101,6 +118,11 @@ impl Out<'_> {
     /// The destination MAC is the neighbour entry of `to` (checked when transmitted).
     fn ensure_mac(&self, kind: &str, to: std::net::IpAddr) -> Result<(), Violation> {
         ensure(!self.transmitted || self.output[..6] == neighbour_mac(last_byte(to)), kind, (&self.output[..6], to))
+    }
+
+    /// The frame went out as it came but for the MACs (and cut to its IP packet).
+    fn ensure_only_macs_changed(&self, kind: &str) -> Result<(), Violation> {
+        ensure(self.output[12..] == self.input[12..self.output.len()], kind, ())
     }
 
     /// Every byte that changed is one of the MACs, addresses, ports or checksums.
@@ -115,24 +137,21 @@ impl Out<'_> {
 
     fn forwarded(&self, world: &World, model: &mut Model, vip: &Vip, flow: Tuple) -> Result<(), Violation> {
         if !vip.nat {
-            ensure(self.transmitted, "dsr: rewritten and passed", ())?;
-            ensure(self.output[12..] == self.input[12..], "dsr: more than the MACs rewritten", ())?;
-            let Some(&(backend, _)) =
-                vip.backends.iter().find(|(b, _)| self.output[..6] == neighbour_mac(last_byte(*b)))
-            else {
-                return violation("dsr: sent to a MAC of no backend of its VIP", &self.output[..6]);
+            let mac = &self.output[..6];
+            let Some(&(backend, _)) = vip.backends.iter().find(|(b, _)| *mac == neighbour_mac(last_byte(*b))) else {
+                return violation("dsr: sent to a MAC of no backend of its VIP", mac);
             };
             model.forwarded(flow, backend, None);
-            return Ok(());
+            ensure(self.transmitted, "dsr: rewritten and passed", ())?;
+            return self.ensure_only_macs_changed("dsr: more than the MACs rewritten");
         }
         let out = self.tuple()?;
+        model.forwarded(flow, out.dst, Some(out.reversed()));
         ensure(out.src == world.lb(out.src), "nat: source not the balancer's address", out)?;
         ensure(vip.backends.contains(&(out.dst, out.dport)), "nat: sent to no backend of its VIP", out)?;
         ensure(world.nat_ports.contains(&out.sport), "nat: source port outside the nat range", out)?;
         self.ensure_mac("nat: MAC not the backend's", out.dst)?;
-        self.ensure_only_translated()?;
-        model.forwarded(flow, out.dst, Some(out.reversed()));
-        Ok(())
+        self.ensure_only_translated()
     }
 
     fn reply(&self, model: &Model, from_backend: Tuple) -> Result<(), Violation> {
@@ -142,11 +161,8 @@ impl Out<'_> {
         let out = self.tuple()?;
         let to = (out.dst, out.dport);
         ensure(to == (client_flow.src, client_flow.sport), "reply: sent to another client", (client_flow, out))?;
-        ensure(
-            (out.src, out.sport) == (client_flow.dst, client_flow.dport),
-            "reply: not from its VIP",
-            (client_flow, out),
-        )?;
+        let from = (out.src, out.sport);
+        ensure(from == (client_flow.dst, client_flow.dport), "reply: not from its VIP", (client_flow, out))?;
         self.ensure_mac("reply: MAC not the client's", out.dst)?;
         self.ensure_only_translated()
     }
@@ -164,7 +180,7 @@ impl Out<'_> {
         };
         self.ensure_mac("icmp: MAC not the flow's backend's", backend)?;
         if !vip.nat {
-            return ensure(self.output[12..] == self.input[12..], "icmp: dsr error rewritten", ());
+            return self.ensure_only_macs_changed("icmp: dsr error rewritten");
         }
         let dst = addr(self.lout.dst(self.output));
         ensure(dst == backend, "icmp: delivered to another backend than its flow's", (flow, dst))?;
@@ -172,11 +188,8 @@ impl Out<'_> {
         let Some(out_quote) = out_quote else {
             return violation("icmp: quote lost", ());
         };
-        ensure(
-            model.nat.get(&out_quote) == Some(&flow),
-            "icmp: quote translated to another flow's",
-            (flow, out_quote),
-        )?;
+        let owner = model.nat.get(&out_quote);
+        ensure(owner == Some(&flow), "icmp: quote translated to another flow's", (flow, out_quote, owner))?;
         self.ensure_only_translated()
     }
 }
