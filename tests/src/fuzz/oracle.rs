@@ -213,3 +213,72 @@ fn rewritable(layout: &Layout, quote: Option<usize>) -> Vec<Range<usize>> {
     }
     ranges
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fuzz::seeds::frame;
+    use crate::fuzz::{CLIENTS, fuzz_config};
+
+    fn tcp(src: &str, sport: u16, dst: &str, dport: u16) -> Tuple {
+        Tuple { proto: 6, src: src.parse().expect("src"), sport, dst: dst.parse().expect("dst"), dport }
+    }
+
+    /// The frame of `t` as the balancer sends it to `to`'s MAC.
+    fn sent(t: &Tuple, to: &str) -> Vec<u8> {
+        let mut out = frame(t, 0x10, b"data");
+        out[..6].copy_from_slice(&neighbour_mac(last_byte(to.parse().expect("to"))));
+        out[6..12].copy_from_slice(&LB_MAC);
+        out
+    }
+
+    /// The oracle must see what a broken program would do: it is what makes the fuzz target
+    /// fail, and the program has no such bugs to show it.
+    #[test]
+    fn the_oracle_names_what_broke() {
+        let world = World::of_config(&fuzz_config(""), CLIENTS).expect("world");
+        let mut model = Model::default();
+        let mut kind = |input: &[u8], verdict: u32, output: &[u8]| {
+            check(&world, &mut model, &Run { input, verdict, output }).map_err(|v| v.kind)
+        };
+        let client = tcp("10.0.0.2", 1000, "10.100.0.1", 80);
+        let to_backend = tcp("10.0.0.1", 20000, "10.0.1.11", 8080);
+        let forwarded = sent(&to_backend, "10.0.1.11");
+        assert_eq!(kind(&frame(&client, 0x10, b"data"), XDP_TX, &forwarded), Ok(Some(Sent::Forwarded)));
+        let (reply_in, reply_out) =
+            (frame(&to_backend.reversed(), 0x10, b"data"), sent(&client.reversed(), "10.0.0.2"));
+        assert_eq!(kind(&reply_in, XDP_TX, &reply_out), Ok(Some(Sent::Reply)));
+
+        let mut bad_checksum = reply_out.clone();
+        bad_checksum[14 + 20 + 16] ^= 1;
+        let other_host = tcp("10.0.0.2", 1000, "10.0.9.9", 80);
+        let padded = |frame: &[u8]| [frame, &[0; 40]].concat();
+        let cases = [
+            ("XDP_ABORTED", reply_in.clone(), 0, reply_out.clone()),
+            (
+                "reply: sent to another client",
+                reply_in.clone(),
+                XDP_TX,
+                sent(&tcp("10.100.0.1", 80, "10.0.0.3", 1000), "10.0.0.3"),
+            ),
+            ("reply: MAC not the client's", reply_in.clone(), XDP_TX, sent(&client.reversed(), "10.0.0.3")),
+            ("out: tcp checksum broken", reply_in.clone(), XDP_TX, bad_checksum),
+            ("out: IP length differs from the frame", padded(&reply_in), XDP_TX, padded(&reply_out)),
+            (
+                "nat: sent to no backend of its VIP",
+                frame(&client, 0x10, b"data"),
+                XDP_TX,
+                sent(&tcp("10.0.0.1", 20000, "10.0.1.12", 8080), "10.0.1.12"),
+            ),
+            (
+                "out: not a VIP flow, a reply of one or an ICMP error about one",
+                frame(&other_host, 0x10, b"data"),
+                XDP_TX,
+                sent(&other_host, "10.0.9.9"),
+            ),
+        ];
+        for (want, input, verdict, output) in cases {
+            assert_eq!(kind(&input, verdict, &output), Err(want.to_string()), "{want}");
+        }
+    }
+}
