@@ -17,6 +17,7 @@ use std::fmt;
 
 use anyhow::Result;
 use fastrand::Rng;
+use lb_common::{GlobalStats, VipStats};
 
 pub use oracle::Sent;
 use oracle::{Run, Violation, check};
@@ -44,19 +45,32 @@ const MORE_NEIGHBOURS: &[&str] = &[
     "fd00::1:14",
 ];
 
-/// The fixtures' config with `extra` in its `[balancer]` table (see `config_with`), and a
-/// second backend for the nat TCP VIPs, so that a flow's backend is a choice.
+/// The fixtures' config with `extra` in its `[balancer]` table (see `config_with`), and more
+/// for the program to do: a second backend for the nat TCP VIPs (a flow's backend is a
+/// choice), passive health signals from the IPv4 one's replies (it speaks HTTP), and rate
+/// limits on the dsr VIPs that run out within a run.
 pub fn fuzz_config(extra: &str) -> String {
+    let second_backend = |first: &str, second: &str| {
+        (
+            format!("address = \"{first}\"\nport = 8080\n"),
+            format!("address = \"{first}\"\nport = 8080\n[[vip.backend]]\naddress = \"{second}\"\nport = 8080\n"),
+        )
+    };
+    let (v4, v4_two) = second_backend("10.0.1.11", "10.0.1.14");
+    let (v6, v6_two) = second_backend("fd00::1:11", "fd00::1:14");
+    let slow = "fill_interval = \"1m\"";
     config_with(extra)
+        .replacen(&v4, &v4_two, 1)
+        .replacen(&v6, &v6_two, 1)
+        .replacen("protocol = \"tcp\"\n", "protocol = \"tcp\"\nhttp = true\noutlier_detection = {}\n", 1)
         .replacen(
-            "address = \"10.0.1.11\"\nport = 8080\n",
-            "address = \"10.0.1.11\"\nport = 8080\n[[vip.backend]]\naddress = \"10.0.1.14\"\nport = 8080\n",
+            "mode = \"dsr\"\n",
+            &format!("mode = \"dsr\"\nsource_limit = {{ quota = 1, burst = 20, prefix_len = 32, {slow} }}\n"),
             1,
         )
-        .replacen(
-            "address = \"fd00::1:11\"\nport = 8080\n",
-            "address = \"fd00::1:11\"\nport = 8080\n[[vip.backend]]\naddress = \"fd00::1:14\"\nport = 8080\n",
-            1,
+        .replace(
+            "protocol = \"udp\"\nmode = \"dsr\"\n",
+            &format!("protocol = \"udp\"\nmode = \"dsr\"\nnew_flow_limit = {{ quota = 1, burst = 500, {slow} }}\npacket_limit = {{ quota = 1, burst = 1000, {slow} }}\n"),
         )
 }
 
@@ -77,6 +91,9 @@ pub struct Summary {
     pub sent: BTreeMap<Sent, u64>,
     /// By kind of broken invariant.
     pub findings: BTreeMap<String, Finding>,
+    /// The program's own counters at the end: what the cases made it do.
+    pub global: GlobalStats,
+    pub vips: Vec<VipStats>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -99,6 +116,26 @@ impl fmt::Display for Summary {
             self.cases,
             verdicts.join(", "),
             sent.join(", ")
+        )?;
+        writeln!(f, "  before a VIP: {:?}", self.global)?;
+        let sum = |field: fn(&VipStats) -> u64| self.vips.iter().map(field).sum::<u64>();
+        writeln!(
+            f,
+            "  VIPs: new flows {}, replies {}, icmp errors {}, rate limited {} (sources), {} (new flows), {} (packets)",
+            sum(|v| v.new_flows),
+            sum(|v| v.reply_packets),
+            sum(|v| v.icmp_errors_forwarded),
+            sum(|v| v.rate_limited_sources),
+            sum(|v| v.rate_limited_new_flows),
+            sum(|v| v.rate_limited_packets),
+        )?;
+        writeln!(
+            f,
+            "  tables: nat ports exhausted {}, flow table full {}, untracked dsr flows {}, reopened flows {}",
+            sum(|v| v.drop_nat_ports_exhausted),
+            sum(|v| v.drop_flow_table_full),
+            sum(|v| v.untracked_flows),
+            sum(|v| v.reopened_flows),
         )?;
         writeln!(f, "  findings: {}", if self.findings.is_empty() { "none" } else { "" })?;
         for (kind, found) in &self.findings {
@@ -142,6 +179,9 @@ impl Fuzzer {
             }
             self.case(&frame)?;
         }
+        self.summary.global = self.env.dataplane.global_stats()?;
+        let vip_ids = 0..self.world.vips.len() as u32;
+        self.summary.vips = vip_ids.map(|id| self.env.dataplane.vip_stats(id)).collect::<Result<_, _>>()?;
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Mutations of a frame: bit flips, bytes set, truncation, padding, length fields set to
 //! boundary values, garbage after the Ethernet header, header fields swapped, the protocol
-//! changed, fragments, IPv4 options and IPv6 extension headers, VLAN tags.
+//! changed, TCP flags, UDP checksums, fragments, IPv4 options and IPv6 extension headers,
+//! VLAN tags.
 
 use std::ops::Range;
 
@@ -36,11 +37,7 @@ pub fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) {
         7 => fragment(rng, frame, &layout),
         8 => insert_ip_extension(frame, &layout),
         9 => insert_vlan_tag(rng, frame),
-        10 => {
-            if layout.proto == 6 && layout.l4 + 14 <= frame.len() {
-                frame[layout.l4 + 13] = rng.u8(..);
-            }
-        }
+        10 => set_l4_field(rng, frame, &layout),
         _ => garbage(rng, frame, &layout),
     }
 }
@@ -68,6 +65,15 @@ fn set_length(rng: &mut Rng, frame: &mut [u8], layout: &Layout) {
         2 if layout.proto == 17 => set16(frame, l4 + 4, boundary(rng, (layout.end - l4) as u16)),
         _ if layout.proto == 6 && l4 + 13 <= frame.len() => frame[l4 + 12] = rng.u8(0..16) << 4,
         _ => set16(frame, l3 + 2, boundary(rng, be16(frame, l3 + 2).unwrap_or(0))),
+    }
+}
+
+/// TCP flags set at random, or a UDP checksum set to zero (none, over IPv4).
+fn set_l4_field(rng: &mut Rng, frame: &mut [u8], layout: &Layout) {
+    match layout.proto {
+        6 if layout.l4 + 14 <= frame.len() => frame[layout.l4 + 13] = rng.u8(..),
+        17 => set16(frame, layout.l4 + 6, 0),
+        _ => {}
     }
 }
 

@@ -79,7 +79,12 @@ impl Seeds<'_> {
         }
     }
 
+    /// Random bytes, or the start of an HTTP response (which nat replies are watched for).
     fn payload(&mut self) -> Vec<u8> {
+        if self.rng.u8(0..8) == 0 {
+            let status = self.rng.choice(["200 OK", "503 Busy", "404 No", "999 ?"]).expect("statuses");
+            return format!("HTTP/1.1 {status}\r\n\r\n").into_bytes();
+        }
         let len = *self.rng.choice(&[0usize, 1, 5, 18, 64, 300]).expect("lengths");
         std::iter::repeat_with(|| self.rng.u8(..)).take(len).collect()
     }
