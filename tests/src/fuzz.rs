@@ -45,11 +45,13 @@ const MORE_NEIGHBOURS: &[&str] = &[
     "fd00::1:14",
 ];
 
-/// The fixtures' config with `extra` in its `[balancer]` table (see `config_with`), and more
+/// The fixtures' config with `keys` in its `[balancer]` table (see `config_with`), and more
 /// for the program to do: a second backend for the nat TCP VIPs (a flow's backend is a
 /// choice), passive health signals from the IPv4 one's replies (it speaks HTTP), and rate
-/// limits on the dsr VIPs that run out within a run.
-pub fn fuzz_config(extra: &str) -> String {
+/// limits on the dsr VIPs that run out within a run. Connections live an hour after their
+/// last packet whatever their state, so none is over during a run: a nat port given to
+/// one client flow is never another's.
+pub fn fuzz_config(keys: &str) -> String {
     let second_backend = |first: &str, second: &str| {
         (
             format!("address = \"{first}\"\nport = 8080\n"),
@@ -59,7 +61,10 @@ pub fn fuzz_config(extra: &str) -> String {
     let (v4, v4_two) = second_backend("10.0.1.11", "10.0.1.14");
     let (v6, v6_two) = second_backend("fd00::1:11", "fd00::1:14");
     let slow = "fill_interval = \"1m\"";
-    config_with(extra)
+    let timeouts = ["tcp_syn", "tcp_established", "tcp_fin", "tcp_closed", "tcp_time_wait", "udp"]
+        .map(|t| format!("{t} = \"1h\"\n"))
+        .concat();
+    config_with(&format!("{keys}\n[balancer.flow_timeouts]\n{timeouts}"))
         .replacen(&v4, &v4_two, 1)
         .replacen(&v6, &v6_two, 1)
         .replacen("protocol = \"tcp\"\n", "protocol = \"tcp\"\nhttp = true\noutlier_detection = {}\n", 1)

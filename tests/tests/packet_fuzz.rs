@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use lb_tests::fuzz::{Fuzzer, Sent, Summary, fuzz_config};
-use lb_tests::packets::XDP_TX;
+use lb_tests::packets::{XDP_DROP, XDP_PASS, XDP_TX};
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{name}={v}: not a number")))
@@ -31,7 +31,9 @@ fn random_and_mutated_frames_keep_the_invariants() -> Result<()> {
     }
     for s in &summaries {
         assert!(s.findings.is_empty(), "{}: {} kinds of broken invariants (see above)", s.name, s.findings.len());
-        assert!(s.verdicts.get(&XDP_TX).copied().unwrap_or(0) * 10 >= s.cases, "{}: under a tenth transmitted", s.name);
+        for verdict in [XDP_DROP, XDP_PASS, XDP_TX] {
+            assert!(s.verdicts.contains_key(&verdict), "{}: no case had verdict {verdict}", s.name);
+        }
         for kind in [Sent::Forwarded, Sent::Reply, Sent::IcmpError] {
             assert!(s.sent.get(&kind).copied().unwrap_or(0) > 0, "{}: nothing {kind:?} went out", s.name);
         }

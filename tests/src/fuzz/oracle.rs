@@ -146,7 +146,10 @@ impl Out<'_> {
             return self.ensure_only_macs_changed("dsr: more than the MACs rewritten");
         }
         let out = self.tuple()?;
-        model.forwarded(flow, out.dst, Some(out.reversed()));
+        // Every connection outlives a run (see `fuzz_config`): a port never changes hands.
+        if let Some(before) = model.forwarded(flow, out.dst, Some(out.reversed())) {
+            return violation("nat: a live connection's port given to another client flow", (before, flow, out));
+        }
         ensure(out.src == world.lb(out.src), "nat: source not the balancer's address", out)?;
         ensure(vip.backends.contains(&(out.dst, out.dport)), "nat: sent to no backend of its VIP", out)?;
         ensure(world.nat_ports.contains(&out.sport), "nat: source port outside the nat range", out)?;
@@ -197,7 +200,7 @@ impl Out<'_> {
 /// Offsets from the IP header of what translation may rewrite: addresses, ports and
 /// checksums, also those of a quoted packet at `quote` (MACs are allowed by the caller).
 fn rewritable(layout: &Layout, quote: Option<usize>) -> Vec<Range<usize>> {
-    let ip = |v6: bool| if v6 { vec![8..40] } else { vec![10..12, 12..20] };
+    let ip = |v6: bool| if v6 { vec![8..24, 24..40] } else { vec![10..12, 12..20] };
     let mut ranges = ip(layout.v6);
     let l4 = layout.l4 - layout.l3;
     match layout.proto {
@@ -233,7 +236,7 @@ mod tests {
     }
 
     /// The oracle must see what a broken program would do: it is what makes the fuzz target
-    /// fail, and the program has no such bugs to show it.
+    /// fail, and the program has no such bugs left to show it.
     #[test]
     fn the_oracle_names_what_broke() {
         let world = World::of_config(&fuzz_config(""), CLIENTS).expect("world");
@@ -277,6 +280,13 @@ mod tests {
                 sent(&other_host, "10.0.9.9"),
             ),
         ];
+        let other_client = tcp("10.0.0.3", 1000, "10.100.0.1", 80);
+        let cases = cases.into_iter().chain([(
+            "nat: a live connection's port given to another client flow",
+            frame(&other_client, 0x10, b"data"),
+            XDP_TX,
+            forwarded,
+        )]);
         for (want, input, verdict, output) in cases {
             assert_eq!(kind(&input, verdict, &output), Err(want.to_string()), "{want}");
         }

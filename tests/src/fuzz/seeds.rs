@@ -70,11 +70,11 @@ pub struct Seeds<'a> {
 impl Seeds<'_> {
     pub fn next(&mut self) -> Vec<u8> {
         match self.rng.u8(0..100) {
-            0..40 => self.to_vip(),
+            0..40 => self.client_to_vip(),
             40..60 => self.reply(),
             60..75 => self.icmp_about_a_flow(),
             75..80 => self.icmp_to_the_balancer(),
-            80..88 => self.to_a_vip_address(),
+            80..88 => self.odd_port_or_protocol(),
             _ => self.not_for_a_vip(),
         }
     }
@@ -99,7 +99,7 @@ impl Seeds<'_> {
     }
 
     /// A client's packet to a VIP, from a small range of ports so that flows repeat.
-    fn to_vip(&mut self) -> Vec<u8> {
+    fn client_to_vip(&mut self) -> Vec<u8> {
         let vip = self.rng.choice(&self.world.vips).expect("vips");
         let (addr, port, proto) = (vip.addr, vip.port, vip.proto);
         let t =
@@ -111,7 +111,7 @@ impl Seeds<'_> {
     /// A backend's packet on a nat flow seen so far (a tenth of them to another port).
     fn reply(&mut self) -> Vec<u8> {
         let Some(&(mut t)) = self.rng.choice(&self.model.nat_seen) else {
-            return self.to_vip();
+            return self.client_to_vip();
         };
         if self.rng.u8(0..10) == 0 {
             t.dport = self.rng.u16(self.world.nat_ports.clone());
@@ -143,7 +143,7 @@ impl Seeds<'_> {
     /// An ICMP error from a router to a VIP about the VIP's packet to a client of a flow seen.
     fn icmp_about_a_flow(&mut self) -> Vec<u8> {
         let Some(&flow) = self.rng.choice(&self.model.flows_seen) else {
-            return self.to_vip();
+            return self.client_to_vip();
         };
         let v4 = flow.src.is_ipv4();
         let router = if v4 { "10.0.0.254".parse() } else { "fd00::fe".parse() }.expect("router");
@@ -155,7 +155,7 @@ impl Seeds<'_> {
     /// An ICMP error from a backend to the balancer about a nat packet it sent the backend.
     fn icmp_to_the_balancer(&mut self) -> Vec<u8> {
         let Some(&reply) = self.rng.choice(&self.model.nat_seen) else {
-            return self.to_vip();
+            return self.client_to_vip();
         };
         let quoted = self.quote(&reply.reversed());
         let (icmp_type, code) = self.icmp_type(reply.src.is_ipv4());
@@ -163,7 +163,7 @@ impl Seeds<'_> {
     }
 
     /// A VIP address with a port or protocol it doesn't serve, or the balancer's own address.
-    fn to_a_vip_address(&mut self) -> Vec<u8> {
+    fn odd_port_or_protocol(&mut self) -> Vec<u8> {
         let vip = self.rng.choice(&self.world.vips).expect("vips");
         let (addr, proto) = (vip.addr, if self.rng.bool() { 6 } else { 17 });
         let dst = if self.rng.bool() { addr } else { self.world.lb(addr) };

@@ -141,14 +141,19 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn forwarded(&mut self, client_flow: Tuple, backend: IpAddr, reply: Option<Tuple>) {
+    /// Learns that a packet of `client_flow` went to `backend`, in nat as `reply` reversed.
+    /// Returns the other client flow that had the same nat port and backend before, if any.
+    pub fn forwarded(&mut self, client_flow: Tuple, backend: IpAddr, reply: Option<Tuple>) -> Option<Tuple> {
         if self.flows.insert(client_flow, backend).is_none() {
             self.flows_seen.push(client_flow);
         }
-        if let Some(reply) = reply
-            && self.nat.insert(reply, client_flow).is_none()
-        {
-            self.nat_seen.push(reply);
+        let reply = reply?;
+        match self.nat.insert(reply, client_flow) {
+            None => {
+                self.nat_seen.push(reply);
+                None
+            }
+            Some(before) => (before != client_flow).then_some(before),
         }
     }
 }
