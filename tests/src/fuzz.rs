@@ -52,31 +52,29 @@ const MORE_NEIGHBOURS: &[&str] = &[
 /// last packet whatever their state, so none is over during a run: a nat port given to
 /// one client flow is never another's.
 pub fn fuzz_config(keys: &str) -> String {
-    let second_backend = |first: &str, second: &str| {
-        (
-            format!("address = \"{first}\"\nport = 8080\n"),
-            format!("address = \"{first}\"\nport = 8080\n[[vip.backend]]\naddress = \"{second}\"\nport = 8080\n"),
-        )
-    };
-    let (v4, v4_two) = second_backend("10.0.1.11", "10.0.1.14");
-    let (v6, v6_two) = second_backend("fd00::1:11", "fd00::1:14");
     let slow = "fill_interval = \"1m\"";
     let timeouts = ["tcp_syn", "tcp_established", "tcp_fin", "tcp_closed", "tcp_time_wait", "udp"]
         .map(|t| format!("{t} = \"1h\"\n"))
         .concat();
-    config_with(&format!("{keys}\n[balancer.flow_timeouts]\n{timeouts}"))
-        .replacen(&v4, &v4_two, 1)
-        .replacen(&v6, &v6_two, 1)
-        .replacen("protocol = \"tcp\"\n", "protocol = \"tcp\"\nhttp = true\noutlier_detection = {}\n", 1)
-        .replacen(
-            "mode = \"dsr\"\n",
-            &format!("mode = \"dsr\"\nsource_limit = {{ quota = 1, burst = 20, prefix_len = 32, {slow} }}\n"),
-            1,
-        )
-        .replace(
-            "protocol = \"udp\"\nmode = \"dsr\"\n",
-            &format!("protocol = \"udp\"\nmode = \"dsr\"\nnew_flow_limit = {{ quota = 1, burst = 500, {slow} }}\npacket_limit = {{ quota = 1, burst = 1000, {slow} }}\n"),
-        )
+    let mut config = config_with(&format!("{keys}\n[balancer.flow_timeouts]\n{timeouts}"));
+    for first in ["10.0.1.11", "fd00::1:11"] {
+        let second = first.replace("11", "14");
+        let backend = format!("address = \"{first}\"\nport = 8080\n");
+        config = add_after(&config, &backend, &format!("[[vip.backend]]\naddress = \"{second}\"\nport = 8080\n"));
+    }
+    config = add_after(&config, "protocol = \"tcp\"\n", "http = true\noutlier_detection = {}\n");
+    let source_limit = format!("source_limit = {{ quota = 1, burst = 20, prefix_len = 32, {slow} }}\n");
+    config = add_after(&config, "port = 80\nprotocol = \"tcp\"\nmode = \"dsr\"\n", &source_limit);
+    let limits = format!(
+        "new_flow_limit = {{ quota = 1, burst = 500, {slow} }}\npacket_limit = {{ quota = 1, burst = 1000, {slow} }}\n"
+    );
+    add_after(&config, "protocol = \"udp\"\nmode = \"dsr\"\n", &limits)
+}
+
+/// `text` with `added` after the first `anchor`, which must be there.
+fn add_after(text: &str, anchor: &str, added: &str) -> String {
+    assert!(text.contains(anchor), "the fixtures' config has no {anchor:?}");
+    text.replacen(anchor, &format!("{anchor}{added}"), 1)
 }
 
 /// A broken invariant's count and its first instance.
