@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, bpf_fib_lookup as FibParams, xdp_action},
-    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
 use lb_common::*;
@@ -80,14 +80,14 @@ pub fn forward_to_backend(ctx: &XdpContext, h: &Headers, backend_id: u32, addr: 
     // SAFETY: plain helper call (inlined by the kernel: a load of jiffies_64).
     let jiffies = unsafe { bpf_jiffies64() };
     if jiffies < hop.fresh_until_jiffies {
-        return Ok(transmit_hop(ctx, hop));
+        return Ok(transmit_hop(ctx, h, hop));
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let age = now.wrapping_sub(hop.refreshed_ns);
     if hop.refreshed_ns != 0 && age < NEXT_HOP_TTL_NS {
         hop.fresh_until_jiffies = fresh_until_jiffies(jiffies, NEXT_HOP_TTL_NS - age);
-        return Ok(transmit_hop(ctx, hop));
+        return Ok(transmit_hop(ctx, h, hop));
     }
     let sent = forward(ctx, h, addr, Some(&mut *hop));
     if sent == Err(Unsent::NoNeighbour) && now.wrapping_sub(hop.neighbour_asked_ns) >= NEIGHBOUR_ASK_INTERVAL_NS {
@@ -142,7 +142,7 @@ pub fn forward(ctx: &XdpContext, h: &Headers, next: &Addr, cache: Option<&mut Ne
         copy_mac(&mut cache.smac, &fib.smac);
         copy_mac(&mut cache.dmac, &fib.dmac);
     }
-    Ok(transmit(ctx, fib.ifindex, &fib.smac, &fib.dmac))
+    Ok(transmit(ctx, h, fib.ifindex, &fib.smac, &fib.dmac))
 }
 
 /// Copies a MAC address between 2-byte aligned arrays (`NextHop`, `bpf_fib_lookup`).
@@ -156,12 +156,27 @@ pub fn copy_mac(to: &mut [u8; 6], from: &[u8; 6]) {
 }
 
 #[inline(always)]
-pub fn transmit_hop(ctx: &XdpContext, hop: &NextHop) -> u32 {
-    transmit(ctx, hop.ifindex, &hop.smac, &hop.dmac)
+pub fn transmit_hop(ctx: &XdpContext, h: &Headers, hop: &NextHop) -> u32 {
+    transmit(ctx, h, hop.ifindex, &hop.smac, &hop.dmac)
+}
+
+/// The shortest Ethernet frame (without its FCS): shorter ones are padded up to it.
+pub const MIN_FRAME_LEN: u32 = 60;
+
+/// Cuts what the frame holds after its IP packet: bytes the sender put beyond the IP length,
+/// which no length or checksum covers, are not sent on. The padding of a minimum frame stays.
+#[inline(always)]
+fn cut_to_packet(ctx: &XdpContext, h: &Headers) {
+    let keep = ((h.l3 + h.ip_len as usize) as u32).max(MIN_FRAME_LEN);
+    if h.frame_len > keep {
+        // SAFETY: plain helper call; the frame is reached through `at` only, after it too.
+        let _ = unsafe { bpf_xdp_adjust_tail(ctx.ctx, keep as i32 - h.frame_len as i32) };
+    }
 }
 
 #[inline(always)]
-pub fn transmit(ctx: &XdpContext, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> u32 {
+pub fn transmit(ctx: &XdpContext, h: &Headers, ifindex: u32, smac: &[u8; 6], dmac: &[u8; 6]) -> u32 {
+    cut_to_packet(ctx, h);
     set_macs(ctx, smac, dmac);
     if ifindex == ctx.ingress_ifindex() as u32 {
         xdp_action::XDP_TX

@@ -269,9 +269,10 @@ pub fn http_status_class(ctx: &XdpContext, h: &Headers) -> Option<u8> {
 }
 
 /// Reads the IP and port header of the packet quoted in an ICMP error into `q`. Only a TCP
-/// or UDP packet without IPv4 options can belong to a flow. Both must lie within the ICMP
-/// message (`end`: where the outer IP packet ends), which its checksum covers: a rewrite
-/// of bytes beyond it would be applied to a checksum that never counted them.
+/// or UDP packet of the error's IP version, without IPv4 options, can belong to a flow.
+/// Both must lie within the ICMP message (`end`: where the outer IP packet ends), which its
+/// checksum covers: a rewrite of bytes beyond it would be applied to a checksum that never
+/// counted them.
 #[inline(always)]
 pub fn parse_quoted(ctx: &XdpContext, family: u8, l3: usize, end: usize, q: &mut Quoted) -> bool {
     let (l4, proto) = if family == FAMILY_V4 {
@@ -288,6 +289,9 @@ pub fn parse_quoted(ctx: &XdpContext, family: u8, l3: usize, end: usize, q: &mut
         let Ok(ip) = at(ctx, l3, IPV6_HLEN) else {
             return false;
         };
+        if read_u8(ip) >> 4 != 6 {
+            return false;
+        }
         read_addr(&mut q.src, ip + 8, FAMILY_V6);
         read_addr(&mut q.dst, ip + 24, FAMILY_V6);
         (l3 + IPV6_HLEN, read_u8(ip + 6))

@@ -1,5 +1,6 @@
 //! Test support: the netns lab, and the environment for packet fixtures and benchmarks.
 
+pub mod fuzz;
 pub mod lab;
 pub mod lab_config;
 pub mod packet_env;

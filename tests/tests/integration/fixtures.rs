@@ -427,3 +427,74 @@ fn a_syn_reusing_the_flow_of_a_backend_out_of_service_picks_again() -> Result<()
     assert_eq!(to(&mut f, false)?, first ^ 12 ^ 13, "and its packets follow");
     Ok(())
 }
+
+/// Found by the fuzzer (tests/tests/packet_fuzz.rs): bytes after the IP packet went out
+/// with it. What goes out is the packet whose lengths and checksums were kept right, padded
+/// to a minimum Ethernet frame at most.
+#[test]
+fn frames_go_out_cut_to_their_ip_packet() -> Result<()> {
+    let mut f = Fixtures::new("fxpad");
+    let padded = |frame: Vec<u8>, pad: usize| [frame, vec![0xab; pad]].concat();
+    let port = nat_port(addr16(CLIENT4), addr16(VIP4), CPORT, 80, PROTO_TCP, FAMILY_V4);
+    let (client6, dsr6) = (v6("fd00::2"), v6("fd00:100::2"));
+    let dsr_ack = |smac, dmac| tcp4_segment(smac, dmac, CLIENT4, VIP4_DSR, CPORT, 80, ack);
+    let cases = [
+        (
+            "nat v4 tcp syn with 40 bytes after its packet",
+            padded(tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 80, true), 40),
+            tcp4(LB_MAC, neighbour_mac(11), LB4, BACKEND4, port, 8080, true),
+        ),
+        (
+            "nat v4 reply with 3 bytes after its packet",
+            padded(tcp4(neighbour_mac(11), LB_MAC, BACKEND4, LB4, 8080, port, false), 3),
+            tcp4(LB_MAC, CLIENT_MAC, VIP4, CLIENT4, 80, CPORT, false),
+        ),
+        (
+            "dsr v6 udp with 7 bytes after its packet",
+            padded(udp6(CLIENT_MAC, LB_MAC, client6, dsr6, CPORT, 9000), 7),
+            udp6(LB_MAC, neighbour_mac(0x13), client6, dsr6, CPORT, 9000),
+        ),
+        // A 54-byte segment: its padding to 60 bytes stays, what lies beyond goes.
+        (
+            "dsr v4 ack padded to a minimum frame",
+            padded(dsr_ack(CLIENT_MAC, LB_MAC), 6),
+            padded(dsr_ack(LB_MAC, neighbour_mac(13)), 6),
+        ),
+        (
+            "dsr v4 ack padded beyond a minimum frame",
+            padded(dsr_ack(CLIENT_MAC, LB_MAC), 20),
+            padded(dsr_ack(LB_MAC, neighbour_mac(13)), 6),
+        ),
+    ];
+    for (name, input, want) in cases {
+        f.case(name, &input, XDP_TX, Some(&want))?;
+    }
+    Ok(())
+}
+
+/// Found by the fuzzer: an ICMPv6 error whose quoted "IPv6 header" had another version was
+/// read as IPv6 and delivered to a backend (IPv4 quotes were checked).
+#[test]
+fn icmpv6_errors_quoting_no_ipv6_header_are_unmatched() -> Result<()> {
+    let mut f = Fixtures::new("fxquote6");
+    let (client, vip) = (v6("fd00::2"), v6("fd00:100::2"));
+    f.case("open the v6 dsr flow", &udp6(CLIENT_MAC, LB_MAC, client, vip, CPORT, 9000), XDP_TX, None)?;
+    let error_quoting = |version: u8| {
+        let mut quoted =
+            write(|out| PacketBuilder::ipv6(vip, client, 63).udp(9000, CPORT).write(out, b"answer").expect("quoted"));
+        quoted[0] = version << 4;
+        write(|out| {
+            PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+                .ipv6(v6("fd00::fe"), vip, 64)
+                .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+                .write(out, &quoted)
+                .expect("icmpv6")
+        })
+    };
+    f.case("quoted version 6", &error_quoting(6), XDP_TX, None)?;
+    for version in [0, 4, 13] {
+        f.case(&format!("quoted version {version}"), &error_quoting(version), XDP_DROP, None)?;
+    }
+    assert_eq!(f.global().drop_icmp_unmatched, 3);
+    Ok(())
+}

@@ -11,4 +11,5 @@ mod failover;
 mod fixtures;
 mod lifecycle;
 mod operations;
+mod packet_fuzz;
 mod rate_limits;
