@@ -7,7 +7,7 @@ use anyhow::{Result, bail, ensure};
 use aya::programs::{TestRun, TestRunOptions};
 use etherparse::PacketBuilder;
 use lb_common::PROG_LB;
-use lb_tests::packet_env::{IFACE, LB_MAC, PacketEnv, xdp_context};
+use lb_tests::packet_env::{Build, IFACE, LB_MAC, PacketEnv, xdp_context};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -121,7 +121,12 @@ pub fn median_f64(v: &[f64]) -> f64 {
 
 /// Method A: the kernel's mean time per run over `repeat` runs of one call.
 pub fn in_kernel(env: &mut PacketEnv, prog: &str, pkt: &[u8], repeat: u32, want: u32) -> Result<f64> {
-    let (verdict, _, mean) = env.run_timed(prog, pkt, repeat)?;
+    in_kernel_of(env, Build::Current, prog, pkt, repeat, want)
+}
+
+/// [`in_kernel`] on `build`'s program.
+pub fn in_kernel_of(env: &mut PacketEnv, build: Build, prog: &str, pkt: &[u8], repeat: u32, want: u32) -> Result<f64> {
+    let (verdict, _, mean) = env.run_timed_in(build, prog, pkt, repeat)?;
     ensure!(verdict == want, "{prog}: verdict {verdict}, expected {want}");
     Ok(mean.as_nanos() as f64)
 }
@@ -143,13 +148,25 @@ pub fn per_call(
     prog: &str,
     calls: usize,
     want: u32,
+    next: impl FnMut() -> Vec<u8>,
+) -> Result<Calls> {
+    per_call_of(env, Build::Current, prog, calls, want, next)
+}
+
+/// [`per_call`] on `build`'s program.
+pub fn per_call_of(
+    env: &mut PacketEnv,
+    build: Build,
+    prog: &str,
+    calls: usize,
+    want: u32,
     mut next: impl FnMut() -> Vec<u8>,
 ) -> Result<Calls> {
     let mut ns = Vec::with_capacity(calls);
     let (mut wrong, mut last_wrong) = (0usize, 0u32);
     for _ in 0..calls {
         let pkt = next();
-        let (verdict, _, took) = env.run_timed(prog, &pkt, 1)?;
+        let (verdict, _, took) = env.run_timed_in(build, prog, &pkt, 1)?;
         if verdict != want {
             wrong += 1;
             last_wrong = verdict;

@@ -27,10 +27,15 @@
 //!    loopback in the same run; and the time from a site's VIP going down to the first
 //!    changed answer (two sites, `lb_tests::sites`).
 //!
-//! Usage: `lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9]`.
+//! 10. Connection state tracking: section 1's cases on this tree's object and on the one of
+//!     the revision before state tracking (`--baseline-rev`, default 1fbd7e7, built from
+//!     git), side by side in one environment, measured in alternation.
+//!
+//! Usage: `lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10] [--baseline-rev REV]`.
 
 mod across_cpus;
 mod active_checks;
+mod baseline;
 mod common;
 mod dns;
 mod flow_table;
@@ -38,6 +43,7 @@ mod maglev_build;
 mod per_packet;
 mod rate_limits;
 mod signals;
+mod state_tracking;
 mod throughput;
 
 use std::process::ExitCode;
@@ -57,12 +63,15 @@ struct Sizes {
     maglev_runs: usize,
     /// Section 4: target wall time of one generator run.
     tput_window: Duration,
+    /// Section 10: the revision compared with, and the alternating rounds per case.
+    baseline_rev: String,
+    rounds: usize,
 }
 
 // ---------------------------------------------------------------------------------------
 
 /// The namespaces' tags (PacketEnv names them `TAG-PID-N`).
-const NETNS_TAGS: [&str; 6] = ["lbb-pkt", "lbb-lru", "lbb-tput", "lbb-cpu", "lbb-rate", "lbb-sig"];
+const NETNS_TAGS: [&str; 7] = ["lbb-pkt", "lbb-lru", "lbb-tput", "lbb-cpu", "lbb-rate", "lbb-sig", "lbn-state"];
 
 /// Deletes namespaces left by an lb-bench that was killed (a guard cannot run on SIGKILL or
 /// an unhandled SIGINT): ours by name, and only when their process is gone.
@@ -93,7 +102,8 @@ type Section = fn(&Sizes) -> Result<()>;
 
 fn main() -> ExitCode {
     let mut quick = false;
-    let mut only: Vec<u32> = vec![1, 2, 3, 4, 5, 6, 7, 8, 9];
+    let mut only: Vec<u32> = (1..=10).collect();
+    let mut baseline_rev = baseline::DEFAULT_REV.to_owned();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -105,9 +115,17 @@ fn main() -> ExitCode {
                 };
                 only = list.split(',').filter_map(|s| s.trim().parse().ok()).collect();
             }
+            "--baseline-rev" => {
+                let Some(rev) = args.next() else {
+                    eprintln!("--baseline-rev needs a git revision");
+                    return ExitCode::from(2);
+                };
+                baseline_rev = rev;
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput, 5 flow table across CPUs,\n 6 rate limits (cost and accuracy), 7 passive health signals (cost, ejection latency),\n 8 active health checks at scale, 9 DNS site failover (qps vs gdnsd, time to a changed answer)"
+                    "usage: lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10] [--baseline-rev REV (default {})]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput, 5 flow table across CPUs,\n 6 rate limits (cost and accuracy), 7 passive health signals (cost, ejection latency),\n 8 active health checks at scale, 9 DNS site failover (qps vs gdnsd, time to a changed answer),\n 10 state tracking: section 1's cases against REV's eBPF object (built from git, cached under target/)",
+                    baseline::DEFAULT_REV
                 );
                 return ExitCode::SUCCESS;
             }
@@ -117,8 +135,8 @@ fn main() -> ExitCode {
             }
         }
     }
-    if (only.iter().any(|s| [1, 2, 4, 5, 6, 7, 9].contains(s))) && !nix::unistd::Uid::effective().is_root() {
-        eprintln!("lb-bench: sections 1, 2, 4 to 7 and 9 need root (BPF, network namespaces); try --only 3");
+    if (only.iter().any(|s| [1, 2, 4, 5, 6, 7, 9, 10].contains(s))) && !nix::unistd::Uid::effective().is_root() {
+        eprintln!("lb-bench: sections 1, 2, 4 to 7, 9 and 10 need root (BPF, network namespaces); try --only 3");
         return ExitCode::from(2);
     }
     sweep_stale_netns();
@@ -129,6 +147,8 @@ fn main() -> ExitCode {
             fills: vec![("empty".into(), 0), ("100k".into(), 100_000)],
             maglev_runs: 5,
             tput_window: Duration::from_millis(200),
+            baseline_rev,
+            rounds: 10,
         }
     } else {
         Sizes {
@@ -141,9 +161,11 @@ fn main() -> ExitCode {
             ],
             maglev_runs: 10,
             tput_window: Duration::from_millis(700),
+            baseline_rev,
+            rounds: 20,
         }
     };
-    let sections: [(u32, &str, Section); 9] = [
+    let sections: [(u32, &str, Section); 10] = [
         (1, "per-packet cost (BPF_PROG_TEST_RUN) vs xdp_drop", per_packet::per_packet),
         (2, "flow table (shared LRU hash) by fill level", flow_table::flow_table),
         (3, "Maglev table build", maglev_build::maglev_build),
@@ -153,6 +175,7 @@ fn main() -> ExitCode {
         (7, "passive health signals: cost and ejection latency", signals::passive_signals),
         (8, "active health checks at scale", active_checks::active_checks),
         (9, "DNS site failover: qps vs gdnsd, time to a changed answer", dns::dns_failover),
+        (10, "connection state tracking vs the revision before it", state_tracking::state_tracking),
     ];
     let total = Instant::now();
     let mut failed = 0;

@@ -10,7 +10,7 @@ use crate::common::*;
 type Row = (String, String, f64, f64, f64);
 
 #[derive(Clone, Copy, PartialEq)]
-enum Method {
+pub enum Method {
     /// In-kernel loop, the kernel's mean.
     A,
     /// `repeat = 1`, the same packet every call (the first call creates the flow).
@@ -19,12 +19,82 @@ enum Method {
     BNew,
 }
 
-struct Case {
-    name: &'static str,
-    method: Method,
-    packet: Vec<u8>,
-    verdict: u32,
+pub struct Case {
+    pub name: &'static str,
+    pub method: Method,
+    pub packet: Vec<u8>,
+    pub verdict: u32,
+    /// The target ratio against `xdp_drop`.
     target: f64,
+}
+
+impl Case {
+    /// The VIP the case's packet goes to.
+    pub fn vip(&self) -> [u8; 4] {
+        if self.packet[30..34] == VIP_NAT { VIP_NAT } else { VIP_DSR }
+    }
+}
+
+/// What section 1 measures (and section 10 compares with an older build).
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "new flow: TCP SYN, nat VIP",
+            method: Method::BNew,
+            packet: tcp4(CLIENT4, VIP_NAT, 1, 80, true),
+            verdict: XDP_TX,
+            target: 11.0,
+        },
+        Case {
+            name: "new flow: TCP SYN, dsr VIP",
+            method: Method::BNew,
+            packet: tcp4(CLIENT4, VIP_DSR, 1, 80, true),
+            verdict: XDP_TX,
+            target: 11.0,
+        },
+        Case {
+            name: "existing: TCP ACK, dsr VIP",
+            method: Method::A,
+            packet: tcp4(CLIENT4, VIP_DSR, 40000, 80, false),
+            verdict: XDP_TX,
+            target: 4.8,
+        },
+        Case {
+            name: "existing: TCP ACK, dsr VIP",
+            method: Method::BSame,
+            packet: tcp4(CLIENT4, VIP_DSR, 40000, 80, false),
+            verdict: XDP_TX,
+            target: 4.8,
+        },
+        Case {
+            name: "existing: TCP ACK, nat VIP",
+            method: Method::BSame,
+            packet: tcp4(CLIENT4, VIP_NAT, 40000, 80, false),
+            verdict: XDP_TX,
+            target: 4.8,
+        },
+        Case {
+            name: "existing: UDP, dsr VIP",
+            method: Method::A,
+            packet: udp4(CLIENT4, VIP_DSR, 40000, UDP_DSR_PORT),
+            verdict: XDP_TX,
+            target: 4.8,
+        },
+        Case {
+            name: "existing: UDP, nat VIP",
+            method: Method::BSame,
+            packet: udp4(CLIENT4, VIP_NAT, 40000, UDP_NAT_PORT),
+            verdict: XDP_TX,
+            target: 4.8,
+        },
+        Case {
+            name: "non-VIP: UDP to 10.0.9.9",
+            method: Method::A,
+            packet: udp4(CLIENT4, NOT_A_VIP, 40000, 53),
+            verdict: XDP_PASS,
+            target: 2.4,
+        },
+    ]
 }
 
 pub fn per_packet(sizes: &Sizes) -> Result<()> {
@@ -33,67 +103,10 @@ pub fn per_packet(sizes: &Sizes) -> Result<()> {
     let (rows, notes) = on_thread("per-packet", move || -> Result<(Vec<Row>, Vec<String>)> {
         let mut env = new_env("lbb-pkt")?;
         let mut clients = FreshClients::default();
-        let cases = vec![
-            Case {
-                name: "new flow: TCP SYN, nat VIP",
-                method: Method::BNew,
-                packet: tcp4(CLIENT4, VIP_NAT, 1, 80, true),
-                verdict: XDP_TX,
-                target: 11.0,
-            },
-            Case {
-                name: "new flow: TCP SYN, dsr VIP",
-                method: Method::BNew,
-                packet: tcp4(CLIENT4, VIP_DSR, 1, 80, true),
-                verdict: XDP_TX,
-                target: 11.0,
-            },
-            Case {
-                name: "existing: TCP ACK, dsr VIP",
-                method: Method::A,
-                packet: tcp4(CLIENT4, VIP_DSR, 40000, 80, false),
-                verdict: XDP_TX,
-                target: 4.8,
-            },
-            Case {
-                name: "existing: TCP ACK, dsr VIP",
-                method: Method::BSame,
-                packet: tcp4(CLIENT4, VIP_DSR, 40000, 80, false),
-                verdict: XDP_TX,
-                target: 4.8,
-            },
-            Case {
-                name: "existing: TCP ACK, nat VIP",
-                method: Method::BSame,
-                packet: tcp4(CLIENT4, VIP_NAT, 40000, 80, false),
-                verdict: XDP_TX,
-                target: 4.8,
-            },
-            Case {
-                name: "existing: UDP, dsr VIP",
-                method: Method::A,
-                packet: udp4(CLIENT4, VIP_DSR, 40000, UDP_DSR_PORT),
-                verdict: XDP_TX,
-                target: 4.8,
-            },
-            Case {
-                name: "existing: UDP, nat VIP",
-                method: Method::BSame,
-                packet: udp4(CLIENT4, VIP_NAT, 40000, UDP_NAT_PORT),
-                verdict: XDP_TX,
-                target: 4.8,
-            },
-            Case {
-                name: "non-VIP: UDP to 10.0.9.9",
-                method: Method::A,
-                packet: udp4(CLIENT4, NOT_A_VIP, 40000, 53),
-                verdict: XDP_PASS,
-                target: 2.4,
-            },
-        ];
+        let cases = cases();
         let (mut rows, mut notes) = (Vec::new(), Vec::new());
         for case in &cases {
-            let vip = if case.packet[30..34] == VIP_NAT { VIP_NAT } else { VIP_DSR };
+            let vip = case.vip();
             if case.method != Method::BNew {
                 // Creates the flow; every later run finds it.
                 let (v, _) = env.run(PROG_LB, &case.packet)?;

@@ -1,0 +1,101 @@
+//! Section 10, connection-lifecycle state tracking (e8430fe: plain hash maps with TCP states
+//! per flow) against the revision before it: both objects in one environment with the tables
+//! of the same config, measured in alternation.
+
+use anyhow::{Result, ensure};
+use lb_common::PROG_LB;
+use lb_tests::packet_env::Build;
+
+use crate::Sizes;
+use crate::baseline;
+use crate::common::*;
+use crate::per_packet::{Case, Method, cases};
+
+/// The most an existing flow may cost over the baseline.
+const EXISTING_TARGET: f64 = 1.05;
+
+/// case, method, ns now, ns at the baseline revision.
+type Row = (&'static str, String, f64, f64);
+
+pub fn state_tracking(sizes: &Sizes) -> Result<()> {
+    let rev = sizes.baseline_rev.clone();
+    let object = baseline::object_of(&rev)?;
+    let (rounds, repeat, calls) = (sizes.rounds, sizes.repeat / 5, sizes.calls / 5);
+    let rows = on_thread("state-tracking", move || -> Result<Vec<Row>> {
+        let mut env = new_env("lbn-state")?;
+        env.load_other_build(&object, &bench_config())?;
+        // Each build sees the same sequence of new flows.
+        let mut clients = [FreshClients::default(), FreshClients::default()];
+        let mut rows = Vec::new();
+        for case in cases() {
+            if case.method != Method::BNew {
+                for build in [Build::Current, Build::Other] {
+                    let (v, _, _) = env.run_timed_in(build, PROG_LB, &case.packet, 1)?;
+                    ensure!(v == case.verdict, "{} ({build:?}): first packet gave verdict {v}", case.name);
+                }
+            }
+            let mut ns = [Vec::new(), Vec::new()];
+            for round in 0..rounds {
+                // A B, then B A: drift within a pair of rounds cancels.
+                let order =
+                    if round % 2 == 0 { [Build::Current, Build::Other] } else { [Build::Other, Build::Current] };
+                for build in order {
+                    let i = (build == Build::Other) as usize;
+                    ns[i].push(measure(&mut env, build, &case, &mut clients[i], repeat, calls)?);
+                }
+            }
+            let method = match case.method {
+                Method::A => format!("A rep {}k", repeat / 1000),
+                Method::BSame => format!("B {}k same", calls / 1000),
+                Method::BNew => format!("B {}k new", calls / 1000),
+            };
+            rows.push((case.name, method, median_f64(&ns[0]), median_f64(&ns[1])));
+        }
+        Ok(rows)
+    })?;
+    println!(
+        "{:<28} {:<13} {:>8} {:>9} {:>7} {:>7}  within",
+        "case", "method", "now ns", "before ns", "ratio", "target"
+    );
+    for (name, method, now, before) in rows {
+        let ratio = now / before;
+        let existing = !name.starts_with("new flow");
+        let (target, within) = if existing {
+            (format!("{EXISTING_TARGET:.2}x"), if ratio <= EXISTING_TARGET { "yes" } else { "NO" })
+        } else {
+            ("-".to_owned(), "-")
+        };
+        println!("{name:<28} {method:<13} {now:>8.1} {before:>9.1} {ratio:>6.3}x {target:>7}  {within}");
+    }
+    println!(
+        "(now = this tree's xdp_lb, before = {rev}'s, loaded side by side in one netns with the tables of the same config;\n {rounds} rounds alternating A B / B A, median of the rounds; A = the kernel's mean over {repeat} in-kernel runs,\n B = interquartile mean of {calls} single-run calls; the target applies to all but new flows)"
+    );
+    Ok(())
+}
+
+/// One measurement of `case` on `build`.
+fn measure(
+    env: &mut lb_tests::packet_env::PacketEnv,
+    build: Build,
+    case: &Case,
+    clients: &mut FreshClients,
+    repeat: u32,
+    calls: usize,
+) -> Result<f64> {
+    let c = match case.method {
+        Method::A => return in_kernel_of(env, build, PROG_LB, &case.packet, repeat, case.verdict),
+        Method::BSame => per_call_of(env, build, PROG_LB, calls, case.verdict, || case.packet.clone())?,
+        Method::BNew => per_call_of(env, build, PROG_LB, calls, case.verdict, || clients.syn(case.vip()))?,
+    };
+    // A new nat flow can be refused when its few source-port candidates are all taken.
+    let allowed = if case.method == Method::BNew { calls / 100 } else { 0 };
+    ensure!(
+        c.wrong <= allowed,
+        "{} ({build:?}): {} of {calls} calls gave verdict {}, expected {}",
+        case.name,
+        c.wrong,
+        c.last_wrong,
+        case.verdict
+    );
+    Ok(c.ns)
+}
