@@ -296,3 +296,34 @@ pub fn expect_bytes(name: &str, got: &[u8], want: &[u8]) -> Result<()> {
         .collect();
     bail!("{name}: output differs ({} vs {} bytes): {}", got.len(), want.len(), diff.join(", "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packets::{
+        CLIENT_MAC, CLIENT4, CONFIG, CPORT, NEIGHBOURS, VIP4, VIP4_DSR, XDP_PASS, XDP_TX, tcp4, udp4,
+    };
+
+    /// This tree's object loaded a second time as the other build: with the same config's
+    /// tables it must forward every packet exactly as the environment's own object does.
+    #[test]
+    fn another_build_gets_the_same_tables_and_forwards_alike() -> Result<()> {
+        let mut env = PacketEnv::new("lbn-other", CONFIG, NEIGHBOURS)?;
+        ensure!(env.run_timed_in(Build::Other, PROG_LB, &[0; 64], 1).is_err(), "ran an other build never loaded");
+        env.load_other_build(lb_userspace::EBPF_OBJECT, CONFIG)?;
+        let cases = [
+            ("nat SYN", tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 80, true), XDP_TX),
+            ("nat ACK", tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 80, false), XDP_TX),
+            ("dsr SYN", tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4_DSR, CPORT, 80, true), XDP_TX),
+            ("nat UDP", udp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 53), XDP_TX),
+            ("not a VIP", udp4(CLIENT_MAC, LB_MAC, CLIENT4, [10, 0, 9, 9], CPORT, 53), XDP_PASS),
+        ];
+        for (name, packet, verdict) in cases {
+            let (v_current, out_current, _) = env.run_timed_in(Build::Current, PROG_LB, &packet, 1)?;
+            let (v_other, out_other, _) = env.run_timed_in(Build::Other, PROG_LB, &packet, 1)?;
+            ensure!(v_current == verdict && v_other == verdict, "{name}: verdicts {v_current} and {v_other}");
+            expect_bytes(name, &out_other, &out_current)?;
+        }
+        Ok(())
+    }
+}

@@ -148,7 +148,7 @@ fn main() -> ExitCode {
             maglev_runs: 5,
             tput_window: Duration::from_millis(200),
             baseline_rev,
-            rounds: 10,
+            rounds: 16,
         }
     } else {
         Sizes {
@@ -162,7 +162,7 @@ fn main() -> ExitCode {
             maglev_runs: 10,
             tput_window: Duration::from_millis(700),
             baseline_rev,
-            rounds: 20,
+            rounds: 40,
         }
     };
     let sections: [(u32, &str, Section); 10] = [
