@@ -25,7 +25,7 @@ pub struct Case {
     pub packet: Vec<u8>,
     pub verdict: u32,
     /// The target ratio against `xdp_drop`.
-    target: f64,
+    pub target: f64,
 }
 
 impl Case {
