@@ -9,9 +9,7 @@ use etherparse::PacketBuilder;
 use lb_common::PROG_LB;
 use lb_tests::packet_env::{Build, IFACE, LB_MAC, PacketEnv, xdp_context};
 
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
+pub use lb_tests::packets::{CLIENT_MAC, CLIENT4, XDP_DROP, XDP_PASS, XDP_TX};
 
 /// Every frame is 64 bytes long (no FCS).
 pub const FRAME_LEN: usize = 64;
@@ -20,10 +18,8 @@ pub const BACKENDS_PER_VIP: u8 = 16;
 /// Runs of each measurement; the median is reported.
 pub const REPS: usize = 3;
 
-pub const CLIENT4: [u8; 4] = [10, 0, 0, 2];
-pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 2];
-pub const VIP_NAT: [u8; 4] = [10, 100, 0, 1];
-pub const VIP_DSR: [u8; 4] = [10, 100, 0, 2];
+pub const VIP_NAT: [u8; 4] = lb_tests::packets::VIP4;
+pub const VIP_DSR: [u8; 4] = lb_tests::packets::VIP4_DSR;
 pub const NOT_A_VIP: [u8; 4] = [10, 0, 9, 9];
 pub const UDP_DSR_PORT: u16 = 9000;
 pub const UDP_NAT_PORT: u16 = 53;
@@ -76,6 +72,8 @@ pub fn new_env(tag: &str) -> Result<PacketEnv> {
     PacketEnv::new(tag, &bench_config(), &refs)
 }
 
+/// Like `lb_tests::packets::tcp4` from the client, padded to [`FRAME_LEN`] instead of the
+/// fixtures' HTTP payload: the benchmark's frames are all minimum-size.
 pub fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240);
     let b = if syn { b.syn() } else { b.ack(2000) };
@@ -84,6 +82,7 @@ pub fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> Ve
     out
 }
 
+/// Like [`tcp4`], for UDP.
 pub fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_LEN);
     PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
