@@ -8,7 +8,7 @@ use crate::Sizes;
 use crate::common::*;
 
 /// New flows per second with one CPU creating them, then with every CPU at once, all into
-/// the one shared LRU flow table (and NAT table). The shared table is the design choice this
+/// the one shared flow table (and NAT table). The shared table is the design choice this
 /// checks: per-CPU tables would avoid contention, but nat replies and ICMP errors can arrive
 /// on any CPU and must find their flow, and RSS or ECMP changes move flows between CPUs.
 pub fn flows_across_cpus(sizes: &Sizes) -> Result<()> {
@@ -40,7 +40,7 @@ pub fn flows_across_cpus(sizes: &Sizes) -> Result<()> {
         println!("{threads:<8} {rate:>14.0} {ns:>18.1} {:>9.2}x", rate / single);
     }
     println!(
-        "(new dsr flows, {per_thread} per CPU, each worker pinned to its CPU and sending distinct clients, all into one shared\n BPF_MAP_TYPE_LRU_HASH; speedup = aggregate rate over the one-CPU rate, ideal {cpus}.00x)"
+        "(new dsr flows, {per_thread} per CPU, each worker pinned to its CPU and sending distinct clients, all into one shared\n BPF_MAP_TYPE_HASH; speedup = aggregate rate over the one-CPU rate, ideal {cpus}.00x)"
     );
     Ok(())
 }

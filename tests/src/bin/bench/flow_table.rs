@@ -59,7 +59,7 @@ pub fn flow_table(sizes: &Sizes) -> Result<()> {
         );
     }
     println!(
-        "(shared BPF_MAP_TYPE_LRU_HASH FLOWS, max_entries {FLOW_TABLE_SIZE}; dsr TCP, method B (IQM of {calls} calls, median of {REPS} runs);\n new-exist = Maglev pick + LRU insert; each measurement adds {} new flows)",
+        "(shared BPF_MAP_TYPE_HASH FLOWS, max_entries {FLOW_TABLE_SIZE}, beyond which new dsr flows go untracked; dsr TCP, method B (IQM of {calls} calls, median of {REPS} runs);\n new-exist = Maglev pick + flow insert; each measurement adds {} new flows)",
         calls * REPS
     );
     Ok(())

@@ -8,7 +8,7 @@
 //!    packets, the baseline); method B = many calls with `repeat = 1` (interquartile mean of the
 //!    kernel's per-call time), for new flows (a fresh client port each call) and existing nat flows
 //!    (which rewrite addresses and ports, so a rerun would not match the flow any more).
-//! 2. The shared LRU flow table: new-flow and existing-flow cost at several fill levels.
+//! 2. The shared flow table: new-flow and existing-flow cost at several fill levels.
 //! 3. Maglev table build time.
 //! 4. Throughput on a veth pair in driver mode: `xdp_lb` (an existing dsr flow, XDP_TX)
 //!    against `xdp_mac_swap` (XDP_TX), traffic from BPF_PROG_RUN live frames on the peer.
@@ -157,7 +157,7 @@ fn main() -> ExitCode {
             fills: vec![
                 ("empty".into(), 0),
                 ("500k".into(), 500_000),
-                ("full, evicting".into(), FLOW_TABLE_SIZE + FLOW_TABLE_SIZE / 8),
+                ("full, then untracked".into(), FLOW_TABLE_SIZE + FLOW_TABLE_SIZE / 8),
             ],
             maglev_runs: 10,
             tput_window: Duration::from_millis(700),
@@ -167,7 +167,7 @@ fn main() -> ExitCode {
     };
     let sections: [(u32, &str, Section); 10] = [
         (1, "per-packet cost (BPF_PROG_TEST_RUN) vs xdp_drop", per_packet::per_packet),
-        (2, "flow table (shared LRU hash) by fill level", flow_table::flow_table),
+        (2, "flow table (shared hash map) by fill level", flow_table::flow_table),
         (3, "Maglev table build", maglev_build::maglev_build),
         (4, "throughput, veth in driver mode, vs xdp_mac_swap", throughput::throughput),
         (5, "the shared flow table across CPUs", across_cpus::flows_across_cpus),
