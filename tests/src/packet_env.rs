@@ -10,11 +10,14 @@ use std::fs::File;
 use std::os::fd::AsFd;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use aya::programs::{TestRun, TestRunOptions};
+use aya::maps::{Array, HashMap};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use lb_common::*;
 use lb_userspace::config;
 use lb_userspace::dataplane::{Dataplane, MapSizes};
 use lb_userspace::plan::{IdAllocator, desired};
-use lb_userspace::sync::Applied;
+use lb_userspace::sync::{Applied, MapWriter};
 use nix::sched::{CloneFlags, setns};
 
 use crate::lab::{Netns, require_root, run_cmd, unique_prefix};
@@ -32,8 +35,19 @@ pub struct PacketEnv {
     pub ifindex: u32,
     ids: IdAllocator,
     applied: Applied,
+    /// Another build of the object, loaded by [`Self::load_other_build`].
+    other: Option<Ebpf>,
     home: File,
     _ns: Netns,
+}
+
+/// Which of the environment's objects a run goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// The object `lb` embeds (this tree's).
+    Current,
+    /// The one loaded by [`PacketEnv::load_other_build`].
+    Other,
 }
 
 /// The veth peer of [`IFACE`] in the environment.
@@ -87,7 +101,7 @@ impl PacketEnv {
         let target = File::open(format!("/run/netns/{}", ns.name())).context("opening the fixture netns")?;
         setns(target.as_fd(), CloneFlags::CLONE_NEWNET).context("entering the fixture netns")?;
         let ifindex = nix::net::if_::if_nametoindex(IFACE).context("fixture interface index")?;
-        let mut env = Self { dataplane, ifindex, ids, applied: Applied::default(), home, _ns: ns };
+        let mut env = Self { dataplane, ifindex, ids, applied: Applied::default(), other: None, home, _ns: ns };
         env.reconfigure(config_toml)?;
         Ok(env)
     }
@@ -115,9 +129,30 @@ impl PacketEnv {
         input: &[u8],
         repeat: u32,
     ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+        self.run_timed_in(Build::Current, program, input, repeat)
+    }
+
+    /// Like [`Self::run_timed`], on `build`'s `program`.
+    pub fn run_timed_in(
+        &mut self,
+        build: Build,
+        program: &str,
+        input: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
         let ctx = xdp_context(input.len(), self.ifindex);
         let mut output = vec![0u8; input.len() + 256];
-        let result = self.dataplane.program(program)?.test_run(TestRunOptions {
+        let program: &Xdp = match build {
+            Build::Current => self.dataplane.program(program)?,
+            Build::Other => self
+                .other
+                .as_ref()
+                .context("no other build loaded")?
+                .program(program)
+                .with_context(|| format!("program {program} missing from the other build"))?
+                .try_into()?,
+        };
+        let result = program.test_run(TestRunOptions {
             data_in: Some(input),
             data_out: Some(&mut output),
             ctx_in: Some(&ctx),
@@ -126,6 +161,100 @@ impl PacketEnv {
         })?;
         output.truncate(result.data_size_out as usize);
         Ok((result.return_value, output, result.duration))
+    }
+}
+
+/// The maps sized at load time, as `Dataplane::load` sizes them.
+fn map_sizes(sizes: &MapSizes) -> [(&'static str, u32); 13] {
+    [
+        (MAP_VIPS, sizes.max_vips),
+        (MAP_VIP_ADDRS, sizes.max_vips),
+        (MAP_VIP_STATS, sizes.max_vips),
+        (MAP_BACKENDS, sizes.max_backends),
+        (MAP_BACKEND_STATS, sizes.max_backends),
+        (MAP_NEXT_HOPS, sizes.max_backends),
+        (MAP_NAT_PORT_CURSORS, sizes.max_backends),
+        (MAP_MAGLEV, sizes.max_vips * 2 * sizes.table_size),
+        (MAP_FLOWS, sizes.flow_entries),
+        (MAP_NAT, sizes.flow_entries),
+        (MAP_RATE_STATE, sizes.max_vips),
+        (MAP_RATE_CPU_TOKENS, sizes.max_vips),
+        (MAP_SOURCE_BUCKETS, sizes.source_entries),
+    ]
+}
+
+impl PacketEnv {
+    /// Loads `object`, another build of the XDP program (an older revision's, say), beside
+    /// the environment's, with the tables of `config_toml` written as today's controller
+    /// writes them; runs reach it through [`Build::Other`]. Its maps may be of an older
+    /// shape: a `SETTINGS` value that ends before `timeouts` (the flow timeouts came later)
+    /// is written without them. Maps the object lacks are not sized.
+    pub fn load_other_build(&mut self, object: &[u8], config_toml: &str) -> Result<()> {
+        let config = parse_config(config_toml)?;
+        let sizes = MapSizes::from_config(&config.balancer);
+        let mut loader = EbpfLoader::new();
+        for (name, size) in map_sizes(&sizes) {
+            loader.map_max_entries(name, size);
+        }
+        let mut ebpf = loader.load(object).context("loading the other build's object")?;
+        for name in [PROG_LB, PROG_PASS, PROG_DROP, PROG_MAC_SWAP] {
+            let program: &mut Xdp =
+                ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
+            program.load().with_context(|| format!("verifier rejected the other build's {name}"))?;
+        }
+        let mut ids = IdAllocator::new(config.balancer.max_vips, config.balancer.max_backends);
+        Applied::default().sync(&desired(&config, &mut ids), &mut OtherMaps(&mut ebpf))?;
+        self.other = Some(ebpf);
+        Ok(())
+    }
+}
+
+/// The table writes of a sync, into another build's maps.
+struct OtherMaps<'a>(&'a mut Ebpf);
+
+impl OtherMaps<'_> {
+    fn map(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.0.map_mut(name).with_context(|| format!("map {name} missing from the other build"))
+    }
+}
+
+impl MapWriter for OtherMaps<'_> {
+    fn set_settings(&mut self, settings: &Settings) -> Result<()> {
+        const BEFORE_TIMEOUTS: usize = std::mem::offset_of!(Settings, timeouts);
+        match Array::<_, Settings>::try_from(self.map(MAP_SETTINGS)?) {
+            Ok(mut map) => Ok(map.set(0, settings, 0)?),
+            Err(aya::maps::MapError::InvalidValueSize { expected: BEFORE_TIMEOUTS, .. }) => {
+                // SAFETY: Settings is repr(C) plain integers; these are its first bytes.
+                let prefix: [u8; BEFORE_TIMEOUTS] = unsafe { std::ptr::read((settings as *const Settings).cast()) };
+                Ok(Array::<_, [u8; BEFORE_TIMEOUTS]>::try_from(self.map(MAP_SETTINGS)?)?.set(0, prefix, 0)?)
+            }
+            Err(e) => Err(e).context("SETTINGS of an unknown shape"),
+        }
+    }
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        Ok(Array::<_, Backend>::try_from(self.map(MAP_BACKENDS)?)?.set(id, backend, 0)?)
+    }
+    fn set_maglev_slot(&mut self, index: u32, backend_id: u32) -> Result<()> {
+        Ok(Array::<_, u32>::try_from(self.map(MAP_MAGLEV)?)?.set(index, backend_id, 0)?)
+    }
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
+        Ok(HashMap::<_, VipKey, VipInfo>::try_from(self.map(MAP_VIPS)?)?.insert(key, info, 0)?)
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        Ok(HashMap::<_, VipKey, VipInfo>::try_from(self.map(MAP_VIPS)?)?.remove(key)?)
+    }
+    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> Result<()> {
+        Ok(HashMap::<_, VipAddrKey, u32>::try_from(self.map(MAP_VIP_ADDRS)?)?.insert(key, count, 0)?)
+    }
+    fn remove_vip_addr(&mut self, key: &VipAddrKey) -> Result<()> {
+        Ok(HashMap::<_, VipAddrKey, u32>::try_from(self.map(MAP_VIP_ADDRS)?)?.remove(key)?)
+    }
+    /// A freshly loaded object's counters and next hops are zero already.
+    fn reset_vip(&mut self, _: u32) -> Result<()> {
+        Ok(())
+    }
+    fn reset_backend(&mut self, _: u32) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -166,4 +295,35 @@ pub fn expect_bytes(name: &str, got: &[u8], want: &[u8]) -> Result<()> {
         .map(|i| format!("@{i}: got {:02x?} want {:02x?}", got.get(i), want.get(i)))
         .collect();
     bail!("{name}: output differs ({} vs {} bytes): {}", got.len(), want.len(), diff.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packets::{
+        CLIENT_MAC, CLIENT4, CONFIG, CPORT, NEIGHBOURS, VIP4, VIP4_DSR, XDP_PASS, XDP_TX, tcp4, udp4,
+    };
+
+    /// This tree's object loaded a second time as the other build: with the same config's
+    /// tables it must forward every packet exactly as the environment's own object does.
+    #[test]
+    fn another_build_gets_the_same_tables_and_forwards_alike() -> Result<()> {
+        let mut env = PacketEnv::new("lbn-other", CONFIG, NEIGHBOURS)?;
+        ensure!(env.run_timed_in(Build::Other, PROG_LB, &[0; 64], 1).is_err(), "ran an other build never loaded");
+        env.load_other_build(lb_userspace::EBPF_OBJECT, CONFIG)?;
+        let cases = [
+            ("nat SYN", tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 80, true), XDP_TX),
+            ("nat ACK", tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 80, false), XDP_TX),
+            ("dsr SYN", tcp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4_DSR, CPORT, 80, true), XDP_TX),
+            ("nat UDP", udp4(CLIENT_MAC, LB_MAC, CLIENT4, VIP4, CPORT, 53), XDP_TX),
+            ("not a VIP", udp4(CLIENT_MAC, LB_MAC, CLIENT4, [10, 0, 9, 9], CPORT, 53), XDP_PASS),
+        ];
+        for (name, packet, verdict) in cases {
+            let (v_current, out_current, _) = env.run_timed_in(Build::Current, PROG_LB, &packet, 1)?;
+            let (v_other, out_other, _) = env.run_timed_in(Build::Other, PROG_LB, &packet, 1)?;
+            ensure!(v_current == verdict && v_other == verdict, "{name}: verdicts {v_current} and {v_other}");
+            expect_bytes(name, &out_other, &out_current)?;
+        }
+        Ok(())
+    }
 }
