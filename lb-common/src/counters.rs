@@ -169,6 +169,9 @@ counters! {
         connect_failures,
         /// First HTTP responses with a 5xx status (watched HTTP VIPs).
         responses_5xx,
+        /// nat ports taken over from a connection of the backend that was over but not yet
+        /// swept: many mean the port range is busy.
+        nat_ports_taken_over,
     }
     families {}
 }

@@ -100,7 +100,13 @@ fn take_over(s: &mut Scratch, port: u16, now: u64, settings: &Settings) -> bool 
     if flow.is_some() {
         let _ = FLOWS.remove(&held.client);
     }
-    NAT.insert(&s.reply, &s.nat, 0).is_ok()
+    let backend_id = held.backend_id;
+    let taken = NAT.insert(&s.reply, &s.nat, 0).is_ok();
+    if taken && let Some(stats) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU value.
+        unsafe { (*stats).nat_ports_taken_over += 1 };
+    }
+    taken
 }
 
 /// Backend -> balancer: translate a nat reply back to the client's view and forward it.

@@ -14,8 +14,8 @@ const CHECK_RUN: Duration = Duration::from_secs(6);
 /// runtime: whether every backend is checked on its own timer, whether a silent backend
 /// delays the others, and what it costs in CPU.
 pub fn active_checks(_: &Sizes) -> Result<()> {
-    use lb_userspace::config::{HealthCheckConfig, HealthCheckKind, StatusRange};
     use lb_userspace::backends::probe::{Prober, Target};
+    use lb_userspace::config::{HealthCheckConfig, HealthCheckKind, StatusRange};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let check = HealthCheckConfig {
