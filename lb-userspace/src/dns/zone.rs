@@ -173,166 +173,95 @@ impl Zones {
         target_index: &HashMap<&str, usize>,
         targets: &[crate::config::dns::DnsTarget],
     ) -> Result<Zone, ZonePathError> {
-        let at = |key: &'static str, index: Option<usize>| {
-            [Some(Step::Key(key)), index.map(Step::Index)].into_iter().flatten().collect::<Vec<_>>()
-        };
-        let origin = parse_name(&zone.origin).map_err(|m| (at("origin", None), m))?;
+        let origin = parse_name(&zone.origin).map_err(|m| (vec![Step::Key("origin")], m))?;
         if origin.is_root() {
-            return Err((at("origin", None), "the root zone cannot be served".into()));
+            return Err((vec![Step::Key("origin")], "the root zone cannot be served".into()));
         }
-        if zone.ns.is_empty() {
-            return Err((at("ns", None), "at least one name server".into()));
-        }
-        let ns: Vec<Name> = zone
-            .ns
-            .iter()
-            .enumerate()
-            .map(|(j, n)| {
-                if n.ends_with('.') {
-                    parse_name(n)
-                } else {
-                    Err(format!("{n:?}: name servers are absolute names (end with '.')"))
-                }
-                .map_err(|m| (at("ns", Some(j)), m))
-            })
-            .collect::<Result<_, _>>()?;
-        let soa_at = |key: &'static str| vec![Step::Key("soa"), Step::Key(key)];
-        let mname = match &zone.soa.mname {
-            Some(m) => parse_name(m).map_err(|e| (soa_at("mname"), e))?,
-            None => ns[0].clone(),
-        };
-        let rname = match &zone.soa.rname {
-            Some(r) => parse_name(r).map_err(|e| (soa_at("rname"), e))?,
-            None => Name::from_ascii("hostmaster")
-                .expect("a label")
-                .append_domain(&origin)
-                .map_err(|e| (soa_at("rname"), e.to_string()))?,
-        };
-        let s = &zone.soa;
-        let clamp = |v: u32| v.min(i32::MAX as u32) as i32;
-        let soa = SOA::new(mname, rname, s.serial, clamp(s.refresh), clamp(s.retry), clamp(s.expire), s.minimum);
-        let soa_record = Record::from_rdata(origin.clone(), zone.ttl, RData::SOA(soa));
-        let negative_soa = Record::from_rdata(origin.clone(), zone.ttl.min(s.minimum), soa_record.data.clone());
-
+        let ns = name_servers(zone)?;
+        let (soa_record, negative_soa) = soa_records(zone, &origin, &ns[0])?;
         let mut nodes: HashMap<LowerName, Node> = HashMap::new();
-        let mut add = |name: &Name, record: Record| {
-            let node = nodes.entry(LowerName::new(name)).or_default();
-            let rtype = record.record_type();
-            match node.rrsets.iter_mut().find(|(t, _)| *t == rtype) {
-                Some((_, set)) => set.push(record),
-                None => node.rrsets.push((rtype, vec![record])),
-            }
-        };
-        add(&origin, soa_record);
+        add_record(&mut nodes, &origin, soa_record);
         for n in &ns {
-            add(&origin, Record::from_rdata(origin.clone(), zone.ttl, RData::NS(NS(n.clone()))));
+            add_record(&mut nodes, &origin, Record::from_rdata(origin.clone(), zone.ttl, RData::NS(NS(n.clone()))));
         }
-        for (j, r) in zone.records.iter().enumerate() {
-            let at = |key: &'static str| vec![Step::Key("record"), Step::Index(j), Step::Key(key)];
-            let name = owner_name(&r.name, &origin).map_err(|m| (at("name"), m))?;
-            let rtype = record_type(&r.rtype).map_err(|m| (at("type"), m))?;
-            if matches!(rtype, RecordType::SOA | RecordType::NS) && name == origin {
-                return Err((
-                    at("type"),
-                    format!(
-                        "the zone's {rtype} comes from dns.zone.{}",
-                        if rtype == RecordType::SOA { "soa" } else { "ns" }
-                    ),
-                ));
-            }
-            if matches!(rtype, RecordType::OPT | RecordType::ANY | RecordType::AXFR | RecordType::IXFR) {
-                return Err((at("type"), format!("{rtype} is not a record type that can be served")));
-            }
-            let data = RData::try_from_str(rtype, &r.data)
-                .map_err(|e| (at("data"), format!("{:?} is not {rtype} data: {e}", r.data)))?;
-            add(&name, Record::from_rdata(name.clone(), r.ttl.unwrap_or(zone.ttl), data));
-        }
-
+        add_records(zone, &origin, &mut nodes)?;
         for (j, p) in zone.policies.iter().enumerate() {
             let at = |keys: &[Step]| {
                 [Step::Key("policy"), Step::Index(j)].into_iter().chain(keys.iter().copied()).collect::<Vec<_>>()
             };
-            let name = owner_name(&p.name, &origin).map_err(|m| (at(&[Step::Key("name")]), m))?;
-            let rtype = record_type(&p.rtype).map_err(|m| (at(&[Step::Key("type")]), m))?;
-            let v4 = match rtype {
-                RecordType::A => true,
-                RecordType::AAAA => false,
-                other => {
-                    return Err((at(&[Step::Key("type")]), format!("policy records are A or AAAA (got {other})")));
-                }
-            };
-            if !(0.0..=1.0).contains(&p.trickle_ratio.0) {
-                return Err((at(&[Step::Key("trickle_ratio")]), format!("a share, 0..=1 (got {})", p.trickle_ratio.0)));
-            }
-            let mut seen = HashSet::new();
-            let mut resolve = |names: &[String], key: &[Step]| -> Result<Vec<usize>, ZonePathError> {
-                names
-                    .iter()
-                    .enumerate()
-                    .map(|(k, n)| {
-                        let i = *target_index.get(n.as_str()).ok_or_else(|| {
-                            (at(&[key, &[Step::Index(k)]].concat()), format!("no dns.target named {n:?}"))
-                        })?;
-                        if targets[i].address.is_ipv4() != v4 {
-                            return Err((
-                                at(&[key, &[Step::Index(k)]].concat()),
-                                format!("target {n:?} has address {}, not one for {rtype} records", targets[i].address),
-                            ));
-                        }
-                        if !seen.insert(i) {
-                            return Err((
-                                at(&[key, &[Step::Index(k)]].concat()),
-                                format!("target {n:?} appears twice in this policy"),
-                            ));
-                        }
-                        Ok(i)
-                    })
-                    .collect()
-            };
-            let primary = resolve(&p.primary, &[Step::Key("primary")])?;
-            if primary.is_empty() {
-                return Err((at(&[Step::Key("primary")]), "at least one target".into()));
-            }
-            if p.backup.is_empty() {
-                return Err((at(&[Step::Key("backup")]), "at least one backup set, e.g. [[\"site-b\"]]".into()));
-            }
-            let mut backups = Vec::new();
-            for (k, set) in p.backup.iter().enumerate() {
-                if set.is_empty() {
-                    return Err((at(&[Step::Key("backup"), Step::Index(k)]), "an empty backup set".into()));
-                }
-                backups.push(resolve(set, &[Step::Key("backup"), Step::Index(k)])?);
-            }
-            let node = nodes.entry(LowerName::new(&name)).or_default();
-            if node.policy(rtype).is_some() || node.rrset(rtype).is_some() {
-                return Err((at(&[Step::Key("name")]), format!("{name} already has {rtype} records")));
-            }
-            let index = self.policies.len();
-            node.policies.push((rtype, index));
-            let wire = name.to_lowercase().to_bytes().map_err(|e| (at(&[Step::Key("name")]), e.to_string()))?;
-            self.by_wire_name.entry(wire.into_boxed_slice()).or_default()[usize::from(!v4)] = Some(index);
-            self.policies.push(PolicyRecord {
-                index,
-                name,
-                rtype,
-                ttl: p.ttl,
-                policy: Policy { primary, backups, trickle_ratio: p.trickle_ratio.0, geo: p.geo },
-            });
+            self.compile_policy(p, &origin, &mut nodes, &at, target_index, targets)?;
         }
-
-        let mut empty_non_terminals = HashSet::new();
-        for (name, node) in &nodes {
-            let has_cname = node.rrset(RecordType::CNAME).is_some();
-            if has_cname && (node.rrsets.len() > 1 || !node.policies.is_empty()) {
-                return Err((vec![Step::Key("record")], format!("{name} has a CNAME and other records")));
-            }
-            let mut parent = name.base_name();
-            while LowerName::new(&origin).zone_of(&parent) && !nodes.contains_key(&parent) {
-                empty_non_terminals.insert(parent.clone());
-                parent = parent.base_name();
-            }
-        }
+        let empty_non_terminals = empty_non_terminals(&nodes, &origin)?;
         Ok(Zone { origin: LowerName::new(&origin), negative_soa, nodes, empty_non_terminals })
+    }
+
+    /// One policy record of a zone: its name, type and targets checked (`at` makes the key
+    /// path of an error), added to its node and indexed by its wire name.
+    fn compile_policy(
+        &mut self,
+        p: &crate::config::dns::PolicyRecordConfig,
+        origin: &Name,
+        nodes: &mut HashMap<LowerName, Node>,
+        at: &dyn Fn(&[Step]) -> Vec<Step>,
+        target_index: &HashMap<&str, usize>,
+        targets: &[crate::config::dns::DnsTarget],
+    ) -> Result<(), ZonePathError> {
+        let name = owner_name(&p.name, origin).map_err(|m| (at(&[Step::Key("name")]), m))?;
+        let rtype = record_type(&p.rtype).map_err(|m| (at(&[Step::Key("type")]), m))?;
+        let v4 = match rtype {
+            RecordType::A => true,
+            RecordType::AAAA => false,
+            other => {
+                return Err((at(&[Step::Key("type")]), format!("policy records are A or AAAA (got {other})")));
+            }
+        };
+        if !(0.0..=1.0).contains(&p.trickle_ratio.0) {
+            return Err((at(&[Step::Key("trickle_ratio")]), format!("a share, 0..=1 (got {})", p.trickle_ratio.0)));
+        }
+        let mut seen = HashSet::new();
+        let mut resolve = |names: &[String], key: &[Step]| -> Result<Vec<usize>, ZonePathError> {
+            names
+                .iter()
+                .enumerate()
+                .map(|(k, n)| {
+                    let error = |message: String| (at(&[key, &[Step::Index(k)]].concat()), message);
+                    let i = *target_index.get(n.as_str()).ok_or_else(|| error(format!("no dns.target named {n:?}")))?;
+                    if targets[i].address.is_ipv4() != v4 {
+                        let address = targets[i].address;
+                        return Err(error(format!("target {n:?} has address {address}, not one for {rtype} records")));
+                    }
+                    if !seen.insert(i) {
+                        return Err(error(format!("target {n:?} appears twice in this policy")));
+                    }
+                    Ok(i)
+                })
+                .collect()
+        };
+        let primary = resolve(&p.primary, &[Step::Key("primary")])?;
+        if primary.is_empty() {
+            return Err((at(&[Step::Key("primary")]), "at least one target".into()));
+        }
+        if p.backup.is_empty() {
+            return Err((at(&[Step::Key("backup")]), "at least one backup set, e.g. [[\"site-b\"]]".into()));
+        }
+        let mut backups = Vec::new();
+        for (k, set) in p.backup.iter().enumerate() {
+            if set.is_empty() {
+                return Err((at(&[Step::Key("backup"), Step::Index(k)]), "an empty backup set".into()));
+            }
+            backups.push(resolve(set, &[Step::Key("backup"), Step::Index(k)])?);
+        }
+        let node = nodes.entry(LowerName::new(&name)).or_default();
+        if node.policy(rtype).is_some() || node.rrset(rtype).is_some() {
+            return Err((at(&[Step::Key("name")]), format!("{name} already has {rtype} records")));
+        }
+        let index = self.policies.len();
+        node.policies.push((rtype, index));
+        let wire = name.to_lowercase().to_bytes().map_err(|e| (at(&[Step::Key("name")]), e.to_string()))?;
+        self.by_wire_name.entry(wire.into_boxed_slice()).or_default()[usize::from(!v4)] = Some(index);
+        let policy = Policy { primary, backups, trickle_ratio: p.trickle_ratio.0, geo: p.geo };
+        self.policies.push(PolicyRecord { index, name, rtype, ttl: p.ttl, policy });
+        Ok(())
     }
 
     /// The policy record for a lowercase wire-format name and a type (A or AAAA).
@@ -462,6 +391,96 @@ impl Answers {
     pub fn states(&self) -> impl Iterator<Item = (&PolicyRecord, Source)> {
         self.zones.policies.iter().zip(&self.selections).map(|(p, s)| (p, s.state()))
     }
+}
+
+/// A zone's name servers: absolute names, at least one.
+fn name_servers(zone: &DnsZone) -> Result<Vec<Name>, ZonePathError> {
+    if zone.ns.is_empty() {
+        return Err((vec![Step::Key("ns")], "at least one name server".into()));
+    }
+    zone.ns
+        .iter()
+        .enumerate()
+        .map(|(j, n)| {
+            if n.ends_with('.') {
+                parse_name(n)
+            } else {
+                Err(format!("{n:?}: name servers are absolute names (end with '.')"))
+            }
+            .map_err(|m| (vec![Step::Key("ns"), Step::Index(j)], m))
+        })
+        .collect()
+}
+
+/// The zone's SOA record, and the one negative answers carry (its TTL capped by the
+/// SOA's minimum). `mname` defaults to the first name server, `rname` to hostmaster.
+fn soa_records(zone: &DnsZone, origin: &Name, first_ns: &Name) -> Result<(Record, Record), ZonePathError> {
+    let soa_at = |key: &'static str| vec![Step::Key("soa"), Step::Key(key)];
+    let mname = match &zone.soa.mname {
+        Some(m) => parse_name(m).map_err(|e| (soa_at("mname"), e))?,
+        None => first_ns.clone(),
+    };
+    let rname = match &zone.soa.rname {
+        Some(r) => parse_name(r).map_err(|e| (soa_at("rname"), e))?,
+        None => Name::from_ascii("hostmaster")
+            .expect("a label")
+            .append_domain(origin)
+            .map_err(|e| (soa_at("rname"), e.to_string()))?,
+    };
+    let s = &zone.soa;
+    let clamp = |v: u32| v.min(i32::MAX as u32) as i32;
+    let soa = SOA::new(mname, rname, s.serial, clamp(s.refresh), clamp(s.retry), clamp(s.expire), s.minimum);
+    let soa_record = Record::from_rdata(origin.clone(), zone.ttl, RData::SOA(soa));
+    let negative_soa = Record::from_rdata(origin.clone(), zone.ttl.min(s.minimum), soa_record.data.clone());
+    Ok((soa_record, negative_soa))
+}
+
+/// Adds a record to its name's node, in the RRset of its type.
+fn add_record(nodes: &mut HashMap<LowerName, Node>, name: &Name, record: Record) {
+    let node = nodes.entry(LowerName::new(name)).or_default();
+    let rtype = record.record_type();
+    match node.rrsets.iter_mut().find(|(t, _)| *t == rtype) {
+        Some((_, set)) => set.push(record),
+        None => node.rrsets.push((rtype, vec![record])),
+    }
+}
+
+/// The zone's static records; its own SOA and NS come from `soa` and `ns`, not from here.
+fn add_records(zone: &DnsZone, origin: &Name, nodes: &mut HashMap<LowerName, Node>) -> Result<(), ZonePathError> {
+    for (j, r) in zone.records.iter().enumerate() {
+        let at = |key: &'static str| vec![Step::Key("record"), Step::Index(j), Step::Key(key)];
+        let name = owner_name(&r.name, origin).map_err(|m| (at("name"), m))?;
+        let rtype = record_type(&r.rtype).map_err(|m| (at("type"), m))?;
+        if matches!(rtype, RecordType::SOA | RecordType::NS) && name == *origin {
+            let key = if rtype == RecordType::SOA { "soa" } else { "ns" };
+            return Err((at("type"), format!("the zone's {rtype} comes from dns.zone.{key}")));
+        }
+        if matches!(rtype, RecordType::OPT | RecordType::ANY | RecordType::AXFR | RecordType::IXFR) {
+            return Err((at("type"), format!("{rtype} is not a record type that can be served")));
+        }
+        let data = RData::try_from_str(rtype, &r.data)
+            .map_err(|e| (at("data"), format!("{:?} is not {rtype} data: {e}", r.data)))?;
+        add_record(nodes, &name, Record::from_rdata(name.clone(), r.ttl.unwrap_or(zone.ttl), data));
+    }
+    Ok(())
+}
+
+/// Names in the zone above nodes that have no node of their own (they exist, with no
+/// data: NODATA, not NXDOMAIN); refuses a CNAME beside other data.
+fn empty_non_terminals(nodes: &HashMap<LowerName, Node>, origin: &Name) -> Result<HashSet<LowerName>, ZonePathError> {
+    let mut empty = HashSet::new();
+    for (name, node) in nodes {
+        let has_cname = node.rrset(RecordType::CNAME).is_some();
+        if has_cname && (node.rrsets.len() > 1 || !node.policies.is_empty()) {
+            return Err((vec![Step::Key("record")], format!("{name} has a CNAME and other records")));
+        }
+        let mut parent = name.base_name();
+        while LowerName::new(origin).zone_of(&parent) && !nodes.contains_key(&parent) {
+            empty.insert(parent.clone());
+            parent = parent.base_name();
+        }
+    }
+    Ok(empty)
 }
 
 #[cfg(test)]
