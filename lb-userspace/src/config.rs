@@ -549,11 +549,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError {
-        origin: path.display().to_string(),
-        line: None,
-        key: String::new(),
-        message: format!("cannot read the file: {e}"),
+    let error = |line, message| ConfigError { origin: path.display().to_string(), line, key: String::new(), message };
+    let bytes = std::fs::read(path).map_err(|e| error(None, format!("cannot read the file: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let offset = e.utf8_error().valid_up_to();
+        let line_start = bytes[..offset].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let line = bytes[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = offset - line_start + 1;
+        error(Some(line), format!("not UTF-8: invalid byte 0x{:02x} at column {column} (byte {offset})", bytes[offset]))
     })
 }
 
@@ -582,17 +586,25 @@ impl Default for ControlBalancer {
 /// running controller must work while the file holds a config it refused. A file that is
 /// not TOML at all gives the defaults.
 pub fn load_control(path: &Path) -> Result<Control, ConfigError> {
-    Ok(toml::from_str(&read(path)?).unwrap_or_default())
+    let text = read(path)?;
+    let origin = path.display().to_string();
+    let doc = syntax(&text, &origin)?;
+    toml::from_str(&text).map_err(|e| Ctx { origin: &origin, text: &text, doc: &doc }.serde_error(&e))
 }
 
-/// Parses and validates a configuration; `origin` (the file name) prefixes error messages.
-pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    let doc = ImDocument::parse(text).map_err(|e| ConfigError {
+/// The TOML document of `text`, or its syntax error with the line.
+fn syntax<'t>(text: &'t str, origin: &str) -> Result<ImDocument<&'t str>, ConfigError> {
+    ImDocument::parse(text).map_err(|e| ConfigError {
         origin: origin.to_string(),
         line: e.span().map(|s| line_of(text, s.start)),
         key: String::new(),
         message: format!("invalid TOML: {}", one_line(e.message())),
-    })?;
+    })
+}
+
+/// Parses and validates a configuration; `origin` (the file name) prefixes error messages.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let doc = syntax(text, origin)?;
     let cx = Ctx { origin, text, doc: &doc };
     let mut config: Config = toml::from_str(text).map_err(|e| cx.serde_error(&e))?;
     for vip in &mut config.vips {
@@ -1380,6 +1392,43 @@ fn at_line(cx: &Ctx, path: &[Seg]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file of the test's own under the temp dir (removed by the caller).
+    fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("lop-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn control_commands_show_the_syntax_error_of_the_config() {
+        let path = temp_file("syntax.toml", b"[admin]\nlisten = \"127.0.0.1:9999\"\n[balancer\n");
+        let result = load_control(&path);
+        std::fs::remove_file(&path).unwrap();
+        let e = result.unwrap_err();
+        assert_eq!(e.line, Some(3), "{e}");
+        assert!(e.message.starts_with("invalid TOML"), "{e}");
+    }
+
+    #[test]
+    fn control_commands_show_a_wrongly_typed_admin_section() {
+        let path = temp_file("admin-type.toml", b"[admin]\nlisten = 9999\n");
+        let result = load_control(&path);
+        std::fs::remove_file(&path).unwrap();
+        let e = result.unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (Some(2), "admin.listen"), "{e}");
+    }
+
+    #[test]
+    fn a_config_that_is_not_utf8_is_refused_with_line_and_column() {
+        let path = temp_file("latin1.toml", b"[balancer]\ninterfaces = [\"eth0\"]\nregion = \"z\xfcrich\"\n");
+        let (full, control) = (load(&path), load_control(&path));
+        std::fs::remove_file(&path).unwrap();
+        for e in [full.unwrap_err(), control.unwrap_err()] {
+            assert_eq!(e.line, Some(3), "{e}");
+            assert!(e.message.contains("0xfc at column 12"), "{e}");
+        }
+    }
 
     const GOOD: &str = r#"# a test config
 [balancer]
