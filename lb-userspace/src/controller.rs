@@ -178,6 +178,7 @@ impl Controller {
             vips,
             global: dataplane.global_stats().unwrap_or_default(),
             dns: self.dns.as_ref().map(DnsService::status),
+            health_check_local_failures: crate::probe::local_failures(),
         }
     }
 
