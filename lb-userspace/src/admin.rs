@@ -2,8 +2,14 @@
 //! the controller loop, which owns all state, through a channel and wait for its answer,
 //! so an admin request is one more event of the loop. With `admin.token` set, every
 //! request needs `Authorization: Bearer <token>`.
+//!
+//! Connections are bounded ([`Limits`]): idle or slow clients are closed and at most a
+//! fixed number are open, so the admin port can't use up the process's file descriptors
+//! (which health checks need).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use axum::Router;
@@ -50,8 +56,35 @@ struct AdminState {
     token: Option<String>,
 }
 
+/// Bounds on the admin interface's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A connection must send a request's headers within this from its start or from its
+    /// previous answer (so an idle keep-alive connection is closed after it too).
+    pub header_read_timeout: Duration,
+    /// A connection is closed this long after it was accepted, whatever it is doing.
+    pub connection_lifetime: Duration,
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(5),
+            connection_lifetime: Duration::from_secs(60),
+            max_connections: 64,
+        }
+    }
+}
+
 /// Binds `listen` (failing at once if it can't) and serves from a task of its own.
-pub async fn start(listen: SocketAddr, token: Option<String>, requests: mpsc::Sender<AdminRequest>) -> Result<()> {
+pub async fn start(
+    listen: SocketAddr,
+    token: Option<String>,
+    requests: mpsc::Sender<AdminRequest>,
+    limits: Limits,
+) -> Result<SocketAddr> {
     let with_token = token.is_some();
     let state = AdminState { requests, token };
     let app = Router::new()
@@ -68,13 +101,40 @@ pub async fn start(listen: SocketAddr, token: Option<String>, requests: mpsc::Se
         .with_state(state);
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("admin interface: binding {listen}"))?;
-    tracing::info!(%listen, token = with_token, "admin interface listening");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("admin interface stopped: {e}");
-        }
-    });
-    Ok(())
+    let bound = listener.local_addr()?;
+    tracing::info!(listen = %bound, token = with_token, max_connections = limits.max_connections, "admin interface listening");
+    tokio::spawn(serve(listener, app, limits));
+    Ok(bound)
+}
+
+/// Accepts connections for ever, each served on a task of its own within `limits`.
+async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to be closed.
+                tracing::warn!("admin interface: accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tracing::debug!(max = limits.max_connections, "admin interface: connection limit reached, closing one");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // Errors are the client's (a timeout, a reset, bad HTTP): nothing to report.
+            let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+            drop(permit);
+        });
+    }
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
@@ -203,5 +263,45 @@ async fn trickle(
         },
         Ok(Err(why)) => (StatusCode::NOT_FOUND, format!("{why}\n")).into_response(),
         Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Idle clients beyond the connection cap neither stay open nor keep an answer from
+    /// the next client for longer than the header-read timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_are_closed_and_capped() {
+        let (requests, _keep) = mpsc::channel(1);
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(300),
+            connection_lifetime: Duration::from_secs(30),
+            max_connections: 8,
+        };
+        let addr = start("127.0.0.1:0".parse().unwrap(), None, requests, limits).await.unwrap();
+        let result = tokio::task::spawn_blocking(move || {
+            let idle: Vec<std::net::TcpStream> = (0..40).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+            for mut stream in idle {
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                // The server closes it (EOF or a reset), instead of the read timing out.
+                let closed = match stream.read(&mut [0; 64]) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                };
+                assert!(closed, "an idle admin connection stayed open");
+            }
+            let mut client = std::net::TcpStream::connect(addr).unwrap();
+            client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(client, "GET /nowhere HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            client.read_to_string(&mut answer).unwrap();
+            answer
+        });
+        let answer = result.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     }
 }
