@@ -35,9 +35,11 @@ pub enum AdminRequest {
     /// Reload the config file: the new generation, or why the config was refused.
     Reload(oneshot::Sender<Result<u64, String>>),
     /// End the controller; with `detach`, also detach the program and remove the pins.
+    /// The answer says whether the pins outlive the controller (not when they are in a
+    /// bpffs private to its mount namespace).
     Stop {
         detach: bool,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<bool>,
     },
     /// This vantage point's view of the DNS targets (none without `[dns]`), for peers.
     DnsView(oneshot::Sender<Option<crate::dns::VantageView>>),
@@ -192,10 +194,16 @@ async fn stop_and_detach(state: State<AdminState>) -> Response {
 
 async fn stop_controller(State(state): State<AdminState>, detach: bool) -> Response {
     match ask(&state, |reply| AdminRequest::Stop { detach, reply }).await {
-        Ok(()) if detach => {
-            (StatusCode::OK, "stopping; the program is detached and its pins removed\n").into_response()
-        }
-        Ok(()) => (StatusCode::OK, "stopping; the program stays attached with its pinned maps\n").into_response(),
+        Ok(_) if detach => (StatusCode::OK, "stopping; the program is detached and its pins removed\n").into_response(),
+        Ok(true) => (StatusCode::OK, "stopping; the program stays attached with its pinned maps\n").into_response(),
+        Ok(false) => (
+            StatusCode::OK,
+            format!(
+                "stopping; the program is detached as the controller ends: {}\n",
+                crate::dataplane::PRIVATE_PINS_ADVICE
+            ),
+        )
+            .into_response(),
         Err(response) => response,
     }
 }

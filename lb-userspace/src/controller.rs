@@ -103,7 +103,7 @@ impl Controller {
                 let _ = reply.send(outcome);
             }
             AdminRequest::Stop { detach, reply } => {
-                let _ = reply.send(());
+                let _ = reply.send(!crate::dataplane::pins_are_private());
                 return Ok(Some(detach));
             }
             AdminRequest::DnsView(reply) => {
@@ -296,6 +296,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     } else {
         (IdAllocator::new(balancer.max_vips, balancer.max_backends), Applied::default())
     };
+    if crate::dataplane::pins_are_private() {
+        warn!("{}", crate::dataplane::PRIVATE_PINS_ADVICE);
+    }
     if let Some(logger) = dataplane.take_logger() {
         tokio::spawn(on_readable(logger, "packet-path logs", |logger: &mut PacketLogger| {
             logger.flush();
@@ -405,6 +408,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     if detach {
         info!(pin_dir = %pin_dir.display(), "stopping: detaching the program and removing its pins");
         Dataplane::detach_pinned(&pin_dir)
+    } else if crate::dataplane::pins_are_private() {
+        warn!("stopping: the program is detached as this process ends; {}", crate::dataplane::PRIVATE_PINS_ADVICE);
+        Ok(())
     } else {
         info!(pin_dir = %pin_dir.display(), "stopping: the program stays attached with its pinned maps; the next `lb run` adopts it");
         Ok(())

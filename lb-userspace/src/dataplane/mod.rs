@@ -459,6 +459,28 @@ fn load_program(program: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
     }
 }
 
+/// Whether the bpffs at /sys/fs/bpf here is not the one the process that started lb sees:
+/// `ip netns exec` (or `unshare -m`) gives its command a mount namespace with a /sys of its
+/// own, where lb mounts a bpffs that ends with this process, and with it the pins, the
+/// pinned attachments and so the program. (A shell started that way, which then starts
+/// lb, shares lb's view: that case is not recognised.)
+pub fn pins_are_private() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let here = std::fs::metadata(crate::config::BPF_FS);
+    let parent =
+        std::fs::metadata(format!("/proc/{}/root{}", std::os::unix::process::parent_id(), crate::config::BPF_FS));
+    match (here, parent) {
+        (Ok(here), Ok(parent)) => here.dev() != parent.dev(),
+        // Not mounted yet, or the parent's view is not readable: nothing to tell.
+        _ => false,
+    }
+}
+
+/// What a user who ran `lb run` in a private mount namespace should do instead.
+pub const PRIVATE_PINS_ADVICE: &str = "the bpffs at /sys/fs/bpf is private to this process's mount namespace \
+     (`ip netns exec` remounts /sys): the pins, and with them the attached program, end when lb exits; \
+     enter only the network namespace instead: `nsenter --net=/run/netns/NAME lb run ...`";
+
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
 pub fn ensure_bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
