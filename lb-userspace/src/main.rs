@@ -60,6 +60,12 @@ enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// Attach (or detach) a program that passes every packet to an interface: on veth, the
+    /// peer of an interface the balancer sends from needs one (see the README).
+    XdpPass {
+        #[command(subcommand)]
+        action: XdpPassAction,
+    },
     /// Send new flows to a drained backend again.
     Undrain {
         #[command(flatten)]
@@ -81,6 +87,14 @@ enum Command {
         /// 0..=1, or `config`.
         ratio: String,
     },
+}
+
+#[derive(Subcommand)]
+enum XdpPassAction {
+    /// Attach `xdp_pass` in driver mode, pinned under /sys/fs/bpf so it stays.
+    Attach { iface: String },
+    /// Detach what `attach` attached.
+    Detach { iface: String },
 }
 
 /// How to reach the running controller: its config's `[admin]` section.
@@ -178,6 +192,18 @@ fn main() -> ExitCode {
             say(&admin, "POST", &format!("/v1/vips/{vip}/backends/{backend}/drain"))
         }
         Command::Stop { admin, detach } => stop(&admin, detach),
+        Command::XdpPass { action: XdpPassAction::Attach { iface } } => {
+            lb_userspace::dataplane::Dataplane::attach_pass_pinned(&iface).map(|pin| {
+                println!("xdp_pass attached to {iface} (pinned at {})", pin.display());
+                if lb_userspace::dataplane::pins_are_private() {
+                    eprintln!("lb: warning: {}", lb_userspace::dataplane::PRIVATE_PINS_ADVICE);
+                }
+            })
+        }
+        Command::XdpPass { action: XdpPassAction::Detach { iface } } => {
+            lb_userspace::dataplane::Dataplane::detach_pass_pinned(&iface)
+                .map(|()| println!("xdp_pass detached from {iface}"))
+        }
         Command::Undrain { admin, vip, backend } => {
             say(&admin, "POST", &format!("/v1/vips/{vip}/backends/{backend}/undrain"))
         }

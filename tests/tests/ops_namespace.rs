@@ -1,6 +1,7 @@
 //! `lb run` under `ip netns exec`, which gives it a private /sys and so a bpffs of its own
 //! that ends with it: lb says so at start, and `lb stop` says the program goes with it
-//! (as it does) instead of claiming it stays attached.
+//! (as it does) instead of claiming it stays attached. And `lb xdp-pass`, which gives a
+//! veth peer the XDP program it needs, as the README tells users to.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -103,4 +104,45 @@ fn under_ip_netns_exec_lb_warns_and_stop_tells_the_truth() -> Result<()> {
     lb.wait_for_exit()?;
     assert_eq!(xdp_programs(&ns, "lopa")?, Vec::<u64>::new(), "what `lb stop` said is what happened");
     Ok(())
+}
+
+/// Runs `lb args` in `ns`'s network namespace only (as the README says to); its stdout.
+fn lb_in(ns: &Netns, args: &[&str]) -> Result<String> {
+    let out = Command::new("nsenter").arg(format!("--net={}", ns.path())).arg(lb_bin()).args(args).output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(out.status.success(), "lb {args:?}: {}", stderr.trim());
+    anyhow::ensure!(!stderr.contains("warning"), "lb {args:?}: {stderr}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn xdp_pass_attaches_to_a_veth_peer_beyond_the_command_and_detaches() -> Result<()> {
+    require_root();
+    require_tools();
+    let ns = Netns::new(&unique_prefix("lop-pass"))?;
+    ns.ip(&["link", "add", "lopc", "type", "veth", "peer", "name", "lopd"])?;
+    ns.ip(&["link", "set", "lopc", "up"])?;
+    ns.ip(&["link", "set", "lopd", "up"])?;
+    // The pin `lb xdp-pass attach` makes, named after the namespace's inode: removed even
+    // if the test fails half-way.
+    let netns = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(ns.path())?);
+    let pin = RemovedOnDrop(format!("/sys/fs/bpf/lb-xdp-pass-{netns}-lopd").into());
+    for round in 0..3 {
+        let said = lb_in(&ns, &["xdp-pass", "attach", "lopd"])?;
+        assert!(said.starts_with("xdp_pass attached to lopd"), "{said}");
+        assert_eq!(xdp_programs(&ns, "lopd")?.len(), 1, "round {round}: attached after `lb` exited");
+        assert!(pin.0.exists(), "{} missing", pin.0.display());
+        assert!(lb_in(&ns, &["xdp-pass", "attach", "lopd"]).is_err(), "attached twice");
+        lb_in(&ns, &["xdp-pass", "detach", "lopd"])?;
+        assert_eq!(xdp_programs(&ns, "lopd")?, Vec::<u64>::new(), "round {round}: detached");
+    }
+    Ok(())
+}
+
+struct RemovedOnDrop(std::path::PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

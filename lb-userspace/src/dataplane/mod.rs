@@ -335,6 +335,31 @@ impl Dataplane {
         self.health_signals.take()
     }
 
+    /// Attaches the object's `xdp_pass` program to `iface` in driver mode and pins the
+    /// attachment (see [`pass_link_pin`]), so it stays after this process ends: on veth, a
+    /// frame the balancer sends with XDP_TX is only delivered if the peer has an XDP program.
+    pub fn attach_pass_pinned(iface: &str) -> Result<PathBuf> {
+        ensure_bpffs()?;
+        let path = pass_link_pin(iface);
+        anyhow::ensure!(!path.exists(), "{} exists: xdp_pass is attached to {iface} already", path.display());
+        let sizes = MapSizes { max_vips: 1, max_backends: 1, table_size: 2, flow_entries: 1, source_entries: 1 };
+        let mut dataplane = Self::load(sizes, None)?;
+        let program = dataplane.program(PROG_PASS)?;
+        let link = program.attach(iface, XdpMode::Driver).with_context(|| format!("attaching xdp_pass to {iface}"))?;
+        let link = FdLink::try_from(program.take_link(link)?).context("the kernel attached XDP without a bpf_link")?;
+        link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Detaches what [`attach_pass_pinned`](Self::attach_pass_pinned) attached to `iface`.
+    pub fn detach_pass_pinned(iface: &str) -> Result<()> {
+        let path = pass_link_pin(iface);
+        let link = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening {} (was `lb xdp-pass attach {iface}` run?)", path.display()))?;
+        link.unpin().with_context(|| format!("unpinning {}", path.display()))?;
+        Ok(())
+    }
+
     /// A loaded XDP program of the object, for BPF_PROG_TEST_RUN and attaching baselines.
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
         let ebpf = self.ebpf.as_mut().context("an adopted program's object is not loaded here")?;
@@ -474,6 +499,14 @@ pub fn pins_are_private() -> bool {
         // Not mounted yet, or the parent's view is not readable: nothing to tell.
         _ => false,
     }
+}
+
+/// Where `lb xdp-pass attach IFACE` pins its attachment: named after the interface and
+/// the network namespace, whose interfaces may have the same names as another's.
+pub fn pass_link_pin(iface: &str) -> PathBuf {
+    use std::os::unix::fs::MetadataExt as _;
+    let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+    Path::new(crate::config::BPF_FS).join(format!("lb-xdp-pass-{netns}-{iface}"))
 }
 
 /// What a user who ran `lb run` in a private mount namespace should do instead.
