@@ -109,6 +109,9 @@ pub async fn start(
     Ok(bound)
 }
 
+const TOO_MANY_CONNECTIONS: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 60\r\nConnection: close\r\n\r\n\
+    too many admin connections open; try again in a few seconds\n";
+
 /// Accepts connections for ever, each served on a task of its own within `limits`.
 async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
     let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -124,6 +127,9 @@ async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
         };
         let Ok(permit) = open.clone().try_acquire_owned() else {
             tracing::debug!(max = limits.max_connections, "admin interface: connection limit reached, closing one");
+            // Said without waiting for the request (a fresh socket's buffer takes it), so
+            // `lb status` tells why instead of reading nothing.
+            let _ = stream.try_write(TOO_MANY_CONNECTIONS.as_bytes());
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
@@ -292,16 +298,21 @@ mod tests {
         let addr = start("127.0.0.1:0".parse().unwrap(), None, requests, limits).await.unwrap();
         let result = tokio::task::spawn_blocking(move || {
             let idle: Vec<std::net::TcpStream> = (0..40).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+            let mut told_too_many = 0;
             for mut stream in idle {
                 stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
                 // The server closes it (EOF or a reset), instead of the read timing out.
-                let closed = match stream.read(&mut [0; 64]) {
-                    Ok(0) => true,
-                    Ok(_) => false,
+                let mut said = Vec::new();
+                let closed = match stream.read_to_end(&mut said) {
+                    Ok(_) => true,
                     Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
                 };
                 assert!(closed, "an idle admin connection stayed open");
+                // Closed at once beyond the cap, with the reason; within it, silently after the timeout.
+                assert!(said.is_empty() || said.starts_with(b"HTTP/1.1 503"), "{}", String::from_utf8_lossy(&said));
+                told_too_many += !said.is_empty() as usize;
             }
+            assert!(told_too_many > 0, "40 connections at once and none over the cap of 8");
             let mut client = std::net::TcpStream::connect(addr).unwrap();
             client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             write!(client, "GET /nowhere HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n").unwrap();
