@@ -2,8 +2,14 @@
 //! the controller loop, which owns all state, through a channel and wait for its answer,
 //! so an admin request is one more event of the loop. With `admin.token` set, every
 //! request needs `Authorization: Bearer <token>`.
+//!
+//! Connections are bounded ([`Limits`]): idle or slow clients are closed and at most a
+//! fixed number are open, so the admin port can't use up the process's file descriptors
+//! (which health checks need).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use axum::Router;
@@ -29,9 +35,11 @@ pub enum AdminRequest {
     /// Reload the config file: the new generation, or why the config was refused.
     Reload(oneshot::Sender<Result<u64, String>>),
     /// End the controller; with `detach`, also detach the program and remove the pins.
+    /// The answer says whether the pins outlive the controller (not when they are in a
+    /// bpffs private to its mount namespace).
     Stop {
         detach: bool,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<bool>,
     },
     /// This vantage point's view of the DNS targets (none without `[dns]`), for peers.
     DnsView(oneshot::Sender<Option<crate::dns::VantageView>>),
@@ -50,8 +58,35 @@ struct AdminState {
     token: Option<String>,
 }
 
+/// Bounds on the admin interface's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A connection must send a request's headers within this from its start or from its
+    /// previous answer (so an idle keep-alive connection is closed after it too).
+    pub header_read_timeout: Duration,
+    /// A connection is closed this long after it was accepted, whatever it is doing.
+    pub connection_lifetime: Duration,
+    /// Connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(5),
+            connection_lifetime: Duration::from_secs(60),
+            max_connections: 64,
+        }
+    }
+}
+
 /// Binds `listen` (failing at once if it can't) and serves from a task of its own.
-pub async fn start(listen: SocketAddr, token: Option<String>, requests: mpsc::Sender<AdminRequest>) -> Result<()> {
+pub async fn start(
+    listen: SocketAddr,
+    token: Option<String>,
+    requests: mpsc::Sender<AdminRequest>,
+    limits: Limits,
+) -> Result<SocketAddr> {
     let with_token = token.is_some();
     let state = AdminState { requests, token };
     let app = Router::new()
@@ -68,13 +103,46 @@ pub async fn start(listen: SocketAddr, token: Option<String>, requests: mpsc::Se
         .with_state(state);
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("admin interface: binding {listen}"))?;
-    tracing::info!(%listen, token = with_token, "admin interface listening");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("admin interface stopped: {e}");
-        }
-    });
-    Ok(())
+    let bound = listener.local_addr()?;
+    tracing::info!(listen = %bound, token = with_token, max_connections = limits.max_connections, "admin interface listening");
+    tokio::spawn(serve(listener, app, limits));
+    Ok(bound)
+}
+
+const TOO_MANY_CONNECTIONS: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 60\r\nConnection: close\r\n\r\n\
+    too many admin connections open; try again in a few seconds\n";
+
+/// Accepts connections for ever, each served on a task of its own within `limits`.
+async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to be closed.
+                tracing::warn!("admin interface: accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            tracing::debug!(max = limits.max_connections, "admin interface: connection limit reached, closing one");
+            // Said without waiting for the request (a fresh socket's buffer takes it), so
+            // `lb status` tells why instead of reading nothing.
+            let _ = stream.try_write(TOO_MANY_CONNECTIONS.as_bytes());
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            // Errors are the client's (a timeout, a reset, bad HTTP): nothing to report.
+            let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+            drop(permit);
+        });
+    }
 }
 
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
@@ -132,10 +200,16 @@ async fn stop_and_detach(state: State<AdminState>) -> Response {
 
 async fn stop_controller(State(state): State<AdminState>, detach: bool) -> Response {
     match ask(&state, |reply| AdminRequest::Stop { detach, reply }).await {
-        Ok(()) if detach => {
-            (StatusCode::OK, "stopping; the program is detached and its pins removed\n").into_response()
-        }
-        Ok(()) => (StatusCode::OK, "stopping; the program stays attached with its pinned maps\n").into_response(),
+        Ok(_) if detach => (StatusCode::OK, "stopping; the program is detached and its pins removed\n").into_response(),
+        Ok(true) => (StatusCode::OK, "stopping; the program stays attached with its pinned maps\n").into_response(),
+        Ok(false) => (
+            StatusCode::OK,
+            format!(
+                "stopping; the program is detached as the controller ends: {}\n",
+                crate::dataplane::PRIVATE_PINS_ADVICE
+            ),
+        )
+            .into_response(),
         Err(response) => response,
     }
 }
@@ -203,5 +277,50 @@ async fn trickle(
         },
         Ok(Err(why)) => (StatusCode::NOT_FOUND, format!("{why}\n")).into_response(),
         Err(response) => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Idle clients beyond the connection cap neither stay open nor keep an answer from
+    /// the next client for longer than the header-read timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_are_closed_and_capped() {
+        let (requests, _keep) = mpsc::channel(1);
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(300),
+            connection_lifetime: Duration::from_secs(30),
+            max_connections: 8,
+        };
+        let addr = start("127.0.0.1:0".parse().unwrap(), None, requests, limits).await.unwrap();
+        let result = tokio::task::spawn_blocking(move || {
+            let idle: Vec<std::net::TcpStream> = (0..40).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+            let mut told_too_many = 0;
+            for mut stream in idle {
+                stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                // The server closes it (EOF or a reset), instead of the read timing out.
+                let mut said = Vec::new();
+                let closed = match stream.read_to_end(&mut said) {
+                    Ok(_) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                };
+                assert!(closed, "an idle admin connection stayed open");
+                // Closed at once beyond the cap, with the reason; within it, silently after the timeout.
+                assert!(said.is_empty() || said.starts_with(b"HTTP/1.1 503"), "{}", String::from_utf8_lossy(&said));
+                told_too_many += !said.is_empty() as usize;
+            }
+            assert!(told_too_many > 0, "40 connections at once and none over the cap of 8");
+            let mut client = std::net::TcpStream::connect(addr).unwrap();
+            client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            write!(client, "GET /nowhere HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            client.read_to_string(&mut answer).unwrap();
+            answer
+        });
+        let answer = result.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     }
 }

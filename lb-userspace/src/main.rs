@@ -60,6 +60,12 @@ enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// Attach (or detach) a program that passes every packet to an interface: on veth, the
+    /// peer of an interface the balancer sends from needs one (see the README).
+    XdpPass {
+        #[command(subcommand)]
+        action: XdpPassAction,
+    },
     /// Send new flows to a drained backend again.
     Undrain {
         #[command(flatten)]
@@ -81,6 +87,14 @@ enum Command {
         /// 0..=1, or `config`.
         ratio: String,
     },
+}
+
+#[derive(Subcommand)]
+enum XdpPassAction {
+    /// Attach `xdp_pass` in driver mode, pinned under /sys/fs/bpf so it stays.
+    Attach { iface: String },
+    /// Detach what `attach` attached.
+    Detach { iface: String },
 }
 
 /// How to reach the running controller: its config's `[admin]` section.
@@ -107,18 +121,18 @@ fn say(admin: &AdminArgs, method: &str, path: &str) -> anyhow::Result<()> {
 fn stop(admin: &AdminArgs, detach: bool) -> anyhow::Result<()> {
     let control = config::load_control(&admin.config)?;
     let client = AdminClient::new(&control.admin);
-    let path = if detach { "/v1/stop-and-detach" } else { "/v1/stop" };
-    match client.call("POST", path) {
+    let within = std::time::Duration::from_secs(15);
+    match client.stop(detach, within) {
         Ok(said) => {
             print!("{said}");
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-            while client.call("GET", "/v1/status").is_ok() || (detach && control.balancer.pin_dir.exists()) {
-                anyhow::ensure!(std::time::Instant::now() < deadline, "the controller did not stop within 15 s");
+            let deadline = std::time::Instant::now() + within;
+            while detach && control.balancer.pin_dir.exists() {
+                anyhow::ensure!(std::time::Instant::now() < deadline, "the controller did not remove its pins");
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             Ok(())
         }
-        Err(e) if detach => {
+        Err(e) if detach && e.is::<lb_userspace::client::NotRunning>() => {
             eprintln!(
                 "lb: no controller answered ({e:#}); detaching what is pinned under {}",
                 control.balancer.pin_dir.display()
@@ -142,6 +156,13 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // Rust ignores SIGPIPE, so printing into a closed pipe (`lb status | head`) would
+        // panic; a command that only prints ends as other tools do instead. The
+        // controller keeps ignoring it: its sockets report a closed peer as an error.
+        // SAFETY: no other thread runs yet, and SIG_DFL is a valid disposition.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Run { config } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -171,6 +192,18 @@ fn main() -> ExitCode {
             say(&admin, "POST", &format!("/v1/vips/{vip}/backends/{backend}/drain"))
         }
         Command::Stop { admin, detach } => stop(&admin, detach),
+        Command::XdpPass { action: XdpPassAction::Attach { iface } } => {
+            lb_userspace::dataplane::Dataplane::attach_pass_pinned(&iface).map(|pin| {
+                println!("xdp_pass attached to {iface} (pinned at {})", pin.display());
+                if lb_userspace::dataplane::pins_are_private() {
+                    eprintln!("lb: warning: {}", lb_userspace::dataplane::PRIVATE_PINS_ADVICE);
+                }
+            })
+        }
+        Command::XdpPass { action: XdpPassAction::Detach { iface } } => {
+            lb_userspace::dataplane::Dataplane::detach_pass_pinned(&iface)
+                .map(|()| println!("xdp_pass detached from {iface}"))
+        }
         Command::Undrain { admin, vip, backend } => {
             say(&admin, "POST", &format!("/v1/vips/{vip}/backends/{backend}/undrain"))
         }

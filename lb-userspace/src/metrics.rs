@@ -95,6 +95,11 @@ fn families(status: &Status) -> Vec<Family> {
     if let Some(r) = &status.last_reload {
         reload.add(vec![], r.applied as i64);
     }
+    let mut local_failures = counter(
+        "lb_health_check_local_failures",
+        "Health checks that failed for a local reason (file descriptors, buffers, memory, ports), not counted against the backend.",
+    );
+    local_failures.add(vec![], status.health_check_local_failures);
 
     let mut level =
         gauge("lb_vip_priority_level", "Priority level serving new flows (0 = local zone); -1 when none can.");
@@ -160,6 +165,7 @@ fn families(status: &Status) -> Vec<Family> {
         info,
         generation,
         reload,
+        local_failures,
         level,
         panic,
         ejections_active,
@@ -241,19 +247,25 @@ mod tests {
     use crate::status::{BackendStatus, ReloadOutcome, VipStatus};
     use lb_common::{BackendStats, Counters, GlobalStats, VipStats};
 
-    /// Every packet-path counter family is documented in the README's metrics list.
+    /// Every metric family is documented in the README's metrics list.
     #[test]
-    fn the_readme_names_every_counter_family() {
+    fn the_readme_names_every_family() {
         let readme = include_str!("../../README.md");
         let families = VipStats::COUNTERS.iter().chain(BackendStats::COUNTERS).chain(GlobalStats::COUNTERS);
         for c in families {
             assert!(readme.contains(&format!("`{}`", c.family)), "README.md does not mention `{}`", c.family);
         }
+        let text = render(&full_status());
+        let rendered: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+        assert!(rendered.len() > 20, "{text}");
+        for family in rendered {
+            assert!(readme.contains(&format!("`{family}`")), "README.md does not mention `{family}`");
+        }
     }
 
-    #[test]
-    fn metrics_carry_the_snapshot() {
-        let status = Status {
+    /// A snapshot with every kind of metric in it.
+    fn full_status() -> Status {
+        Status {
             version: "0.1.0".into(),
             generation: 3,
             last_reload: Some(ReloadOutcome { applied: false, message: "lb.toml:3: vip[0].port: ...".into() }),
@@ -305,12 +317,19 @@ mod tests {
                 responses: [("noerror".to_owned(), 12), ("refused".to_owned(), 1)].into(),
                 truncated: 0,
             }),
-        };
+            health_check_local_failures: 5,
+        }
+    }
+
+    #[test]
+    fn metrics_carry_the_snapshot() {
+        let status = full_status();
         let text = render(&status);
         for line in [
             "lb_build_info{version=\"0.1.0\"} 1",
             "lb_config_generation 3",
             "lb_last_reload_applied 0",
+            "lb_health_check_local_failures_total 5",
             "lb_vip_packets_total{vip=\"web\"} 10",
             "lb_vip_new_flows_total{vip=\"web\"} 4",
             "lb_vip_rate_limited_packets_total{vip=\"web\",limit=\"source_limit\"} 2",

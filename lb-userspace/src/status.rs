@@ -25,6 +25,10 @@ pub struct Status {
     /// The DNS server for site failover, when configured.
     #[serde(default)]
     pub dns: Option<crate::dns::DnsStatus>,
+    /// Health checks that failed for a local reason (out of file descriptors, buffers,
+    /// memory, ports) since start: the balancer's fault, never counted against a backend.
+    #[serde(default)]
+    pub health_check_local_failures: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -29,6 +29,39 @@ struct VipOutliers {
     detector: OutlierDetector<SocketAddr>,
     interval: std::time::Duration,
     next_sweep: Instant,
+    /// Ejections are being refused (`max_ejection_percent`): logged once, when it starts,
+    /// not once per signal of a failing backend.
+    refusing: bool,
+}
+
+impl VipOutliers {
+    /// Logs a decision of this VIP's detector made at `now`.
+    fn log(&mut self, vip: &str, decision: &Decision<SocketAddr>, now: Instant) {
+        match decision {
+            Decision::Ejected { backend, until, ejections, reason } => {
+                self.refusing = false;
+                let for_secs = until.saturating_duration_since(now).as_secs();
+                warn!(vip, %backend, ?reason, ejections, for_secs, "backend ejected")
+            }
+            Decision::Refused { backend, reason } if !self.refusing => {
+                self.refusing = true;
+                warn!(
+                    vip,
+                    %backend,
+                    ?reason,
+                    "ejection refused: max_ejection_percent already reached (further refusals are counted, \
+                     not logged, until a backend returns)"
+                )
+            }
+            Decision::Refused { .. } => {}
+            Decision::Returned { backend } => {
+                if std::mem::take(&mut self.refusing) {
+                    info!(vip, "ejections allowed again");
+                }
+                info!(vip, %backend, "ejected backend returned")
+            }
+        }
+    }
 }
 
 impl BackendStates {
@@ -50,6 +83,7 @@ impl BackendStates {
                 detector: OutlierDetector::new(outlier.clone()),
                 interval: outlier.interval,
                 next_sweep: now + outlier.interval,
+                refusing: false,
             });
             state.interval = outlier.interval;
             state.detector.reconfigure(outlier.clone(), vip.backends.iter().map(BackendConfig::socket_addr));
@@ -81,12 +115,9 @@ impl BackendStates {
             _ => {}
         }
         let returned = result.outcome.is_ok()
-            && self
-                .outliers
-                .get_mut(vip_name)
-                .and_then(|o| o.detector.health_check_passed(backend))
-                .inspect(|d| log_decision(vip_name, d))
-                .is_some();
+            && self.outliers.get_mut(vip_name).is_some_and(|o| {
+                o.detector.health_check_passed(backend).inspect(|d| o.log(vip_name, d, Instant::now())).is_some()
+            });
         flipped.is_some() || returned
     }
 
@@ -106,7 +137,7 @@ impl BackendStates {
         let Some(outliers) = self.outliers.get_mut(vip) else { return false };
         match outliers.detector.record(now, &backend, outcome) {
             Some(decision) => {
-                log_decision(vip, &decision);
+                outliers.log(vip, &decision, now);
                 matches!(decision, Decision::Ejected { .. })
             }
             None => false,
@@ -121,7 +152,7 @@ impl BackendStates {
                 continue;
             }
             for decision in state.detector.sweep(now) {
-                log_decision(vip, &decision);
+                state.log(vip, &decision, now);
                 returned = true;
             }
             state.next_sweep = now + state.interval;
@@ -185,23 +216,6 @@ fn key(vip: &VipConfig, backend: &BackendConfig) -> TargetKey {
     (vip.name.clone(), backend.socket_addr())
 }
 
-fn log_decision(vip: &str, decision: &Decision<SocketAddr>) {
-    match decision {
-        Decision::Ejected { backend, until, ejections, reason } => warn!(
-            vip,
-            %backend,
-            ?reason,
-            ejections,
-            for_secs = until.saturating_duration_since(Instant::now()).as_secs(),
-            "backend ejected"
-        ),
-        Decision::Refused { backend, reason } => {
-            warn!(vip, %backend, ?reason, "ejection refused: max_ejection_percent already reached")
-        }
-        Decision::Returned { backend } => info!(vip, %backend, "ejected backend returned"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +260,64 @@ backend = [{ address = "10.0.1.1" }, { address = "10.0.1.2" }, { address = "10.0
     }
 
     use Availability::*;
+
+    /// What `run` logged (without ANSI colours or timestamps).
+    fn logged(run: impl FnOnce()) -> String {
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || SharedBuffer(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, run);
+        let bytes = buffer.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SharedBuffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_ejection_log_line_says_the_whole_ejection_time() {
+        let (config, mut states, t0) = setup(CONFIG);
+        let log = logged(|| {
+            for _ in 0..2 {
+                states.on_signal(&config, t0, "web", addr(1), SIGNAL_HTTP_5XX);
+            }
+        });
+        assert!(log.contains("for_secs=10"), "{log}");
+    }
+
+    #[test]
+    fn refused_ejections_are_logged_once_until_a_backend_returns() {
+        let (config, mut states, t0) = setup(CONFIG);
+        let log = logged(|| {
+            for last in [1, 1, 2, 2, 2, 2, 2, 2, 2, 2] {
+                states.on_signal(&config, t0, "web", addr(last), SIGNAL_HTTP_5XX);
+            }
+        });
+        // Backend 1 is ejected (1 of 3 = the cap of 50 %); backend 2 reaches the threshold 4 times.
+        assert_eq!(states.outlier_stats("web").map(|s| s.ejections_overflow_total), Some(4));
+        assert_eq!(log.matches("ejection refused").count(), 1, "{log}");
+        let log = logged(|| {
+            states.sweep(t0 + Duration::from_secs(11));
+            for _ in 0..2 {
+                states.on_signal(&config, t0 + Duration::from_secs(11), "web", addr(2), SIGNAL_HTTP_5XX);
+            }
+        });
+        assert!(log.contains("ejections allowed again"), "{log}");
+        assert!(log.contains("backend ejected"), "{log}");
+    }
 
     #[test]
     fn checks_apply_thresholds_and_draining_wins() {

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -79,9 +81,11 @@ async fn check_forever(key: TargetKey, check: HealthCheckConfig, results: Unboun
         let started = tokio::time::Instant::now();
         let outcome = match tokio::time::timeout(check.timeout, check_once(key.1, &check)).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(format!("no answer within {}", humantime::format_duration(check.timeout))),
+            Err(_) => Err(Failure::Backend(format!("no answer within {}", humantime::format_duration(check.timeout)))),
         };
-        if results.send(CheckResult { key: key.clone(), outcome }).is_err() {
+        if let Some(outcome) = reported(&key, outcome)
+            && results.send(CheckResult { key: key.clone(), outcome }).is_err()
+        {
             return;
         }
         tokio::time::sleep_until(started + check.interval + random_part_of(check.jitter)).await;
@@ -92,10 +96,62 @@ fn random_part_of(span: Duration) -> Duration {
     span.mul_f64(fastrand::f64())
 }
 
+/// Why a check failed: the backend's fault, or the balancer's own (out of file
+/// descriptors, buffers, memory or local ports), which says nothing about the backend.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    Backend(String),
+    Local(String),
+}
+
+impl Failure {
+    fn of_io(what: &str, e: std::io::Error) -> Self {
+        let why = format!("{what}: {e}");
+        let local = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+        );
+        if local { Failure::Local(why) } else { Failure::Backend(why) }
+    }
+}
+
+/// Checks that failed for a local reason since start, over every prober of the process.
+static LOCAL_FAILURES: AtomicU64 = AtomicU64::new(0);
+/// When a local failure was last logged.
+static LOCAL_FAILURE_LOGGED: Mutex<Option<Instant>> = Mutex::new(None);
+/// At most one log line about local failures per this span.
+const LOCAL_FAILURE_LOG_SPAN: Duration = Duration::from_secs(10);
+
+/// Health checks that failed for a local reason (not counted against their backends).
+pub fn local_failures() -> u64 {
+    LOCAL_FAILURES.load(Ordering::Relaxed)
+}
+
+/// What a check reports to the controller loop: nothing for a local failure, which is
+/// counted and logged (rate-limited) instead.
+fn reported(key: &TargetKey, outcome: Result<(), Failure>) -> Option<Result<(), String>> {
+    match outcome {
+        Ok(()) => Some(Ok(())),
+        Err(Failure::Backend(why)) => Some(Err(why)),
+        Err(Failure::Local(why)) => {
+            let total = LOCAL_FAILURES.fetch_add(1, Ordering::Relaxed) + 1;
+            let mut logged = LOCAL_FAILURE_LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+            if logged.is_none_or(|at| at.elapsed() >= LOCAL_FAILURE_LOG_SPAN) {
+                *logged = Some(Instant::now());
+                tracing::error!(
+                    vip = %key.0, backend = %key.1, reason = %why, total,
+                    "health check failed for a local reason: not counted against the backend (see lb_health_check_local_failures_total)"
+                );
+            }
+            None
+        }
+    }
+}
+
 /// One check: a TCP connect, and for `http` a GET whose status must be expected.
-async fn check_once(backend: SocketAddr, check: &HealthCheckConfig) -> Result<(), String> {
+async fn check_once(backend: SocketAddr, check: &HealthCheckConfig) -> Result<(), Failure> {
     let addr = SocketAddr::new(backend.ip(), check.port.unwrap_or(backend.port()));
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| Failure::of_io("connect", e))?;
     if check.kind == HealthCheckKind::Tcp {
         return Ok(());
     }
@@ -104,13 +160,20 @@ async fn check_once(backend: SocketAddr, check: &HealthCheckConfig) -> Result<()
         "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-health-check\r\nConnection: close\r\n\r\n",
         check.path
     );
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("sending the request: {e}"))?;
+    stream.write_all(request.as_bytes()).await.map_err(|e| Failure::of_io("sending the request", e))?;
     // Only the status line matters; the rest of the response is not read.
     let mut status_line = String::new();
-    BufReader::new(stream).read_line(&mut status_line).await.map_err(|e| format!("reading the status line: {e}"))?;
+    BufReader::new(stream)
+        .read_line(&mut status_line)
+        .await
+        .map_err(|e| Failure::of_io("reading the status line", e))?;
     let status = parse_status_line(&status_line)
-        .ok_or_else(|| format!("not an HTTP status line: {:?}", status_line.trim_end()))?;
-    if check.expected_statuses.iter().any(|r| r.contains(status)) { Ok(()) } else { Err(format!("status {status}")) }
+        .ok_or_else(|| Failure::Backend(format!("not an HTTP status line: {:?}", status_line.trim_end())))?;
+    if check.expected_statuses.iter().any(|r| r.contains(status)) {
+        Ok(())
+    } else {
+        Err(Failure::Backend(format!("status {status}")))
+    }
 }
 
 /// The status code of an HTTP/1 status line (`HTTP/1.1 200 OK`).
@@ -178,7 +241,7 @@ mod tests {
         let request = request.await.unwrap();
         assert!(request.starts_with("GET /healthz HTTP/1.1\r\nHost: svc.example\r\n"), "{request}");
         let (addr, _) = server("503 Service Unavailable").await;
-        assert_eq!(check_once(addr, &http_check()).await, Err("status 503".into()));
+        assert_eq!(check_once(addr, &http_check()).await, Err(Failure::Backend("status 503".into())));
     }
 
     #[tokio::test]
@@ -188,7 +251,20 @@ mod tests {
         let check = HealthCheckConfig { kind: HealthCheckKind::Tcp, ..http_check() };
         assert_eq!(check_once(addr, &check).await, Ok(()));
         drop(listener);
-        assert!(check_once(addr, &check).await.unwrap_err().starts_with("connect:"));
+        assert!(matches!(check_once(addr, &check).await, Err(Failure::Backend(why)) if why.starts_with("connect:")));
+    }
+
+    #[test]
+    fn local_failures_are_counted_and_never_reported_against_the_backend() {
+        let key = ("web".to_owned(), "10.0.1.1:80".parse().unwrap());
+        let before = local_failures();
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM, libc::EADDRNOTAVAIL] {
+            let failure = Failure::of_io("connect", std::io::Error::from_raw_os_error(errno));
+            assert_eq!(reported(&key, Err(failure)), None, "errno {errno}");
+        }
+        assert!(local_failures() >= before + 5);
+        let refused = Failure::of_io("connect", std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        assert!(matches!(reported(&key, Err(refused)), Some(Err(why)) if why.starts_with("connect:")));
     }
 
     #[tokio::test]

@@ -80,11 +80,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError {
-        origin: path.display().to_string(),
-        line: None,
-        key: String::new(),
-        message: format!("cannot read the file: {e}"),
+    let error = |line, message| ConfigError { origin: path.display().to_string(), line, key: String::new(), message };
+    let bytes = std::fs::read(path).map_err(|e| error(None, format!("cannot read the file: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let offset = e.utf8_error().valid_up_to();
+        let line_start = bytes[..offset].iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let line = bytes[..offset].iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = offset - line_start + 1;
+        error(Some(line), format!("not UTF-8: invalid byte 0x{:02x} at column {column} (byte {offset})", bytes[offset]))
     })
 }
 
@@ -113,17 +117,25 @@ impl Default for ControlBalancer {
 /// running controller must work while the file holds a config it refused. A file that is
 /// not TOML at all gives the defaults.
 pub fn load_control(path: &Path) -> Result<Control, ConfigError> {
-    Ok(toml::from_str(&read(path)?).unwrap_or_default())
+    let text = read(path)?;
+    let origin = path.display().to_string();
+    let doc = syntax(&text, &origin)?;
+    toml::from_str(&text).map_err(|e| Ctx { origin: &origin, text: &text, doc: &doc }.serde_error(&e))
 }
 
-/// Parses and validates a configuration; `origin` (the file name) prefixes error messages.
-pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    let doc = ImDocument::parse(text).map_err(|e| ConfigError {
+/// The TOML document of `text`, or its syntax error with the line.
+fn syntax<'t>(text: &'t str, origin: &str) -> Result<ImDocument<&'t str>, ConfigError> {
+    ImDocument::parse(text).map_err(|e| ConfigError {
         origin: origin.to_string(),
         line: e.span().map(|s| line_of(text, s.start)),
         key: String::new(),
         message: format!("invalid TOML: {}", one_line(e.message())),
-    })?;
+    })
+}
+
+/// Parses and validates a configuration; `origin` (the file name) prefixes error messages.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let doc = syntax(text, origin)?;
     let cx = Ctx { origin, text, doc: &doc };
     let mut config: Config = toml::from_str(text).map_err(|e| cx.serde_error(&e))?;
     for vip in &mut config.vips {

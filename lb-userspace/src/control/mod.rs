@@ -103,7 +103,7 @@ impl Controller {
                 let _ = reply.send(outcome);
             }
             AdminRequest::Stop { detach, reply } => {
-                let _ = reply.send(());
+                let _ = reply.send(!crate::dataplane::pins_are_private());
                 return Ok(Some(detach));
             }
             AdminRequest::DnsView(reply) => {
@@ -183,6 +183,7 @@ impl Controller {
             vips,
             global: dataplane.global_stats().unwrap_or_default(),
             dns: self.dns.as_ref().map(DnsService::status),
+            health_check_local_failures: crate::backends::probe::local_failures(),
         }
     }
 
@@ -276,6 +277,10 @@ fn log_plan_change(vip: &str, before: Option<&Plan>, after: &Plan) {
 /// adopts it. Only `lb stop --detach` takes it away.
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let config = config::load(&config_path)?;
+    match raise_open_files_limit() {
+        Ok(limit) => info!(limit, "open files limit (RLIMIT_NOFILE)"),
+        Err(e) => warn!("cannot raise the open files limit (RLIMIT_NOFILE): {e}"),
+    }
     let balancer = &config.balancer;
     let sizes = MapSizes::from_config(balancer);
     let (mut dataplane, adopted) = match Dataplane::adopt(sizes, &balancer.pin_dir, &balancer.interfaces)? {
@@ -296,6 +301,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     } else {
         (IdAllocator::new(balancer.max_vips, balancer.max_backends), Applied::default())
     };
+    if crate::dataplane::pins_are_private() {
+        warn!("{}", crate::dataplane::PRIVATE_PINS_ADVICE);
+    }
     if let Some(logger) = dataplane.take_logger() {
         tokio::spawn(on_readable(logger, "packet-path logs", |logger: &mut PacketLogger| {
             logger.flush();
@@ -315,7 +323,7 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let mut states = BackendStates::default();
     states.reconfigure(&config, Instant::now());
     let (admin_tx, mut admin_requests) = tokio::sync::mpsc::channel(16);
-    crate::admin::start(config.admin.listen, config.admin.token.clone(), admin_tx).await?;
+    crate::admin::start(config.admin.listen, config.admin.token.clone(), admin_tx, Default::default()).await?;
     let (target_check_tx, mut target_checks) = tokio::sync::mpsc::unbounded_channel();
     let (peer_view_tx, mut peer_views) = tokio::sync::mpsc::unbounded_channel();
     let dns = DnsService::start(&config, target_check_tx, peer_view_tx)?;
@@ -405,6 +413,9 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     if detach {
         info!(pin_dir = %pin_dir.display(), "stopping: detaching the program and removing its pins");
         Dataplane::detach_pinned(&pin_dir)
+    } else if crate::dataplane::pins_are_private() {
+        warn!("stopping: the program is detached as this process ends; {}", crate::dataplane::PRIVATE_PINS_ADVICE);
+        Ok(())
     } else {
         info!(pin_dir = %pin_dir.display(), "stopping: the program stays attached with its pinned maps; the next `lb run` adopts it");
         Ok(())
@@ -456,5 +467,46 @@ async fn on_readable<T: std::os::fd::AsRawFd>(source: T, what: &'static str, mut
             }
             Err(e) => return error!("{what} stopped: {e}"),
         }
+    }
+}
+
+/// Raises this process's soft limit of open files to its hard limit (health checks, the
+/// admin interface and DNS each need descriptors; the usual soft 1024 is easily reached);
+/// returns the limit now in force.
+fn raise_open_files_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a valid rlimit for the kernel to fill in and read.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: a valid rlimit to fill in and read.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        let hard = limit.rlim_max;
+        // Lowered to what most systems start a service with (other tests of this process
+        // hold far fewer files).
+        limit.rlim_cur = limit.rlim_cur.min(1024).min(hard.saturating_sub(1));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+        assert_eq!(raise_open_files_limit().unwrap(), hard);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!(limit.rlim_cur, hard);
     }
 }

@@ -336,6 +336,31 @@ impl Dataplane {
         self.health_signals.take()
     }
 
+    /// Attaches the object's `xdp_pass` program to `iface` in driver mode and pins the
+    /// attachment (see [`pass_link_pin`]), so it stays after this process ends: on veth, a
+    /// frame the balancer sends with XDP_TX is only delivered if the peer has an XDP program.
+    pub fn attach_pass_pinned(iface: &str) -> Result<PathBuf> {
+        ensure_bpffs()?;
+        let path = pass_link_pin(iface);
+        anyhow::ensure!(!path.exists(), "{} exists: xdp_pass is attached to {iface} already", path.display());
+        let sizes = MapSizes { max_vips: 1, max_backends: 1, table_size: 2, flow_entries: 1, source_entries: 1 };
+        let mut dataplane = Self::load(sizes, None)?;
+        let program = dataplane.program(PROG_PASS)?;
+        let link = program.attach(iface, XdpMode::Driver).with_context(|| format!("attaching xdp_pass to {iface}"))?;
+        let link = FdLink::try_from(program.take_link(link)?).context("the kernel attached XDP without a bpf_link")?;
+        link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Detaches what [`attach_pass_pinned`](Self::attach_pass_pinned) attached to `iface`.
+    pub fn detach_pass_pinned(iface: &str) -> Result<()> {
+        let path = pass_link_pin(iface);
+        let link = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening {} (was `lb xdp-pass attach {iface}` run?)", path.display()))?;
+        link.unpin().with_context(|| format!("unpinning {}", path.display()))?;
+        Ok(())
+    }
+
     /// A loaded XDP program of the object, for BPF_PROG_TEST_RUN and attaching baselines.
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
         let ebpf = self.ebpf.as_mut().context("an adopted program's object is not loaded here")?;
@@ -459,6 +484,36 @@ fn load_program(program: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
         }
     }
 }
+
+/// Whether the bpffs at /sys/fs/bpf here is not the one the process that started lb sees:
+/// `ip netns exec` (or `unshare -m`) gives its command a mount namespace with a /sys of its
+/// own, where lb mounts a bpffs that ends with this process, and with it the pins, the
+/// pinned attachments and so the program. (A shell started that way, which then starts
+/// lb, shares lb's view: that case is not recognised.)
+pub fn pins_are_private() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let here = std::fs::metadata(crate::config::BPF_FS);
+    let parent =
+        std::fs::metadata(format!("/proc/{}/root{}", std::os::unix::process::parent_id(), crate::config::BPF_FS));
+    match (here, parent) {
+        (Ok(here), Ok(parent)) => here.dev() != parent.dev(),
+        // Not mounted yet, or the parent's view is not readable: nothing to tell.
+        _ => false,
+    }
+}
+
+/// Where `lb xdp-pass attach IFACE` pins its attachment: named after the interface and
+/// the network namespace, whose interfaces may have the same names as another's.
+pub fn pass_link_pin(iface: &str) -> PathBuf {
+    use std::os::unix::fs::MetadataExt as _;
+    let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
+    Path::new(crate::config::BPF_FS).join(format!("lb-xdp-pass-{netns}-{iface}"))
+}
+
+/// What a user who ran `lb run` in a private mount namespace should do instead.
+pub const PRIVATE_PINS_ADVICE: &str = "the bpffs at /sys/fs/bpf is private to this process's mount namespace \
+     (`ip netns exec` remounts /sys): the pins, and with them the attached program, end when lb exits; \
+     enter only the network namespace instead: `nsenter --net=/run/netns/NAME lb run ...`";
 
 /// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
 pub fn ensure_bpffs() -> Result<()> {

@@ -11,5 +11,7 @@ mod failover;
 mod fixtures;
 mod lifecycle;
 mod operations;
+mod ops_cli;
+mod ops_namespace;
 mod packet_fuzz;
 mod rate_limits;
