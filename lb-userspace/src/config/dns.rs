@@ -3,12 +3,14 @@
 //! vantage points (this controller and its peers).
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::HealthCheckConfig;
+use crate::dns::TcpLimits;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +37,17 @@ pub struct DnsConfig {
     /// A peer's view older than this no longer votes (default 3 x peer_interval).
     #[serde(default, with = "humantime_serde")]
     pub peer_stale_after: Option<Duration>,
+    /// DNS-over-TCP connections open at once; more are closed as soon as accepted
+    /// (default 256).
+    #[serde(default = "default_tcp_max_connections")]
+    pub tcp_max_connections: NonZeroU32,
+    /// A TCP connection that sends no query for this long is closed (default 10 s).
+    #[serde(default = "default_tcp_idle_timeout", with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    /// The rest of a TCP query once its first byte arrived, and the write of its answer,
+    /// take at most this, or the connection is closed (default 2 s).
+    #[serde(default = "default_tcp_io_timeout", with = "humantime_serde")]
+    pub tcp_io_timeout: Duration,
     #[serde(rename = "peer", default)]
     pub peers: Vec<DnsPeer>,
     /// Client prefixes mapped to regions, for policies with `geo = true`.
@@ -65,6 +78,14 @@ impl DnsConfig {
         match self.udp_sockets {
             Some(n) => n as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    pub fn tcp_limits(&self) -> TcpLimits {
+        TcpLimits {
+            max_connections: self.tcp_max_connections.get() as usize,
+            idle_timeout: self.tcp_idle_timeout,
+            io_timeout: self.tcp_io_timeout,
         }
     }
 
@@ -220,6 +241,15 @@ fn default_peer_interval() -> Duration {
 }
 fn default_peer_timeout() -> Duration {
     Duration::from_millis(500)
+}
+fn default_tcp_max_connections() -> NonZeroU32 {
+    NonZeroU32::new(256).expect("not zero")
+}
+fn default_tcp_idle_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_tcp_io_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_zone_ttl() -> u32 {
     3600
