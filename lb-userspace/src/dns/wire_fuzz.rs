@@ -1,7 +1,7 @@
 //! A bounded property test of the DNS wire path, without a network: a few thousand messages
 //! made from valid queries by a seeded PRNG (flipped bits, cuts, several questions, pointers
 //! into the header and loops, oversize labels and names, EDNS options with Client Subnet,
-//! random bytes), each answered by both paths. Invariants: no panic; every answer parses
+//! random bytes), each answered by both paths and over TCP. Invariants: no panic; every answer parses
 //! with hickory-proto and echoes the id and opcode with QR set; only runts and responses go
 //! unanswered; the fast path's answer is the full path's whenever it answers. The distinct
 //! findings are fixed cases in `findings`.
@@ -173,8 +173,11 @@ fn edns_options(rng: &mut fastrand::Rng, seed: &[u8]) -> Vec<u8> {
 
 /// The full path's answer to `bytes` over UDP (empty: nothing sent).
 pub(crate) async fn full_path(answers: &Answers, bytes: &[u8]) -> Vec<u8> {
-    let out = Encoded::udp();
-    answer_query(answers, bytes, SocketAddr::new(RESOLVER, 5353), Protocol::Udp, &out, &mut Tally::default()).await;
+    answer_over(answers, bytes, Protocol::Udp, Encoded::udp()).await
+}
+
+async fn answer_over(answers: &Answers, bytes: &[u8], transport: Protocol, out: Encoded) -> Vec<u8> {
+    answer_query(answers, bytes, SocketAddr::new(RESOLVER, 5353), transport, &out, &mut Tally::default()).await;
     out.take()
 }
 
@@ -228,6 +231,7 @@ async fn random_and_mutated_messages_get_dns_answers() {
         } else {
             check(&message, &full_path(&others, &message).await);
         }
+        check(&message, &answer_over(&others, &message, Protocol::Tcp, Encoded::tcp()).await);
     }
     assert!(fast_answered > 0, "no mutation kept a plain policy query");
 }
