@@ -272,3 +272,26 @@ fn default_expire() -> u32 {
 fn default_minimum() -> u32 {
     60
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_limits_default_and_refuse_zero_connections() {
+        let dns: DnsConfig = toml::from_str("listen = [\"127.0.0.1:53\"]").unwrap();
+        let limits = TcpLimits {
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(2),
+        };
+        assert_eq!(dns.tcp_limits(), limits);
+        let set: DnsConfig = toml::from_str(
+            "listen = [\"127.0.0.1:53\"]\ntcp_max_connections = 8\ntcp_idle_timeout = \"1s\"\ntcp_io_timeout = \"250ms\"",
+        )
+        .unwrap();
+        assert_eq!(set.tcp_limits().max_connections, 8);
+        assert_eq!(set.tcp_limits().io_timeout, Duration::from_millis(250));
+        assert!(toml::from_str::<DnsConfig>("listen = [\"127.0.0.1:53\"]\ntcp_max_connections = 0").is_err());
+    }
+}
