@@ -87,6 +87,10 @@ fn parse(query: &[u8], name: &mut Vec<u8>) -> Option<PlainQuery> {
             }
             option += 4 + be16(query, option + 2)? as usize;
         }
+        // An option running past the record's data: hickory's parser refuses it (FORMERR).
+        if option != at {
+            return None;
+        }
     }
     (at == query.len()).then_some(PlainQuery { flags, question_end, rtype, offered })
 }

@@ -270,4 +270,15 @@ mod findings {
             assert!(answer.queries.is_empty(), "the question is not echoed");
         }
     }
+
+    #[tokio::test]
+    async fn an_edns_option_longer_than_the_opt_record_gets_formerr_from_both_paths() {
+        let mut message = query("www.example.test.", RecordType::A, None).to_vec().unwrap();
+        set_count(&mut message, 10, 1);
+        // OPT with 11 bytes of data: option 9 says 0x8007 bytes, 7 follow.
+        message.extend_from_slice(&[0, 0, 41, 0x44, 0xd0, 0, 0, 0, 0, 0, 11, 0, 9, 0x80, 7]);
+        message.extend_from_slice(&[0, 1, 0x18, 0, 0x0a, 1, 2]);
+        assert_eq!(fast_path(&answers(&|_| true), &message), None, "the fast path answered");
+        assert_eq!(answer(&message).await.metadata.response_code, ResponseCode::FormErr);
+    }
 }
