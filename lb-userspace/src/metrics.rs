@@ -238,7 +238,10 @@ fn dns_families(dns: &crate::dns::DnsStatus) -> Vec<Family> {
     }
     let mut truncated = counter("lb_dns_truncated_responses", "UDP responses truncated (TC set) for size.");
     truncated.add(vec![], dns.truncated);
-    vec![up, view, transitions, state, answers, responses, truncated]
+    let mut tcp_refused =
+        counter("lb_dns_tcp_refused_connections", "DNS TCP connections closed at once: at the limit.");
+    tcp_refused.add(vec![], dns.tcp_refused);
+    vec![up, view, transitions, state, answers, responses, truncated, tcp_refused]
 }
 
 #[cfg(test)]
@@ -316,6 +319,7 @@ mod tests {
                 }],
                 responses: [("noerror".to_owned(), 12), ("refused".to_owned(), 1)].into(),
                 truncated: 0,
+                tcp_refused: 0,
             }),
             health_check_local_failures: 5,
         }

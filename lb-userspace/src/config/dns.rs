@@ -3,12 +3,14 @@
 //! vantage points (this controller and its peers).
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::HealthCheckConfig;
+use crate::dns::TcpLimits;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +37,17 @@ pub struct DnsConfig {
     /// A peer's view older than this no longer votes (default 3 x peer_interval).
     #[serde(default, with = "humantime_serde")]
     pub peer_stale_after: Option<Duration>,
+    /// DNS-over-TCP connections open at once; more are closed as soon as accepted
+    /// (default 256).
+    #[serde(default = "default_tcp_max_connections")]
+    pub tcp_max_connections: NonZeroU32,
+    /// A TCP connection that sends no query for this long is closed (default 10 s).
+    #[serde(default = "default_tcp_idle_timeout", with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    /// The rest of a TCP query once its first byte arrived, and the write of its answer,
+    /// take at most this, or the connection is closed (default 2 s).
+    #[serde(default = "default_tcp_io_timeout", with = "humantime_serde")]
+    pub tcp_io_timeout: Duration,
     #[serde(rename = "peer", default)]
     pub peers: Vec<DnsPeer>,
     /// Client prefixes mapped to regions, for policies with `geo = true`.
@@ -65,6 +78,14 @@ impl DnsConfig {
         match self.udp_sockets {
             Some(n) => n as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    pub fn tcp_limits(&self) -> TcpLimits {
+        TcpLimits {
+            max_connections: self.tcp_max_connections.get() as usize,
+            idle_timeout: self.tcp_idle_timeout,
+            io_timeout: self.tcp_io_timeout,
         }
     }
 
@@ -221,6 +242,15 @@ fn default_peer_interval() -> Duration {
 fn default_peer_timeout() -> Duration {
     Duration::from_millis(500)
 }
+fn default_tcp_max_connections() -> NonZeroU32 {
+    NonZeroU32::new(256).expect("not zero")
+}
+fn default_tcp_idle_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_tcp_io_timeout() -> Duration {
+    Duration::from_secs(2)
+}
 fn default_zone_ttl() -> u32 {
     3600
 }
@@ -241,4 +271,27 @@ fn default_expire() -> u32 {
 }
 fn default_minimum() -> u32 {
     60
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_limits_default_and_refuse_zero_connections() {
+        let dns: DnsConfig = toml::from_str("listen = [\"127.0.0.1:53\"]").unwrap();
+        let limits = TcpLimits {
+            max_connections: 256,
+            idle_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(2),
+        };
+        assert_eq!(dns.tcp_limits(), limits);
+        let set: DnsConfig = toml::from_str(
+            "listen = [\"127.0.0.1:53\"]\ntcp_max_connections = 8\ntcp_idle_timeout = \"1s\"\ntcp_io_timeout = \"250ms\"",
+        )
+        .unwrap();
+        assert_eq!(set.tcp_limits().max_connections, 8);
+        assert_eq!(set.tcp_limits().io_timeout, Duration::from_millis(250));
+        assert!(toml::from_str::<DnsConfig>("listen = [\"127.0.0.1:53\"]\ntcp_max_connections = 0").is_err());
+    }
 }

@@ -8,7 +8,11 @@ mod fast;
 pub mod policy;
 pub mod quorum;
 pub mod server;
+mod tcp;
 mod udp;
+mod wire;
+#[cfg(test)]
+mod wire_fuzz;
 pub mod zone;
 
 use std::collections::BTreeMap;
@@ -29,6 +33,7 @@ use crate::config::{AdminConfig, Config};
 use policy::{PolicyCounters, Selection, Source};
 use quorum::{SiteHealth, View};
 use server::{DnsHandler, DnsStats, SharedAnswers};
+pub use tcp::TcpLimits;
 use zone::{Answers, Zones};
 
 /// What `GET /v1/dns/view` serves to peers.
@@ -55,6 +60,9 @@ pub struct DnsStatus {
     /// Responses by code (noerror, nxdomain, refused, ...).
     pub responses: BTreeMap<String, u64>,
     pub truncated: u64,
+    /// TCP connections closed at once because `tcp_max_connections` were open.
+    #[serde(default)]
+    pub tcp_refused: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,7 +174,7 @@ impl DnsService {
         // The answers are complete before the first query can arrive.
         service.take(config, zones);
         let handler = DnsHandler { answers: service.shared.clone(), stats: service.stats.clone() };
-        service.server = Some(server::serve(&dns.listen, dns.udp_sockets(), handler)?);
+        service.server = Some(server::serve(&dns.listen, dns.udp_sockets(), dns.tcp_limits(), handler)?);
         info!(listen = ?dns.listen, vantage = %service.vantage, quorum = dns.quorum(), "DNS server listening");
         Ok(Some(service))
     }
@@ -374,6 +382,7 @@ impl DnsService {
             policies,
             responses: self.stats.responses().collect(),
             truncated: self.stats.truncated.load(std::sync::atomic::Ordering::Relaxed),
+            tcp_refused: self.stats.tcp_refused.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }

@@ -1,36 +1,34 @@
-//! The DNS server: hickory-server's UDP and TCP listeners in the controller's runtime, with
-//! a request handler that answers from the current [`Answers`] and does the protocol's
-//! part: opcode, class, EDNS version (BADVERS), Client Subnet echo with a scope, UDP size
-//! (truncation is hickory's: records that do not fit are left out and TC is set).
-//! Messages that do not parse get FORMERR from hickory when their header is readable, and
-//! nothing otherwise.
+//! The DNS server: UDP ([`udp`], batched) and TCP ([`tcp`]) listeners in the controller's
+//! runtime, answering from the current [`Answers`] with hickory's parser and encoder and
+//! doing the protocol's part: opcode, class, EDNS version (BADVERS), Client Subnet echo
+//! with a scope, UDP size (truncation is hickory's: records that do not fit are left out
+//! and TC is set). Every answer is DNS: what [`wire::screen`] rejects, what hickory cannot
+//! parse (FORMERR) and answers that cannot be encoded (SERVFAIL) get the header alone;
+//! runts and responses get nothing.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use hickory_server::Server;
-use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode};
+use hickory_server::net::xfer::Protocol as Transport;
+use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_server::proto::rr::{DNSClass, RecordType};
-use hickory_server::proto::serialize::binary::{BinDecodable, BinDecoder, BinEncoder};
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
+use hickory_server::proto::serialize::binary::BinEncoder;
+use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::task::JoinHandle;
 
+use super::tcp::{self, TcpLimits};
+use super::wire::{self, Screen};
 use super::zone::Answers;
 use super::{fast, udp};
 
 /// Largest UDP answer, whatever the client offers: the size that avoids IP fragmentation
 /// on common paths (DNS flag day 2020).
 pub const MAX_UDP_PAYLOAD: u16 = 1232;
-/// An idle TCP connection is closed after this.
-const TCP_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Response codes counted by [`DnsStats`], with their names in metrics (NOERROR first).
 pub const COUNTED_CODES: [(ResponseCode, &str); 7] = [
     (ResponseCode::NoError, "noerror"),
@@ -47,27 +45,33 @@ pub const COUNTED_CODES: [(ResponseCode, &str); 7] = [
 pub struct DnsStats {
     by_code: [AtomicU64; COUNTED_CODES.len()],
     pub truncated: AtomicU64,
+    /// TCP connections closed at once: too many were open.
+    pub tcp_refused: AtomicU64,
 }
 
 /// Counts of answers sent by one task, added to [`DnsStats`] in one go (the shared
 /// counters are written once per batch, not per answer).
 #[derive(Debug, Default)]
-struct Tally {
+pub(crate) struct Tally {
     by_code: [u64; COUNTED_CODES.len()],
     truncated: u64,
 }
 
 impl Tally {
     fn count(&mut self, info: &ResponseInfo) {
-        if let Some(i) = COUNTED_CODES.iter().position(|&(c, _)| c == info.response_code) {
+        self.count_code(info.response_code);
+        self.truncated += u64::from(info.truncation);
+    }
+
+    fn count_code(&mut self, code: ResponseCode) {
+        if let Some(i) = COUNTED_CODES.iter().position(|&(c, _)| c == code) {
             self.by_code[i] += 1;
         }
-        self.truncated += u64::from(info.truncation);
     }
 }
 
 impl DnsStats {
-    fn add(&self, tally: &Tally) {
+    pub(crate) fn add(&self, tally: &Tally) {
         for (counter, n) in self.by_code.iter().zip(tally.by_code) {
             if n > 0 {
                 counter.fetch_add(n, Ordering::Relaxed);
@@ -91,17 +95,6 @@ pub type SharedAnswers = Arc<RwLock<Arc<Answers>>>;
 pub struct DnsHandler {
     pub answers: SharedAnswers,
     pub stats: Arc<DnsStats>,
-}
-
-#[async_trait::async_trait]
-impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, response_handle: R) -> ResponseInfo {
-        let answers = self.answers.read().expect("not poisoned").clone();
-        let mut tally = Tally::default();
-        let info = respond(&answers, request, response_handle, &mut tally).await;
-        self.stats.add(&tally);
-        info
-    }
 }
 
 /// Answers `request` from `answers` through `response_handle`, counting what was sent.
@@ -184,37 +177,64 @@ async fn respond<R: ResponseHandler>(
     }
 }
 
-/// Binds every address and starts answering: over TCP with hickory-server's listener, and
-/// over UDP with `sockets` SO_REUSEPORT sockets (the kernel spreads queries over them),
-/// each read by a task that answers in place. Aborting the returned task stops it all.
-pub fn serve(listen: &[SocketAddr], sockets: usize, handler: DnsHandler) -> Result<JoinHandle<()>> {
-    let mut server = Server::new(handler.clone());
+/// Binds every address and starts answering: over TCP within `limits`, and over UDP with
+/// `sockets` SO_REUSEPORT sockets (the kernel spreads queries over them), each read by a
+/// task that answers in place. Aborting the returned task stops it all.
+pub fn serve(listen: &[SocketAddr], sockets: usize, limits: TcpLimits, handler: DnsHandler) -> Result<JoinHandle<()>> {
     let mut udp = Vec::new();
+    let mut tcp = Vec::new();
     for &addr in listen {
         for _ in 0..sockets {
             udp.push(udp_socket(addr).with_context(|| format!("DNS: binding UDP {addr}"))?);
         }
-        let tcp = std::net::TcpListener::bind(addr).with_context(|| format!("DNS: binding TCP {addr}"))?;
-        tcp.set_nonblocking(true)?;
-        server.register_listener(tokio::net::TcpListener::from_std(tcp)?, TCP_TIMEOUT, 64);
+        let listener = std::net::TcpListener::bind(addr).with_context(|| format!("DNS: binding TCP {addr}"))?;
+        listener.set_nonblocking(true)?;
+        tcp.push(tokio::net::TcpListener::from_std(listener)?);
     }
     Ok(tokio::spawn(async move {
         let mut tasks = tokio::task::JoinSet::new();
         for socket in udp {
             tasks.spawn(answer_udp(socket, handler.clone()));
         }
-        if let Err(e) = server.block_until_done().await {
-            tracing::error!("DNS server stopped: {e}");
+        for listener in tcp {
+            tasks.spawn(tcp::serve(listener, handler.clone(), limits));
         }
+        while tasks.join_next().await.is_some() {}
+        tracing::error!("DNS server stopped");
     }))
 }
 
-/// Where a UDP answer is encoded, for the socket's task to send.
-#[derive(Clone, Default)]
-pub(crate) struct UdpAnswer(Arc<std::sync::Mutex<Vec<u8>>>);
+/// Where an answer is encoded, for the socket's task to send: left empty when encoding
+/// fails.
+#[derive(Clone)]
+pub(crate) struct Encoded {
+    bytes: Arc<std::sync::Mutex<Vec<u8>>>,
+    /// UDP answers are limited to what the client offers; TCP ones are not.
+    udp: bool,
+}
+
+impl Encoded {
+    pub(crate) fn udp() -> Self {
+        Self { bytes: Arc::default(), udp: true }
+    }
+
+    pub(crate) fn tcp() -> Self {
+        Self { bytes: Arc::default(), udp: false }
+    }
+
+    /// The answer, leaving this empty.
+    pub(crate) fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut self.bytes.lock().expect("not poisoned"))
+    }
+
+    /// Swaps the buffer with `other` (reuses buffers).
+    fn swap(&self, other: &mut Vec<u8>) {
+        std::mem::swap(&mut *self.bytes.lock().expect("not poisoned"), other);
+    }
+}
 
 #[async_trait::async_trait]
-impl ResponseHandler for UdpAnswer {
+impl ResponseHandler for Encoded {
     async fn send_response<'a>(
         &mut self,
         response: hickory_server::zone_handler::MessageResponse<
@@ -226,23 +246,30 @@ impl ResponseHandler for UdpAnswer {
             impl Iterator<Item = &'a hickory_server::proto::rr::Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, hickory_server::net::NetError> {
-        let mut bytes = self.0.lock().expect("not poisoned");
+        let mut bytes = self.bytes.lock().expect("not poisoned");
+        bytes.clear();
         let mut encoder = BinEncoder::new(&mut bytes);
         // Without EDNS the client takes 512 bytes (RFC 1035 4.2.1); what does not fit is
         // left out and TC set.
-        encoder.set_max_size(response.edns().map_or(512, Edns::max_payload));
-        Ok(response.destructive_emit(&mut encoder)?)
+        if self.udp {
+            encoder.set_max_size(response.edns().map_or(512, Edns::max_payload));
+        }
+        let emitted = response.destructive_emit(&mut encoder);
+        if emitted.is_err() {
+            // Half an answer (a header of zeros) is not DNS.
+            bytes.clear();
+        }
+        Ok(emitted?)
     }
 }
 
-/// Answers the queries arriving on one UDP socket, a batch at a time: a query that does
-/// not parse gets FORMERR when its header is readable; responses and runts are dropped.
+/// Answers the queries arriving on one UDP socket, a batch at a time.
 async fn answer_udp(socket: tokio::net::UdpSocket, handler: DnsHandler) {
     use std::os::fd::AsRawFd;
     use tokio::io::Interest;
     let fd = socket.as_raw_fd();
     let mut receiver = udp::Receiver::default();
-    let answer = UdpAnswer::default();
+    let answer = Encoded::udp();
     let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::with_capacity(udp::BATCH);
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut name = Vec::with_capacity(255);
@@ -273,9 +300,9 @@ async fn answer_udp(socket: tokio::net::UdpSocket, handler: DnsHandler) {
             if fast::answer(&answers, receiver.bytes(i), src.ip(), &mut name, &mut out) {
                 tally.by_code[0] += 1;
             } else {
-                std::mem::swap(&mut *answer.0.lock().expect("not poisoned"), &mut out);
-                answer_datagram(&answers, receiver.bytes(i), src, &answer, &mut tally).await;
-                std::mem::swap(&mut *answer.0.lock().expect("not poisoned"), &mut out);
+                answer.swap(&mut out);
+                answer_query(&answers, receiver.bytes(i), src, Transport::Udp, &answer, &mut tally).await;
+                answer.swap(&mut out);
             }
             if out.is_empty() {
                 spare.push(out);
@@ -308,29 +335,31 @@ async fn answer_udp(socket: tokio::net::UdpSocket, handler: DnsHandler) {
     }
 }
 
-/// Answers one datagram into `answer` (left empty when nothing is to be sent).
-async fn answer_datagram(answers: &Answers, query: &[u8], src: SocketAddr, answer: &UdpAnswer, tally: &mut Tally) {
-    match Request::from_bytes(query.to_vec(), src, hickory_server::net::xfer::Protocol::Udp) {
-        Ok(request) if request.metadata.message_type == MessageType::Query => {
-            respond(answers, &request, answer.clone(), tally).await;
-        }
-        Ok(_) => {}
-        Err(_) => {
-            let Ok(header) = Header::read(&mut BinDecoder::new(query)) else {
-                return;
-            };
-            let Ok(queries) = Queries::read(&mut BinDecoder::new(&[]), 0) else {
-                return;
-            };
-            if header.metadata.message_type == MessageType::Query {
-                let error =
-                    MessageResponseBuilder::new(&queries, None).error_msg(&header.metadata, ResponseCode::FormErr);
-                if let Ok(info) = answer.clone().send_response(error).await {
-                    tally.count(&info);
+/// Answers one query's bytes into `answer` (left empty when nothing is to be sent).
+pub(crate) async fn answer_query(
+    answers: &Answers,
+    query: &[u8],
+    src: SocketAddr,
+    transport: Transport,
+    answer: &Encoded,
+    tally: &mut Tally,
+) {
+    let code = match wire::screen(query) {
+        Screen::Drop => return,
+        Screen::Reject(code) => code,
+        Screen::Parse => match Request::from_bytes(query.to_vec(), src, transport) {
+            Ok(request) => {
+                respond(answers, &request, answer.clone(), tally).await;
+                if !answer.bytes.lock().expect("not poisoned").is_empty() {
+                    return;
                 }
+                ResponseCode::ServFail
             }
-        }
-    }
+            Err(_) => ResponseCode::FormErr,
+        },
+    };
+    wire::header_only(query, code, &mut answer.bytes.lock().expect("not poisoned"));
+    tally.count_code(code);
 }
 
 fn udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
@@ -347,6 +376,7 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<tokio::net::UdpSocket> {
 #[cfg(test)]
 pub(crate) mod tests {
     use std::net::{Ipv4Addr, UdpSocket};
+    use std::time::Duration;
 
     use hickory_server::proto::op::{Message, MessageType, Query};
     use hickory_server::proto::rr::Name;
@@ -355,24 +385,20 @@ pub(crate) mod tests {
     use super::*;
     use crate::dns::zone::tests::answers;
 
-    impl UdpAnswer {
-        /// The encoded answer, for comparing paths.
-        pub(crate) fn bytes(&self) -> Vec<u8> {
-            self.0.lock().unwrap().clone()
-        }
-    }
+    const IDLE: Duration = Duration::from_millis(300);
+    const IO: Duration = Duration::from_millis(300);
+    /// Longer than any limit of the test server: what a closed connection must beat.
+    const CLOSED_WITHIN: Duration = Duration::from_secs(5);
 
-    pub(crate) async fn respond_to(answers: &Answers, request: &Request, out: UdpAnswer) -> ResponseInfo {
-        respond(answers, request, out, &mut Tally::default()).await
-    }
-
-    /// A server on a free loopback port with the test zone (every target up but site-a).
+    /// A server on a free loopback port with the test zone (every target up but site-a),
+    /// 4 TCP connections at most.
     async fn server() -> (SocketAddr, Arc<DnsStats>, tokio::task::JoinHandle<()>) {
         let port = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let stats = Arc::new(DnsStats::default());
         let shared = Arc::new(RwLock::new(Arc::new(answers(&|i| i != 0))));
-        let task = serve(&[addr], 2, DnsHandler { answers: shared, stats: stats.clone() }).expect("binds");
+        let limits = TcpLimits { max_connections: 4, idle_timeout: IDLE, io_timeout: IO };
+        let task = serve(&[addr], 2, limits, DnsHandler { answers: shared, stats: stats.clone() }).expect("binds");
         (addr, stats, task)
     }
 
@@ -505,6 +531,64 @@ pub(crate) mod tests {
         }
         let still = ask(addr, &query("www.example.test.", RecordType::A, None)).await;
         assert_eq!(still.metadata.response_code, ResponseCode::NoError);
+        task.abort();
+    }
+
+    /// Whether the server closes `stream` (EOF or reset) within [`CLOSED_WITHIN`].
+    async fn closed(stream: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = [0; 64];
+        matches!(tokio::time::timeout(CLOSED_WITHIN, stream.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp_connections_that_idle_or_stall_mid_message_are_closed() {
+        let (addr, _, task) = server().await;
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(closed(&mut idle).await, "an idle connection stays open");
+        // Half a message: the length says 100 bytes, 10 come.
+        let mut half = tokio::net::TcpStream::connect(addr).await.unwrap();
+        half.write_all(&100u16.to_be_bytes()).await.unwrap();
+        half.write_all(&[0; 10]).await.unwrap();
+        assert!(closed(&mut half).await, "a stalled query keeps its connection");
+        // A connection that keeps asking stays open past the idle timeout.
+        let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+        for _ in 0..4 {
+            tokio::time::sleep(IDLE / 2).await;
+            let bytes = query("www.example.test.", RecordType::A, None).to_vec().unwrap();
+            busy.write_all(&(bytes.len() as u16).to_be_bytes()).await.unwrap();
+            busy.write_all(&bytes).await.unwrap();
+            let len = busy.read_u16().await.unwrap() as usize;
+            let mut answer = vec![0; len];
+            busy.read_exact(&mut answer).await.unwrap();
+            assert_eq!(Message::from_vec(&answer).unwrap().metadata.id, 4711);
+        }
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp_connections_past_the_limit_are_closed_at_once_and_counted() {
+        let (addr, stats, task) = server().await;
+        let mut open = Vec::new();
+        for _ in 0..4 {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // An answer: the server holds this connection.
+            let bytes = query("www.example.test.", RecordType::A, None).to_vec().unwrap();
+            stream.write_all(&(bytes.len() as u16).to_be_bytes()).await.unwrap();
+            stream.write_all(&bytes).await.unwrap();
+            let len = stream.read_u16().await.unwrap() as usize;
+            stream.read_exact(&mut vec![0; len]).await.unwrap();
+            open.push(stream);
+        }
+        let mut fifth = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0; 2];
+        let refused = tokio::time::timeout(IDLE / 2, fifth.read(&mut buf)).await;
+        assert!(matches!(refused, Ok(Ok(0) | Err(_))), "the fifth connection is not closed at once: {refused:?}");
+        assert_eq!(stats.tcp_refused.load(Ordering::Relaxed), 1);
+        // One closes: a new one is served.
+        drop(open.pop());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let answer = ask_tcp(addr, &query("www.example.test.", RecordType::A, None)).await;
+        assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
         task.abort();
     }
 }

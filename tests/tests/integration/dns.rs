@@ -2,12 +2,17 @@
 //! controllers (`lb_tests::sites`), asked by `dig` from the client. Site A's VIP goes down
 //! and comes back; one prober is cut off from a healthy site. The answers move within the
 //! detection bound (checks x unhealthy_threshold, plus one peer exchange), come back after
-//! the healthy threshold, and do not move on one vantage point's word.
+//! the healthy threshold, and do not move on one vantage point's word. A long run of random
+//! and malformed queries does not grow the server's memory.
 
-use std::net::Ipv4Addr;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
+use hickory_server::proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_server::proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+use hickory_server::proto::rr::{Name, RecordType};
 use lb_tests::lab::{LB_V4, VIP_V4};
 use lb_tests::sites::{NAME, SITE_B_VIP, Timing, TwoSites, dig};
 
@@ -109,4 +114,125 @@ fn one_cut_off_prober_does_not_fail_a_healthy_site() -> Result<()> {
     }
     println!("{asked} answers from each site while site B's prober was cut off: all site A");
     sites.cut_b_from_a(false)
+}
+
+/// Queries sent before the first measurement (the allocator and buffers settle), and
+/// between the two.
+const WARM_UP: usize = 30_000;
+const MEASURED: usize = 120_000;
+/// What RSS may still move after the warm-up (allocator noise), in KiB. Without the TCP
+/// limit, the 500 more connections held cost about 1.9 MiB.
+const RSS_MARGIN_KIB: u64 = 1024;
+/// TCP connections held open with half a query, in the warm-up and in the measured run
+/// (the test's own descriptor limit is 1024).
+const WARM_UP_CONNECTIONS: usize = 300;
+const MEASURED_CONNECTIONS: usize = 800;
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).context("VmRSS value")?.parse()?)
+}
+
+/// A query for a random name (new names, new client subnets: what per-name or per-client
+/// state would keep), often with EDNS and Client Subnet, then sometimes bent: a flipped
+/// bit, a cut, or a second question.
+fn random_query(rng: &mut fastrand::Rng) -> Vec<u8> {
+    let label: String = (0..rng.usize(1..20)).map(|_| rng.lowercase()).collect();
+    let name = match rng.u8(0..3) {
+        0 => NAME.to_owned(),
+        1 => format!("{label}.example.test"),
+        _ => format!("{label}.example.org"),
+    };
+    let rtype = [RecordType::A, RecordType::AAAA, RecordType::TXT, RecordType::NS][rng.usize(0..4)];
+    let mut message = Message::new(rng.u16(..), MessageType::Query, OpCode::Query);
+    message.add_query(Query::query(Name::from_ascii(&name).expect("a name"), rtype));
+    if rng.bool() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(rng.u16(512..4096));
+        if rng.bool() {
+            let client = Ipv4Addr::from(rng.u32(..));
+            edns.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(client.into(), 24, 0)));
+        }
+        message.edns = Some(edns);
+    }
+    let mut bytes = message.to_vec().expect("encodes");
+    match rng.u8(0..4) {
+        0 => {
+            let at = rng.usize(..bytes.len());
+            bytes[at] ^= 1 << rng.u8(0..8);
+        }
+        1 => bytes.truncate(rng.usize(..bytes.len())),
+        2 => {
+            let question = bytes[12..12 + name.len() + 6].to_vec();
+            bytes.extend_from_slice(&question);
+            bytes[5] = 2;
+        }
+        _ => {}
+    }
+    bytes
+}
+
+/// Sends `count` random queries to `server` in windows of 32, each window's answers awaited
+/// (briefly: malformed ones may get none); how many answers came.
+fn flood(server: SocketAddr, seed: u64, count: usize) -> Result<usize> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut answered = 0;
+    let mut buf = [0; 4096];
+    for _ in 0..count / 32 {
+        for _ in 0..32 {
+            socket.send_to(&random_query(&mut rng), server)?;
+        }
+        for _ in 0..32 {
+            if socket.recv(&mut buf).is_err() {
+                break;
+            }
+            answered += 1;
+        }
+    }
+    Ok(answered)
+}
+
+/// `n` TCP connections to `server`, each with half a query sent: what an attacker holds open.
+fn half_queries(server: SocketAddr, n: usize) -> Result<Vec<TcpStream>> {
+    (0..n)
+        .map(|_| {
+            let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(2))?;
+            // Says 512 bytes, sends 10; a closed connection refuses them, which is fine.
+            let _ = stream.write_all(&[2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+            Ok(stream)
+        })
+        .collect()
+}
+
+#[test]
+fn random_and_malformed_queries_do_not_grow_the_servers_memory() -> Result<()> {
+    let sites = TwoSites::build("ldnm", 1, TIMING)?;
+    until_both_answer(&sites, VIP_V4, SLACK)?;
+    let server = SocketAddr::from((LB_V4, 53));
+    let pid = sites.a.pid();
+    let before = rss_kib(pid)?;
+    // The warm-up holds more TCP connections than the limit (256), the measured run many more.
+    let warm_answers = sites.lab.client.run(move || flood(server, 1, WARM_UP))??;
+    let held = sites.lab.client.run(move || half_queries(server, WARM_UP_CONNECTIONS))??;
+    let warm = rss_kib(pid)?;
+    drop(held);
+    let answers = sites.lab.client.run(move || flood(server, 2, MEASURED))??;
+    let held = sites.lab.client.run(move || half_queries(server, MEASURED_CONNECTIONS))??;
+    let after = rss_kib(pid)?;
+    drop(held);
+    println!(
+        "RSS {before} KiB at start, {warm} KiB after {WARM_UP} queries ({warm_answers} answered) with \
+         {WARM_UP_CONNECTIONS} TCP connections held, {after} KiB after {MEASURED} more ({answers} answered) \
+         with {MEASURED_CONNECTIONS} held"
+    );
+    ensure!(answers > MEASURED / 2, "only {answers} of {MEASURED} queries answered");
+    ensure!(after <= warm + RSS_MARGIN_KIB, "RSS grew from {warm} to {after} KiB over {MEASURED} queries");
+    let refused = TwoSites::status(&sites.a)?.dns.expect("dns status").tcp_refused;
+    ensure!(refused > 0, "no TCP connection refused past the limit");
+    // The server still answers.
+    ensure!(dig(&sites.lab.client, LB_V4, NAME, &[])? == only(VIP_V4));
+    Ok(())
 }
