@@ -2,16 +2,14 @@
 //! and the dataplane module that owns every aya call.
 
 pub mod admin;
+pub mod api;
 pub mod backends;
-pub mod client;
 pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod dns;
 pub mod flows;
-pub mod metrics;
 pub mod plan;
-pub mod status;
 pub mod sync;
 
 /// The XDP object built from `lb-ebpf` by build.rs.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lb_userspace::client::AdminClient;
+use lb_userspace::api::client::AdminClient;
 use lb_userspace::{config, control};
 
 #[derive(Parser)]
@@ -132,7 +132,7 @@ fn stop(admin: &AdminArgs, detach: bool) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Err(e) if detach && e.is::<lb_userspace::client::NotRunning>() => {
+        Err(e) if detach && e.is::<lb_userspace::api::client::NotRunning>() => {
             eprintln!(
                 "lb: no controller answered ({e:#}); detaching what is pinned under {}",
                 control.balancer.pin_dir.display()
@@ -183,7 +183,7 @@ fn main() -> ExitCode {
             if json {
                 print!("{}", c.call("GET", "/v1/status")?);
             } else {
-                print!("{}", lb_userspace::status::table(&c.status()?));
+                print!("{}", lb_userspace::api::status::table(&c.status()?));
             }
             Ok(())
         }),

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use hickory_server::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_server::proto::rr::{Name, RData, RecordType};
-use lb_userspace::status::Status;
+use lb_userspace::api::status::Status;
 
 use crate::lab::{
     BackendSpec, HTTP_PORT, LB_V4, LB_V6, Lab, LabConfig, LbProcess, Netns, VIP_V4, VipSpec, backends_across,

@@ -219,6 +219,7 @@ fn key(vip: &VipConfig, backend: &BackendConfig) -> TargetKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backends::probe::CheckFailure;
     use crate::config;
     use std::time::Duration;
 
@@ -255,7 +256,8 @@ backend = [{ address = "10.0.1.1" }, { address = "10.0.1.2" }, { address = "10.0
     }
 
     fn check(states: &mut BackendStates, config: &Config, last: u8, passed: bool) -> bool {
-        let outcome = if passed { Ok(()) } else { Err("connect: refused".into()) };
+        let refused = CheckFailure::Io { step: "connect", message: "refused".into() };
+        let outcome = if passed { Ok(()) } else { Err(refused) };
         states.on_check(config, &CheckResult { key: ("web".into(), addr(last)), outcome })
     }
 

@@ -30,8 +30,22 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckResult {
     pub key: TargetKey,
-    /// `Err` says why it failed (refused, timed out, status 503...).
-    pub outcome: Result<(), String>,
+    pub outcome: Result<(), CheckFailure>,
+}
+
+/// Why a check failed at the backend's end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckFailure {
+    /// Connecting, sending the request or reading the answer failed (refused, reset...).
+    #[error("{step}: {message}")]
+    Io { step: &'static str, message: String },
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
+    #[error("not an HTTP status line: {0:?}")]
+    NotHttp(String),
+    /// An HTTP status the check does not expect.
+    #[error("status {0}")]
+    Status(u16),
 }
 
 /// The running checks.
@@ -81,7 +95,7 @@ async fn check_forever(key: TargetKey, check: HealthCheckConfig, results: Unboun
         let started = tokio::time::Instant::now();
         let outcome = match tokio::time::timeout(check.timeout, check_once(key.1, &check)).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(Failure::Backend(format!("no answer within {}", humantime::format_duration(check.timeout)))),
+            Err(_) => Err(Failure::Backend(CheckFailure::TimedOut(check.timeout))),
         };
         if let Some(outcome) = reported(&key, outcome)
             && results.send(CheckResult { key: key.clone(), outcome }).is_err()
@@ -100,18 +114,21 @@ fn random_part_of(span: Duration) -> Duration {
 /// descriptors, buffers, memory or local ports), which says nothing about the backend.
 #[derive(Debug, PartialEq, Eq)]
 enum Failure {
-    Backend(String),
+    Backend(CheckFailure),
     Local(String),
 }
 
 impl Failure {
-    fn of_io(what: &str, e: std::io::Error) -> Self {
-        let why = format!("{what}: {e}");
+    fn of_io(step: &'static str, e: std::io::Error) -> Self {
         let local = matches!(
             e.raw_os_error(),
             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
         );
-        if local { Failure::Local(why) } else { Failure::Backend(why) }
+        if local {
+            Failure::Local(format!("{step}: {e}"))
+        } else {
+            Failure::Backend(CheckFailure::Io { step, message: e.to_string() })
+        }
     }
 }
 
@@ -129,7 +146,7 @@ pub fn local_failures() -> u64 {
 
 /// What a check reports to the controller loop: nothing for a local failure, which is
 /// counted and logged (rate-limited) instead.
-fn reported(key: &TargetKey, outcome: Result<(), Failure>) -> Option<Result<(), String>> {
+fn reported(key: &TargetKey, outcome: Result<(), Failure>) -> Option<Result<(), CheckFailure>> {
     match outcome {
         Ok(()) => Some(Ok(())),
         Err(Failure::Backend(why)) => Some(Err(why)),
@@ -168,11 +185,11 @@ async fn check_once(backend: SocketAddr, check: &HealthCheckConfig) -> Result<()
         .await
         .map_err(|e| Failure::of_io("reading the status line", e))?;
     let status = parse_status_line(&status_line)
-        .ok_or_else(|| Failure::Backend(format!("not an HTTP status line: {:?}", status_line.trim_end())))?;
+        .ok_or_else(|| Failure::Backend(CheckFailure::NotHttp(status_line.trim_end().to_owned())))?;
     if check.expected_statuses.iter().any(|r| r.contains(status)) {
         Ok(())
     } else {
-        Err(Failure::Backend(format!("status {status}")))
+        Err(Failure::Backend(CheckFailure::Status(status)))
     }
 }
 
@@ -241,7 +258,7 @@ mod tests {
         let request = request.await.unwrap();
         assert!(request.starts_with("GET /healthz HTTP/1.1\r\nHost: svc.example\r\n"), "{request}");
         let (addr, _) = server("503 Service Unavailable").await;
-        assert_eq!(check_once(addr, &http_check()).await, Err(Failure::Backend("status 503".into())));
+        assert_eq!(check_once(addr, &http_check()).await, Err(Failure::Backend(CheckFailure::Status(503))));
     }
 
     #[tokio::test]
@@ -251,7 +268,10 @@ mod tests {
         let check = HealthCheckConfig { kind: HealthCheckKind::Tcp, ..http_check() };
         assert_eq!(check_once(addr, &check).await, Ok(()));
         drop(listener);
-        assert!(matches!(check_once(addr, &check).await, Err(Failure::Backend(why)) if why.starts_with("connect:")));
+        assert!(matches!(
+            check_once(addr, &check).await,
+            Err(Failure::Backend(CheckFailure::Io { step: "connect", .. }))
+        ));
     }
 
     #[test]
@@ -264,7 +284,7 @@ mod tests {
         }
         assert!(local_failures() >= before + 5);
         let refused = Failure::of_io("connect", std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
-        assert!(matches!(reported(&key, Err(refused)), Some(Err(why)) if why.starts_with("connect:")));
+        assert!(matches!(reported(&key, Err(refused)), Some(Err(CheckFailure::Io { step: "connect", .. }))));
     }
 
     #[tokio::test]

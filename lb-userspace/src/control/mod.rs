@@ -14,7 +14,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, error, info, warn};
 
-use crate::admin::AdminRequest;
+use crate::admin::{AdminError, AdminRequest};
+use crate::api::status::{BackendStatus, ReloadOutcome, Status, VipStatus};
 use crate::backends::failover::BackendStates;
 use crate::backends::locality::{Availability, Plan};
 use crate::backends::probe::Prober;
@@ -23,7 +24,6 @@ use crate::dataplane::{Dataplane, HealthSignals, MapSizes, PacketLogger};
 use crate::dns::DnsService;
 use crate::flows::FlowSummary;
 use crate::plan::{self, IdAllocator};
-use crate::status::{BackendStatus, ReloadOutcome, Status, VipStatus};
 use crate::sync::Applied;
 
 /// How often neighbour entries of backends are refreshed.
@@ -56,14 +56,14 @@ impl Controller {
     /// Reads, validates and applies the config file again; a refused config leaves the
     /// running one in place. Returns the new generation, or why the file was refused; the
     /// outer error is a failure to write the maps, which ends the controller as at start.
-    fn reload(&mut self, dataplane: &mut Dataplane) -> Result<Result<u64, String>> {
+    fn reload(&mut self, dataplane: &mut Dataplane) -> Result<Result<u64, AdminError>> {
         let next = match read_reload(&self.config_path, &self.config) {
             Ok(next) => next,
             Err(e) => {
                 error!("reload refused, keeping the running config: {e:#}");
                 let why = format!("{e:#}");
                 self.last_reload = Some(ReloadOutcome { applied: false, message: why.clone() });
-                return Ok(Err(why));
+                return Ok(Err(AdminError::ConfigRefused(why)));
             }
         };
         self.states.reconfigure(&next, Instant::now());
@@ -92,10 +92,10 @@ impl Controller {
                     info!(vip, %backend, drained, "drain set by the operator");
                     self.apply(dataplane)
                 } else {
-                    let _ = reply.send(Err(format!("VIP {vip:?} has no backend {backend}")));
+                    let _ = reply.send(Err(AdminError::NoSuchBackend { vip, backend }));
                     return Ok(None);
                 };
-                let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
+                let _ = reply.send(result.as_ref().map(|_| ()).map_err(|e| AdminError::Maps(format!("{e:#}"))));
                 result?;
             }
             AdminRequest::Reload(reply) => {
@@ -111,8 +111,8 @@ impl Controller {
             }
             AdminRequest::Trickle { name, rtype, ratio, reply } => {
                 let result = match &mut self.dns {
-                    Some(dns) => dns.set_trickle(&name, &rtype, ratio),
-                    None => Err("this controller serves no DNS (no [dns] section)".to_owned()),
+                    Some(dns) => dns.set_trickle(&name, &rtype, ratio).map_err(AdminError::from),
+                    None => Err(AdminError::NoDns),
                 };
                 let _ = reply.send(result);
             }
@@ -148,7 +148,7 @@ impl Controller {
                         ),
                         weight: b.weight,
                         serving_weight: plan.and_then(|p| p.weights.get(i).copied()).unwrap_or(0),
-                        state: crate::status::state_name(self.states.availability(vip, b)).to_owned(),
+                        state: crate::api::status::state_name(self.states.availability(vip, b)).to_owned(),
                         counters: self
                             .ids
                             .backend_id(&(b.address, b.port))

@@ -21,72 +21,34 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::api::client::AdminClient;
+use crate::api::dns::{DnsStatus, PolicyStatus, TargetStatus, VantageView};
 use crate::backends::probe::{CheckResult, Prober, Target};
-use crate::client::AdminClient;
 use crate::config::dns::DnsConfig;
 use crate::config::{AdminConfig, Config};
 use policy::{PolicyCounters, Selection, Source};
-use quorum::{SiteHealth, View};
+use quorum::SiteHealth;
 use server::{DnsHandler, DnsStats, SharedAnswers};
 pub use tcp::TcpLimits;
 use zone::{Answers, Zones};
 
-/// What `GET /v1/dns/view` serves to peers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VantageView {
-    pub vantage: String,
-    /// Target name -> up, as this vantage point sees it (with its thresholds).
-    pub targets: View,
+/// Why a run-time trickle ratio was not set.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TrickleError {
+    #[error("no policy record {0}")]
+    NoSuchPolicy(String),
+    #[error("a trickle ratio is 0..=1 (got {0})")]
+    BadRatio(f64),
 }
 
 /// A peer's view, or why it could not be had.
 pub struct PeerReport {
     pub peer: String,
     pub view: Result<VantageView, String>,
-}
-
-/// Status of the DNS part, for `lb status` and the metrics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DnsStatus {
-    pub vantage: String,
-    pub quorum: u32,
-    pub targets: Vec<TargetStatus>,
-    pub policies: Vec<PolicyStatus>,
-    /// Responses by code (noerror, nxdomain, refused, ...).
-    pub responses: BTreeMap<String, u64>,
-    pub truncated: u64,
-    /// TCP connections closed at once because `tcp_max_connections` were open.
-    #[serde(default)]
-    pub tcp_refused: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TargetStatus {
-    pub name: String,
-    pub address: std::net::IpAddr,
-    pub up: bool,
-    /// Vantage point -> its view (fresh ones only).
-    pub views: BTreeMap<String, bool>,
-    /// Times the decision changed.
-    pub transitions: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PolicyStatus {
-    /// "www.example.com. A".
-    pub record: String,
-    /// primary, backup or all_down.
-    pub state: String,
-    pub trickle_ratio: f64,
-    /// Set by the operator at run time (replaces the configured ratio).
-    pub trickle_override: Option<f64>,
-    /// Answers by source (primary, backup, trickle, all_down).
-    pub answers: BTreeMap<String, u64>,
 }
 
 /// A peer poller's handle: stops polling when dropped.
@@ -290,15 +252,15 @@ impl DnsService {
     }
 
     /// Sets (`Some`) or clears the run-time trickle ratio of the policy record `name type`.
-    pub fn set_trickle(&mut self, name: &str, rtype: &str, ratio: Option<f64>) -> Result<(), String> {
+    pub fn set_trickle(&mut self, name: &str, rtype: &str, ratio: Option<f64>) -> Result<(), TrickleError> {
         let wanted = format!("{} {}", with_dot(name), rtype.to_ascii_uppercase());
         let Some(record) = self.zones.policies.iter().find(|p| p.label().eq_ignore_ascii_case(&wanted)) else {
-            return Err(format!("no policy record {wanted}"));
+            return Err(TrickleError::NoSuchPolicy(wanted));
         };
         let label = record.label();
         match ratio {
             Some(r) if !(0.0..=1.0).contains(&r) => {
-                return Err(format!("a trickle ratio is 0..=1 (got {r})"));
+                return Err(TrickleError::BadRatio(r));
             }
             Some(r) => {
                 warn!(record = %label, ratio = r, "trickle ratio set by the operator");

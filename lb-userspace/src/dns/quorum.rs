@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::backends::health::CheckStatus;
 
 /// One vantage point's view: target name -> up.
-pub type View = BTreeMap<String, bool>;
+pub use crate::api::dns::View;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PeerView {

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result, ensure};
 use lb_tests::lab::{
     CLIENT_V4, CLIENT_V6, LINE_PORT, Lab, LbProcess, VIP_V4, VIP_V6, VipSpec, backends_across, lb_config,
 };
-use lb_userspace::status::Status;
+use lb_userspace::api::status::Status;
 use socket2::{Domain, Socket, Type};
 
 const TIMEOUT: Duration = Duration::from_secs(2);

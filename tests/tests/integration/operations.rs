@@ -10,9 +10,9 @@ use lb_tests::lab::{
     self, HTTP_PORT, LINE_PORT, Lab, LbProcess, LineConnection, UDP_PORT, VIP_V4, VipSpec, backends_across, http_get,
     lb_config, udp_request,
 };
-use lb_userspace::client::AdminClient;
+use lb_userspace::api::client::AdminClient;
+use lb_userspace::api::status::Status;
 use lb_userspace::config::AdminConfig;
-use lb_userspace::status::Status;
 
 /// The balancer config of nat VIPs (name, port, protocol) over every backend of the lab.
 fn config(lab: &Lab, vips: &[(&str, u16, &'static str)]) -> String {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use lb_tests::lab::{Netns, lb_bin, require_root, require_tools, unique_prefix, xdp_programs};
-use lb_userspace::client::AdminClient;
+use lb_userspace::api::client::AdminClient;
 use lb_userspace::config::AdminConfig;
 
 /// A controller started with `ip netns exec`, killed (by its PID) and its files removed on drop.

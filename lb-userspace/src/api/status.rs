@@ -24,7 +24,7 @@ pub struct Status {
     pub global: GlobalStats,
     /// The DNS server for site failover, when configured.
     #[serde(default)]
-    pub dns: Option<crate::dns::DnsStatus>,
+    pub dns: Option<crate::api::dns::DnsStatus>,
     /// Health checks that failed for a local reason (out of file descriptors, buffers,
     /// memory, ports) since start: the balancer's fault, never counted against a backend.
     #[serde(default)]
@@ -150,7 +150,7 @@ pub fn table(status: &Status) -> String {
     out
 }
 
-fn dns_table(out: &mut String, dns: &crate::dns::DnsStatus) {
+fn dns_table(out: &mut String, dns: &crate::api::dns::DnsStatus) {
     let answered: u64 = dns.responses.values().sum();
     let _ = writeln!(
         out,

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::api::status::Status;
 use crate::config::AdminConfig;
-use crate::status::Status;
 
 pub struct AdminClient {
     addr: SocketAddr,

@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 
 use lb_common::{BackendStats, Counters, VipStats};
 
-use crate::status::Status;
+use crate::api::status::Status;
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -206,7 +206,7 @@ fn counter_families<T: Counters>(items: &[(Labels, T)]) -> Vec<Family> {
     families
 }
 
-fn dns_families(dns: &crate::dns::DnsStatus) -> Vec<Family> {
+fn dns_families(dns: &crate::api::dns::DnsStatus) -> Vec<Family> {
     let mut up = gauge(
         "lb_dns_target_up",
         "1 while the target is in the answers (fewer than a quorum of vantage points see it down).",
@@ -247,13 +247,13 @@ fn dns_families(dns: &crate::dns::DnsStatus) -> Vec<Family> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{BackendStatus, ReloadOutcome, VipStatus};
+    use crate::api::status::{BackendStatus, ReloadOutcome, VipStatus};
     use lb_common::{BackendStats, Counters, GlobalStats, VipStats};
 
     /// Every metric family is documented in the README's metrics list.
     #[test]
     fn the_readme_names_every_family() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let families = VipStats::COUNTERS.iter().chain(BackendStats::COUNTERS).chain(GlobalStats::COUNTERS);
         for c in families {
             assert!(readme.contains(&format!("`{}`", c.family)), "README.md does not mention `{}`", c.family);
@@ -300,17 +300,17 @@ mod tests {
                 }],
             }],
             global: GlobalStats { drop_fragment: 7, ..Default::default() },
-            dns: Some(crate::dns::DnsStatus {
+            dns: Some(crate::api::dns::DnsStatus {
                 vantage: "eu".into(),
                 quorum: 2,
-                targets: vec![crate::dns::TargetStatus {
+                targets: vec![crate::api::dns::TargetStatus {
                     name: "site-a".into(),
                     address: "10.100.0.1".parse().unwrap(),
                     up: false,
                     views: [("eu".to_owned(), false), ("us".to_owned(), false)].into(),
                     transitions: 1,
                 }],
-                policies: vec![crate::dns::PolicyStatus {
+                policies: vec![crate::api::dns::PolicyStatus {
                     record: "www.example.com. A".into(),
                     state: "backup".into(),
                     trickle_ratio: 0.0,

@@ -20,7 +20,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::status::Status;
+use crate::api::status::Status;
+pub use error::AdminError;
+
+mod error;
+pub mod metrics;
 
 /// What the admin interface asks the controller loop.
 pub enum AdminRequest {
@@ -30,10 +34,10 @@ pub enum AdminRequest {
         vip: String,
         backend: SocketAddr,
         drained: bool,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), AdminError>>,
     },
     /// Reload the config file: the new generation, or why the config was refused.
-    Reload(oneshot::Sender<Result<u64, String>>),
+    Reload(oneshot::Sender<Result<u64, AdminError>>),
     /// End the controller; with `detach`, also detach the program and remove the pins.
     /// The answer says whether the pins outlive the controller (not when they are in a
     /// bpffs private to its mount namespace).
@@ -42,13 +46,13 @@ pub enum AdminRequest {
         reply: oneshot::Sender<bool>,
     },
     /// This vantage point's view of the DNS targets (none without `[dns]`), for peers.
-    DnsView(oneshot::Sender<Option<crate::dns::VantageView>>),
+    DnsView(oneshot::Sender<Option<crate::api::dns::VantageView>>),
     /// Set (`Some`) or clear the run-time trickle ratio of a DNS policy record.
     Trickle {
         name: String,
         rtype: String,
         ratio: Option<f64>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), AdminError>>,
     },
 }
 
@@ -172,9 +176,7 @@ async fn status(State(state): State<AdminState>) -> Response {
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     match ask(&state, AdminRequest::Status).await {
-        Ok(status) => {
-            ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&status)).into_response()
-        }
+        Ok(status) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], metrics::render(&status)).into_response(),
         Err(response) => response,
     }
 }
@@ -182,10 +184,7 @@ async fn metrics(State(state): State<AdminState>) -> Response {
 async fn reload(State(state): State<AdminState>) -> Response {
     match ask(&state, AdminRequest::Reload).await {
         Ok(Ok(generation)) => (StatusCode::OK, format!("config applied: generation {generation}\n")).into_response(),
-        Ok(Err(why)) => {
-            (StatusCode::UNPROCESSABLE_ENTITY, format!("reload refused, the running config stays: {why}\n"))
-                .into_response()
-        }
+        Ok(Err(error)) => error.into_response(),
         Err(response) => response,
     }
 }
@@ -233,7 +232,7 @@ async fn set_drained(
     let what = if drained { "draining" } else { "undrained" };
     match ask(&state, |reply| AdminRequest::Drain { vip: vip.clone(), backend, drained, reply }).await {
         Ok(Ok(())) => (StatusCode::OK, format!("{backend} of {vip}: {what}\n")).into_response(),
-        Ok(Err(why)) => (StatusCode::NOT_FOUND, format!("{why}\n")).into_response(),
+        Ok(Err(error)) => error.into_response(),
         Err(response) => response,
     }
 }
@@ -275,7 +274,7 @@ async fn trickle(
             Some(r) => (StatusCode::OK, format!("{name} {rtype}: trickle ratio {r}\n")).into_response(),
             None => (StatusCode::OK, format!("{name} {rtype}: configured trickle ratio\n")).into_response(),
         },
-        Ok(Err(why)) => (StatusCode::NOT_FOUND, format!("{why}\n")).into_response(),
+        Ok(Err(error)) => error.into_response(),
         Err(response) => response,
     }
 }
