@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use hickory_server::proto::rr::RecordType;
 
-use super::server::MAX_UDP_PAYLOAD;
+use super::respond::MAX_UDP_PAYLOAD;
 use super::zone::Answers;
 
 const HEADER: usize = 12;

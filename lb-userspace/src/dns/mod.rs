@@ -7,6 +7,7 @@
 mod fast;
 pub mod policy;
 pub mod quorum;
+mod respond;
 pub mod server;
 mod tcp;
 mod udp;
@@ -32,7 +33,7 @@ use crate::config::dns::DnsConfig;
 use crate::config::{AdminConfig, Config};
 use policy::{PolicyCounters, Selection, Source};
 use quorum::SiteHealth;
-use server::{DnsHandler, DnsStats, SharedAnswers};
+use respond::{DnsHandler, DnsStats, SharedAnswers};
 pub use tcp::TcpLimits;
 use zone::{Answers, Zones};
 

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tracing::warn;
 
-use super::server::{DnsHandler, Encoded, Tally, answer_query};
+use super::respond::{DnsHandler, Encoded, Tally, answer_query};
 
 /// Refused connections are logged at most this often (with how many since the last line).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);

@@ -14,7 +14,7 @@ use hickory_server::proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_server::proto::rr::{DNSClass, Name, RecordType};
 
 use super::fast;
-use super::server::{Encoded, Tally, answer_query};
+use super::respond::{Encoded, Tally, answer_query};
 use super::zone::Answers;
 use super::zone::tests::{RESOLVER, answers};
 
