@@ -6,7 +6,9 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use anyhow::{Context as _, Result};
 use aya::Pod;
 use aya::maps::{HashMap, IterableMap, MapData};
-use lb_common::{FlowKey, FlowState, NatState};
+use lb_common::{FlowKey, FlowState, FlowTimeouts, NatState};
+
+use crate::flows::{FlowSummary, sweep};
 
 /// `BPF_MAP_LOOKUP_BATCH` (linux/bpf.h).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
@@ -103,4 +105,46 @@ impl FlowTables {
 
 fn remove_if<V: Pod + PartialEq>(map: &mut HashMap<MapData, FlowKey, V>, key: &FlowKey, seen: &V) -> bool {
     matches!(map.get(key, 0), Ok(now) if now == *seen) && map.remove(key).is_ok()
+}
+
+impl super::Dataplane {
+    /// Removes the entries of connections that are over (the packet path's clock is
+    /// CLOCK_MONOTONIC_COARSE) and counts the others. An entry that changed since it was
+    /// read is kept: a packet came, its connection is alive.
+    pub fn sweep_flows(&mut self, timeouts: &FlowTimeouts) -> Result<SweepReport> {
+        let (flows, nat) = self.flow_tables.read()?;
+        let found = sweep(&flows, &nat, coarse_now_ns(), timeouts);
+        let mut report = SweepReport { summary: found.summary, ..Default::default() };
+        let mut kept = std::collections::HashSet::new();
+        for (key, seen) in &found.over_flows {
+            if self.flow_tables.remove_flow_if(key, seen) {
+                report.flows_removed += 1;
+            } else {
+                kept.insert(*key);
+            }
+        }
+        for (key, seen) in &found.over_nat {
+            // The reverse entry of a flow entry that came alive stays with it.
+            if !kept.contains(&seen.client) && self.flow_tables.remove_nat_if(key, seen) {
+                report.nat_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// What a sweep of the flow tables did and found.
+#[derive(Debug, Default)]
+pub struct SweepReport {
+    pub flows_removed: usize,
+    pub nat_removed: usize,
+    pub summary: FlowSummary,
+}
+
+/// The packet path's clock.
+fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: plain syscall (vDSO) on a valid struct.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -13,10 +13,18 @@ use aya::{
 use lb_common::*;
 use tracing::{debug, info, warn};
 
+mod counters;
 mod flows;
+mod host;
+mod signals;
+mod writer;
+
+pub use flows::SweepReport;
+pub use host::{PRIVATE_PINS_ADVICE, ensure_bpffs, pass_link_pin, pins_are_private};
+use host::{prepare_interface, raise_memlock_limit};
+pub use signals::HealthSignals;
 
 use crate::config::{BalancerConfig, XdpModeSetting};
-use crate::flows::{FlowSummary, sweep};
 use crate::plan::Existing;
 use crate::sync::MapWriter;
 use flows::FlowTables;
@@ -45,30 +53,6 @@ impl MapSizes {
 
 /// Rare events the XDP program reports through aya-log; the owner polls it.
 pub type PacketLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
-
-/// The reader of `HEALTH_SIGNALS`; the owner polls its fd for readability.
-pub struct HealthSignals(RingBuf<MapData>);
-
-impl HealthSignals {
-    /// Every signal the program wrote since the last call, oldest first.
-    pub fn drain(&mut self) -> Vec<HealthSignal> {
-        let mut signals = Vec::new();
-        while let Some(record) = self.0.next() {
-            if record.len() >= std::mem::size_of::<HealthSignal>() {
-                // SAFETY: the program writes whole `HealthSignal`s (plain integers); the
-                // read is unaligned-safe.
-                signals.push(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<HealthSignal>()) });
-            }
-        }
-        signals
-    }
-}
-
-impl std::os::fd::AsRawFd for HealthSignals {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0.as_raw_fd()
-    }
-}
 
 /// The program and its maps: loaded by this controller, or adopted from an earlier one
 /// whose program is still attached (the maps, the program and the attachments are pinned).
@@ -336,134 +320,11 @@ impl Dataplane {
         self.health_signals.take()
     }
 
-    /// Attaches the object's `xdp_pass` program to `iface` in driver mode and pins the
-    /// attachment (see [`pass_link_pin`]), so it stays after this process ends: on veth, a
-    /// frame the balancer sends with XDP_TX is only delivered if the peer has an XDP program.
-    pub fn attach_pass_pinned(iface: &str) -> Result<PathBuf> {
-        ensure_bpffs()?;
-        let path = pass_link_pin(iface);
-        anyhow::ensure!(!path.exists(), "{} exists: xdp_pass is attached to {iface} already", path.display());
-        let sizes = MapSizes { max_vips: 1, max_backends: 1, table_size: 2, flow_entries: 1, source_entries: 1 };
-        let mut dataplane = Self::load(sizes, None)?;
-        let program = dataplane.program(PROG_PASS)?;
-        let link = program.attach(iface, XdpMode::Driver).with_context(|| format!("attaching xdp_pass to {iface}"))?;
-        let link = FdLink::try_from(program.take_link(link)?).context("the kernel attached XDP without a bpf_link")?;
-        link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
-        Ok(path)
-    }
-
-    /// Detaches what [`attach_pass_pinned`](Self::attach_pass_pinned) attached to `iface`.
-    pub fn detach_pass_pinned(iface: &str) -> Result<()> {
-        let path = pass_link_pin(iface);
-        let link = PinnedLink::from_pin(&path)
-            .with_context(|| format!("opening {} (was `lb xdp-pass attach {iface}` run?)", path.display()))?;
-        link.unpin().with_context(|| format!("unpinning {}", path.display()))?;
-        Ok(())
-    }
-
     /// A loaded XDP program of the object, for BPF_PROG_TEST_RUN and attaching baselines.
     pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
         let ebpf = self.ebpf.as_mut().context("an adopted program's object is not loaded here")?;
         Ok(ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?)
     }
-
-    pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats> {
-        sum_over_cpus(&self.vip_stats, vip_id)
-    }
-
-    pub fn backend_stats(&self, backend_id: u32) -> Result<BackendStats> {
-        sum_over_cpus(&self.backend_stats, backend_id)
-    }
-
-    pub fn global_stats(&self) -> Result<GlobalStats> {
-        sum_over_cpus(&self.global_stats, 0)
-    }
-
-    /// Removes the entries of connections that are over (the packet path's clock is
-    /// CLOCK_MONOTONIC_COARSE) and counts the others. An entry that changed since it was
-    /// read is kept: a packet came, its connection is alive.
-    pub fn sweep_flows(&mut self, timeouts: &FlowTimeouts) -> Result<SweepReport> {
-        let (flows, nat) = self.flow_tables.read()?;
-        let found = sweep(&flows, &nat, coarse_now_ns(), timeouts);
-        let mut report = SweepReport { summary: found.summary, ..Default::default() };
-        let mut kept = std::collections::HashSet::new();
-        for (key, seen) in &found.over_flows {
-            if self.flow_tables.remove_flow_if(key, seen) {
-                report.flows_removed += 1;
-            } else {
-                kept.insert(*key);
-            }
-        }
-        for (key, seen) in &found.over_nat {
-            // The reverse entry of a flow entry that came alive stays with it.
-            if !kept.contains(&seen.client) && self.flow_tables.remove_nat_if(key, seen) {
-                report.nat_removed += 1;
-            }
-        }
-        Ok(report)
-    }
-}
-
-/// What a sweep of the flow tables did and found.
-#[derive(Debug, Default)]
-pub struct SweepReport {
-    pub flows_removed: usize,
-    pub nat_removed: usize,
-    pub summary: FlowSummary,
-}
-
-/// The packet path's clock.
-fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: plain syscall (vDSO) on a valid struct.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The counters at `index` of a per-CPU map, summed over CPUs.
-fn sum_over_cpus<T: Counters + aya::Pod>(map: &PerCpuArray<MapData, T>, index: u32) -> Result<T> {
-    Ok(map.get(&index, 0)?.iter().fold(T::default(), |mut total, cpu| {
-        total.add(cpu);
-        total
-    }))
-}
-
-impl MapWriter for Dataplane {
-    fn set_settings(&mut self, settings: &Settings) -> Result<()> {
-        Ok(self.settings.set(0, settings, 0)?)
-    }
-    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
-        Ok(self.backends.set(id, backend, 0)?)
-    }
-    fn set_maglev_slot(&mut self, index: u32, backend_id: u32) -> Result<()> {
-        Ok(self.maglev.set(index, backend_id, 0)?)
-    }
-    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
-        Ok(self.vips.insert(key, info, 0)?)
-    }
-    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        Ok(self.vips.remove(key)?)
-    }
-    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> Result<()> {
-        Ok(self.vip_addrs.insert(key, count, 0)?)
-    }
-    fn remove_vip_addr(&mut self, key: &VipAddrKey) -> Result<()> {
-        Ok(self.vip_addrs.remove(key)?)
-    }
-    fn reset_vip(&mut self, id: u32) -> Result<()> {
-        zero_per_cpu(&mut self.vip_stats, id)
-    }
-    fn reset_backend(&mut self, id: u32) -> Result<()> {
-        zero_per_cpu(&mut self.backend_stats, id)?;
-        zero_per_cpu(&mut self.next_hops, id)
-    }
-}
-
-/// Sets every CPU's value at `index` to the default (zero).
-fn zero_per_cpu<T: aya::Pod + Default>(map: &mut PerCpuArray<MapData, T>, index: u32) -> Result<()> {
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
-    let zeros = aya::maps::PerCpuValues::try_from(vec![T::default(); cpus])?;
-    Ok(map.set(index, zeros, 0)?)
 }
 
 /// How often a program load that the kernel interrupted (EAGAIN: a signal arrived while the
@@ -482,96 +343,5 @@ fn load_program(program: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
             }
             result => return result,
         }
-    }
-}
-
-/// Whether the bpffs at /sys/fs/bpf here is not the one the process that started lb sees:
-/// `ip netns exec` (or `unshare -m`) gives its command a mount namespace with a /sys of its
-/// own, where lb mounts a bpffs that ends with this process, and with it the pins, the
-/// pinned attachments and so the program. (A shell started that way, which then starts
-/// lb, shares lb's view: that case is not recognised.)
-pub fn pins_are_private() -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    let here = std::fs::metadata(crate::config::BPF_FS);
-    let parent =
-        std::fs::metadata(format!("/proc/{}/root{}", std::os::unix::process::parent_id(), crate::config::BPF_FS));
-    match (here, parent) {
-        (Ok(here), Ok(parent)) => here.dev() != parent.dev(),
-        // Not mounted yet, or the parent's view is not readable: nothing to tell.
-        _ => false,
-    }
-}
-
-/// Where `lb xdp-pass attach IFACE` pins its attachment: named after the interface and
-/// the network namespace, whose interfaces may have the same names as another's.
-pub fn pass_link_pin(iface: &str) -> PathBuf {
-    use std::os::unix::fs::MetadataExt as _;
-    let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
-    Path::new(crate::config::BPF_FS).join(format!("lb-xdp-pass-{netns}-{iface}"))
-}
-
-/// What a user who ran `lb run` in a private mount namespace should do instead.
-pub const PRIVATE_PINS_ADVICE: &str = "the bpffs at /sys/fs/bpf is private to this process's mount namespace \
-     (`ip netns exec` remounts /sys): the pins, and with them the attached program, end when lb exits; \
-     enter only the network namespace instead: `nsenter --net=/run/netns/NAME lb run ...`";
-
-/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there.
-pub fn ensure_bpffs() -> Result<()> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
-        return Ok(());
-    }
-    info!("mounting bpffs at /sys/fs/bpf");
-    std::fs::create_dir_all("/sys/fs/bpf")?;
-    let status = std::process::Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status()?;
-    if !status.success() {
-        bail!("mounting bpffs at /sys/fs/bpf failed ({status})");
-    }
-    Ok(())
-}
-
-/// What the kernel must allow on an attached interface, and why.
-const INTERFACE_SETTINGS: [(&str, &str, &str); 4] = [
-    ("ipv4", "forwarding", "the FIB lookup in XDP refuses interfaces that don't forward"),
-    ("ipv6", "forwarding", "the FIB lookup in XDP refuses interfaces that don't forward"),
-    (
-        "ipv4",
-        "accept_local",
-        "nat packets handed to the kernel to resolve their next hop carry the balancer's own source address",
-    ),
-    // IPv6 forwards by the global `all.forwarding` only, unless an interface forces it
-    // (Linux 6.17 and later): the host's other interfaces keep their behaviour.
-    ("ipv6", "force_forwarding", "the kernel forwards IPv6 nat packets handed to it to resolve their next hop"),
-];
-
-/// Sets [`INTERFACE_SETTINGS`] on `iface`.
-fn prepare_interface(iface: &str) -> Result<()> {
-    for (family, setting, why) in INTERFACE_SETTINGS {
-        let path = format!("/proc/sys/net/{family}/conf/{iface}/{setting}");
-        match std::fs::read_to_string(&path) {
-            Ok(value) if value.trim() == "1" => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && setting == "force_forwarding" => {
-                if std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").is_ok_and(|v| v.trim() != "1") {
-                    warn!(
-                        iface,
-                        "this kernel has no per-interface IPv6 force_forwarding: IPv6 nat packets whose next hop has \
-                         no neighbour entry yet are dropped by the kernel unless net.ipv6.conf.all.forwarding=1"
-                    );
-                }
-                continue;
-            }
-            _ => {}
-        }
-        std::fs::write(&path, "1").with_context(|| format!("setting {path}"))?;
-        info!(iface, family, setting, "set to 1: {why}");
-    }
-    Ok(())
-}
-
-fn raise_memlock_limit() {
-    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
-    // SAFETY: plain syscall on a valid struct. Kernels with memcg accounting ignore it.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        debug!("could not raise RLIMIT_MEMLOCK; only kernels before 5.11 need it");
     }
 }

@@ -1,0 +1,41 @@
+//! The sync step's writes into the maps.
+
+use super::*;
+
+impl MapWriter for Dataplane {
+    fn set_settings(&mut self, settings: &Settings) -> Result<()> {
+        Ok(self.settings.set(0, settings, 0)?)
+    }
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        Ok(self.backends.set(id, backend, 0)?)
+    }
+    fn set_maglev_slot(&mut self, index: u32, backend_id: u32) -> Result<()> {
+        Ok(self.maglev.set(index, backend_id, 0)?)
+    }
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
+        Ok(self.vips.insert(key, info, 0)?)
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        Ok(self.vips.remove(key)?)
+    }
+    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> Result<()> {
+        Ok(self.vip_addrs.insert(key, count, 0)?)
+    }
+    fn remove_vip_addr(&mut self, key: &VipAddrKey) -> Result<()> {
+        Ok(self.vip_addrs.remove(key)?)
+    }
+    fn reset_vip(&mut self, id: u32) -> Result<()> {
+        zero_per_cpu(&mut self.vip_stats, id)
+    }
+    fn reset_backend(&mut self, id: u32) -> Result<()> {
+        zero_per_cpu(&mut self.backend_stats, id)?;
+        zero_per_cpu(&mut self.next_hops, id)
+    }
+}
+
+/// Sets every CPU's value at `index` to the default (zero).
+fn zero_per_cpu<T: aya::Pod + Default>(map: &mut PerCpuArray<MapData, T>, index: u32) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+    let zeros = aya::maps::PerCpuValues::try_from(vec![T::default(); cpus])?;
+    Ok(map.set(index, zeros, 0)?)
+}
