@@ -11,6 +11,8 @@ pub mod dns;
 pub mod flows;
 pub mod plan;
 pub mod sync;
+#[cfg(test)]
+mod testing;
 
 /// The XDP object built from `lb-ebpf` by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));

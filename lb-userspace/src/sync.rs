@@ -240,57 +240,7 @@ mod tests {
     use super::*;
     use crate::config;
     use crate::plan::{IdAllocator, desired};
-
-    /// Records writes in order, like the maps would see them.
-    #[derive(Default)]
-    struct Recorder {
-        ops: Vec<String>,
-        slots: BTreeMap<u32, u32>,
-        vips: BTreeMap<VipKey, VipInfo>,
-    }
-
-    impl MapWriter for Recorder {
-        fn set_settings(&mut self, _: &Settings) -> Result<()> {
-            self.ops.push("settings".into());
-            Ok(())
-        }
-        fn set_backend(&mut self, id: u32, b: &Backend) -> Result<()> {
-            self.ops.push(format!("backend {id} flags {}", b.flags));
-            Ok(())
-        }
-        fn set_maglev_slot(&mut self, index: u32, backend_id: u32) -> Result<()> {
-            self.slots.insert(index, backend_id);
-            if self.ops.last().map(String::as_str) != Some("slots") {
-                self.ops.push("slots".into());
-            }
-            Ok(())
-        }
-        fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
-            self.vips.insert(*key, *info);
-            self.ops.push(format!("vip offset {}", info.table_offset));
-            Ok(())
-        }
-        fn remove_vip(&mut self, _: &VipKey) -> Result<()> {
-            self.ops.push("remove vip".into());
-            Ok(())
-        }
-        fn set_vip_addr(&mut self, _: &VipAddrKey, count: u32) -> Result<()> {
-            self.ops.push(format!("vip addr {count}"));
-            Ok(())
-        }
-        fn remove_vip_addr(&mut self, _: &VipAddrKey) -> Result<()> {
-            self.ops.push("remove vip addr".into());
-            Ok(())
-        }
-        fn reset_vip(&mut self, id: u32) -> Result<()> {
-            self.ops.push(format!("reset vip {id}"));
-            Ok(())
-        }
-        fn reset_backend(&mut self, id: u32) -> Result<()> {
-            self.ops.push(format!("reset backend {id}"));
-            Ok(())
-        }
-    }
+    use crate::testing::Recorder;
 
     fn config_with(backends: &[&str]) -> String {
         let mut text = String::from(

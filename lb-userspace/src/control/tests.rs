@@ -1,0 +1,158 @@
+//! Event sequences through the controller's state, with a recorder for the packet path.
+//! Backends are on loopback: the checks and neighbour pings the controller starts stay
+//! on this host.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::sync::oneshot;
+
+use super::state::{Controller, Event, Step};
+use crate::admin::{AdminError, AdminRequest};
+use crate::backends::probe::{CheckFailure, CheckResult, Prober};
+use crate::config;
+use crate::plan::IdAllocator;
+use crate::sync::Applied;
+use crate::testing::Recorder;
+
+const CONFIG: &str = r#"[balancer]
+interfaces = ["eth0"]
+ipv4 = "10.0.0.1"
+maglev_table_size = 211
+
+[[vip]]
+name = "web"
+address = "10.100.0.1"
+port = 80
+health_check = { type = "tcp", interval = "1s", timeout = "500ms", healthy_threshold = 1, unhealthy_threshold = 1 }
+
+[[vip.backend]]
+address = "127.0.1.11"
+
+[[vip.backend]]
+address = "127.0.1.12"
+"#;
+
+/// A config file of the test's own, removed on drop.
+struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    fn new(name: &str, text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("lb-control-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A controller on `file`'s config whose first tables are written into `maps`.
+fn controller(file: &ConfigFile, maps: &mut Recorder) -> Controller {
+    let config = config::load(&file.0).unwrap();
+    let ids = IdAllocator::new(config.balancer.max_vips, config.balancer.max_backends);
+    let (check_tx, _) = tokio::sync::mpsc::unbounded_channel();
+    let mut lb = Controller::new(file.0.clone(), config, (ids, Applied::default()), Prober::new(check_tx), None);
+    lb.start(maps).unwrap();
+    lb
+}
+
+fn backend(last: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 1, last], 80))
+}
+
+fn drain(lb: &mut Controller, maps: &mut Recorder, last: u8) -> (anyhow::Result<Step>, Result<(), AdminError>) {
+    let (reply, mut answer) = oneshot::channel();
+    let request = AdminRequest::Drain { vip: "web".into(), backend: backend(last), drained: true, reply };
+    let step = lb.handle(Event::Admin(request), maps);
+    (step, answer.try_recv().expect("answered before the event is done"))
+}
+
+fn check(lb: &mut Controller, maps: &mut Recorder, last: u8, passed: bool) {
+    let refused = CheckFailure::Io { step: "connect", message: "refused".into() };
+    let outcome = if passed { Ok(()) } else { Err(refused) };
+    let result = CheckResult { key: ("web".into(), backend(last)), outcome };
+    assert_eq!(lb.handle(Event::Check(result), maps).unwrap(), Step::Continue);
+}
+
+#[tokio::test]
+async fn a_drain_is_in_the_tables_before_its_answer() {
+    let file = ConfigFile::new("drain", CONFIG);
+    let mut maps = Recorder::default();
+    let mut lb = controller(&file, &mut maps);
+    assert_eq!(maps.serving(0), [0, 1].into());
+    let (step, answer) = drain(&mut lb, &mut maps, 12);
+    assert_eq!((step.unwrap(), answer.unwrap()), (Step::Continue, ()));
+    assert_eq!(maps.serving(0), [0].into());
+    assert_eq!(lb.status(&maps).vips[0].backends[1].state, "draining");
+}
+
+#[tokio::test]
+async fn a_drain_of_an_unknown_backend_is_refused_and_writes_nothing() {
+    let file = ConfigFile::new("unknown", CONFIG);
+    let mut maps = Recorder::default();
+    let mut lb = controller(&file, &mut maps);
+    let writes = maps.ops.len();
+    let (step, answer) = drain(&mut lb, &mut maps, 99);
+    assert_eq!(step.unwrap(), Step::Continue);
+    assert!(matches!(answer, Err(AdminError::NoSuchBackend { .. })), "{answer:?}");
+    assert_eq!(maps.ops.len(), writes);
+}
+
+#[tokio::test]
+async fn a_map_that_refuses_a_drain_is_a_server_error_and_ends_the_loop() {
+    let file = ConfigFile::new("failing", CONFIG);
+    let mut maps = Recorder::default();
+    let mut lb = controller(&file, &mut maps);
+    maps.failing = true;
+    let (step, answer) = drain(&mut lb, &mut maps, 12);
+    assert!(step.is_err());
+    let error = answer.unwrap_err();
+    assert!(matches!(error, AdminError::Maps(_)), "{error:?}");
+    assert_eq!(error.status().as_u16(), 500);
+}
+
+#[tokio::test]
+async fn failing_checks_take_a_backend_out_and_a_passing_one_brings_it_back() {
+    let file = ConfigFile::new("checks", CONFIG);
+    let mut maps = Recorder::default();
+    let mut lb = controller(&file, &mut maps);
+    check(&mut lb, &mut maps, 11, false);
+    assert_eq!(maps.serving(0), [1].into());
+    check(&mut lb, &mut maps, 11, true);
+    assert_eq!(maps.serving(0), [0, 1].into());
+}
+
+#[tokio::test]
+async fn a_refused_reload_keeps_the_tables_and_an_applied_one_writes_the_difference() {
+    let file = ConfigFile::new("reload", CONFIG);
+    let mut maps = Recorder::default();
+    let mut lb = controller(&file, &mut maps);
+    let writes = maps.ops.len();
+    std::fs::write(&file.0, CONFIG.replace("[[vip.backend]]\naddress = \"127.0.1.12\"", "[[vip.backend]")).unwrap();
+    assert_eq!(lb.handle(Event::Hangup, &mut maps).unwrap(), Step::Continue);
+    assert_eq!(maps.ops.len(), writes);
+    let status = lb.status(&maps);
+    assert_eq!(status.generation, 1);
+    assert!(!status.last_reload.unwrap().applied);
+
+    let one_backend = CONFIG.replace("\n[[vip.backend]]\naddress = \"127.0.1.12\"\n", "");
+    std::fs::write(&file.0, one_backend).unwrap();
+    assert_eq!(lb.handle(Event::Hangup, &mut maps).unwrap(), Step::Continue);
+    assert_eq!(lb.status(&maps).generation, 2);
+    assert_eq!(maps.serving(0), [0].into());
+    assert!(maps.ops[writes..].iter().any(|op| op == "backend 1 flags 0"), "{:?}", &maps.ops[writes..]);
+}
+
+#[tokio::test]
+async fn a_stop_request_ends_the_loop() {
+    let file = ConfigFile::new("stop", CONFIG);
+    let mut maps = Recorder::default();
+    let mut lb = controller(&file, &mut maps);
+    let (reply, _answer) = oneshot::channel();
+    let step = lb.handle(Event::Admin(AdminRequest::Stop { detach: true, reply }), &mut maps).unwrap();
+    assert_eq!(step, Step::Stop { detach: true });
+}

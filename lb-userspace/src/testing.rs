@@ -1,0 +1,101 @@
+//! Test doubles shared by unit tests: a packet path that records the writes a sync makes,
+//! as the maps would see them, and holds no counters.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::Result;
+use lb_common::{Backend, BackendStats, FlowTimeouts, GlobalStats, Settings, VipAddrKey, VipInfo, VipKey, VipStats};
+
+use crate::control::PacketPath;
+use crate::dataplane::SweepReport;
+use crate::sync::MapWriter;
+
+/// Records writes in order, like the maps would see them.
+#[derive(Default)]
+pub struct Recorder {
+    pub ops: Vec<String>,
+    pub slots: BTreeMap<u32, u32>,
+    pub vips: BTreeMap<VipKey, VipInfo>,
+    /// When set, every write fails (a map the kernel refuses to update).
+    pub failing: bool,
+}
+
+impl Recorder {
+    fn write(&mut self) -> Result<()> {
+        anyhow::ensure!(!self.failing, "the map refused the update");
+        Ok(())
+    }
+
+    /// The backend ids in the active table of the VIP with `vip_id`.
+    pub fn serving(&self, vip_id: u32) -> BTreeSet<u32> {
+        let Some(info) = self.vips.values().find(|v| v.vip_id == vip_id) else { return BTreeSet::new() };
+        (info.table_offset..info.table_offset + info.table_size).filter_map(|i| self.slots.get(&i).copied()).collect()
+    }
+}
+
+impl MapWriter for Recorder {
+    fn set_settings(&mut self, _: &Settings) -> Result<()> {
+        self.write()?;
+        self.ops.push("settings".into());
+        Ok(())
+    }
+    fn set_backend(&mut self, id: u32, b: &Backend) -> Result<()> {
+        self.write()?;
+        self.ops.push(format!("backend {id} flags {}", b.flags));
+        Ok(())
+    }
+    fn set_maglev_slot(&mut self, index: u32, backend_id: u32) -> Result<()> {
+        self.write()?;
+        self.slots.insert(index, backend_id);
+        if self.ops.last().map(String::as_str) != Some("slots") {
+            self.ops.push("slots".into());
+        }
+        Ok(())
+    }
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
+        self.write()?;
+        self.vips.insert(*key, *info);
+        self.ops.push(format!("vip offset {}", info.table_offset));
+        Ok(())
+    }
+    fn remove_vip(&mut self, _: &VipKey) -> Result<()> {
+        self.write()?;
+        self.ops.push("remove vip".into());
+        Ok(())
+    }
+    fn set_vip_addr(&mut self, _: &VipAddrKey, count: u32) -> Result<()> {
+        self.write()?;
+        self.ops.push(format!("vip addr {count}"));
+        Ok(())
+    }
+    fn remove_vip_addr(&mut self, _: &VipAddrKey) -> Result<()> {
+        self.write()?;
+        self.ops.push("remove vip addr".into());
+        Ok(())
+    }
+    fn reset_vip(&mut self, id: u32) -> Result<()> {
+        self.write()?;
+        self.ops.push(format!("reset vip {id}"));
+        Ok(())
+    }
+    fn reset_backend(&mut self, id: u32) -> Result<()> {
+        self.write()?;
+        self.ops.push(format!("reset backend {id}"));
+        Ok(())
+    }
+}
+
+impl PacketPath for Recorder {
+    fn vip_stats(&self, _: u32) -> Result<VipStats> {
+        Ok(VipStats::default())
+    }
+    fn backend_stats(&self, _: u32) -> Result<BackendStats> {
+        Ok(BackendStats::default())
+    }
+    fn global_stats(&self) -> Result<GlobalStats> {
+        Ok(GlobalStats::default())
+    }
+    fn sweep_flows(&mut self, _: &FlowTimeouts) -> Result<SweepReport> {
+        Ok(SweepReport::default())
+    }
+}
