@@ -1,4 +1,4 @@
-//! The controller: configuration, the pure table computation (Maglev, ids), the sync step,
+//! The controller, a module per role (see ARCHITECTURE.md): configuration, the event loop,
 //! and the dataplane module that owns every aya call.
 
 pub mod admin;

@@ -87,6 +87,18 @@ impl Collector for Snapshot {
 }
 
 fn families(status: &Status) -> Vec<Family> {
+    let mut all = process_families(status);
+    all.extend(vip_families(status));
+    all.extend(backend_families(status));
+    all.extend(counter_families(&[(vec![], status.global)]));
+    if let Some(dns) = &status.dns {
+        all.extend(dns_families(dns));
+    }
+    all
+}
+
+/// The controller's own: build, config generation, last reload, local check failures.
+fn process_families(status: &Status) -> Vec<Family> {
     let mut info = gauge("lb_build_info", "The running lb's version (value 1).");
     info.add(vec![("version", status.version.clone())], 1);
     let mut generation = gauge("lb_config_generation", "Configs applied since start (1 = the first).");
@@ -100,7 +112,12 @@ fn families(status: &Status) -> Vec<Family> {
         "Health checks that failed for a local reason (file descriptors, buffers, memory, ports), not counted against the backend.",
     );
     local_failures.add(vec![], status.health_check_local_failures);
+    vec![info, generation, reload, local_failures]
+}
 
+/// Per VIP: priority level, panic, outlier ejections, live flows, and the packet path's
+/// counters.
+fn vip_families(status: &Status) -> Vec<Family> {
     let mut level =
         gauge("lb_vip_priority_level", "Priority level serving new flows (0 = local zone); -1 when none can.");
     let mut panic = gauge("lb_vip_panic", "1 while the VIP balances over all its backends for lack of available ones.");
@@ -114,15 +131,7 @@ fn families(status: &Status) -> Vec<Family> {
         "lb_outlier_ejections_detected_consecutive_local_origin_failure",
         "Times a backend reached consecutive_local_origin_failures.",
     );
-    let mut state =
-        gauge("lb_backend_state", "1 for the backend's state in the VIP: available, unhealthy, ejected or draining.");
-    let mut serving_weight =
-        gauge("lb_backend_serving_weight", "The backend's weight in the VIP's table now (0: no new flows).");
     let mut vip_flows = gauge("lb_vip_flows", "Live flows of the VIP in the flow table, by connection state.");
-    let mut backend_flows = gauge("lb_backend_flows", "Live flows on the backend, over all its VIPs.");
-    let mut backend_nat_ports =
-        gauge("lb_backend_nat_ports", "nat source ports held towards the backend (open connections and their guard).");
-    let mut by_backend = BTreeMap::new();
     for vip in &status.vips {
         let v = || vec![("vip", vip.name.clone())];
         level.add(v(), vip.level.map_or(-1, |l| l as i64));
@@ -137,6 +146,35 @@ fn families(status: &Status) -> Vec<Family> {
             detected_5xx.add(v(), o.detected_consecutive_5xx_total);
             detected_local.add(v(), o.detected_consecutive_local_origin_failure_total);
         }
+    }
+    let mut all = vec![
+        level,
+        panic,
+        ejections_active,
+        ejections_enforced,
+        ejections_overflow,
+        detected_5xx,
+        detected_local,
+        vip_flows,
+    ];
+    let vip_counters: Vec<(Labels, VipStats)> =
+        status.vips.iter().map(|vip| (vec![("vip", vip.name.clone())], vip.counters)).collect();
+    all.extend(counter_families(&vip_counters));
+    all
+}
+
+/// Per backend of a VIP: state and serving weight; per backend address and port, whichever
+/// VIPs it serves: live flows, nat ports and the packet path's counters.
+fn backend_families(status: &Status) -> Vec<Family> {
+    let mut state =
+        gauge("lb_backend_state", "1 for the backend's state in the VIP: available, unhealthy, ejected or draining.");
+    let mut serving_weight =
+        gauge("lb_backend_serving_weight", "The backend's weight in the VIP's table now (0: no new flows).");
+    let mut backend_flows = gauge("lb_backend_flows", "Live flows on the backend, over all its VIPs.");
+    let mut backend_nat_ports =
+        gauge("lb_backend_nat_ports", "nat source ports held towards the backend (open connections and their guard).");
+    let mut by_backend = BTreeMap::new();
+    for vip in &status.vips {
         for b in &vip.backends {
             let labels = |extra: Option<(&'static str, &str)>| {
                 let mut l = vec![("vip", vip.name.clone()), ("backend", b.address.to_string())];
@@ -150,10 +188,6 @@ fn families(status: &Status) -> Vec<Family> {
             by_backend.insert(b.address, (b.counters, b.flows));
         }
     }
-
-    let vip_counters: Vec<(Labels, VipStats)> =
-        status.vips.iter().map(|vip| (vec![("vip", vip.name.clone())], vip.counters)).collect();
-    // Backends are counted per address and port, whichever VIPs they serve.
     let mut backend_counters: Vec<(Labels, BackendStats)> = Vec::new();
     for (address, (counters, flows)) in by_backend {
         let labels = vec![("backend", address.to_string())];
@@ -161,30 +195,8 @@ fn families(status: &Status) -> Vec<Family> {
         backend_nat_ports.add(labels.clone(), flows.nat_ports);
         backend_counters.push((labels, counters));
     }
-    let mut all = vec![
-        info,
-        generation,
-        reload,
-        local_failures,
-        level,
-        panic,
-        ejections_active,
-        ejections_enforced,
-        ejections_overflow,
-        detected_5xx,
-        detected_local,
-        state,
-        serving_weight,
-        vip_flows,
-        backend_flows,
-        backend_nat_ports,
-    ];
-    all.extend(counter_families(&vip_counters));
+    let mut all = vec![state, serving_weight, backend_flows, backend_nat_ports];
     all.extend(counter_families(&backend_counters));
-    all.extend(counter_families(&[(vec![], status.global)]));
-    if let Some(dns) = &status.dns {
-        all.extend(dns_families(dns));
-    }
     all
 }
 

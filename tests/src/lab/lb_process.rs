@@ -1,7 +1,7 @@
 //! `lb run` as a process of the lab: started in the balancer namespace, its log kept, stopped on drop.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -40,6 +40,32 @@ pub fn lb_bin() -> PathBuf {
     fallback
 }
 
+/// Starts `command` (`nsenter`, `ip netns exec`: whatever enters the namespace) with
+/// `lb run --config CONFIG` as its command; its log lines (stderr) come through the
+/// receiver as they are written.
+pub fn spawn_lb_run(command: &mut Command, config: &Path) -> Result<(Child, mpsc::Receiver<String>)> {
+    let mut child = command
+        .arg(lb_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting lb")?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let (tx, log) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok((child, log))
+}
+
 impl LbProcess {
     pub fn start(lab: &Lab, config: &(impl std::fmt::Display + ?Sized)) -> Result<Self> {
         Self::start_in(&lab.lb, &lab.prefix, lab.pin_dir(), config)
@@ -67,26 +93,8 @@ impl LbProcess {
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
             });
         }
-        let mut child = command
-            .arg(format!("--net={}", ns.path()))
-            .arg(lb_bin())
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting lb")?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        command.arg(format!("--net={}", ns.path()));
+        let (child, log) = spawn_lb_run(&mut command, &config_path)?;
         let mut lb = Self { child, owns_pins: true, netns: ns.path(), config_path, pin_dir, log, lines: Vec::new() };
         lb.wait_for(" ready", Duration::from_secs(60))?;
         Ok(lb)

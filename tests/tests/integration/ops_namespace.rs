@@ -3,13 +3,12 @@
 //! (as it does) instead of claiming it stays attached. And `lb xdp-pass`, which gives a
 //! veth peer the XDP program it needs, as the README tells users to.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
-use lb_tests::lab::{Netns, lb_bin, require_root, require_tools, unique_prefix, xdp_programs};
+use lb_tests::lab::{Netns, lb_bin, require_root, require_tools, spawn_lb_run, unique_prefix, xdp_programs};
 use lb_userspace::api::client::AdminClient;
 use lb_userspace::config::AdminConfig;
 
@@ -29,24 +28,7 @@ impl NetnsExecLb {
             &config,
             format!("[balancer]\ninterfaces = [\"{iface}\"]\npin_dir = \"{}\"\n", pin_dir.display()),
         )?;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name()])
-            .arg(lb_bin())
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting lb")?;
-        let stderr = child.stderr.take().context("no stderr")?;
-        let (tx, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let (child, log) = spawn_lb_run(Command::new("ip").args(["netns", "exec", ns.name()]), &config)?;
         Ok(Self { child, config, pin_dir, log })
     }
 
