@@ -1,7 +1,9 @@
-//! Test support: the netns lab, and the environment for packet fixtures and benchmarks.
+//! Test support: the netns lab, and the environment for packet fixtures and benchmarks, and
+//! the soak mode of the fault drill.
 
 pub mod lab;
 pub mod lab_config;
 pub mod packet_env;
 pub mod packets;
 pub mod sites;
+pub mod soak;

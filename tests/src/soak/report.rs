@@ -1,0 +1,201 @@
+//! What the soak measured and whether it met its targets: failed requests by the fault
+//! they fall in, nat ports held against connections alive, `lb`'s memory and descriptors
+//! at start and end, and packets dropped by reason.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use lb_common::{Counters, GlobalStats, VipStats};
+use lb_userspace::status::Status;
+
+use super::faults::FaultRun;
+use super::load::{Failure, Traffic};
+
+/// Failures this long after a fault ended still count as its own.
+pub const GRACE: Duration = Duration::from_secs(2);
+/// Growth of `lb`'s resident memory that still counts as flat: allocator arenas and
+/// buffers grown to the load's peak.
+const RSS_ALLOWANCE_KIB: u64 = 16 * 1024;
+/// Descriptors `lb` may hold beyond its start (sockets closing at the moment of the sample).
+const FD_ALLOWANCE: u64 = 8;
+/// Drop reasons that mean a table ran out or a bug, never a fault's cost.
+const NEVER_DROPPED: [&str; 3] = ["nat_ports_exhausted", "flow_table_full", "internal"];
+
+/// `lb`'s resident memory and open descriptors, from /proc.
+#[derive(Clone, Copy, Debug)]
+pub struct ProcSample {
+    pub rss_kib: u64,
+    pub fds: u64,
+}
+
+impl ProcSample {
+    pub fn read(pid: u32) -> Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss_kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc/PID/status")?;
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64;
+        Ok(Self { rss_kib, fds })
+    }
+}
+
+/// One look at the balancer during the run.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    pub at: Duration,
+    /// nat ports held and flows in the tables, over every backend.
+    pub nat_ports: u64,
+    pub flows: u64,
+    /// Connections the load had open.
+    pub alive: u64,
+    pub process: ProcSample,
+}
+
+impl Sample {
+    pub fn new(at: Duration, status: &Status, alive: u64, process: ProcSample) -> Self {
+        let backends = status.vips.iter().flat_map(|v| &v.backends);
+        let (nat_ports, flows) = backends.fold((0, 0), |(p, f), b| (p + b.flows.nat_ports, f + b.flows.flows));
+        Self { at, nat_ports, flows, alive, process }
+    }
+}
+
+pub struct Report {
+    pub duration: Duration,
+    pub nat_range: u16,
+    pub faults: Vec<FaultRun>,
+    pub failures: Vec<Failure>,
+    pub ok: BTreeMap<Traffic, u64>,
+    pub answered_by: BTreeMap<String, u64>,
+    pub reopened: u64,
+    pub samples: Vec<Sample>,
+    /// The first sample (load running, no fault yet) and the last (load over, settled).
+    pub first: Sample,
+    pub last: Sample,
+    pub final_status: Status,
+}
+
+impl Report {
+    /// The fault a failure at `at` is put down to, if any.
+    fn fault_at(&self, at: Duration) -> Option<&FaultRun> {
+        self.faults.iter().find(|f| f.from <= at && at <= f.to + GRACE)
+    }
+
+    fn failures_by_phase(&self) -> BTreeMap<String, BTreeMap<Traffic, usize>> {
+        let mut by_phase: BTreeMap<String, BTreeMap<Traffic, usize>> = BTreeMap::new();
+        for failure in &self.failures {
+            let phase = self.fault_at(failure.at).map_or("outside faults".to_owned(), |f| format!("{:?}", f.fault));
+            *by_phase.entry(phase).or_default().entry(failure.traffic).or_default() += 1;
+        }
+        by_phase
+    }
+
+    /// Packets dropped, by reason (VIP counters and the global ones), those not zero.
+    fn drops(&self) -> BTreeMap<&'static str, u64> {
+        let mut drops = BTreeMap::new();
+        let vip_drops = VipStats::COUNTERS.iter().zip(0..);
+        for vip in &self.final_status.vips {
+            for (counter, i) in vip_drops.clone().filter(|(c, _)| c.family == "lb_vip_dropped_packets") {
+                let reason = counter.label.map_or(counter.field, |(_, value)| value);
+                *drops.entry(reason).or_default() += vip.counters.values()[i];
+            }
+        }
+        let global = &self.final_status.global;
+        for (counter, value) in GlobalStats::COUNTERS.iter().zip(global.values()) {
+            if counter.family == "lb_dropped_packets" {
+                *drops.entry(counter.label.map_or(counter.field, |(_, v)| v)).or_default() += value;
+            }
+        }
+        drops.retain(|_, n| *n > 0);
+        drops
+    }
+
+    /// The targets missed, each said in a line; none: the soak passed.
+    pub fn misses(&self) -> Vec<String> {
+        let mut misses = Vec::new();
+        let outside: Vec<&Failure> = self.failures.iter().filter(|f| self.fault_at(f.at).is_none()).collect();
+        if !outside.is_empty() {
+            let first: Vec<String> = outside
+                .iter()
+                .take(5)
+                .map(|f| format!("{:.1} s {:?}: {}", f.at.as_secs_f64(), f.traffic, f.error))
+                .collect();
+            misses.push(format!(
+                "{} requests failed outside the faults (target 0), first: {}",
+                outside.len(),
+                first.join("; ")
+            ));
+        }
+        let drops = self.drops();
+        for reason in NEVER_DROPPED {
+            if let Some(n) = drops.get(reason) {
+                misses.push(format!("{n} packets dropped for {reason} (target 0)"));
+            }
+        }
+        if self.last.nat_ports > self.last.alive {
+            misses.push(format!(
+                "{} nat ports held at the end for {} connections alive (target: no more than alive)",
+                self.last.nat_ports, self.last.alive
+            ));
+        }
+        let (start, end) = (self.first.process, self.last.process);
+        if end.rss_kib > start.rss_kib + (start.rss_kib / 4).max(RSS_ALLOWANCE_KIB) {
+            misses.push(format!("lb's RSS grew from {} to {} KiB (target flat)", start.rss_kib, end.rss_kib));
+        }
+        if end.fds > start.fds + FD_ALLOWANCE {
+            misses.push(format!("lb's open descriptors grew from {} to {} (target flat)", start.fds, end.fds));
+        }
+        misses
+    }
+
+    pub fn print(&self) {
+        println!("\nfaults:");
+        for f in &self.faults {
+            println!(
+                "  {:>7.1} s to {:>7.1} s  {:<15} {}",
+                f.from.as_secs_f64(),
+                f.to.as_secs_f64(),
+                format!("{:?}", f.fault),
+                f.note
+            );
+        }
+        println!(
+            "\nrequests ok: {:?}; new connections by backend: {:?}; long-lived reopened: {}",
+            self.ok, self.answered_by, self.reopened
+        );
+        println!("failed requests by phase (a fault's phase lasts {} s past its end):", GRACE.as_secs());
+        for (phase, failed) in self.failures_by_phase() {
+            println!("  {phase:<16} {failed:?}");
+        }
+        let kinds = self.failures.iter().fold(BTreeMap::<&str, usize>::new(), |mut m, f| {
+            // The innermost cause: refused, reset, timed out.
+            *m.entry(f.error.rsplit(": ").next().unwrap_or(&f.error)).or_default() += 1;
+            m
+        });
+        println!("failures by kind: {kinds:?}");
+        let peak = self.samples.iter().max_by_key(|s| s.nat_ports);
+        if let Some(peak) = peak {
+            println!(
+                "\nnat ports (range {} per backend): at most {} held ({} flows) with {} connections alive, at {:.0} s",
+                self.nat_range,
+                peak.nat_ports,
+                peak.flows,
+                peak.alive,
+                peak.at.as_secs_f64()
+            );
+        }
+        println!(
+            "at the end: {} nat ports held, {} flows, {} connections alive",
+            self.last.nat_ports, self.last.flows, self.last.alive
+        );
+        let max_rss = self.samples.iter().map(|s| s.process.rss_kib).max().unwrap_or(0);
+        println!(
+            "lb: RSS {} KiB at start, {} KiB at the end (at most {max_rss}); descriptors {} at start, {} at the end",
+            self.first.process.rss_kib, self.last.process.rss_kib, self.first.process.fds, self.last.process.fds
+        );
+        println!("packets dropped by reason: {:?}", self.drops());
+        println!("run: {:.0} s, {} samples", self.duration.as_secs_f64(), self.samples.len());
+    }
+}
