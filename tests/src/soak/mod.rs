@@ -35,7 +35,7 @@ pub const VIP_NAME: &str = "line";
 pub const DNS_NAME: &str = "www.example.test";
 pub const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(LB_V4), 9180);
 pub const DNS: SocketAddr = SocketAddr::new(IpAddr::V4(LB_V4), 53);
-const TOKEN: &str = "soak-token";
+const TOKEN: &str = "soak-admin-token-0123";
 const NAT_PORT_MIN: u16 = 20000;
 /// How often the soak looks at its clock, floods and samples.
 const TICK: Duration = Duration::from_millis(100);
