@@ -25,7 +25,9 @@ use anyhow::{Context as _, Result};
 use lb_userspace::status::Status;
 
 use self::faults::{Applied, FaultRun};
-use self::load::{Load, Outcomes, Traffic};
+pub use self::faults::{Fault, SCHEDULE};
+pub use self::load::Traffic;
+use self::load::{Load, Outcomes};
 pub use self::options::{Options, USAGE};
 pub use self::report::Report;
 use self::report::{ProcSample, Sample};
@@ -85,7 +87,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     load.wait_new_connections()?;
     std::thread::sleep(SETTLE);
     let last = soak.sample()?.context("lb status failed at the end")?;
-    let final_status = status(&lb)?;
+    let drops = report::drops(&status(&lb)?);
     load.stop()?;
     let Soak { samples, faults, .. } = soak;
     let outcomes = Arc::into_inner(outcomes).context("the load still holds its outcomes")?;
@@ -101,7 +103,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         samples,
         first,
         last,
-        final_status,
+        drops,
     })
 }
 

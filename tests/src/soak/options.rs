@@ -51,7 +51,8 @@ impl Options {
     }
 
     /// The short soak of `cargo xtask test`: time compressed so that every fault comes at
-    /// least once in about a minute.
+    /// least once in about a minute, and a nat range small enough that every port is used
+    /// many times.
     pub fn short() -> Self {
         Self {
             duration: Duration::from_secs(60),
@@ -59,6 +60,7 @@ impl Options {
             fault_every: Duration::from_secs(7),
             sample_every: Duration::from_secs(3),
             established_timeout: Duration::from_secs(4),
+            nat_ports: 200,
             ..Self::soak(1.0)
         }
     }

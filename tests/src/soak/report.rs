@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use lb_common::{Counters, GlobalStats, VipStats};
+use lb_common::{Counter, Counters, GlobalStats, VipStats};
 use lb_userspace::status::Status;
 
 use super::faults::FaultRun;
@@ -74,7 +74,28 @@ pub struct Report {
     /// The first sample (load running, no fault yet) and the last (load over, settled).
     pub first: Sample,
     pub last: Sample,
-    pub final_status: Status,
+    /// Packets dropped by reason over the run ([`drops`]).
+    pub drops: BTreeMap<&'static str, u64>,
+}
+
+/// Packets dropped by reason in `status` (VIP counters and the global ones), those not zero.
+pub fn drops(status: &Status) -> BTreeMap<&'static str, u64> {
+    let reason = |c: &Counter| c.label.map_or(c.field, |(_, value)| value);
+    let mut drops = BTreeMap::new();
+    for vip in &status.vips {
+        for (counter, value) in VipStats::COUNTERS.iter().zip(vip.counters.values()) {
+            if counter.family == "lb_vip_dropped_packets" {
+                *drops.entry(reason(counter)).or_default() += value;
+            }
+        }
+    }
+    for (counter, value) in GlobalStats::COUNTERS.iter().zip(status.global.values()) {
+        if counter.family == "lb_dropped_packets" {
+            *drops.entry(reason(counter)).or_default() += value;
+        }
+    }
+    drops.retain(|_, n| *n > 0);
+    drops
 }
 
 impl Report {
@@ -90,26 +111,6 @@ impl Report {
             *by_phase.entry(phase).or_default().entry(failure.traffic).or_default() += 1;
         }
         by_phase
-    }
-
-    /// Packets dropped, by reason (VIP counters and the global ones), those not zero.
-    fn drops(&self) -> BTreeMap<&'static str, u64> {
-        let mut drops = BTreeMap::new();
-        let vip_drops = VipStats::COUNTERS.iter().zip(0..);
-        for vip in &self.final_status.vips {
-            for (counter, i) in vip_drops.clone().filter(|(c, _)| c.family == "lb_vip_dropped_packets") {
-                let reason = counter.label.map_or(counter.field, |(_, value)| value);
-                *drops.entry(reason).or_default() += vip.counters.values()[i];
-            }
-        }
-        let global = &self.final_status.global;
-        for (counter, value) in GlobalStats::COUNTERS.iter().zip(global.values()) {
-            if counter.family == "lb_dropped_packets" {
-                *drops.entry(counter.label.map_or(counter.field, |(_, v)| v)).or_default() += value;
-            }
-        }
-        drops.retain(|_, n| *n > 0);
-        drops
     }
 
     /// The targets missed, each said in a line; none: the soak passed.
@@ -128,9 +129,8 @@ impl Report {
                 first.join("; ")
             ));
         }
-        let drops = self.drops();
         for reason in NEVER_DROPPED {
-            if let Some(n) = drops.get(reason) {
+            if let Some(n) = self.drops.get(reason) {
                 misses.push(format!("{n} packets dropped for {reason} (target 0)"));
             }
         }
@@ -195,7 +195,73 @@ impl Report {
             "lb: RSS {} KiB at start, {} KiB at the end (at most {max_rss}); descriptors {} at start, {} at the end",
             self.first.process.rss_kib, self.last.process.rss_kib, self.first.process.fds, self.last.process.fds
         );
-        println!("packets dropped by reason: {:?}", self.drops());
+        println!("packets dropped by reason: {:?}", self.drops);
         println!("run: {:.0} s, {} samples", self.duration.as_secs_f64(), self.samples.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::soak::faults::Fault;
+
+    fn sample(at: u64, nat_ports: u64, alive: u64, rss_kib: u64, fds: u64) -> Sample {
+        Sample { at: Duration::from_secs(at), nat_ports, flows: nat_ports, alive, process: ProcSample { rss_kib, fds } }
+    }
+
+    /// A run that met every target: a failure inside a drain's grace, flat memory.
+    fn passing() -> Report {
+        let (first, last) = (sample(10, 40, 32, 20_000, 40), sample(100, 32, 32, 22_000, 41));
+        Report {
+            duration: Duration::from_secs(100),
+            nat_range: 1000,
+            faults: vec![FaultRun {
+                fault: Fault::Drain,
+                from: Duration::from_secs(20),
+                to: Duration::from_secs(21),
+                note: String::new(),
+            }],
+            failures: vec![failure(22)],
+            ok: BTreeMap::new(),
+            answered_by: BTreeMap::new(),
+            reopened: 0,
+            samples: vec![first, last],
+            first,
+            last,
+            drops: BTreeMap::from([("no_neighbour", 3)]),
+        }
+    }
+
+    fn failure(at: u64) -> Failure {
+        Failure { at: Duration::from_secs(at), traffic: Traffic::NewConnection, error: "refused".into() }
+    }
+
+    #[test]
+    fn a_run_within_its_targets_misses_none() {
+        assert_eq!(passing().misses(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_target_missed_is_said() {
+        let mut outside = passing();
+        outside.failures.push(failure(21 + GRACE.as_secs() + 1));
+        let mut exhausted = passing();
+        exhausted.drops.insert("nat_ports_exhausted", 1);
+        let mut ports_kept = passing();
+        ports_kept.last.nat_ports = 33;
+        let mut rss = passing();
+        rss.last.process.rss_kib = 20_000 + RSS_ALLOWANCE_KIB + 1;
+        let mut fds = passing();
+        fds.last.process.fds = 40 + FD_ALLOWANCE + 1;
+        for (report, says) in [
+            (outside, "failed outside the faults"),
+            (exhausted, "nat_ports_exhausted"),
+            (ports_kept, "33 nat ports held at the end for 32"),
+            (rss, "RSS grew"),
+            (fds, "descriptors grew"),
+        ] {
+            let misses = report.misses();
+            assert!(misses.len() == 1 && misses[0].contains(says), "{says}: {misses:?}");
+        }
     }
 }
