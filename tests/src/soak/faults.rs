@@ -58,7 +58,7 @@ pub fn apply(n: usize, lab: &Lab, lb: &LbProcess, opts: &Options) -> Result<(Fau
             Applied::Done("ip neigh flush all".into())
         }
         Fault::Reload => {
-            let weight = if (n / SCHEDULE.len()) % 2 == 0 { 2 } else { 1 };
+            let weight = if (n / SCHEDULE.len()).is_multiple_of(2) { 2 } else { 1 };
             std::fs::write(lb.config_path(), config(lab, opts, weight).to_string())?;
             Applied::Done(format!("first backend's weight {weight}: {}", lb.cli(&["reload"])?.trim()))
         }
@@ -113,7 +113,7 @@ fn dns_flood(udp: usize, tcp: usize, seed: u64) -> Result<String> {
         let Ok(mut conn) = TcpStream::connect_timeout(&DNS, CONNECT_TIMEOUT) else { continue };
         let message = rng.junk(i, &query);
         // Every third one claims more bytes than it sends, and so keeps the server waiting.
-        let claimed = if i % 3 == 0 { message.len() + 100 } else { message.len() };
+        let claimed = if i.is_multiple_of(3) { message.len() + 100 } else { message.len() };
         let mut framed = (claimed as u16).to_be_bytes().to_vec();
         framed.extend_from_slice(&message);
         let _ = conn.write_all(&framed);
@@ -145,7 +145,7 @@ impl XorShift {
     /// Even `i`: random bytes of a random length; odd: `query` with a few bytes changed,
     /// cut at a random length.
     fn junk(&mut self, i: usize, query: &[u8]) -> Vec<u8> {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             let len = 1 + self.next() as usize % 512;
             (0..len).map(|_| self.next() as u8).collect()
         } else {
