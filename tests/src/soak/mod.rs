@@ -19,6 +19,7 @@ mod report;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
@@ -135,17 +136,16 @@ impl Soak<'_> {
                 self.sample()?;
                 next_sample += self.opts.sample_every;
             }
-            if let Some((fault, from, handle)) =
-                flood.take_if(|(_, _, h): &mut (_, _, std::thread::JoinHandle<_>)| h.is_finished())
+            if let Some((fault, from, handle)) = flood.take_if(|(_, _, h): &mut (_, _, JoinHandle<_>)| h.is_finished())
             {
-                self.faults.push(FaultRun::new(fault, from, self.start, faults::finish(handle)));
+                self.ran(FaultRun::new(fault, from, self.start, faults::finish(handle)));
             }
             // Faults stop a fault-interval before the end, so the last one's failures show
             // and the settled end is not in one; a flood runs to its end first.
             if flood.is_none() && now >= next_fault && now + self.opts.fault_every <= self.opts.duration {
                 let from = Instant::now();
                 match faults::apply(self.faults.len(), self.lab, self.lb, self.opts)? {
-                    (fault, Applied::Done(note)) => self.faults.push(FaultRun::new(fault, from, self.start, note)),
+                    (fault, Applied::Done(note)) => self.ran(FaultRun::new(fault, from, self.start, note)),
                     (fault, Applied::Running(handle)) => flood = Some((fault, from, handle)),
                 }
                 next_fault += self.opts.fault_every;
@@ -153,6 +153,12 @@ impl Soak<'_> {
             std::thread::sleep(TICK);
         }
         Ok(())
+    }
+
+    /// Keeps a fault that ran, and says so.
+    fn ran(&mut self, run: FaultRun) {
+        println!("{:>7.1} s  {:?}: {}", run.from.as_secs_f64(), run.fault, run.note);
+        self.faults.push(run);
     }
 
     /// Looks at `lb status` and /proc of `lb`; a status that fails is a failed admin

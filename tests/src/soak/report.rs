@@ -151,16 +151,11 @@ impl Report {
     }
 
     pub fn print(&self) {
-        println!("\nfaults:");
-        for f in &self.faults {
-            println!(
-                "  {:>7.1} s to {:>7.1} s  {:<15} {}",
-                f.from.as_secs_f64(),
-                f.to.as_secs_f64(),
-                format!("{:?}", f.fault),
-                f.note
-            );
-        }
+        let ran = self.faults.iter().fold(BTreeMap::<String, usize>::new(), |mut m, f| {
+            *m.entry(format!("{:?}", f.fault)).or_default() += 1;
+            m
+        });
+        println!("\nfaults run: {ran:?}");
         println!(
             "\nrequests ok: {:?}; new connections by backend: {:?}; long-lived reopened: {}",
             self.ok, self.answered_by, self.reopened
