@@ -41,6 +41,8 @@ pub struct FaultRun {
     pub from: Duration,
     pub to: Duration,
     pub note: String,
+    /// `lb`'s resident memory after the fault less before it.
+    pub rss_growth_kib: i64,
 }
 
 /// A fault under way: done at once, or a flood still running.
@@ -163,7 +165,7 @@ impl XorShift {
 impl FaultRun {
     pub fn new(fault: Fault, from: Instant, start: Instant, note: String) -> Self {
         let from = from.duration_since(start);
-        Self { fault, from, to: start.elapsed(), note }
+        Self { fault, from, to: start.elapsed(), note, rss_growth_kib: 0 }
     }
 }
 

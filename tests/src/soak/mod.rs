@@ -82,8 +82,16 @@ pub fn run(opts: &Options) -> Result<Report> {
     let outcomes = Arc::new(Outcomes::new());
     let mut load = Load::start(&lab, &outcomes, opts.duration, opts.rate, opts.long_lived, opts.line_every)?;
     let start = outcomes.start;
-    let mut soak =
-        Soak { lab: &lab, lb: &lb, opts, outcomes: &outcomes, start, samples: Vec::new(), faults: Vec::new() };
+    let mut soak = Soak {
+        lab: &lab,
+        lb: &lb,
+        opts,
+        outcomes: &outcomes,
+        start,
+        samples: Vec::new(),
+        faults: Vec::new(),
+        rss_before_kib: 0,
+    };
     soak.schedule()?;
     load.wait_new_connections()?;
     std::thread::sleep(SETTLE);
@@ -121,6 +129,8 @@ struct Soak<'a> {
     start: Instant,
     samples: Vec<Sample>,
     faults: Vec<FaultRun>,
+    /// `lb`'s resident memory just before the fault under way.
+    rss_before_kib: u64,
 }
 
 impl Soak<'_> {
@@ -138,14 +148,15 @@ impl Soak<'_> {
             }
             if let Some((fault, from, handle)) = flood.take_if(|(_, _, h): &mut (_, _, JoinHandle<_>)| h.is_finished())
             {
-                self.ran(FaultRun::new(fault, from, self.start, faults::finish(handle)));
+                self.ran(FaultRun::new(fault, from, self.start, faults::finish(handle)))?;
             }
             // Faults stop a fault-interval before the end, so the last one's failures show
             // and the settled end is not in one; a flood runs to its end first.
             if flood.is_none() && now >= next_fault && now + self.opts.fault_every <= self.opts.duration {
                 let from = Instant::now();
+                self.rss_before_kib = ProcSample::read(self.lb.pid())?.rss_kib;
                 match faults::apply(self.faults.len(), self.lab, self.lb, self.opts)? {
-                    (fault, Applied::Done(note)) => self.ran(FaultRun::new(fault, from, self.start, note)),
+                    (fault, Applied::Done(note)) => self.ran(FaultRun::new(fault, from, self.start, note))?,
                     (fault, Applied::Running(handle)) => flood = Some((fault, from, handle)),
                 }
                 next_fault += self.opts.fault_every;
@@ -155,10 +166,19 @@ impl Soak<'_> {
         Ok(())
     }
 
-    /// Keeps a fault that ran, and says so.
-    fn ran(&mut self, run: FaultRun) {
-        println!("{:>7.1} s  {:?}: {}", run.from.as_secs_f64(), run.fault, run.note);
+    /// Keeps a fault that ran with what it did to `lb`'s memory, and says so.
+    fn ran(&mut self, mut run: FaultRun) -> Result<()> {
+        let rss_kib = ProcSample::read(self.lb.pid())?.rss_kib;
+        run.rss_growth_kib = rss_kib as i64 - self.rss_before_kib as i64;
+        println!(
+            "{:>7.1} s  {:?}: {} (lb's RSS {rss_kib} KiB, {:+} KiB)",
+            run.from.as_secs_f64(),
+            run.fault,
+            run.note,
+            run.rss_growth_kib
+        );
         self.faults.push(run);
+        Ok(())
     }
 
     /// Looks at `lb status` and /proc of `lb`; a status that fails is a failed admin

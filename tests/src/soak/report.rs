@@ -151,11 +151,16 @@ impl Report {
     }
 
     pub fn print(&self) {
-        let ran = self.faults.iter().fold(BTreeMap::<String, usize>::new(), |mut m, f| {
-            *m.entry(format!("{:?}", f.fault)).or_default() += 1;
+        // Each kind: how often it ran and what it did to lb's RSS over all its runs.
+        let ran = self.faults.iter().fold(BTreeMap::<String, (usize, i64)>::new(), |mut m, f| {
+            let kind = m.entry(format!("{:?}", f.fault)).or_default();
+            *kind = (kind.0 + 1, kind.1 + f.rss_growth_kib);
             m
         });
-        println!("\nfaults run: {ran:?}");
+        println!("\nfaults run, and lb's RSS growth (KiB) over their runs: {ran:?}");
+        let in_faults: i64 = self.faults.iter().map(|f| f.rss_growth_kib).sum();
+        let total = self.last.process.rss_kib as i64 - self.first.process.rss_kib as i64;
+        println!("lb's RSS growth outside the faults: {:+} KiB of {total:+} KiB", total - in_faults);
         println!(
             "\nrequests ok: {:?}; new connections by backend: {:?}; long-lived reopened: {}",
             self.ok, self.answered_by, self.reopened
@@ -190,6 +195,14 @@ impl Report {
             "lb: RSS {} KiB at start, {} KiB at the end (at most {max_rss}); descriptors {} at start, {} at the end",
             self.first.process.rss_kib, self.last.process.rss_kib, self.first.process.fds, self.last.process.fds
         );
+        let stride = self.samples.len().div_ceil(10).max(1);
+        let trend: Vec<String> = self
+            .samples
+            .iter()
+            .step_by(stride)
+            .map(|s| format!("{:.0} s: {}", s.at.as_secs_f64(), s.process.rss_kib))
+            .collect();
+        println!("lb's RSS over the run (KiB): {}", trend.join(", "));
         println!("packets dropped by reason: {:?}", self.drops);
         println!("run: {:.0} s, {} samples", self.duration.as_secs_f64(), self.samples.len());
     }
@@ -215,6 +228,7 @@ mod tests {
                 from: Duration::from_secs(20),
                 to: Duration::from_secs(21),
                 note: String::new(),
+                rss_growth_kib: 0,
             }],
             failures: vec![failure(22)],
             ok: BTreeMap::new(),
