@@ -1,4 +1,5 @@
-//! Test support: the netns lab, and the environment for packet fixtures and benchmarks.
+//! Test support: the netns lab, and the environment for packet fixtures and benchmarks, and
+//! the soak mode of the fault drill.
 
 pub mod fuzz;
 pub mod lab;
@@ -6,3 +7,4 @@ pub mod lab_config;
 pub mod packet_env;
 pub mod packets;
 pub mod sites;
+pub mod soak;

@@ -18,6 +18,9 @@
 //!
 //! Options: `--rate N` (requests/s, default 200), `--phase SECS` (default 10), `--quick`
 //! (4 s phases), `--out FILE` (default target/drill.svg).
+//!
+//! `--soak MINUTES [...]` runs the soak mode instead (`lb_tests::soak`, options in
+//! `lb_tests::soak::USAGE`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,6 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use lb_tests::lab::{self, BackendSpec, HTTP_PORT, LB_V4, http_get};
 use lb_tests::sites::{NAME, Site, Timing, TwoSites, resolve_a};
+use lb_tests::soak;
 
 /// Requests in flight at most: a black-holed request waits out the lab's I/O timeout.
 const WORKERS: usize = 400;
@@ -69,7 +73,8 @@ fn options() -> Result<Options> {
             "--out" => opts.out = value("--out")?.into(),
             "-h" | "--help" => {
                 println!(
-                    "lb-drill [--rate N] [--phase SECS] [--quick] [--out FILE.svg]   (needs root; LB_BIN names `lb`)"
+                    "lb-drill [--rate N] [--phase SECS] [--quick] [--out FILE.svg]   (needs root; LB_BIN names `lb`)\n{}",
+                    soak::USAGE
                 );
                 std::process::exit(0);
             }
@@ -200,12 +205,38 @@ fn main() -> ExitCode {
         eprintln!("{e:#}");
         return ExitCode::FAILURE;
     }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--soak") {
+        return soak(&args[1..]);
+    }
     match options().and_then(drill) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("drill failed: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--soak MINUTES ...`: the soak mode (`lb_tests::soak`); fails when a target is missed.
+fn soak(args: &[String]) -> ExitCode {
+    let report = match soak::Options::parse(args).and_then(|opts| soak::run(&opts)) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("soak failed: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    report.print();
+    let misses = report.misses();
+    for miss in &misses {
+        println!("✘ {miss}");
+    }
+    if misses.is_empty() {
+        println!("✔ every target met");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
