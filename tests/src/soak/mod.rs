@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
-use lb_userspace::status::Status;
+use lb_userspace::api::status::Status;
 
 use self::faults::{Applied, FaultRun};
 pub use self::faults::{Fault, SCHEDULE};

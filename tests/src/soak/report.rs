@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use lb_common::{Counter, Counters, GlobalStats, VipStats};
-use lb_userspace::status::Status;
+use lb_userspace::api::status::Status;
 
 use super::faults::FaultRun;
 use super::load::{Failure, Traffic};

@@ -15,3 +15,4 @@ mod ops_cli;
 mod ops_namespace;
 mod packet_fuzz;
 mod rate_limits;
+mod soak;
