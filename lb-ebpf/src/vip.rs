@@ -77,18 +77,8 @@ fn new_flow(
     now: u64,
 ) -> Result<(u32, &'static Backend, u16), u32> {
     const DROP: u32 = xdp_action::XDP_DROP;
-    if vip.limits & (LIMIT_NEW_FLOWS | LIMIT_SOURCES) != 0 && s.headers.opens_flow() {
-        match admit_new_flow(&s.flow, vip) {
-            Admission::Admitted => {}
-            Admission::SourceLimited => {
-                vip_stats.rate_limited_sources += 1;
-                return Err(DROP);
-            }
-            Admission::VipLimited => {
-                vip_stats.rate_limited_new_flows += 1;
-                return Err(DROP);
-            }
-        }
+    if !admitted(s, vip, vip_stats) {
+        return Err(DROP);
     }
     let Some((backend_id, backend)) = pick_backend(vip, &s.flow, settings.hash_seed) else {
         vip_stats.drop_no_backend += 1;
@@ -149,6 +139,26 @@ fn new_flow(
         unsafe { (*b).new_flows += 1 };
     }
     Ok((backend_id, backend, nat_port))
+}
+
+/// Whether the VIP's new-flow and source limits let the packet open a flow (packets that
+/// open none, and VIPs without those limits, always pass); a refusal is counted.
+#[inline(always)]
+fn admitted(s: &Scratch, vip: &VipInfo, vip_stats: &mut VipStats) -> bool {
+    if vip.limits & (LIMIT_NEW_FLOWS | LIMIT_SOURCES) == 0 || !s.headers.opens_flow() {
+        return true;
+    }
+    match admit_new_flow(&s.flow, vip) {
+        Admission::Admitted => true,
+        Admission::SourceLimited => {
+            vip_stats.rate_limited_sources += 1;
+            false
+        }
+        Admission::VipLimited => {
+            vip_stats.rate_limited_new_flows += 1;
+            false
+        }
+    }
 }
 
 /// Fills `s.nat`: the reverse entry of the new nat flow `s.flow`.

@@ -143,7 +143,8 @@ fn stop(admin: &AdminArgs, detach: bool) -> anyhow::Result<()> {
     }
 }
 
-fn main() -> ExitCode {
+/// Logs go to stderr, at `RUST_LOG`'s levels (default info).
+fn init_logging() {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // hickory-server logs every DNS request at info; only what RUST_LOG asks for by name.
@@ -155,6 +156,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. }) {
         // Rust ignores SIGPIPE, so printing into a closed pipe (`lb status | head`) would

@@ -202,25 +202,31 @@ fn validate_vips(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
         }
         services.insert((a, vip.port, vip.protocol), i);
 
-        if vip.mode == ForwardingMode::Nat {
-            let missing = match a {
-                IpAddr::V4(_) if b.ipv4.is_none() => Some("balancer.ipv4"),
-                IpAddr::V6(_) if b.ipv6.is_none() => Some("balancer.ipv6"),
-                _ => None,
-            };
-            if let Some(key) = missing {
-                return Err(cx.err(
-                    &key_path!["vip", i, "address"],
-                    format!("a nat mode {} VIP needs {key} (the source address of NATed packets)", family_name(a)),
-                ));
-            }
-        }
-
+        validate_nat_source(vip, i, b, cx)?;
         validate_rate_limits(vip, i, cx)?;
         validate_health(vip, i, cx)?;
         validate_backends(vip, i, b, &mut all_backends, cx)?;
     }
     Ok(())
+}
+
+/// A nat VIP needs the balancer's own address of its family: the source of NATed packets.
+fn validate_nat_source(vip: &VipConfig, i: usize, b: &BalancerConfig, cx: &Ctx) -> Result<(), ConfigError> {
+    if vip.mode != ForwardingMode::Nat {
+        return Ok(());
+    }
+    let missing = match vip.address {
+        IpAddr::V4(_) if b.ipv4.is_none() => Some("balancer.ipv4"),
+        IpAddr::V6(_) if b.ipv6.is_none() => Some("balancer.ipv6"),
+        _ => None,
+    };
+    match missing {
+        Some(key) => Err(cx.err(
+            &key_path!["vip", i, "address"],
+            format!("a nat mode {} VIP needs {key} (the source address of NATed packets)", family_name(vip.address)),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// A VIP's backends: as many as its table has slots, of its family, unique, and (with
