@@ -9,8 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::HealthCheckConfig;
-use crate::dns::TcpLimits;
+use super::checks::HealthCheckConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,14 +77,6 @@ impl DnsConfig {
         match self.udp_sockets {
             Some(n) => n as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        }
-    }
-
-    pub fn tcp_limits(&self) -> TcpLimits {
-        TcpLimits {
-            max_connections: self.tcp_max_connections.get() as usize,
-            idle_timeout: self.tcp_idle_timeout,
-            io_timeout: self.tcp_io_timeout,
         }
     }
 
@@ -280,18 +271,14 @@ mod tests {
     #[test]
     fn tcp_limits_default_and_refuse_zero_connections() {
         let dns: DnsConfig = toml::from_str("listen = [\"127.0.0.1:53\"]").unwrap();
-        let limits = TcpLimits {
-            max_connections: 256,
-            idle_timeout: Duration::from_secs(10),
-            io_timeout: Duration::from_secs(2),
-        };
-        assert_eq!(dns.tcp_limits(), limits);
+        let limits = (dns.tcp_max_connections.get(), dns.tcp_idle_timeout, dns.tcp_io_timeout);
+        assert_eq!(limits, (256, Duration::from_secs(10), Duration::from_secs(2)));
         let set: DnsConfig = toml::from_str(
             "listen = [\"127.0.0.1:53\"]\ntcp_max_connections = 8\ntcp_idle_timeout = \"1s\"\ntcp_io_timeout = \"250ms\"",
         )
         .unwrap();
-        assert_eq!(set.tcp_limits().max_connections, 8);
-        assert_eq!(set.tcp_limits().io_timeout, Duration::from_millis(250));
+        assert_eq!(set.tcp_max_connections.get(), 8);
+        assert_eq!(set.tcp_io_timeout, Duration::from_millis(250));
         assert!(toml::from_str::<DnsConfig>("listen = [\"127.0.0.1:53\"]\ntcp_max_connections = 0").is_err());
     }
 }

@@ -137,7 +137,7 @@ impl DnsService {
         // The answers are complete before the first query can arrive.
         service.take(config, zones);
         let handler = DnsHandler { answers: service.shared.clone(), stats: service.stats.clone() };
-        service.server = Some(server::serve(&dns.listen, dns.udp_sockets(), dns.tcp_limits(), handler)?);
+        service.server = Some(server::serve(&dns.listen, dns.udp_sockets(), TcpLimits::of(dns), handler)?);
         info!(listen = ?dns.listen, vantage = %service.vantage, quorum = dns.quorum(), "DNS server listening");
         Ok(Some(service))
     }

@@ -19,6 +19,7 @@ use tokio::time::timeout;
 use tracing::warn;
 
 use super::respond::{DnsHandler, Encoded, Tally, answer_query};
+use crate::config::dns::DnsConfig;
 
 /// Refused connections are logged at most this often (with how many since the last line).
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
@@ -30,6 +31,17 @@ pub struct TcpLimits {
     pub max_connections: usize,
     pub idle_timeout: Duration,
     pub io_timeout: Duration,
+}
+
+impl TcpLimits {
+    /// The `[dns]` table's `tcp_*` keys.
+    pub fn of(dns: &DnsConfig) -> Self {
+        Self {
+            max_connections: dns.tcp_max_connections.get() as usize,
+            idle_timeout: dns.tcp_idle_timeout,
+            io_timeout: dns.tcp_io_timeout,
+        }
+    }
 }
 
 /// Counts refused connections between log lines.

@@ -1,12 +1,12 @@
-//! Stable small ids for VIPs and backends, and what an adopted program's maps hold.
+//! Stable small ids for VIPs and backends, the keys they are given for, and what an
+//! adopted program's maps hold.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use lb_common::{Backend, Settings, VipAddrKey, VipInfo, VipKey};
+use lb_common::{Addr, Backend, FAMILY_V4, FAMILY_V6, Settings, VipAddrKey, VipInfo, VipKey};
 
-use super::tables::{backend_address, backend_identity, vip_key};
-use crate::config::Config;
+use crate::config::{BackendConfig, Config, VipConfig};
 
 /// What an adopted program's maps hold, for a new controller to take over its ids and
 /// tables.
@@ -107,4 +107,33 @@ impl IdAllocator {
     pub fn backend_of(&self, id: u32) -> Option<BackendIdentity> {
         self.backends.by_id.get(&id).copied()
     }
+}
+
+/// The address of a `Backend` entry.
+fn backend_address(b: &Backend) -> IpAddr {
+    if b.family == FAMILY_V4 {
+        IpAddr::from([b.addr[0], b.addr[1], b.addr[2], b.addr[3]])
+    } else {
+        IpAddr::from(b.addr)
+    }
+}
+
+pub fn addr_bytes(ip: IpAddr) -> (Addr, u8) {
+    let mut out = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            out[..4].copy_from_slice(&v4.octets());
+            (out, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+pub fn vip_key(vip: &VipConfig) -> VipKey {
+    let (addr, family) = addr_bytes(vip.address);
+    VipKey { addr, port: vip.port, proto: vip.protocol.number(), family }
+}
+
+pub(super) fn backend_identity(backend: &BackendConfig) -> BackendIdentity {
+    (backend.address, backend.port)
 }

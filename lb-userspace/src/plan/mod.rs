@@ -6,5 +6,6 @@ pub mod ids;
 pub mod maglev;
 pub mod tables;
 
+pub use ids::vip_key;
 pub use ids::{BackendIdentity, Existing, IdAllocator};
-pub use tables::{DesiredTables, DesiredVip, desired, desired_with, vip_key};
+pub use tables::{DesiredTables, DesiredVip, desired, desired_with};

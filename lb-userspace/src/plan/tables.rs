@@ -5,12 +5,11 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use lb_common::{
-    Addr, BACKEND_ACTIVE, BACKEND_SERVING, Backend, FAMILY_V4, FAMILY_V6, LIMIT_NEW_FLOWS, LIMIT_PACKETS,
-    LIMIT_SOURCES, MODE_DSR, MODE_NAT, SOURCE_TOLERANCE_MIN_NS, Settings, TokenBucket, VipAddrKey, VipKey,
-    WATCH_CONNECT, WATCH_HTTP, vip_addr_filter_bit,
+    BACKEND_ACTIVE, BACKEND_SERVING, Backend, LIMIT_NEW_FLOWS, LIMIT_PACKETS, LIMIT_SOURCES, MODE_DSR, MODE_NAT,
+    SOURCE_TOLERANCE_MIN_NS, Settings, TokenBucket, VipAddrKey, VipKey, WATCH_CONNECT, WATCH_HTTP, vip_addr_filter_bit,
 };
 
-use super::ids::{BackendIdentity, IdAllocator};
+use super::ids::{IdAllocator, addr_bytes, backend_identity, vip_key};
 use super::maglev::{self, MaglevBackend};
 use crate::backends::locality::{self, Availability, Plan};
 use crate::config::{
@@ -87,35 +86,6 @@ fn token_bucket(limit: &RateLimitConfig) -> TokenBucket {
     // full bucket look empty to the others.
     let batch = (TOKEN_BATCH_NS / emission_ns).min(MAX_TOKEN_BATCH).min(burst / 4).max(1);
     TokenBucket { emission_ns, tolerance_ns: emission_ns * burst, batch: batch as u32, _pad: 0 }
-}
-
-/// The address of a `Backend` entry.
-pub(super) fn backend_address(b: &Backend) -> IpAddr {
-    if b.family == FAMILY_V4 {
-        IpAddr::from([b.addr[0], b.addr[1], b.addr[2], b.addr[3]])
-    } else {
-        IpAddr::from(b.addr)
-    }
-}
-
-pub fn addr_bytes(ip: IpAddr) -> (Addr, u8) {
-    let mut out = [0u8; 16];
-    match ip {
-        IpAddr::V4(v4) => {
-            out[..4].copy_from_slice(&v4.octets());
-            (out, FAMILY_V4)
-        }
-        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
-    }
-}
-
-pub fn vip_key(vip: &VipConfig) -> VipKey {
-    let (addr, family) = addr_bytes(vip.address);
-    VipKey { addr, port: vip.port, proto: vip.protocol.number(), family }
-}
-
-pub(super) fn backend_identity(backend: &BackendConfig) -> BackendIdentity {
-    (backend.address, backend.port)
 }
 
 /// The text a backend's Maglev permutation is derived from: the same on every balancer
