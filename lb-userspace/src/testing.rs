@@ -1,7 +1,8 @@
 //! Test doubles shared by unit tests: a packet path that records the writes a sync makes,
-//! as the maps would see them, and holds no counters.
+//! as the maps would see them, and holds no counters; files of a test's own.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use lb_common::{Backend, BackendStats, FlowTimeouts, GlobalStats, Settings, VipAddrKey, VipInfo, VipKey, VipStats};
@@ -97,5 +98,26 @@ impl PacketPath for Recorder {
     }
     fn sweep_flows(&mut self, _: &FlowTimeouts) -> Result<SweepReport> {
         Ok(SweepReport::default())
+    }
+}
+
+/// A file of the test's own under the temp dir, removed on drop (also when the test fails).
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    pub fn new(name: &str, bytes: &[u8]) -> Self {
+        let path = std::env::temp_dir().join(format!("lb-test-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }

@@ -244,7 +244,8 @@ impl Controller {
                     .backends
                     .iter()
                     .enumerate()
-                    .map(|(i, b)| BackendStatus {
+                    .map(|(i, b)| (i, b, self.ids.backend_id(&(b.address, b.port))))
+                    .map(|(i, b, backend_id)| BackendStatus {
                         address: b.socket_addr(),
                         region: b.region.clone(),
                         zone: b.zone.clone(),
@@ -257,16 +258,8 @@ impl Controller {
                         weight: b.weight,
                         serving_weight: plan.and_then(|p| p.weights.get(i).copied()).unwrap_or(0),
                         state: crate::api::status::state_name(self.states.availability(vip, b)).to_owned(),
-                        counters: self
-                            .ids
-                            .backend_id(&(b.address, b.port))
-                            .and_then(|id| maps.backend_stats(id).ok())
-                            .unwrap_or_default(),
-                        flows: self
-                            .ids
-                            .backend_id(&(b.address, b.port))
-                            .and_then(|id| self.flows.by_backend.get(&id).copied())
-                            .unwrap_or_default(),
+                        counters: backend_id.and_then(|id| maps.backend_stats(id).ok()).unwrap_or_default(),
+                        flows: backend_id.and_then(|id| self.flows.by_backend.get(&id).copied()).unwrap_or_default(),
                     })
                     .collect();
                 VipStatus {

@@ -3,7 +3,6 @@
 //! on this host.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use tokio::sync::oneshot;
 
@@ -13,7 +12,7 @@ use crate::backends::probe::{CheckFailure, CheckResult, Prober};
 use crate::config;
 use crate::plan::IdAllocator;
 use crate::sync::Applied;
-use crate::testing::Recorder;
+use crate::testing::{Recorder, TempFile};
 
 const CONFIG: &str = r#"[balancer]
 interfaces = ["eth0"]
@@ -33,29 +32,13 @@ address = "127.0.1.11"
 address = "127.0.1.12"
 "#;
 
-/// A config file of the test's own, removed on drop.
-struct ConfigFile(PathBuf);
-
-impl ConfigFile {
-    fn new(name: &str, text: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("lb-control-{}-{name}.toml", std::process::id()));
-        std::fs::write(&path, text).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// A controller on `file`'s config whose first tables are written into `maps`.
-fn controller(file: &ConfigFile, maps: &mut Recorder) -> Controller {
-    let config = config::load(&file.0).unwrap();
+fn controller(file: &TempFile, maps: &mut Recorder) -> Controller {
+    let config = config::load(file.path()).unwrap();
     let ids = IdAllocator::new(config.balancer.max_vips, config.balancer.max_backends);
     let (check_tx, _) = tokio::sync::mpsc::unbounded_channel();
-    let mut lb = Controller::new(file.0.clone(), config, (ids, Applied::default()), Prober::new(check_tx), None);
+    let mut lb =
+        Controller::new(file.path().to_owned(), config, (ids, Applied::default()), Prober::new(check_tx), None);
     lb.start(maps).unwrap();
     lb
 }
@@ -80,7 +63,7 @@ fn check(lb: &mut Controller, maps: &mut Recorder, last: u8, passed: bool) {
 
 #[tokio::test]
 async fn a_drain_is_in_the_tables_before_its_answer() {
-    let file = ConfigFile::new("drain", CONFIG);
+    let file = TempFile::new("control-drain.toml", CONFIG.as_bytes());
     let mut maps = Recorder::default();
     let mut lb = controller(&file, &mut maps);
     assert_eq!(maps.serving(0), [0, 1].into());
@@ -92,7 +75,7 @@ async fn a_drain_is_in_the_tables_before_its_answer() {
 
 #[tokio::test]
 async fn a_drain_of_an_unknown_backend_is_refused_and_writes_nothing() {
-    let file = ConfigFile::new("unknown", CONFIG);
+    let file = TempFile::new("control-unknown.toml", CONFIG.as_bytes());
     let mut maps = Recorder::default();
     let mut lb = controller(&file, &mut maps);
     let writes = maps.ops.len();
@@ -104,7 +87,7 @@ async fn a_drain_of_an_unknown_backend_is_refused_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_map_that_refuses_a_drain_is_a_server_error_and_ends_the_loop() {
-    let file = ConfigFile::new("failing", CONFIG);
+    let file = TempFile::new("control-failing.toml", CONFIG.as_bytes());
     let mut maps = Recorder::default();
     let mut lb = controller(&file, &mut maps);
     maps.failing = true;
@@ -117,7 +100,7 @@ async fn a_map_that_refuses_a_drain_is_a_server_error_and_ends_the_loop() {
 
 #[tokio::test]
 async fn failing_checks_take_a_backend_out_and_a_passing_one_brings_it_back() {
-    let file = ConfigFile::new("checks", CONFIG);
+    let file = TempFile::new("control-checks.toml", CONFIG.as_bytes());
     let mut maps = Recorder::default();
     let mut lb = controller(&file, &mut maps);
     check(&mut lb, &mut maps, 11, false);
@@ -128,11 +111,11 @@ async fn failing_checks_take_a_backend_out_and_a_passing_one_brings_it_back() {
 
 #[tokio::test]
 async fn a_refused_reload_keeps_the_tables_and_an_applied_one_writes_the_difference() {
-    let file = ConfigFile::new("reload", CONFIG);
+    let file = TempFile::new("control-reload.toml", CONFIG.as_bytes());
     let mut maps = Recorder::default();
     let mut lb = controller(&file, &mut maps);
     let writes = maps.ops.len();
-    std::fs::write(&file.0, CONFIG.replace("[[vip.backend]]\naddress = \"127.0.1.12\"", "[[vip.backend]")).unwrap();
+    std::fs::write(file.path(), CONFIG.replace("[[vip.backend]]\naddress = \"127.0.1.12\"", "[[vip.backend]")).unwrap();
     assert_eq!(lb.handle(Event::Hangup, &mut maps).unwrap(), Step::Continue);
     assert_eq!(maps.ops.len(), writes);
     let status = lb.status(&maps);
@@ -140,7 +123,7 @@ async fn a_refused_reload_keeps_the_tables_and_an_applied_one_writes_the_differe
     assert!(!status.last_reload.unwrap().applied);
 
     let one_backend = CONFIG.replace("\n[[vip.backend]]\naddress = \"127.0.1.12\"\n", "");
-    std::fs::write(&file.0, one_backend).unwrap();
+    std::fs::write(file.path(), one_backend).unwrap();
     assert_eq!(lb.handle(Event::Hangup, &mut maps).unwrap(), Step::Continue);
     assert_eq!(lb.status(&maps).generation, 2);
     assert_eq!(maps.serving(0), [0].into());
@@ -149,7 +132,7 @@ async fn a_refused_reload_keeps_the_tables_and_an_applied_one_writes_the_differe
 
 #[tokio::test]
 async fn a_stop_request_ends_the_loop() {
-    let file = ConfigFile::new("stop", CONFIG);
+    let file = TempFile::new("control-stop.toml", CONFIG.as_bytes());
     let mut maps = Recorder::default();
     let mut lb = controller(&file, &mut maps);
     let (reply, _answer) = oneshot::channel();

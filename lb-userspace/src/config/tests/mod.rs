@@ -8,19 +8,12 @@ mod vips;
 
 use super::errors::{Seg, fields_at, key_path};
 use super::*;
-
-/// A file of the test's own under the temp dir (removed by the caller).
-fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("lop-{}-{name}", std::process::id()));
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
+use crate::testing::TempFile;
 
 #[test]
 fn control_commands_show_the_syntax_error_of_the_config() {
-    let path = temp_file("syntax.toml", b"[admin]\nlisten = \"127.0.0.1:9999\"\n[balancer\n");
-    let result = load_control(&path);
-    std::fs::remove_file(&path).unwrap();
+    let file = TempFile::new("syntax.toml", b"[admin]\nlisten = \"127.0.0.1:9999\"\n[balancer\n");
+    let result = load_control(file.path());
     let e = result.unwrap_err();
     assert_eq!(e.line, Some(3), "{e}");
     assert!(e.message.starts_with("invalid TOML"), "{e}");
@@ -28,18 +21,16 @@ fn control_commands_show_the_syntax_error_of_the_config() {
 
 #[test]
 fn control_commands_show_a_wrongly_typed_admin_section() {
-    let path = temp_file("admin-type.toml", b"[admin]\nlisten = 9999\n");
-    let result = load_control(&path);
-    std::fs::remove_file(&path).unwrap();
+    let file = TempFile::new("admin-type.toml", b"[admin]\nlisten = 9999\n");
+    let result = load_control(file.path());
     let e = result.unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (Some(2), "admin.listen"), "{e}");
 }
 
 #[test]
 fn a_config_that_is_not_utf8_is_refused_with_line_and_column() {
-    let path = temp_file("latin1.toml", b"[balancer]\ninterfaces = [\"eth0\"]\nregion = \"z\xfcrich\"\n");
-    let (full, control) = (load(&path), load_control(&path));
-    std::fs::remove_file(&path).unwrap();
+    let file = TempFile::new("latin1.toml", b"[balancer]\ninterfaces = [\"eth0\"]\nregion = \"z\xfcrich\"\n");
+    let (full, control) = (load(file.path()), load_control(file.path()));
     for e in [full.unwrap_err(), control.unwrap_err()] {
         assert_eq!(e.line, Some(3), "{e}");
         assert!(e.message.contains("0xfc at column 12"), "{e}");
