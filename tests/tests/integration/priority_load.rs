@@ -68,6 +68,8 @@ fn assert_split(lab: &Lab, local: f64) -> Result<()> {
         "expected {local}% local and {}% on level 1, got {shares:?}",
         100.0 - local
     );
+    // Shown with --nocapture: the measured split, for the README's figures.
+    eprintln!("expected {local}% local: measured {shares:?}");
     Ok(())
 }
 
