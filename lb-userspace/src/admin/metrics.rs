@@ -121,6 +121,10 @@ fn vip_families(status: &Status) -> Vec<Family> {
     let mut level =
         gauge("lb_vip_priority_level", "Priority level serving new flows (0 = local zone); -1 when none can.");
     let mut panic = gauge("lb_vip_panic", "1 while the VIP balances over all its backends for lack of available ones.");
+    let mut level_load =
+        gauge("lb_vip_level_load", "Percent of the VIP's new flows each priority level takes (Envoy's priority load).");
+    let mut level_health =
+        gauge("lb_vip_level_health", "A priority level's health: overprovisioning factor x available share, max 100.");
     let mut ejections_active = gauge("lb_outlier_ejections_active", "Backends of the VIP ejected now.");
     let mut ejections_enforced = counter("lb_outlier_ejections_enforced", "Ejections enforced.");
     let mut ejections_overflow =
@@ -139,6 +143,11 @@ fn vip_families(status: &Status) -> Vec<Family> {
             vip_flows.add(vec![("vip", vip.name.clone()), ("state", state.into())], n);
         }
         panic.add(v(), vip.panic as i64);
+        for l in &vip.levels {
+            let at = || vec![("vip", vip.name.clone()), ("level", l.level.to_string())];
+            level_load.add(at(), l.load);
+            level_health.add(at(), l.health);
+        }
         if let Some(o) = &vip.outlier {
             ejections_active.add(v(), o.ejections_active);
             ejections_enforced.add(v(), o.ejections_enforced_total);
@@ -150,6 +159,8 @@ fn vip_families(status: &Status) -> Vec<Family> {
     let mut all = vec![
         level,
         panic,
+        level_load,
+        level_health,
         ejections_active,
         ejections_enforced,
         ejections_overflow,
@@ -292,6 +303,7 @@ mod tests {
                 mode: "nat".into(),
                 level: Some(1),
                 panic: false,
+                levels: vec![crate::backends::locality::LevelShare { level: 1, health: 70, load: 100, panic: false }],
                 counters: VipStats { packets: 10, new_flows: 4, rate_limited_sources: 2, ..Default::default() },
                 flows: crate::flows::StateCounts([1, 2, 0, 0, 3, 0]),
                 outlier: Some(crate::backends::outlier::OutlierStats {
@@ -350,6 +362,8 @@ mod tests {
             "lb_vip_new_flows_total{vip=\"web\"} 4",
             "lb_vip_rate_limited_packets_total{vip=\"web\",limit=\"source_limit\"} 2",
             "lb_vip_priority_level{vip=\"web\"} 1",
+            "lb_vip_level_load{vip=\"web\",level=\"1\"} 100",
+            "lb_vip_level_health{vip=\"web\",level=\"1\"} 70",
             "lb_outlier_ejections_active{vip=\"web\"} 1",
             "lb_outlier_ejections_enforced_total{vip=\"web\"} 2",
             "lb_backend_state{vip=\"web\",backend=\"10.0.1.1:8080\",state=\"ejected\"} 1",

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use lb_common::{BackendStats, Counters, GlobalStats, VipStats};
 use serde::{Deserialize, Serialize};
 
-use crate::backends::locality::Availability;
+use crate::backends::locality::{Availability, LevelShare};
 use crate::backends::outlier::OutlierStats;
 use crate::flows::{BackendFlows, StateCounts};
 
@@ -48,6 +48,10 @@ pub struct VipStatus {
     /// The priority level serving new flows; none when no backend can.
     pub level: Option<usize>,
     pub panic: bool,
+    /// Every priority level with eligible backends: its health, its share of new flows
+    /// (percent) and its panic.
+    #[serde(default)]
+    pub levels: Vec<LevelShare>,
     pub counters: VipStats,
     /// Live flows by state (as of the last sweep of the flow tables, at most a second old).
     #[serde(default)]
@@ -85,6 +89,14 @@ pub fn state_name(availability: Availability) -> &'static str {
     }
 }
 
+/// The levels taking new flows and their shares, as "level 0 70%, level 1 30%"; a level
+/// in panic is marked.
+fn level_loads(levels: &[LevelShare]) -> String {
+    let served = levels.iter().filter(|l| l.load > 0);
+    let each = served.map(|l| format!("level {} {}%{}", l.level, l.load, if l.panic { " (panic)" } else { "" }));
+    each.collect::<Vec<_>>().join(", ")
+}
+
 /// The status as `lb status` prints it.
 pub fn table(status: &Status) -> String {
     let mut out = String::new();
@@ -97,8 +109,7 @@ pub fn table(status: &Status) -> String {
     for vip in &status.vips {
         let serving = match (vip.level, vip.panic) {
             (None, _) => "NO BACKEND".to_owned(),
-            (Some(level), false) => format!("level {level}"),
-            (Some(level), true) => format!("level {level}, PANIC"),
+            (Some(_), panic) => level_loads(&vip.levels) + if panic { ", PANIC" } else { "" },
         };
         let c = &vip.counters;
         let _ = writeln!(

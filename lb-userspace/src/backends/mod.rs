@@ -8,4 +8,5 @@ pub mod health;
 pub mod locality;
 pub mod neighbors;
 pub mod outlier;
+pub mod priority;
 pub mod probe;

@@ -28,7 +28,7 @@ pub use admin::AdminConfig;
 pub use balancer::{BalancerConfig, XdpModeSetting};
 pub use checks::{HealthCheckConfig, HealthCheckKind, OutlierDetectionConfig, StatusRange};
 pub use errors::ConfigError;
-pub use vip::{BackendConfig, ForwardingMode, Protocol, RateLimitConfig, VipConfig};
+pub use vip::{BackendConfig, ForwardingMode, OverprovisioningFactor, Protocol, RateLimitConfig, VipConfig};
 
 use balancer::default_pin_dir;
 use errors::{Ctx, line_of, one_line};

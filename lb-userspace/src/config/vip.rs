@@ -1,5 +1,6 @@
 //! `[[vip]]`: a service, its forwarding mode, rate limits and backends.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -42,17 +43,59 @@ pub struct VipConfig {
     /// counts for `outlier_detection.consecutive_5xx` (nat mode).
     #[serde(default)]
     pub http: bool,
-    /// Percent of the VIP's backends that must be available (healthy, not ejected); below
-    /// it the VIP balances over all its backends, ignoring health, rather than overload the
-    /// few left or black-hole the VIP. 0 disables (default 50, as a service mesh).
+    /// Percent of a priority level's weight that must be available (healthy, not ejected)
+    /// once the levels' total health is below 100%; below it the level spreads its load
+    /// over all its backends, ignoring health, rather than overload the few left or
+    /// black-hole the VIP. 0 disables (default 50, as Envoy's).
     #[serde(default = "default_panic_threshold")]
     pub panic_threshold: u32,
+    /// A priority level keeps all its load while this factor x its available share of
+    /// weight is at least 100% (default 1.4, as Envoy's); below, the next level takes the
+    /// rest.
+    #[serde(default)]
+    pub overprovisioning_factor: OverprovisioningFactor,
     /// Regions to fail over to, in order, after the balancer's own region; regions not
     /// listed come last, together.
     #[serde(default)]
     pub failover_regions: Vec<String>,
+    /// How a priority level's load is split between its localities: `"region/zone"` or
+    /// `"region"` (all its zones as one) -> weight. Unlisted localities of a level that
+    /// has listed ones take none; empty (default): by the backends' weights.
+    #[serde(default)]
+    pub locality_weights: BTreeMap<String, u32>,
     #[serde(rename = "backend", default)]
     pub backends: Vec<BackendConfig>,
+}
+
+/// Envoy's overprovisioning factor, kept in hundredths (140 = 1.4) as Envoy computes
+/// with it; written as a number above 0 in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverprovisioningFactor(u32);
+
+impl OverprovisioningFactor {
+    pub fn from_hundredths(hundredths: u32) -> Self {
+        Self(hundredths)
+    }
+
+    pub fn hundredths(&self) -> u32 {
+        self.0
+    }
+}
+
+impl Default for OverprovisioningFactor {
+    fn default() -> Self {
+        Self(140)
+    }
+}
+
+impl<'de> Deserialize<'de> for OverprovisioningFactor {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let factor = f64::deserialize(d)?;
+        if !(0.01..=100.0).contains(&factor) {
+            return Err(serde::de::Error::custom(format!("must be 0.01..=100 (got {factor})")));
+        }
+        Ok(Self((factor * 100.0).round() as u32))
+    }
 }
 
 /// A token bucket, as a gateway's local rate limiter describes one: `quota` tokens every
@@ -166,6 +209,13 @@ pub struct BackendConfig {
 impl BackendConfig {
     pub fn socket_addr(&self) -> SocketAddr {
         SocketAddr::new(self.address, self.port)
+    }
+
+    /// Its region and zone, an empty label standing for the balancer's.
+    pub fn locality<'a>(&'a self, balancer_region: &'a str, balancer_zone: &'a str) -> (&'a str, &'a str) {
+        let region = if self.region.is_empty() { balancer_region } else { &self.region };
+        let zone = if self.zone.is_empty() { balancer_zone } else { &self.zone };
+        (region, zone)
     }
 }
 

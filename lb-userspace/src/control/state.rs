@@ -270,6 +270,7 @@ impl Controller {
                     mode: vip.mode.as_str().to_owned(),
                     level: plan.and_then(|p| p.level),
                     panic: plan.is_some_and(|p| p.panic),
+                    levels: plan.map(|p| p.levels.clone()).unwrap_or_default(),
                     counters,
                     flows: vip_id.and_then(|id| self.flows.by_vip.get(&id).copied()).unwrap_or_default(),
                     outlier: self.states.outlier_stats(&vip.name),

@@ -14,5 +14,6 @@ mod operations;
 mod ops_cli;
 mod ops_namespace;
 mod packet_fuzz;
+mod priority_load;
 mod rate_limits;
 mod soak;

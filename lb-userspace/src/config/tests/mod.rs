@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 mod balancer;
+mod priority;
 mod vips;
 
 use super::errors::{Seg, fields_at, key_path};

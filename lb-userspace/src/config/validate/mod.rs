@@ -7,7 +7,7 @@ use dns::validate_dns;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path};
-use vip::{validate_health, validate_rate_limits};
+use vip::{validate_health, validate_locality_weights, validate_rate_limits};
 
 use super::errors::{ConfigError, Ctx, Seg, at_line, key_path};
 use super::*;
@@ -205,6 +205,7 @@ fn validate_vips(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
         validate_nat_source(vip, i, b, cx)?;
         validate_rate_limits(vip, i, cx)?;
         validate_health(vip, i, cx)?;
+        validate_locality_weights(vip, i, b, cx)?;
         validate_backends(vip, i, b, &mut all_backends, cx)?;
     }
     Ok(())

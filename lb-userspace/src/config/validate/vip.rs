@@ -111,6 +111,34 @@ pub(super) fn validate_health(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(),
     Ok(())
 }
 
+/// `locality_weights`: keys `region` or `region/zone` that name some backend's locality
+/// (empty labels being the balancer's), weights of at least 1.
+pub(super) fn validate_locality_weights(
+    vip: &VipConfig,
+    i: usize,
+    b: &BalancerConfig,
+    cx: &Ctx,
+) -> Result<(), ConfigError> {
+    let localities: Vec<(&str, &str)> = vip.backends.iter().map(|be| be.locality(&b.region, &b.zone)).collect();
+    for (key, &weight) in &vip.locality_weights {
+        let at = key_path!["vip", i, "locality_weights", key.as_str()];
+        let (region, zone) = match key.split_once('/') {
+            Some((region, zone)) => (region, Some(zone)),
+            None => (key.as_str(), None),
+        };
+        if region.is_empty() || zone.is_some_and(|z| z.is_empty() || z.contains('/')) {
+            return Err(cx.err(&at, format!("{key:?}: a locality is \"region\" or \"region/zone\"")));
+        }
+        if !localities.iter().any(|&(r, z)| r == region && zone.is_none_or(|zone| zone == z)) {
+            return Err(cx.err(&at, format!("{key:?} is the locality of none of the VIP's backends")));
+        }
+        if weight == 0 {
+            return Err(cx.err(&at, "must be at least 1 (leave a locality out to give it none)"));
+        }
+    }
+    Ok(())
+}
+
 /// ", line N" for a key path, or nothing when the line is unknown.
 /// Rules of a `health_check` table at `at`.
 pub(super) fn validate_check(check: &HealthCheckConfig, at: &[Seg], cx: &Ctx) -> Result<(), ConfigError> {
