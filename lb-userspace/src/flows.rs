@@ -63,9 +63,7 @@ pub fn sweep(flows: &[(FlowKey, FlowState)], nat: &[(FlowKey, NatState)], now: u
     // Flow entries judged with their reverse entry: the connection, and whether it is over.
     let mut judged: HashMap<&FlowKey, (Conn, bool)> = HashMap::new();
     for (reply, n) in nat {
-        let named = by_key
-            .get(&n.client)
-            .filter(|f| n.backend & NAT_DETACHED == 0 && f.nat_port == reply.dport && f.backend_id == n.backend_id);
+        let named = by_key.get(&n.client).filter(|f| is_reverse_of(reply, n, f));
         let conn = match named {
             Some(f) => Conn::of_flow(f).with_reverse(n),
             None => Conn::of_reverse(n),
@@ -100,6 +98,12 @@ pub fn sweep(flows: &[(FlowKey, FlowState)], nat: &[(FlowKey, NatState)], now: u
         summary.by_backend.entry(f.backend_id).or_default().flows += 1;
     }
     result
+}
+
+/// Whether the reverse entry (`reply`, `n`) is the one the flow entry `f` of `n.client`
+/// names: not detached, on its nat port, towards its backend.
+pub fn is_reverse_of(reply: &FlowKey, n: &NatState, f: &FlowState) -> bool {
+    n.backend & NAT_DETACHED == 0 && f.nat_port == reply.dport && f.backend_id == n.backend_id
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use lb_userspace::api::client::AdminClient;
+use lb_userspace::api::{flows, status};
 use lb_userspace::{config, control};
 
 #[derive(Parser)]
@@ -28,11 +29,39 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Show the running balancer: VIPs, their priority level, backends and counters.
+    /// Show the running balancer: VIPs, their priority level, backends and counters. With
+    /// more than 10 VIPs, a line per VIP (`--vip NAME` or `--full` for the backends).
     Status {
         #[command(flatten)]
         admin: AdminArgs,
         /// The status as JSON (as the admin API's /v1/status).
+        #[arg(long)]
+        json: bool,
+        /// Only this VIP, with its backends.
+        #[arg(long, value_name = "NAME")]
+        vip: Option<String>,
+        /// Every VIP with its backends, however many there are.
+        #[arg(long, conflicts_with = "vip")]
+        full: bool,
+    },
+    /// List the flow table: each flow's client, VIP, backend, mode, state, idle time and
+    /// nat port, at most `--limit` of them (and how many more match).
+    Flows {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only this VIP's flows.
+        #[arg(long, value_name = "NAME")]
+        vip: Option<String>,
+        /// Only the flows on this backend.
+        #[arg(long, value_name = "ADDR:PORT")]
+        backend: Option<std::net::SocketAddr>,
+        /// Only this client: an address, address:port or prefix (10.0.0.0/24, fd00::/64).
+        #[arg(long, value_name = "ADDR[:PORT]|PREFIX")]
+        client: Option<flows::ClientFilter>,
+        /// Rows at most (the controller gives at most 100000).
+        #[arg(long, default_value_t = flows::DEFAULT_LIMIT)]
+        limit: usize,
+        /// The list as JSON (as the admin API's /v1/flows).
         #[arg(long)]
         json: bool,
     },
@@ -184,12 +213,23 @@ fn main() -> ExitCode {
                 println!("{}: ok ({} VIPs, {backends} backends{dns})", config.display(), c.vips.len());
             })
             .map_err(anyhow::Error::from),
-        Command::Status { admin, json } => admin.client().and_then(|c| {
-            if json {
-                print!("{}", c.call("GET", "/v1/status")?);
-            } else {
-                print!("{}", lb_userspace::api::status::table(&c.status()?));
+        Command::Status { admin, json, vip, full } => admin.client().and_then(|c| {
+            let view = match (&vip, full) {
+                (Some(name), _) => status::View::Vip(name),
+                (None, true) => status::View::Full,
+                (None, false) => status::View::Auto,
+            };
+            match (json, &vip) {
+                (true, None) => print!("{}", c.call("GET", "/v1/status")?),
+                (true, Some(name)) => print!("{}", serde_json::to_string(&c.status()?.only_vip(name)?)?),
+                (false, _) => print!("{}", status::render(&c.status()?, view)?),
             }
+            Ok(())
+        }),
+        Command::Flows { admin, vip, backend, client, limit, json } => admin.client().and_then(|c| {
+            let query = flows::FlowQuery { vip, backend, client, limit: Some(limit) };
+            let said = c.call("GET", &flows::path(&query))?;
+            print!("{}", if json { said } else { flows::table(&serde_json::from_str(&said)?) });
             Ok(())
         }),
         Command::Reload { admin } => say(&admin, "POST", "/v1/reload"),

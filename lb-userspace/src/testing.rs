@@ -99,6 +99,9 @@ impl PacketPath for Recorder {
     fn sweep_flows(&mut self, _: &FlowTimeouts) -> Result<SweepReport> {
         Ok(SweepReport::default())
     }
+    fn read_flows(&self) -> Result<crate::api::flows::FlowSnapshot> {
+        Ok(Default::default())
+    }
 }
 
 /// A file of the test's own under the temp dir, removed on drop (also when the test fails).

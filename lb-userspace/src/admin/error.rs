@@ -23,16 +23,20 @@ pub enum AdminError {
     /// as it does when it cannot write them at start.
     #[error("writing the maps failed: {0}")]
     Maps(String),
+    #[error("no VIP is named {0:?}")]
+    NoSuchVip(String),
+    #[error("reading the flow tables failed: {0}")]
+    FlowTables(String),
 }
 
 impl AdminError {
     pub fn status(&self) -> StatusCode {
         match self {
-            AdminError::NoSuchBackend { .. } | AdminError::NoDns => StatusCode::NOT_FOUND,
+            AdminError::NoSuchBackend { .. } | AdminError::NoDns | AdminError::NoSuchVip(_) => StatusCode::NOT_FOUND,
             AdminError::Trickle(TrickleError::NoSuchPolicy(_)) => StatusCode::NOT_FOUND,
             AdminError::Trickle(TrickleError::BadRatio(_)) => StatusCode::BAD_REQUEST,
             AdminError::ConfigRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            AdminError::Maps(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::Maps(_) | AdminError::FlowTables(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -57,6 +61,8 @@ mod tests {
             (TrickleError::BadRatio(2.0).into(), 400),
             (AdminError::ConfigRefused("lb.toml:3: invalid TOML".into()), 422),
             (AdminError::Maps("EPERM".into()), 500),
+            (AdminError::NoSuchVip("web".into()), 404),
+            (AdminError::FlowTables("EPERM".into()), 500),
         ];
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error}");

@@ -20,10 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::api::flows::{FlowSnapshot, Names};
 use crate::api::status::Status;
 pub use error::AdminError;
 
 mod error;
+mod flows;
 pub mod metrics;
 
 /// What the admin interface asks the controller loop.
@@ -53,6 +55,12 @@ pub enum AdminRequest {
         rtype: String,
         ratio: Option<f64>,
         reply: oneshot::Sender<Result<(), AdminError>>,
+    },
+    /// The flow tables as read now, and the names of the ids in them; `vip` must name a
+    /// configured VIP.
+    Flows {
+        vip: Option<String>,
+        reply: oneshot::Sender<Result<(FlowSnapshot, Names), AdminError>>,
     },
 }
 
@@ -96,6 +104,7 @@ pub async fn start(
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/flows", get(flows::flows))
         .route("/v1/reload", post(reload))
         .route("/v1/stop", post(stop))
         .route("/v1/stop-and-detach", post(stop_and_detach))

@@ -1,6 +1,7 @@
 //! What `lb status`, `/v1/status` and `/metrics` report: one snapshot of the running
 //! balancer (config generation, every VIP's priority level and counters, every backend's
-//! state and counters), taken by the controller loop, and its rendering as a table.
+//! state and counters), taken by the controller loop, and its rendering: the full table,
+//! one VIP's, or a summary line per VIP when there are many.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -97,20 +98,143 @@ fn level_loads(levels: &[LevelShare]) -> String {
     each.collect::<Vec<_>>().join(", ")
 }
 
-/// The status as `lb status` prints it.
-pub fn table(status: &Status) -> String {
-    let mut out = String::new();
+/// With more VIPs than this, `lb status` prints a summary line per VIP (unless `--full`).
+pub const SUMMARY_ABOVE_VIPS: usize = 10;
+
+/// What `lb status` prints of the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View<'a> {
+    /// Every VIP in detail up to [`SUMMARY_ABOVE_VIPS`], a line per VIP above.
+    Auto,
+    /// Every VIP in detail.
+    Full,
+    /// This VIP only, in detail.
+    Vip(&'a str),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no VIP is named {name:?} (`lb status` lists them)")]
+pub struct UnknownVip {
+    pub name: String,
+}
+
+impl Status {
+    /// The status with only the VIP `name` (and without the DNS server's part).
+    pub fn only_vip(&self, name: &str) -> Result<Status, UnknownVip> {
+        let vip = self.vips.iter().find(|v| v.name == name).ok_or_else(|| UnknownVip { name: name.to_owned() })?;
+        Ok(Status { vips: vec![vip.clone()], dns: None, ..self.clone() })
+    }
+}
+
+/// The status as `lb status` prints it, in `view`.
+pub fn render(status: &Status, view: View) -> Result<String, UnknownVip> {
+    Ok(match view {
+        View::Vip(name) => table(&status.only_vip(name)?),
+        View::Auto if status.vips.len() > SUMMARY_ABOVE_VIPS => summary(status),
+        View::Auto | View::Full => table(status),
+    })
+}
+
+fn heading(out: &mut String, status: &Status) {
     let reload = match &status.last_reload {
         None => "none".to_owned(),
         Some(r) if r.applied => format!("applied ({})", r.message),
         Some(r) => format!("REFUSED: {}", r.message),
     };
     let _ = writeln!(out, "lb {}  config generation {}  last reload: {reload}", status.version, status.generation);
+}
+
+fn serving(vip: &VipStatus) -> String {
+    match (vip.level, vip.panic) {
+        (None, _) => "NO BACKEND".to_owned(),
+        (Some(_), panic) => level_loads(&vip.levels) + if panic { ", PANIC" } else { "" },
+    }
+}
+
+/// A line per VIP: the priority level it serves new flows from (NONE: no backend can), how
+/// many of its backends can take them, why the others can't, and its flows.
+pub fn summary(status: &Status) -> String {
+    let mut out = String::new();
+    heading(&mut out, status);
+    let header = [
+        "vip",
+        "address",
+        "mode",
+        "level",
+        "backends",
+        "unhealthy",
+        "ejected",
+        "draining",
+        "panic",
+        "new flows",
+        "live flows",
+    ]
+    .map(str::to_owned);
+    let rows: Vec<[String; 11]> = status.vips.iter().map(summary_cells).collect();
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let _ = writeln!(out);
+    for row in std::iter::once(&header).chain(&rows) {
+        // Names and addresses to the left, numbers to the right.
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(
+                |(i, (cell, w))| {
+                    if (3..8).contains(&i) || i > 8 { format!("{cell:>w$}") } else { format!("{cell:<w$}") }
+                },
+            )
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    let _ = writeln!(
+        out,
+        "\n{} VIPs: `lb status --vip NAME` shows one with its backends, `lb status --full` all of them",
+        status.vips.len()
+    );
+    if let Some(dns) = &status.dns {
+        dns_table(&mut out, dns);
+    }
+    out
+}
+
+fn summary_cells(vip: &VipStatus) -> [String; 11] {
+    let count = |state: &str| vip.backends.iter().filter(|b| b.state == state).count();
+    [
+        vip.name.clone(),
+        format!("{}/{}", SocketAddr::new(vip.address, vip.port), vip.protocol),
+        vip.mode.clone(),
+        vip.level.map_or_else(|| "NONE".to_owned(), |level| level.to_string()),
+        format!("{}/{}", count("available"), vip.backends.len()),
+        count("unhealthy").to_string(),
+        count("ejected").to_string(),
+        count("draining").to_string(),
+        if vip.panic { "PANIC" } else { "no" }.to_owned(),
+        compact(vip.counters.new_flows),
+        compact(vip.flows.total()),
+    ]
+}
+
+/// A count in at most 6 characters: exact below 100000, else 123.4k, 5.6M, 789.0G.
+fn compact(n: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(1_000_000_000_000, "T"), (1_000_000_000, "G"), (1_000_000, "M"), (1_000, "k")];
+    match UNITS.iter().find(|(unit, _)| n >= 100_000 && n >= *unit) {
+        Some((unit, suffix)) => format!("{:.1}{suffix}", n as f64 / *unit as f64),
+        None => n.to_string(),
+    }
+}
+
+/// Every VIP with its backends, as `lb status --full` prints it.
+pub fn table(status: &Status) -> String {
+    let mut out = String::new();
+    heading(&mut out, status);
     for vip in &status.vips {
-        let serving = match (vip.level, vip.panic) {
-            (None, _) => "NO BACKEND".to_owned(),
-            (Some(_), panic) => level_loads(&vip.levels) + if panic { ", PANIC" } else { "" },
-        };
+        let serving = serving(vip);
         let c = &vip.counters;
         let _ = writeln!(
             out,
@@ -190,5 +314,90 @@ DNS vantage {} (quorum {}): {answered} answers, {} truncated",
             p.state,
             answers.join(", ")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 100 VIPs of 50 backends each, IPv4 and IPv6, in every state.
+    fn big_status() -> Status {
+        let states = ["available", "unhealthy", "ejected", "draining"];
+        let vips = (0..100)
+            .map(|i| VipStatus {
+                name: format!("service-{i:03}"),
+                address: if i % 2 == 0 { format!("10.100.0.{i}") } else { format!("fd00:100::{i:x}") }.parse().unwrap(),
+                port: 443,
+                protocol: "tcp".into(),
+                mode: if i % 3 == 0 { "dsr" } else { "nat" }.into(),
+                level: (i != 7).then_some(i % 2),
+                panic: i == 9,
+                counters: VipStats { new_flows: 123_456_789_012, ..Default::default() },
+                flows: StateCounts([1_000_000, 2_000_000, 0, 0, 0, 0]),
+                outlier: None,
+                backends: (0..50)
+                    .map(|b| BackendStatus {
+                        address: SocketAddr::new(format!("10.1.{i}.{b}").parse().unwrap(), 8443),
+                        region: "eu".into(),
+                        zone: "eu-1".into(),
+                        level: 0,
+                        weight: 1,
+                        serving_weight: 1,
+                        state: states[b % (1 + i % 4)].into(),
+                        counters: BackendStats::default(),
+                        flows: BackendFlows::default(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Status {
+            version: "1.0.0".into(),
+            generation: 3,
+            last_reload: None,
+            vips,
+            global: GlobalStats::default(),
+            dns: None,
+            health_check_local_failures: 0,
+        }
+    }
+
+    #[test]
+    fn many_vips_make_a_summary_line_each_that_fits_a_terminal() {
+        let status = big_status();
+        let text = render(&status, View::Auto).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // Heading, blank, column names, 100 VIPs, blank, the hint.
+        assert_eq!(lines.len(), 105, "{text}");
+        for (vip, line) in status.vips.iter().zip(&lines[3..103]) {
+            assert!(line.starts_with(&format!("{}  ", vip.name)), "{line}");
+            assert!(line.len() <= 120, "{} columns: {line}", line.len());
+        }
+        let columns: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(columns[..5], ["vip", "address", "mode", "level", "backends"]);
+        let words = |i: usize| lines[3 + i].split_whitespace().collect::<Vec<_>>();
+        // service-003: states cycle over all four, 50 backends: 13 available, 13 unhealthy, 12, 12.
+        assert_eq!(
+            words(3),
+            ["service-003", "[fd00:100::3]:443/tcp", "dsr", "1", "13/50", "13", "12", "12", "no", "123.5G", "3.0M"]
+        );
+        assert_eq!(words(7)[3], "NONE");
+        assert_eq!(words(9)[8], "PANIC");
+        assert_eq!([99_999, 100_000, 123_456_789].map(compact), ["99999", "100.0k", "123.5M"]);
+        assert!(lines[104].contains("lb status --vip NAME"), "{text}");
+    }
+
+    #[test]
+    fn a_vip_or_full_shows_backends_and_few_vips_show_them_by_default() {
+        let mut status = big_status();
+        let one = render(&status, View::Vip("service-042")).unwrap();
+        assert_eq!(one.lines().filter(|l| l.starts_with("VIP ")).count(), 1, "{one}");
+        assert!(one.contains("VIP service-042 10.100.0.42:443/tcp dsr (level 0)"), "{one}");
+        assert_eq!(one.lines().filter(|l| l.contains("(eu/eu-1)")).count(), 50);
+        let e = render(&status, View::Vip("nope")).unwrap_err();
+        assert_eq!(e.to_string(), "no VIP is named \"nope\" (`lb status` lists them)");
+        assert_eq!(render(&status, View::Full).unwrap().lines().filter(|l| l.contains("(eu/eu-1)")).count(), 5000);
+        status.vips.truncate(SUMMARY_ABOVE_VIPS);
+        assert_eq!(render(&status, View::Auto).unwrap(), table(&status));
     }
 }

@@ -5,6 +5,7 @@
 use anyhow::Result;
 use lb_common::{BackendStats, FlowTimeouts, GlobalStats, VipStats};
 
+use crate::api::flows::FlowSnapshot;
 use crate::dataplane::{Dataplane, SweepReport};
 use crate::sync::MapWriter;
 
@@ -14,6 +15,8 @@ pub trait PacketPath: MapWriter {
     fn global_stats(&self) -> Result<GlobalStats>;
     /// Removes the entries of connections that are over and counts the others.
     fn sweep_flows(&mut self, timeouts: &FlowTimeouts) -> Result<SweepReport>;
+    /// The flow and nat tables, read whole.
+    fn read_flows(&self) -> Result<FlowSnapshot>;
 }
 
 impl PacketPath for Dataplane {
@@ -28,5 +31,8 @@ impl PacketPath for Dataplane {
     }
     fn sweep_flows(&mut self, timeouts: &FlowTimeouts) -> Result<SweepReport> {
         Dataplane::sweep_flows(self, timeouts)
+    }
+    fn read_flows(&self) -> Result<FlowSnapshot> {
+        Dataplane::read_flows(self)
     }
 }

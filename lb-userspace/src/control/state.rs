@@ -13,6 +13,7 @@ use tracing::{debug, error, info, warn};
 
 use super::PacketPath;
 use crate::admin::{AdminError, AdminRequest};
+use crate::api::flows::{FlowSnapshot, Names};
 use crate::api::status::{BackendStatus, ReloadOutcome, Status, VipStatus};
 use crate::backends::failover::BackendStates;
 use crate::backends::locality::{Availability, Plan};
@@ -224,8 +225,28 @@ impl Controller {
                 };
                 let _ = reply.send(result);
             }
+            AdminRequest::Flows { vip, reply } => {
+                let _ = reply.send(self.read_flows(vip.as_deref(), maps));
+            }
         }
         Ok(Step::Continue)
+    }
+
+    /// The flow tables for `lb flows`, with what their ids stand for.
+    fn read_flows(&self, vip: Option<&str>, maps: &impl PacketPath) -> Result<(FlowSnapshot, Names), AdminError> {
+        if let Some(name) = vip.filter(|name| !self.config.vips.iter().any(|v| v.name == *name)) {
+            return Err(AdminError::NoSuchVip(name.to_owned()));
+        }
+        let tables = maps.read_flows().map_err(|e| AdminError::FlowTables(format!("{e:#}")))?;
+        let vips = self.config.vips.iter();
+        let names = Names {
+            vips: vips.clone().filter_map(|v| Some((self.ids.vip_id(&plan::vip_key(v))?, v.name.clone()))).collect(),
+            backends: vips
+                .flat_map(|v| v.backends.iter())
+                .filter_map(|b| Some((self.ids.backend_id(&(b.address, b.port))?, b.socket_addr())))
+                .collect(),
+        };
+        Ok((tables, names))
     }
 
     /// A snapshot for `lb status` and the metrics: the counters summed over CPUs.

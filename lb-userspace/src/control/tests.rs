@@ -139,3 +139,20 @@ async fn a_stop_request_ends_the_loop() {
     let step = lb.handle(Event::Admin(AdminRequest::Stop { detach: true, reply }), &mut maps).unwrap();
     assert_eq!(step, Step::Stop { detach: true });
 }
+
+#[tokio::test]
+async fn lb_flows_gets_the_names_of_the_ids_and_an_unknown_vip_is_refused() {
+    let file = TempFile::new("control-flows.toml", CONFIG.as_bytes());
+    let mut maps = Recorder::default();
+    let mut lb = controller(&file, &mut maps);
+    let mut ask = |vip: Option<&str>| {
+        let (reply, mut answer) = oneshot::channel();
+        let request = AdminRequest::Flows { vip: vip.map(str::to_owned), reply };
+        assert_eq!(lb.handle(Event::Admin(request), &mut maps).unwrap(), Step::Continue);
+        answer.try_recv().expect("answered before the event is done")
+    };
+    let (_, names) = ask(Some("web")).unwrap();
+    assert_eq!(names.vips, [(0, "web".to_owned())].into());
+    assert_eq!(names.backends, [(0, backend(11)), (1, backend(12))].into());
+    assert!(matches!(ask(Some("nope")), Err(AdminError::NoSuchVip(name)) if name == "nope"));
+}

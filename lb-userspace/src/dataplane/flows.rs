@@ -8,6 +8,7 @@ use aya::Pod;
 use aya::maps::{HashMap, IterableMap, MapData};
 use lb_common::{FlowKey, FlowState, FlowTimeouts, NatState};
 
+use crate::api::flows::FlowSnapshot;
 use crate::flows::{FlowSummary, sweep};
 
 /// `BPF_MAP_LOOKUP_BATCH` (linux/bpf.h).
@@ -108,6 +109,12 @@ fn remove_if<V: Pod + PartialEq>(map: &mut HashMap<MapData, FlowKey, V>, key: &F
 }
 
 impl super::Dataplane {
+    /// Both tables as they are now, for `lb flows`.
+    pub fn read_flows(&self) -> Result<FlowSnapshot> {
+        let (flows, nat) = self.flow_tables.read()?;
+        Ok(FlowSnapshot { flows, nat, now_ns: coarse_now_ns() })
+    }
+
     /// Removes the entries of connections that are over (the packet path's clock is
     /// CLOCK_MONOTONIC_COARSE) and counts the others. An entry that changed since it was
     /// read is kept: a packet came, its connection is alive.

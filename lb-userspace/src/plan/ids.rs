@@ -111,11 +111,12 @@ impl IdAllocator {
 
 /// The address of a `Backend` entry.
 fn backend_address(b: &Backend) -> IpAddr {
-    if b.family == FAMILY_V4 {
-        IpAddr::from([b.addr[0], b.addr[1], b.addr[2], b.addr[3]])
-    } else {
-        IpAddr::from(b.addr)
-    }
+    ip_of(&b.addr, b.family)
+}
+
+/// An address as the maps hold it (IPv4 in the first 4 bytes), back to an `IpAddr`.
+pub fn ip_of(addr: &Addr, family: u8) -> IpAddr {
+    if family == FAMILY_V4 { IpAddr::from([addr[0], addr[1], addr[2], addr[3]]) } else { IpAddr::from(*addr) }
 }
 
 pub fn addr_bytes(ip: IpAddr) -> (Addr, u8) {

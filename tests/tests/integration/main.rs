@@ -9,6 +9,7 @@ mod dns;
 mod end_to_end;
 mod failover;
 mod fixtures;
+mod flows_cli;
 mod lifecycle;
 mod operations;
 mod ops_cli;
