@@ -333,6 +333,10 @@ mod tests {
                 mode: if i % 3 == 0 { "dsr" } else { "nat" }.into(),
                 level: (i != 7).then_some(i % 2),
                 panic: i == 9,
+                levels: (i != 7)
+                    .then(|| LevelShare { level: (i % 2) as usize, health: 100, load: 100, panic: i == 9 })
+                    .into_iter()
+                    .collect(),
                 counters: VipStats { new_flows: 123_456_789_012, ..Default::default() },
                 flows: StateCounts([1_000_000, 2_000_000, 0, 0, 0, 0]),
                 outlier: None,
@@ -392,7 +396,7 @@ mod tests {
         let mut status = big_status();
         let one = render(&status, View::Vip("service-042")).unwrap();
         assert_eq!(one.lines().filter(|l| l.starts_with("VIP ")).count(), 1, "{one}");
-        assert!(one.contains("VIP service-042 10.100.0.42:443/tcp dsr (level 0)"), "{one}");
+        assert!(one.contains("VIP service-042 10.100.0.42:443/tcp dsr (level 0 100%)"), "{one}");
         assert_eq!(one.lines().filter(|l| l.contains("(eu/eu-1)")).count(), 50);
         let e = render(&status, View::Vip("nope")).unwrap_err();
         assert_eq!(e.to_string(), "no VIP is named \"nope\" (`lb status` lists them)");
