@@ -334,7 +334,7 @@ mod tests {
                 level: (i != 7).then_some(i % 2),
                 panic: i == 9,
                 levels: (i != 7)
-                    .then(|| LevelShare { level: (i % 2) as usize, health: 100, load: 100, panic: i == 9 })
+                    .then_some(LevelShare { level: i % 2, health: 100, load: 100, panic: i == 9 })
                     .into_iter()
                     .collect(),
                 counters: VipStats { new_flows: 123_456_789_012, ..Default::default() },
