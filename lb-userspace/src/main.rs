@@ -297,14 +297,12 @@ mod tests {
         let unit = include_str!("../../config/lb.service");
         let commands: Vec<Vec<&str>> = unit
             .lines()
-            .filter_map(|l| {
-                l.strip_prefix("ExecStart=").or(l.strip_prefix("ExecStartPre=")).or(l.strip_prefix("ExecReload="))
-            })
-            .map(|l| l.split_whitespace().collect())
+            .filter_map(|l| l.split_once('=').filter(|(key, _)| key.starts_with("Exec")))
+            .map(|(_, line)| line.trim_start_matches('-').split_whitespace().collect())
             .collect();
-        assert_eq!(commands.len(), 3, "{unit}");
+        assert_eq!(commands.len(), 4, "{unit}");
         for words in commands {
-            assert_eq!(words[0], "/usr/local/bin/lb");
+            assert_eq!(words[0], "/usr/bin/lb");
             Cli::try_parse_from(&words).unwrap_or_else(|e| panic!("{words:?}: {e}"));
         }
     }
