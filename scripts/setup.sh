@@ -12,6 +12,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 apt_packages=(llvm-22-dev libpolly-22-dev bpftool iproute2 ethtool curl bind9-dnsutils dnsperf gdnsd)
+# The Debian package: dpkg-shlibdeps (dpkg-dev) gives cargo-deb the Depends line;
+# systemd-analyze (systemd) verifies the packaged unit in the package test.
+apt_packages+=(dpkg-dev systemd)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -40,6 +43,11 @@ if ! command -v bpf-linker >/dev/null 2>&1 || ! bpf-linker --version 2>/dev/null
     say "installing bpf-linker 0.13.0 against LLVM 22 (about a minute)"
     PATH=/usr/lib/llvm-22/bin:$PATH cargo install --locked bpf-linker@0.13.0 \
         --no-default-features --features llvm-22
+fi
+
+if ! cargo deb --version 2>/dev/null | grep -q '3\.8\.0'; then
+    say "installing cargo-deb 3.8.0 (makes the Debian package; a few minutes)"
+    cargo install --locked cargo-deb@3.8.0
 fi
 
 if ! mountpoint -q /sys/fs/bpf; then

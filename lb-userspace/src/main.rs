@@ -1,9 +1,11 @@
 //! `lb`: the balancer's command line.
 
+mod cli_docs;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use lb_userspace::api::client::AdminClient;
 use lb_userspace::api::{flows, status};
 use lb_userspace::{config, control};
@@ -116,6 +118,12 @@ enum Command {
         /// 0..=1, or `config`.
         ratio: String,
     },
+    /// Print the completion script of a shell (the package installs them).
+    #[command(hide = true)]
+    Completions { shell: cli_docs::Shell },
+    /// Write the man pages (lb.1 and one per command: lb-run.1, ...) into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -264,6 +272,11 @@ fn main() -> ExitCode {
             print!("{said}");
             Ok(())
         }),
+        Command::Completions { shell } => {
+            cli_docs::completions(Cli::command(), shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { dir } => cli_docs::man_pages(Cli::command(), &dir).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -284,14 +297,12 @@ mod tests {
         let unit = include_str!("../../config/lb.service");
         let commands: Vec<Vec<&str>> = unit
             .lines()
-            .filter_map(|l| {
-                l.strip_prefix("ExecStart=").or(l.strip_prefix("ExecStartPre=")).or(l.strip_prefix("ExecReload="))
-            })
-            .map(|l| l.split_whitespace().collect())
+            .filter_map(|l| l.split_once('=').filter(|(key, _)| key.starts_with("Exec")))
+            .map(|(_, line)| line.trim_start_matches('-').split_whitespace().collect())
             .collect();
-        assert_eq!(commands.len(), 3, "{unit}");
+        assert_eq!(commands.len(), 4, "{unit}");
         for words in commands {
-            assert_eq!(words[0], "/usr/local/bin/lb");
+            assert_eq!(words[0], "/usr/bin/lb");
             Cli::try_parse_from(&words).unwrap_or_else(|e| panic!("{words:?}: {e}"));
         }
     }
