@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use lb_common::{BackendStats, Counters, VipStats};
 
 use crate::api::status::Status;
+use crate::backends::outlier::Detector;
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -129,12 +130,9 @@ fn vip_families(status: &Status) -> Vec<Family> {
     let mut ejections_enforced = counter("lb_outlier_ejections_enforced", "Ejections enforced.");
     let mut ejections_overflow =
         counter("lb_outlier_ejections_overflow", "Ejections refused because max_ejection_percent was reached.");
-    let mut detected_5xx =
-        counter("lb_outlier_ejections_detected_consecutive_5xx", "Times a backend reached consecutive_5xx.");
-    let mut detected_local = counter(
-        "lb_outlier_ejections_detected_consecutive_local_origin_failure",
-        "Times a backend reached consecutive_local_origin_failures.",
-    );
+    let mut detected = Detector::ALL
+        .map(|d| counter(detector_metrics(d).0, "Outliers the detector found (ejected, refused or not enforced)."));
+    let mut enforced = Detector::ALL.map(|d| counter(detector_metrics(d).1, "Ejections the detector enforced."));
     let mut vip_flows = gauge("lb_vip_flows", "Live flows of the VIP in the flow table, by connection state.");
     for vip in &status.vips {
         let v = || vec![("vip", vip.name.clone())];
@@ -152,8 +150,11 @@ fn vip_families(status: &Status) -> Vec<Family> {
             ejections_active.add(v(), o.ejections_active);
             ejections_enforced.add(v(), o.ejections_enforced_total);
             ejections_overflow.add(v(), o.ejections_overflow_total);
-            detected_5xx.add(v(), o.detected_consecutive_5xx_total);
-            detected_local.add(v(), o.detected_consecutive_local_origin_failure_total);
+            for (family, n) in
+                detected.iter_mut().zip(o.detected_total).chain(enforced.iter_mut().zip(o.enforced_total))
+            {
+                family.add(v(), n);
+            }
         }
     }
     let mut all = vec![
@@ -164,14 +165,40 @@ fn vip_families(status: &Status) -> Vec<Family> {
         ejections_active,
         ejections_enforced,
         ejections_overflow,
-        detected_5xx,
-        detected_local,
         vip_flows,
     ];
+    all.extend(detected.into_iter().chain(enforced));
     let vip_counters: Vec<(Labels, VipStats)> =
         status.vips.iter().map(|vip| (vec![("vip", vip.name.clone())], vip.counters)).collect();
     all.extend(counter_families(&vip_counters));
     all
+}
+
+/// Envoy's per-detector stats: (detected, enforced).
+fn detector_metrics(detector: Detector) -> (&'static str, &'static str) {
+    match detector {
+        Detector::Consecutive5xx => {
+            ("lb_outlier_ejections_detected_consecutive_5xx", "lb_outlier_ejections_enforced_consecutive_5xx")
+        }
+        Detector::ConsecutiveLocalOrigin => (
+            "lb_outlier_ejections_detected_consecutive_local_origin_failure",
+            "lb_outlier_ejections_enforced_consecutive_local_origin_failure",
+        ),
+        Detector::SuccessRate => {
+            ("lb_outlier_ejections_detected_success_rate", "lb_outlier_ejections_enforced_success_rate")
+        }
+        Detector::FailurePercentage => {
+            ("lb_outlier_ejections_detected_failure_percentage", "lb_outlier_ejections_enforced_failure_percentage")
+        }
+        Detector::LocalOriginSuccessRate => (
+            "lb_outlier_ejections_detected_local_origin_success_rate",
+            "lb_outlier_ejections_enforced_local_origin_success_rate",
+        ),
+        Detector::LocalOriginFailurePercentage => (
+            "lb_outlier_ejections_detected_local_origin_failure_percentage",
+            "lb_outlier_ejections_enforced_local_origin_failure_percentage",
+        ),
+    }
 }
 
 /// Per backend of a VIP: state and serving weight; per backend address and port, whichever

@@ -38,6 +38,69 @@ pub struct OutlierDetectionConfig {
     /// An ejected backend that passes an active health check returns at once (default true).
     #[serde(default = "default_true")]
     pub uneject_on_healthy_check: bool,
+    /// Percent chance that reaching `consecutive_5xx` ejects (default 100).
+    #[serde(default = "default_always")]
+    pub enforcing_consecutive_5xx: u32,
+    /// Percent chance that reaching `consecutive_local_origin_failures` ejects (default 100).
+    #[serde(default = "default_always")]
+    pub enforcing_consecutive_local_origin_failure: u32,
+    /// Success rate, over each interval: a backend whose success rate is below
+    /// mean - `success_rate_stdev_factor` / 1000 x stdev of the backends with at least
+    /// `success_rate_request_volume` requests is an outlier, if at least
+    /// `success_rate_minimum_hosts` backends have that many (defaults 5, 100, 1900).
+    #[serde(default = "default_minimum_hosts")]
+    pub success_rate_minimum_hosts: u32,
+    #[serde(default = "default_success_rate_request_volume")]
+    pub success_rate_request_volume: u32,
+    #[serde(default = "default_success_rate_stdev_factor")]
+    pub success_rate_stdev_factor: u32,
+    /// Percent chance that a success-rate outlier (5xx, or all signals unless split) is
+    /// ejected (default 100).
+    #[serde(default = "default_always")]
+    pub enforcing_success_rate: u32,
+    /// With split: the same for the local-origin success rate (default 100).
+    #[serde(default = "default_always")]
+    pub enforcing_local_origin_success_rate: u32,
+    /// Failure percentage, over each interval: a backend with at least
+    /// `failure_percentage_request_volume` requests whose failures are at least this percent
+    /// is an outlier, if at least `failure_percentage_minimum_hosts` backends have that many
+    /// requests (defaults 85, 5, 50).
+    #[serde(default = "default_failure_percentage_threshold")]
+    pub failure_percentage_threshold: u32,
+    #[serde(default = "default_minimum_hosts")]
+    pub failure_percentage_minimum_hosts: u32,
+    #[serde(default = "default_failure_percentage_request_volume")]
+    pub failure_percentage_request_volume: u32,
+    /// Percent chance that a failure-percentage outlier is ejected (default 0: counted, not
+    /// ejected).
+    #[serde(default)]
+    pub enforcing_failure_percentage: u32,
+    /// With split: the same for local-origin failures (default 0).
+    #[serde(default)]
+    pub enforcing_failure_percentage_local_origin: u32,
+}
+
+impl OutlierDetectionConfig {
+    /// The keys whose values are percentages (0..=100), with their values.
+    pub fn percentages(&self) -> [(&'static str, u32); 8] {
+        [
+            ("max_ejection_percent", self.max_ejection_percent),
+            ("enforcing_consecutive_5xx", self.enforcing_consecutive_5xx),
+            ("enforcing_consecutive_local_origin_failure", self.enforcing_consecutive_local_origin_failure),
+            ("enforcing_success_rate", self.enforcing_success_rate),
+            ("enforcing_local_origin_success_rate", self.enforcing_local_origin_success_rate),
+            ("failure_percentage_threshold", self.failure_percentage_threshold),
+            ("enforcing_failure_percentage", self.enforcing_failure_percentage),
+            ("enforcing_failure_percentage_local_origin", self.enforcing_failure_percentage_local_origin),
+        ]
+    }
+}
+
+impl Default for OutlierDetectionConfig {
+    /// The defaults of an empty `outlier_detection` table.
+    fn default() -> Self {
+        toml::from_str("").expect("every key has a default")
+    }
 }
 
 fn default_consecutive_failures() -> u32 {
@@ -57,4 +120,22 @@ fn default_max_ejection_percent() -> u32 {
 }
 fn default_true() -> bool {
     true
+}
+fn default_always() -> u32 {
+    100
+}
+fn default_minimum_hosts() -> u32 {
+    5
+}
+fn default_success_rate_request_volume() -> u32 {
+    100
+}
+fn default_success_rate_stdev_factor() -> u32 {
+    1900
+}
+fn default_failure_percentage_threshold() -> u32 {
+    85
+}
+fn default_failure_percentage_request_volume() -> u32 {
+    50
 }

@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use super::rates::IntervalCounts;
 use super::{Detector, Outcome};
 use crate::config::OutlierDetectionConfig;
 
@@ -16,6 +17,11 @@ pub(super) struct BackendState {
     pub(super) ejected_until: Option<Instant>,
     /// No failure signal and no ejection since the previous sweep.
     pub(super) quiet_since_sweep: bool,
+    /// Since the previous sweep: 5xx and other responses (and, unless split, local-origin
+    /// outcomes).
+    pub(super) external: IntervalCounts,
+    /// Since the previous sweep, with split: local-origin outcomes.
+    pub(super) local_origin: IntervalCounts,
 }
 
 impl BackendState {
@@ -23,7 +29,10 @@ impl BackendState {
     /// starts over).
     pub(super) fn count(&mut self, outcome: Outcome, config: &OutlierDetectionConfig) -> Option<Detector> {
         let local_origin = matches!(outcome, Outcome::LocalOriginFailure | Outcome::LocalOriginSuccess);
-        let (counter, threshold, detector) = if local_origin && config.split_external_local_origin_errors {
+        let split = local_origin && config.split_external_local_origin_errors;
+        let bucket = if split { &mut self.local_origin } else { &mut self.external };
+        bucket.add(outcome.is_failure());
+        let (counter, threshold, detector) = if split {
             (
                 &mut self.consecutive_local_origin_failures,
                 config.consecutive_local_origin_failures,
@@ -63,6 +72,31 @@ impl BackendState {
         self.ejected_until = Some(until);
         self.quiet_since_sweep = false;
         until
+    }
+
+    /// The periodic sweep: true when the ejection is over and the backend returns. A
+    /// backend that was not ejected and stayed quiet since the previous sweep has its
+    /// multiplier decreased by one.
+    pub(super) fn sweep(&mut self, now: Instant) -> bool {
+        let returned = match self.ejected_until {
+            Some(until) => until <= now,
+            None => {
+                if self.quiet_since_sweep {
+                    self.multiplier = self.multiplier.saturating_sub(1);
+                }
+                false
+            }
+        };
+        if returned {
+            self.reinstate();
+        }
+        self.quiet_since_sweep = true;
+        returned
+    }
+
+    pub(super) fn start_interval(&mut self) {
+        self.external = IntervalCounts::default();
+        self.local_origin = IntervalCounts::default();
     }
 
     pub(super) fn reinstate(&mut self) {

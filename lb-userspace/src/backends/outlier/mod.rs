@@ -1,7 +1,10 @@
 //! Passive outlier ejection for one VIP, with a service mesh's (Envoy's) meanings:
-//! consecutive 5xx and consecutive local-origin failures eject a backend at once, for
-//! `base_ejection_time` times the number of times it was ejected (capped), as long as
-//! `max_ejection_percent` allows; a periodic sweep returns backends whose time is up.
+//! consecutive 5xx and consecutive local-origin failures eject a backend at once; each
+//! periodic sweep returns backends whose time is up, then ejects the outliers by success
+//! rate and by failure percentage over the interval. An ejection lasts
+//! `base_ejection_time` times the number of times the backend was ejected (capped), as long
+//! as `max_ejection_percent` allows, and each detector ejects only its `enforcing_*`
+//! percent of what it finds.
 //!
 //! Pure state: the caller passes the time in, feeds signals from the packet path and
 //! active health checks, and applies the returned [`Decision`]s to the tables.
@@ -13,8 +16,10 @@ use std::time::Instant;
 use crate::config::OutlierDetectionConfig;
 
 use backend::BackendState;
+use rates::{IntervalCounts, Sample, failure_percentage_outliers, success_rate_outliers};
 
 mod backend;
+mod rates;
 #[cfg(test)]
 mod tests;
 
@@ -40,11 +45,41 @@ impl Outcome {
     }
 }
 
-/// Which consecutive-failure detector reached its threshold.
+/// Which detector found the outlier. Without split, the success-rate and
+/// failure-percentage detectors count every signal; with split, 5xx and other responses
+/// only, and their local-origin twins count connection outcomes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Detector {
     Consecutive5xx,
     ConsecutiveLocalOrigin,
+    SuccessRate,
+    FailurePercentage,
+    LocalOriginSuccessRate,
+    LocalOriginFailurePercentage,
+}
+
+impl Detector {
+    /// Every detector, in the order of [`OutlierStats`]' arrays.
+    pub const ALL: [Detector; 6] = [
+        Detector::Consecutive5xx,
+        Detector::ConsecutiveLocalOrigin,
+        Detector::SuccessRate,
+        Detector::FailurePercentage,
+        Detector::LocalOriginSuccessRate,
+        Detector::LocalOriginFailurePercentage,
+    ];
+
+    /// The percent chance that what it finds is ejected.
+    fn enforcing(self, config: &OutlierDetectionConfig) -> u32 {
+        match self {
+            Detector::Consecutive5xx => config.enforcing_consecutive_5xx,
+            Detector::ConsecutiveLocalOrigin => config.enforcing_consecutive_local_origin_failure,
+            Detector::SuccessRate => config.enforcing_success_rate,
+            Detector::FailurePercentage => config.enforcing_failure_percentage,
+            Detector::LocalOriginSuccessRate => config.enforcing_local_origin_success_rate,
+            Detector::LocalOriginFailurePercentage => config.enforcing_failure_percentage_local_origin,
+        }
+    }
 }
 
 /// A change the caller must apply (or, for `Refused`, report).
@@ -67,10 +102,11 @@ pub struct OutlierStats {
     pub ejections_enforced_total: u64,
     /// Ejections refused by `max_ejection_percent`.
     pub ejections_overflow_total: u64,
-    /// Times the consecutive-5xx threshold was reached (enforced or refused).
-    pub detected_consecutive_5xx_total: u64,
-    /// Times the consecutive-local-origin-failure threshold was reached (enforced or refused).
-    pub detected_consecutive_local_origin_failure_total: u64,
+    /// Outliers each detector found (enforced, refused or left by its `enforcing_*`), in
+    /// the order of [`Detector::ALL`].
+    pub detected_total: [u64; 6],
+    /// Ejections each detector enforced, in the same order.
+    pub enforced_total: [u64; 6],
 }
 
 /// Outlier ejection state of one VIP's backends, keyed by `K` (chosen by the caller, e.g.
@@ -86,12 +122,19 @@ pub struct OutlierDetector<K: Ord + Clone> {
     config: OutlierDetectionConfig,
     backends: BTreeMap<K, BackendState>,
     stats: OutlierStats,
+    /// Rolls the `enforcing_*` chances; seeded, so that a run replays.
+    dice: fastrand::Rng,
 }
 
 impl<K: Ord + Clone> OutlierDetector<K> {
     /// A detector without backends (see [`reconfigure`](Self::reconfigure)).
     pub fn new(config: OutlierDetectionConfig) -> Self {
-        OutlierDetector { config, backends: BTreeMap::new(), stats: OutlierStats::default() }
+        OutlierDetector {
+            config,
+            backends: BTreeMap::new(),
+            stats: OutlierStats::default(),
+            dice: fastrand::Rng::with_seed(0x6f75_746c_6965_72),
+        }
     }
 
     /// Reload: new config, and the backend set; state is kept for backends that remain,
@@ -114,48 +157,34 @@ impl<K: Ord + Clone> OutlierDetector<K> {
     /// `LocalOriginSuccess` or `HttpOk` resets it; with split, 5xx/`HttpOk` feed
     /// `consecutive_5xx` and local-origin failure/success feed
     /// `consecutive_local_origin_failures`. A threshold of 0 disables that detector.
-    /// Reaching a threshold ejects at once, unless more than
-    /// max(1, floor(backends x `max_ejection_percent` / 100)) backends would then be
-    /// ejected: the refusal is counted (overflow) and the counter starts over. An ejected
-    /// backend ignores signals.
+    /// Reaching a threshold ejects at once (see [`decide`](Self::decide)) and the counter
+    /// starts over. An ejected backend ignores signals.
     pub fn record(&mut self, now: Instant, backend: &K, outcome: Outcome) -> Option<Decision<K>> {
         let state = self.backends.get_mut(backend)?;
         if state.ejected_until.is_some() {
             return None;
         }
         let reason = state.count(outcome, &self.config)?;
-        match reason {
-            Detector::Consecutive5xx => self.stats.detected_consecutive_5xx_total += 1,
-            Detector::ConsecutiveLocalOrigin => self.stats.detected_consecutive_local_origin_failure_total += 1,
-        }
-        if !self.may_eject_one_more() {
-            self.stats.ejections_overflow_total += 1;
-            return Some(Decision::Refused { backend: backend.clone(), reason });
-        }
-        let state = self.backends.get_mut(backend)?;
-        let until = state.eject(now, &self.config);
-        self.stats.ejections_enforced_total += 1;
-        Some(Decision::Ejected { backend: backend.clone(), until, ejections: state.multiplier, reason })
+        self.decide(now, backend, reason)
     }
 
     /// Periodic sweep (the caller calls it every `interval`): backends whose ejection time
     /// is over return; a backend that was not ejected and had no failure signal since the
-    /// previous sweep has its multiplier decreased by one (never below 0).
+    /// previous sweep has its multiplier decreased by one (never below 0). Then the
+    /// success-rate and failure-percentage detectors judge the interval's counts of the
+    /// backends not ejected, and the counts start over.
     pub fn sweep(&mut self, now: Instant) -> Vec<Decision<K>> {
-        let mut returned = Vec::new();
+        let mut decisions = Vec::new();
         for (key, state) in &mut self.backends {
-            match state.ejected_until {
-                Some(until) if until <= now => {
-                    state.reinstate();
-                    returned.push(Decision::Returned { backend: key.clone() });
-                }
-                Some(_) => {}
-                None if state.quiet_since_sweep => state.multiplier = state.multiplier.saturating_sub(1),
-                None => {}
+            if state.sweep(now) {
+                decisions.push(Decision::Returned { backend: key.clone() });
             }
-            state.quiet_since_sweep = true;
         }
-        returned
+        for (reason, backend) in self.rate_outliers() {
+            decisions.extend(self.decide(now, &backend, reason));
+        }
+        self.backends.values_mut().for_each(BackendState::start_interval);
+        decisions
     }
 
     /// An active health check passed: with `uneject_on_healthy_check`, an ejected backend
@@ -186,6 +215,63 @@ impl<K: Ord + Clone> OutlierDetector<K> {
 
     fn ejected_count(&self) -> usize {
         self.backends.values().filter(|state| state.ejected_until.is_some()).count()
+    }
+
+    /// A detector found `backend`: unless it is ejected already, eject it, if
+    /// max(1, floor(backends x `max_ejection_percent` / 100)) allows (else the refusal is
+    /// counted as overflow) and the detector's `enforcing_*` roll says so.
+    fn decide(&mut self, now: Instant, backend: &K, reason: Detector) -> Option<Decision<K>> {
+        if self.is_ejected(backend) {
+            return None;
+        }
+        self.stats.detected_total[reason as usize] += 1;
+        if !self.may_eject_one_more() {
+            self.stats.ejections_overflow_total += 1;
+            return Some(Decision::Refused { backend: backend.clone(), reason });
+        }
+        let chance = reason.enforcing(&self.config);
+        if chance < 100 && self.dice.u32(0..100) >= chance {
+            return None;
+        }
+        let state = self.backends.get_mut(backend)?;
+        let until = state.eject(now, &self.config);
+        self.stats.ejections_enforced_total += 1;
+        self.stats.enforced_total[reason as usize] += 1;
+        Some(Decision::Ejected { backend: backend.clone(), until, ejections: state.multiplier, reason })
+    }
+
+    /// What the interval detectors find in the counts of the backends not ejected.
+    fn rate_outliers(&self) -> Vec<(Detector, K)> {
+        let config = &self.config;
+        let counts = |bucket: fn(&BackendState) -> IntervalCounts| -> Vec<(K, IntervalCounts)> {
+            let serving = self.backends.iter().filter(|(_, s)| s.ejected_until.is_none());
+            serving.map(|(k, s)| (k.clone(), bucket(s))).collect()
+        };
+        let success_rate = Sample {
+            minimum_hosts: config.success_rate_minimum_hosts,
+            request_volume: config.success_rate_request_volume,
+        };
+        let failure_percentage = Sample {
+            minimum_hosts: config.failure_percentage_minimum_hosts,
+            request_volume: config.failure_percentage_request_volume,
+        };
+        let mut buckets = vec![(counts(|s| s.external), Detector::SuccessRate, Detector::FailurePercentage)];
+        if config.split_external_local_origin_errors {
+            buckets.push((
+                counts(|s| s.local_origin),
+                Detector::LocalOriginSuccessRate,
+                Detector::LocalOriginFailurePercentage,
+            ));
+        }
+        let mut found = Vec::new();
+        for (counts, by_rate, by_percentage) in buckets {
+            let rate = success_rate_outliers(&counts, success_rate, config.success_rate_stdev_factor);
+            found.extend(rate.into_iter().map(|k| (by_rate, k)));
+            let percentage =
+                failure_percentage_outliers(&counts, failure_percentage, config.failure_percentage_threshold);
+            found.extend(percentage.into_iter().map(|k| (by_percentage, k)));
+        }
+        found
     }
 
     /// At least one backend may always be ejected, as Envoy does.

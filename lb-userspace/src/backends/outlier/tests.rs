@@ -13,12 +13,11 @@ fn config() -> OutlierDetectionConfig {
     OutlierDetectionConfig {
         consecutive_5xx: 3,
         consecutive_local_origin_failures: 2,
-        split_external_local_origin_errors: false,
         interval: secs(10),
         base_ejection_time: secs(30),
         max_ejection_time: secs(300),
         max_ejection_percent: 100,
-        uneject_on_healthy_check: true,
+        ..OutlierDetectionConfig::default()
     }
 }
 
@@ -76,7 +75,7 @@ fn without_split_local_origin_failures_count_as_5xx() {
     // The local-origin threshold (2) does not apply; the 5xx one (3) does, over both.
     feed_quietly(&mut d, t0, 0, &[LocalOriginFailure, LocalOriginFailure]);
     assert_eq!(d.record(t0, &0, Http5xx), ejected(0, t0 + secs(30), 1, Detector::Consecutive5xx));
-    assert_eq!(d.stats().detected_consecutive_local_origin_failure_total, 0);
+    assert_eq!(d.stats().detected_total[Detector::ConsecutiveLocalOrigin as usize], 0);
 }
 
 #[test]
@@ -105,7 +104,7 @@ fn disabled_detectors_never_eject() {
     feed_quietly(&mut d, t0, 0, &[LocalOriginFailure; 100]);
     feed_quietly(&mut d, t0, 0, &[Http5xx; 2]);
     assert!(d.record(t0, &0, Http5xx).is_some());
-    assert_eq!(d.stats().detected_consecutive_local_origin_failure_total, 0);
+    assert_eq!(d.stats().detected_total[Detector::ConsecutiveLocalOrigin as usize], 0);
 }
 
 #[test]
@@ -272,11 +271,135 @@ fn stats_count_detections_enforcements_and_overflows() {
             ejections_active: 2,
             ejections_enforced_total: 2,
             ejections_overflow_total: 2,
-            detected_consecutive_5xx_total: 2,
-            detected_consecutive_local_origin_failure_total: 2,
+            detected_total: [2, 2, 0, 0, 0, 0],
+            enforced_total: [1, 1, 0, 0, 0, 0],
         }
     );
     d.sweep(t0 + secs(30));
     let stats = d.stats();
     assert_eq!((stats.ejections_active, stats.ejections_enforced_total), (0, 2));
+}
+
+/// Feeds each of ten backends 200 responses in one interval: backend 0 answers 5xx at 30%,
+/// backend 1 at 2% (every 50th), the others never; then sweeps.
+fn sweep_ten_backends(d: &mut OutlierDetector<u32>, now: Instant) -> Vec<Decision<u32>> {
+    for backend in 0..10 {
+        for i in 0..200 {
+            let fails = match backend {
+                0 => i % 10 < 3,
+                1 => i % 50 == 0,
+                _ => false,
+            };
+            // Streaks are off here: only the interval detectors judge.
+            assert_eq!(d.record(now, &backend, if fails { Http5xx } else { HttpOk }), None);
+        }
+    }
+    d.sweep(now)
+}
+
+fn rates_only() -> OutlierDetectionConfig {
+    OutlierDetectionConfig { consecutive_5xx: 0, consecutive_local_origin_failures: 0, ..config() }
+}
+
+#[test]
+fn success_rate_ejects_the_backend_at_30_percent_5xx_not_the_one_at_2() {
+    let t0 = Instant::now();
+    let mut d = detector(rates_only(), 10);
+    assert_eq!(sweep_ten_backends(&mut d, t0), vec![ejected(0, t0 + secs(30), 1, Detector::SuccessRate).unwrap()]);
+    assert!(!d.is_ejected(&1));
+    let stats = d.stats();
+    assert_eq!(stats.detected_total[Detector::SuccessRate as usize], 1);
+    assert_eq!(stats.enforced_total[Detector::SuccessRate as usize], 1);
+    // Failure percentage is on at its default threshold (85%) but not enforced by default.
+    assert_eq!(stats.detected_total[Detector::FailurePercentage as usize], 0);
+}
+
+#[test]
+fn failure_percentage_ejects_the_backend_at_30_percent_5xx_not_the_one_at_2() {
+    let t0 = Instant::now();
+    let config = OutlierDetectionConfig {
+        enforcing_success_rate: 0,
+        failure_percentage_threshold: 20,
+        enforcing_failure_percentage: 100,
+        ..rates_only()
+    };
+    let mut d = detector(config, 10);
+    assert_eq!(
+        sweep_ten_backends(&mut d, t0),
+        vec![ejected(0, t0 + secs(30), 1, Detector::FailurePercentage).unwrap()]
+    );
+    assert!(!d.is_ejected(&1));
+    let stats = d.stats();
+    // Success rate still finds backend 0 (before failure percentage) but does not enforce.
+    assert_eq!(stats.detected_total[Detector::SuccessRate as usize], 1);
+    assert_eq!(stats.enforced_total[Detector::SuccessRate as usize], 0);
+    assert_eq!(stats.enforced_total[Detector::FailurePercentage as usize], 1);
+}
+
+#[test]
+fn interval_counts_start_over_at_each_sweep() {
+    let t0 = Instant::now();
+    let mut d = detector(rates_only(), 10);
+    for backend in 0..10 {
+        for _ in 0..60 {
+            d.record(t0, &backend, if backend == 0 { Http5xx } else { HttpOk });
+        }
+    }
+    // 60 requests each: below success_rate_request_volume (100).
+    assert_eq!(d.sweep(t0), vec![]);
+    for backend in 0..10 {
+        for _ in 0..60 {
+            d.record(t0 + secs(10), &backend, HttpOk);
+        }
+    }
+    assert_eq!(d.sweep(t0 + secs(10)), vec![]);
+}
+
+#[test]
+fn an_enforcing_chance_ejects_about_that_share_of_outliers() {
+    let t0 = Instant::now();
+    let mut d = detector(OutlierDetectionConfig { enforcing_success_rate: 30, ..rates_only() }, 10);
+    let mut now = t0;
+    for _ in 0..200 {
+        sweep_ten_backends(&mut d, now);
+        now += secs(1000);
+    }
+    let stats = d.stats();
+    let enforced = stats.enforced_total[Detector::SuccessRate as usize];
+    assert!(stats.detected_total[Detector::SuccessRate as usize] >= 100);
+    let share = enforced as f64 / stats.detected_total[Detector::SuccessRate as usize] as f64;
+    assert!((0.2..0.4).contains(&share), "{enforced} of {:?}", stats.detected_total);
+}
+
+#[test]
+fn with_split_local_origin_failures_have_their_own_interval_detectors() {
+    let t0 = Instant::now();
+    let config = OutlierDetectionConfig { split_external_local_origin_errors: true, ..rates_only() };
+    let mut d = detector(config, 10);
+    for backend in 0..10 {
+        for i in 0..200 {
+            let failed = backend == 3 && i % 10 < 3;
+            d.record(t0, &backend, if failed { LocalOriginFailure } else { LocalOriginSuccess });
+            d.record(t0, &backend, HttpOk);
+        }
+    }
+    assert_eq!(d.sweep(t0), vec![ejected(3, t0 + secs(30), 1, Detector::LocalOriginSuccessRate).unwrap()]);
+}
+
+#[test]
+fn interval_detectors_respect_max_ejection_percent() {
+    let t0 = Instant::now();
+    let config = OutlierDetectionConfig { consecutive_5xx: 1, max_ejection_percent: 10, ..config() };
+    let mut d = detector(config, 10);
+    assert!(matches!(d.record(t0, &9, Http5xx), Some(Decision::Ejected { .. })));
+    // Backend 0's streaks are refused as they come (one of ten is ejected already)...
+    for backend in 0..9 {
+        for i in 0..200 {
+            d.record(t0, &backend, if backend == 0 && i % 10 < 3 { Http5xx } else { HttpOk });
+        }
+    }
+    let overflow_before = d.stats().ejections_overflow_total;
+    // ...and so is its success rate.
+    assert_eq!(d.sweep(t0), vec![Decision::Refused { backend: 0, reason: Detector::SuccessRate }]);
+    assert_eq!(d.stats().ejections_overflow_total, overflow_before + 1);
 }
