@@ -14,6 +14,7 @@ mod lifecycle;
 mod operations;
 mod ops_cli;
 mod ops_namespace;
+mod outlier_rates;
 mod packet_fuzz;
 mod priority_load;
 mod rate_limits;

@@ -133,7 +133,7 @@ impl<K: Ord + Clone> OutlierDetector<K> {
             config,
             backends: BTreeMap::new(),
             stats: OutlierStats::default(),
-            dice: fastrand::Rng::with_seed(0x6f75_746c_6965_72),
+            dice: fastrand::Rng::with_seed(0x006f_7574_6c69_6572),
         }
     }
 

@@ -33,7 +33,7 @@ pub struct Sample {
 }
 
 impl Sample {
-    fn of<'a, K>(self, counts: &'a [(K, IntervalCounts)]) -> Vec<&'a (K, IntervalCounts)> {
+    fn of<K>(self, counts: &[(K, IntervalCounts)]) -> Vec<&(K, IntervalCounts)> {
         let valid: Vec<_> =
             counts.iter().filter(|(_, c)| c.requests >= u64::from(self.request_volume.max(1))).collect();
         if valid.len() < self.minimum_hosts.max(1) as usize { Vec::new() } else { valid }
