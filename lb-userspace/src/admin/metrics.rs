@@ -208,6 +208,10 @@ fn backend_families(status: &Status) -> Vec<Family> {
         gauge("lb_backend_state", "1 for the backend's state in the VIP: available, unhealthy, ejected or draining.");
     let mut serving_weight =
         gauge("lb_backend_serving_weight", "The backend's weight in the VIP's table now (0: no new flows).");
+    let mut open_flows = gauge(
+        "lb_vip_backend_open_flows",
+        "Connections of the VIP on the backend still open (not closed or in TIME_WAIT): what a drain waits for.",
+    );
     let mut backend_flows = gauge("lb_backend_flows", "Live flows on the backend, over all its VIPs.");
     let mut backend_nat_ports =
         gauge("lb_backend_nat_ports", "nat source ports held towards the backend (open connections and their guard).");
@@ -223,6 +227,7 @@ fn backend_families(status: &Status) -> Vec<Family> {
                 state.add(labels(Some(("state", s))), (b.state == s) as i64);
             }
             serving_weight.add(labels(None), b.serving_weight);
+            open_flows.add(labels(None), b.open_flows);
             by_backend.insert(b.address, (b.counters, b.flows));
         }
     }
@@ -233,7 +238,7 @@ fn backend_families(status: &Status) -> Vec<Family> {
         backend_nat_ports.add(labels.clone(), flows.nat_ports);
         backend_counters.push((labels, counters));
     }
-    let mut all = vec![state, serving_weight, backend_flows, backend_nat_ports];
+    let mut all = vec![state, serving_weight, open_flows, backend_flows, backend_nat_ports];
     all.extend(counter_families(&backend_counters));
     all
 }
@@ -348,6 +353,7 @@ mod tests {
                     state: "ejected".into(),
                     counters: BackendStats { new_flows: 4, connect_failures: 3, ..Default::default() },
                     flows: crate::flows::BackendFlows { flows: 6, nat_ports: 9 },
+                    open_flows: 2,
                 }],
             }],
             global: GlobalStats { drop_fragment: 7, ..Default::default() },
@@ -399,6 +405,7 @@ mod tests {
             "lb_vip_flows{vip=\"web\",state=\"established\"} 2",
             "lb_vip_flows{vip=\"web\",state=\"time_wait\"} 3",
             "lb_backend_flows{backend=\"10.0.1.1:8080\"} 6",
+            "lb_vip_backend_open_flows{vip=\"web\",backend=\"10.0.1.1:8080\"} 2",
             "lb_backend_nat_ports{backend=\"10.0.1.1:8080\"} 9",
             "lb_dropped_packets_total{reason=\"fragment\"} 7",
             "lb_dns_target_up{target=\"site-a\"} 0",
