@@ -15,13 +15,13 @@ pub const POLL: Duration = Duration::from_millis(250);
 #[derive(Debug, thiserror::Error)]
 #[error(
     "the drain of {backend} in VIP {vip} timed out after {}: {open} open connection(s) left (it stays draining)",
-    humantime::format_duration(*waited)
+    humantime::format_duration(*timeout)
 )]
 pub struct DrainTimedOut {
     pub vip: String,
     pub backend: SocketAddr,
     pub open: u64,
-    pub waited: Duration,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,7 @@ pub fn wait_drained(
             return Ok(waited);
         }
         if waited >= timeout {
-            Err(DrainError::from(DrainTimedOut { vip: vip.to_owned(), backend, open, waited }))?;
+            Err(DrainError::from(DrainTimedOut { vip: vip.to_owned(), backend, open, timeout }))?;
         }
         std::thread::sleep(POLL.min(timeout.saturating_sub(waited)));
     }
@@ -94,7 +94,7 @@ mod tests {
         let err = wait_drained(|| Ok(with_open(2)), &vip, backend, Duration::from_millis(300)).unwrap_err();
         let timed_out = err.downcast_ref::<DrainError>().expect("a drain error");
         assert!(matches!(timed_out, DrainError::TimedOut(DrainTimedOut { open: 2, .. })), "{timed_out}");
-        assert!(err.to_string().contains("2 open connection(s) left"), "{err}");
+        assert!(err.to_string().contains("timed out after 300ms: 2 open connection(s) left"), "{err}");
         assert!(matches!(open_flows(&status, "nope", backend), Err(DrainError::UnknownVip(_))));
         let elsewhere: SocketAddr = "192.0.2.1:1".parse().unwrap();
         assert!(matches!(open_flows(&status, &vip, elsewhere), Err(DrainError::UnknownBackend { .. })));

@@ -6,6 +6,7 @@
 
 mod connections;
 mod dns;
+mod drain;
 mod end_to_end;
 mod failover;
 mod fixtures;
