@@ -39,6 +39,14 @@ pub fn murmur_fmix(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
+/// Where a CPU's cursor of fallback nat ports starts in a range of `span` ports: the CPUs'
+/// starts are the fractions {cpu x 0.618...} of the span (golden-ratio spacing), so each
+/// cursor walks a stretch of its own instead of trying the ports another CPU just took.
+#[inline(always)]
+pub fn nat_cursor_start(cpu: u32, span: u32) -> u32 {
+    ((cpu.wrapping_mul(0x9e37_79b9) as u64 * span as u64) >> 32) as u32
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -64,5 +72,18 @@ mod tests {
         let mut dst = key;
         dst.dst[15] = 1;
         assert_ne!(base, flow_hash(&dst, 7));
+    }
+
+    #[test]
+    fn cpus_start_their_nat_port_cursors_far_apart() {
+        for (cpus, span) in [(2u32, 40_000u32), (16, 40_000), (64, 40_000), (2, 256)] {
+            let mut starts: std::vec::Vec<u32> = (0..cpus).map(|cpu| nat_cursor_start(cpu, span)).collect();
+            assert!(starts.iter().all(|&s| s < span));
+            starts.sort_unstable();
+            let gaps = starts.windows(2).map(|w| w[1] - w[0]).chain([span - starts[cpus as usize - 1] + starts[0]]);
+            // Golden-ratio spacing: the smallest gap is above a third of the even share.
+            let smallest = gaps.min().unwrap();
+            assert!(smallest >= span / cpus / 3, "{cpus} CPUs over {span} ports: a gap of {smallest}");
+        }
     }
 }

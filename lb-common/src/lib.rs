@@ -18,7 +18,7 @@ mod limits;
 pub use conn::*;
 pub use counters::{BackendStats, Counter, Counters, GlobalStats, VipStats};
 pub use csum::{csum_replace_addr, csum_replace2, csum_replace4};
-pub use hash::{flow_hash, murmur_fmix, murmur_round};
+pub use hash::{flow_hash, murmur_fmix, murmur_round, nat_cursor_start};
 pub use limits::*;
 
 /// Address family tags used in keys (not the kernel's AF_* numbers, which differ by OS).

@@ -1,6 +1,6 @@
 //! nat: the balancer-side port of a new flow, and replies translated back to the client.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, programs::XdpContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_smp_processor_id, programs::XdpContext};
 use lb_common::*;
 
 use crate::forward::{forward, unsent_verdict};
@@ -14,7 +14,8 @@ use crate::signals::observe_reply;
 use crate::stats::Reason;
 
 /// Source-port candidates tried for a new nat flow before giving up: the one from the flow
-/// hash, then the ones after this CPU's cursor for the backend.
+/// hash, then the ones after this CPU's cursor for the backend (in this CPU's stretch of
+/// the range, see `nat_cursor_start`).
 pub const NAT_PORT_TRIES: u32 = 8;
 
 /// Why a new nat flow got no port.
@@ -32,7 +33,9 @@ const E2BIG: i32 = 7;
 /// Picks the balancer-side source port of the nat flow `s.nat` towards `backend` and
 /// records the reverse entry. The first candidate comes from the flow hash (so a flow whose entry was swept
 /// while idle finds its port again); the others follow this CPU's cursor, which trails the
-/// oldest ports taken, the likeliest to be free again.
+/// oldest ports it took, the likeliest to be free again. Each CPU's cursor starts in a
+/// stretch of its own: cursors that all started at 0 walked into each other's ports, held
+/// in TIME_WAIT, and refused new flows with most of the range free.
 // A BPF subprogram of its own: its stack frame is not added to its siblings'.
 #[inline(never)]
 pub fn reserve_nat_port(s: &mut Scratch, backend_id: u32, backend: &Backend, now: u64) -> Result<u16, NoPort> {
@@ -50,7 +53,13 @@ pub fn reserve_nat_port(s: &mut Scratch, backend_id: u32, backend: &Backend, now
     set_flow_key_tail(&mut s.reply, backend.port, 0, s.nat.client.proto, backend.family);
     let mut full = false;
     for i in 0..NAT_PORT_TRIES {
-        let offset = if i == 0 { hashed } else { cursor.wrapping_add(i) };
+        let offset = if i == 0 {
+            hashed
+        } else {
+            // SAFETY: a helper without arguments.
+            let cpu = unsafe { bpf_get_smp_processor_id() };
+            nat_cursor_start(cpu, span).wrapping_add(*cursor).wrapping_add(i)
+        };
         let port = (settings.nat_port_min as u32 + offset % span) as u16;
         s.reply.dport = port;
         let inserted = match NAT.insert(&s.reply, &s.nat, BPF_NOEXIST as u64) {

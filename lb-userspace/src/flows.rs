@@ -19,12 +19,15 @@ pub struct Sweep {
 }
 
 /// The live entries, counted.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FlowSummary {
     /// By VIP id: flows per state (`CONN_STATE_NAMES`).
     pub by_vip: BTreeMap<u32, StateCounts>,
     /// By backend id.
     pub by_backend: BTreeMap<u32, BackendFlows>,
+    /// By (VIP id, backend id): the connections still open, neither closed nor in
+    /// TIME_WAIT; what a drain waits for.
+    pub open_by_vip_backend: BTreeMap<(u32, u32), u64>,
 }
 
 /// Flows in each state of `CONN_STATE_NAMES`, in that order.
@@ -96,6 +99,9 @@ pub fn sweep(flows: &[(FlowKey, FlowState)], nat: &[(FlowKey, NatState)], now: u
         let summary = &mut result.summary;
         summary.by_vip.entry(f.vip_id).or_default().count(&conn);
         summary.by_backend.entry(f.backend_id).or_default().flows += 1;
+        if !matches!(conn.state_name(), "closed" | "time_wait") {
+            *summary.open_by_vip_backend.entry((f.vip_id, f.backend_id)).or_default() += 1;
+        }
     }
     result
 }
@@ -143,6 +149,7 @@ mod tests {
         assert!(s.over_flows.is_empty() && s.over_nat.is_empty());
         assert_eq!(s.summary.by_backend[&1], BackendFlows { flows: 1, nat_ports: 1 });
         assert_eq!(s.summary.by_vip[&0].named().find(|(n, _)| *n == "closed"), Some(("closed", 1)));
+        assert!(s.summary.open_by_vip_backend.is_empty(), "closed: nothing left for a drain to wait for");
         let s = sweep(&flows, &nat, 110 * S, &T);
         assert_eq!((s.over_flows.len(), s.over_nat.len()), (1, 1));
         assert_eq!(s.summary, FlowSummary::default());
@@ -173,6 +180,7 @@ mod tests {
         assert!(s.over_nat.is_empty());
         assert_eq!(s.over_flows.iter().map(|(k, _)| k.sport).collect::<Vec<_>>(), [4], "the dsr flow's syn timeout");
         assert_eq!(s.summary.by_backend[&1], BackendFlows { flows: 1, nat_ports: 2 });
+        assert_eq!(s.summary.open_by_vip_backend, [((0, 1), 1)].into(), "the new connection is open");
         let s = sweep(&flows, &nat, 160 * S, &T);
         assert_eq!(s.over_nat.iter().map(|(k, _)| k.dport).collect::<Vec<_>>(), [20003], "time-wait ended");
         assert_eq!(s.summary.by_vip[&0].total(), 1);

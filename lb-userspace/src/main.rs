@@ -2,8 +2,10 @@
 
 mod cli_docs;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 use lb_userspace::api::client::AdminClient;
@@ -73,13 +75,18 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Stop sending new flows to a backend of a VIP; its existing flows stay.
+    /// Stop sending new flows to a backend of a VIP; its existing flows stay. With
+    /// `--timeout`, wait until its open connections in the VIP are gone (exit 0) or the
+    /// timeout passes (exit 1, with the connections left).
     Drain {
         #[command(flatten)]
         admin: AdminArgs,
         vip: String,
         /// The backend's address:port.
-        backend: String,
+        backend: SocketAddr,
+        /// How long to wait for its open connections to end, e.g. `30s`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
     },
     /// End the running controller; the program stays attached and forwarding with its
     /// pinned maps unless `--detach`.
@@ -150,6 +157,16 @@ impl AdminArgs {
 /// Makes one admin call and prints what the controller said.
 fn say(admin: &AdminArgs, method: &str, path: &str) -> anyhow::Result<()> {
     print!("{}", admin.client()?.call(method, path)?);
+    Ok(())
+}
+
+/// `lb drain`: drains the backend, then waits for its open connections if asked to.
+fn drain(admin: &AdminArgs, vip: &str, backend: SocketAddr, timeout: Option<Duration>) -> anyhow::Result<()> {
+    let client = admin.client()?;
+    print!("{}", client.call("POST", &format!("/v1/vips/{vip}/backends/{backend}/drain"))?);
+    let Some(timeout) = timeout else { return Ok(()) };
+    let waited = lb_userspace::api::drain::wait_drained(|| client.status(), vip, backend, timeout)?;
+    println!("drained: no open connection left on {backend} in VIP {vip} after {:.1} s", waited.as_secs_f64());
     Ok(())
 }
 
@@ -241,9 +258,7 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Reload { admin } => say(&admin, "POST", "/v1/reload"),
-        Command::Drain { admin, vip, backend } => {
-            say(&admin, "POST", &format!("/v1/vips/{vip}/backends/{backend}/drain"))
-        }
+        Command::Drain { admin, vip, backend, timeout } => drain(&admin, &vip, backend, timeout),
         Command::Stop { admin, detach } => stop(&admin, detach),
         Command::XdpPass { action: XdpPassAction::Attach { iface } } => {
             lb_userspace::dataplane::Dataplane::attach_pass_pinned(&iface).map(|pin| {

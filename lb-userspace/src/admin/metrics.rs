@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use lb_common::{BackendStats, Counters, VipStats};
 
 use crate::api::status::Status;
+use crate::backends::outlier::Detector;
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -129,12 +130,9 @@ fn vip_families(status: &Status) -> Vec<Family> {
     let mut ejections_enforced = counter("lb_outlier_ejections_enforced", "Ejections enforced.");
     let mut ejections_overflow =
         counter("lb_outlier_ejections_overflow", "Ejections refused because max_ejection_percent was reached.");
-    let mut detected_5xx =
-        counter("lb_outlier_ejections_detected_consecutive_5xx", "Times a backend reached consecutive_5xx.");
-    let mut detected_local = counter(
-        "lb_outlier_ejections_detected_consecutive_local_origin_failure",
-        "Times a backend reached consecutive_local_origin_failures.",
-    );
+    let mut detected = Detector::ALL
+        .map(|d| counter(detector_metrics(d).0, "Outliers the detector found (ejected, refused or not enforced)."));
+    let mut enforced = Detector::ALL.map(|d| counter(detector_metrics(d).1, "Ejections the detector enforced."));
     let mut vip_flows = gauge("lb_vip_flows", "Live flows of the VIP in the flow table, by connection state.");
     for vip in &status.vips {
         let v = || vec![("vip", vip.name.clone())];
@@ -152,8 +150,11 @@ fn vip_families(status: &Status) -> Vec<Family> {
             ejections_active.add(v(), o.ejections_active);
             ejections_enforced.add(v(), o.ejections_enforced_total);
             ejections_overflow.add(v(), o.ejections_overflow_total);
-            detected_5xx.add(v(), o.detected_consecutive_5xx_total);
-            detected_local.add(v(), o.detected_consecutive_local_origin_failure_total);
+            for (family, n) in
+                detected.iter_mut().zip(o.detected_total).chain(enforced.iter_mut().zip(o.enforced_total))
+            {
+                family.add(v(), n);
+            }
         }
     }
     let mut all = vec![
@@ -164,14 +165,40 @@ fn vip_families(status: &Status) -> Vec<Family> {
         ejections_active,
         ejections_enforced,
         ejections_overflow,
-        detected_5xx,
-        detected_local,
         vip_flows,
     ];
+    all.extend(detected.into_iter().chain(enforced));
     let vip_counters: Vec<(Labels, VipStats)> =
         status.vips.iter().map(|vip| (vec![("vip", vip.name.clone())], vip.counters)).collect();
     all.extend(counter_families(&vip_counters));
     all
+}
+
+/// Envoy's per-detector stats: (detected, enforced).
+fn detector_metrics(detector: Detector) -> (&'static str, &'static str) {
+    match detector {
+        Detector::Consecutive5xx => {
+            ("lb_outlier_ejections_detected_consecutive_5xx", "lb_outlier_ejections_enforced_consecutive_5xx")
+        }
+        Detector::ConsecutiveLocalOrigin => (
+            "lb_outlier_ejections_detected_consecutive_local_origin_failure",
+            "lb_outlier_ejections_enforced_consecutive_local_origin_failure",
+        ),
+        Detector::SuccessRate => {
+            ("lb_outlier_ejections_detected_success_rate", "lb_outlier_ejections_enforced_success_rate")
+        }
+        Detector::FailurePercentage => {
+            ("lb_outlier_ejections_detected_failure_percentage", "lb_outlier_ejections_enforced_failure_percentage")
+        }
+        Detector::LocalOriginSuccessRate => (
+            "lb_outlier_ejections_detected_local_origin_success_rate",
+            "lb_outlier_ejections_enforced_local_origin_success_rate",
+        ),
+        Detector::LocalOriginFailurePercentage => (
+            "lb_outlier_ejections_detected_local_origin_failure_percentage",
+            "lb_outlier_ejections_enforced_local_origin_failure_percentage",
+        ),
+    }
 }
 
 /// Per backend of a VIP: state and serving weight; per backend address and port, whichever
@@ -181,6 +208,10 @@ fn backend_families(status: &Status) -> Vec<Family> {
         gauge("lb_backend_state", "1 for the backend's state in the VIP: available, unhealthy, ejected or draining.");
     let mut serving_weight =
         gauge("lb_backend_serving_weight", "The backend's weight in the VIP's table now (0: no new flows).");
+    let mut open_flows = gauge(
+        "lb_vip_backend_open_flows",
+        "Connections of the VIP on the backend still open (not closed or in TIME_WAIT): what a drain waits for.",
+    );
     let mut backend_flows = gauge("lb_backend_flows", "Live flows on the backend, over all its VIPs.");
     let mut backend_nat_ports =
         gauge("lb_backend_nat_ports", "nat source ports held towards the backend (open connections and their guard).");
@@ -196,6 +227,7 @@ fn backend_families(status: &Status) -> Vec<Family> {
                 state.add(labels(Some(("state", s))), (b.state == s) as i64);
             }
             serving_weight.add(labels(None), b.serving_weight);
+            open_flows.add(labels(None), b.open_flows);
             by_backend.insert(b.address, (b.counters, b.flows));
         }
     }
@@ -206,7 +238,7 @@ fn backend_families(status: &Status) -> Vec<Family> {
         backend_nat_ports.add(labels.clone(), flows.nat_ports);
         backend_counters.push((labels, counters));
     }
-    let mut all = vec![state, serving_weight, backend_flows, backend_nat_ports];
+    let mut all = vec![state, serving_weight, open_flows, backend_flows, backend_nat_ports];
     all.extend(counter_families(&backend_counters));
     all
 }
@@ -321,6 +353,7 @@ mod tests {
                     state: "ejected".into(),
                     counters: BackendStats { new_flows: 4, connect_failures: 3, ..Default::default() },
                     flows: crate::flows::BackendFlows { flows: 6, nat_ports: 9 },
+                    open_flows: 2,
                 }],
             }],
             global: GlobalStats { drop_fragment: 7, ..Default::default() },
@@ -372,6 +405,7 @@ mod tests {
             "lb_vip_flows{vip=\"web\",state=\"established\"} 2",
             "lb_vip_flows{vip=\"web\",state=\"time_wait\"} 3",
             "lb_backend_flows{backend=\"10.0.1.1:8080\"} 6",
+            "lb_vip_backend_open_flows{vip=\"web\",backend=\"10.0.1.1:8080\"} 2",
             "lb_backend_nat_ports{backend=\"10.0.1.1:8080\"} 9",
             "lb_dropped_packets_total{reason=\"fragment\"} 7",
             "lb_dns_target_up{target=\"site-a\"} 0",

@@ -79,6 +79,10 @@ pub struct BackendStatus {
     /// Its live flows and the nat ports held towards it (per address and port too).
     #[serde(default)]
     pub flows: BackendFlows,
+    /// Its connections in this VIP that are still open (neither closed nor in TIME_WAIT):
+    /// what `lb drain` waits for.
+    #[serde(default)]
+    pub open_flows: u64,
 }
 
 pub fn state_name(availability: Availability) -> &'static str {
@@ -318,13 +322,13 @@ DNS vantage {} (quorum {}): {answered} answers, {} truncated",
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// 100 VIPs of 50 backends each, IPv4 and IPv6, in every state.
-    fn big_status() -> Status {
+    /// `vips` VIPs of `backends` backends each, IPv4 and IPv6, in every state.
+    pub(crate) fn sample_status(vips: usize, backends: usize) -> Status {
         let states = ["available", "unhealthy", "ejected", "draining"];
-        let vips = (0..100)
+        let vips = (0..vips)
             .map(|i| VipStatus {
                 name: format!("service-{i:03}"),
                 address: if i % 2 == 0 { format!("10.100.0.{i}") } else { format!("fd00:100::{i:x}") }.parse().unwrap(),
@@ -340,7 +344,7 @@ mod tests {
                 counters: VipStats { new_flows: 123_456_789_012, ..Default::default() },
                 flows: StateCounts([1_000_000, 2_000_000, 0, 0, 0, 0]),
                 outlier: None,
-                backends: (0..50)
+                backends: (0..backends)
                     .map(|b| BackendStatus {
                         address: SocketAddr::new(format!("10.1.{i}.{b}").parse().unwrap(), 8443),
                         region: "eu".into(),
@@ -351,6 +355,7 @@ mod tests {
                         state: states[b % (1 + i % 4)].into(),
                         counters: BackendStats::default(),
                         flows: BackendFlows::default(),
+                        open_flows: 0,
                     })
                     .collect(),
             })
@@ -368,7 +373,7 @@ mod tests {
 
     #[test]
     fn many_vips_make_a_summary_line_each_that_fits_a_terminal() {
-        let status = big_status();
+        let status = sample_status(100, 50);
         let text = render(&status, View::Auto).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         // Heading, blank, column names, 100 VIPs, blank, the hint.
@@ -393,7 +398,7 @@ mod tests {
 
     #[test]
     fn a_vip_or_full_shows_backends_and_few_vips_show_them_by_default() {
-        let mut status = big_status();
+        let mut status = sample_status(100, 50);
         let one = render(&status, View::Vip("service-042")).unwrap();
         assert_eq!(one.lines().filter(|l| l.starts_with("VIP ")).count(), 1, "{one}");
         assert!(one.contains("VIP service-042 10.100.0.42:443/tcp dsr (level 0 100%)"), "{one}");

@@ -144,20 +144,20 @@ impl BackendStates {
         }
     }
 
-    /// Runs the ejection sweeps that are due; true when a backend returned.
+    /// Runs the ejection sweeps that are due; true when a backend returned or was ejected.
     pub fn sweep(&mut self, now: Instant) -> bool {
-        let mut returned = false;
+        let mut changed = false;
         for (vip, state) in &mut self.outliers {
             if now < state.next_sweep {
                 continue;
             }
             for decision in state.detector.sweep(now) {
                 state.log(vip, &decision, now);
-                returned = true;
+                changed |= !matches!(decision, Decision::Refused { .. });
             }
             state.next_sweep = now + state.interval;
         }
-        returned
+        changed
     }
 
     /// When the next sweep is due.

@@ -15,6 +15,7 @@ mod checks;
 pub mod dns;
 mod errors;
 pub mod flows;
+mod outlier;
 mod validate;
 mod vip;
 
@@ -26,8 +27,9 @@ use toml_edit::ImDocument;
 
 pub use admin::AdminConfig;
 pub use balancer::{BalancerConfig, XdpModeSetting};
-pub use checks::{HealthCheckConfig, HealthCheckKind, OutlierDetectionConfig, StatusRange};
+pub use checks::{HealthCheckConfig, HealthCheckKind, StatusRange};
 pub use errors::ConfigError;
+pub use outlier::OutlierDetectionConfig;
 pub use vip::{BackendConfig, ForwardingMode, OverprovisioningFactor, Protocol, RateLimitConfig, VipConfig};
 
 use balancer::default_pin_dir;

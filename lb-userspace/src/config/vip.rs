@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::checks::{HealthCheckConfig, OutlierDetectionConfig};
+use super::checks::HealthCheckConfig;
+use super::outlier::OutlierDetectionConfig;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]

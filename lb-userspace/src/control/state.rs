@@ -281,6 +281,10 @@ impl Controller {
                         state: crate::api::status::state_name(self.states.availability(vip, b)).to_owned(),
                         counters: backend_id.and_then(|id| maps.backend_stats(id).ok()).unwrap_or_default(),
                         flows: backend_id.and_then(|id| self.flows.by_backend.get(&id).copied()).unwrap_or_default(),
+                        open_flows: vip_id
+                            .zip(backend_id)
+                            .and_then(|ids| self.flows.open_by_vip_backend.get(&ids).copied())
+                            .unwrap_or(0),
                     })
                     .collect();
                 VipStatus {

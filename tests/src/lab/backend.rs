@@ -64,6 +64,8 @@ struct ServedCounters {
     http: AtomicU64,
     line: AtomicU64,
     udp: AtomicU64,
+    /// Percent of HTTP requests answered `500` (see [`Backend::answer_5xx`]).
+    http_5xx_percent: AtomicU64,
 }
 
 impl Backend {
@@ -98,6 +100,13 @@ impl Backend {
             self.servers = Some(Servers::start(&self.ns, &self.spec.name, &self.local_addrs(), self.served.clone())?);
         }
         Ok(())
+    }
+
+    /// From now on answers `percent` of its HTTP requests with `500 Internal Server Error`,
+    /// spread as evenly as counting allows (at 30%: the 4th, 7th, 10th, ... request), so
+    /// any run of requests fails that share within one request.
+    pub fn answer_5xx(&self, percent: u64) {
+        self.served.http_5xx_percent.store(percent.min(100), Ordering::Relaxed);
     }
 
     /// Requests answered so far (counted since the lab was built; never reset).
@@ -236,8 +245,14 @@ fn answer_http(mut stream: TcpStream, name: &str, served: &ServedCounters) -> st
         request.extend_from_slice(&buf[..n]);
     }
     let body = format!("{name}\n");
-    served.http.fetch_add(1, Ordering::Relaxed);
-    write!(stream, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    let n = served.http.fetch_add(1, Ordering::Relaxed);
+    let percent = served.http_5xx_percent.load(Ordering::Relaxed);
+    // The n-th request fails when it takes the count of failures due to the next integer.
+    let status = if (n + 1) * percent / 100 > n * percent / 100 { "500 Internal Server Error" } else { "200 OK" };
+    // One write, so the status line leaves in the first segment: the packet path reads the
+    // status class there (`write!` on the stream would send "HTTP/1.0 " alone).
+    let response = format!("HTTP/1.0 {status}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    stream.write_all(response.as_bytes())
 }
 
 /// Answers every line with the backend's name and keeps the connection open until the

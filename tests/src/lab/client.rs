@@ -12,14 +12,23 @@ use super::*;
 
 /// One HTTP GET over a new connection; returns the body (the backend's name).
 pub fn http_get(addr: SocketAddr) -> Result<String> {
+    let (status, body) = http_request(addr)?;
+    ensure!(status == 200, "unexpected status {status} from {body}");
+    Ok(body)
+}
+
+/// One HTTP GET over a new connection, whatever its status; returns the status and the
+/// body (the backend's name).
+pub fn http_request(addr: SocketAddr) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.write_all(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header end")?;
-    ensure!(head.starts_with("HTTP/1.0 200"), "unexpected response: {head}");
-    Ok(body.trim().to_owned())
+    let status = head.strip_prefix("HTTP/1.0 ").and_then(|rest| rest.get(..3)?.parse().ok());
+    let status = status.with_context(|| format!("unexpected response: {head}"))?;
+    Ok((status, body.trim().to_owned()))
 }
 
 /// One UDP request from a new socket (so a new source port); returns the answering backend.

@@ -154,17 +154,17 @@ impl LbProcess {
     /// Runs `lb ARGS --config <its config>` in the balancer's namespace (where the admin
     /// interface listens): stdout, or an error with stderr when it fails.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let output = Command::new("nsenter")
-            .arg(format!("--net={}", self.netns))
-            .arg(lb_bin())
-            .args(args)
-            .arg("--config")
-            .arg(&self.config_path)
-            .stdin(Stdio::null())
-            .output()
-            .context("running lb")?;
+        let output = self.cli_command(args).output().context("running lb")?;
         ensure!(output.status.success(), "lb {args:?}: {}", String::from_utf8_lossy(&output.stderr).trim());
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// The command [`cli`](Self::cli) runs, for a caller that spawns it and waits itself.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net={}", self.netns)).arg(lb_bin()).args(args);
+        command.arg("--config").arg(&self.config_path).stdin(Stdio::null());
+        command
     }
 
     /// Replaces the config and reloads it with SIGHUP.

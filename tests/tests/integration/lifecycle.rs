@@ -1,14 +1,15 @@
 //! Connection lifecycle fixtures, through BPF_PROG_TEST_RUN, with time compressed (small
 //! port ranges, short timeouts, many sequential connections): flow entries live as long
 //! as their connection; a nat port comes back once its connection is over and not before;
-//! new connections on an old 4-tuple pick afresh; a missing neighbour entry does not
-//! black-hole nat; lengths that don't cover their headers are dropped.
+//! each CPU falls back on nat ports of its own; new connections on an old 4-tuple pick
+//! afresh; a missing neighbour entry does not black-hole nat; lengths that don't cover
+//! their headers are dropped.
 
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use etherparse::{Icmpv4Type, PacketBuilder, icmpv4::DestUnreachableHeader};
-use lb_common::{FAMILY_V4, PROTO_TCP, SIGNAL_NEIGHBOUR_MISSING};
+use lb_common::{FAMILY_V4, FlowKey, PROTO_TCP, SIGNAL_NEIGHBOUR_MISSING, flow_hash};
 use lb_tests::packet_env::{LB_MAC, PacketEnv, neighbour_mac};
 use lb_tests::packets::*;
 
@@ -101,6 +102,55 @@ fn nat_ports_come_back_once_connections_end() -> Result<()> {
         taken_over += f.env.dataplane.backend_stats(id)?.nat_ports_taken_over;
     }
     assert!((600 - 16..=600).contains(&taken_over), "{taken_over} ports taken over");
+    Ok(())
+}
+
+/// Client ports of `CLIENT4` whose first nat port candidate towards the nat VIP, in a range
+/// of `span` ports from 20000, is `port`.
+fn cports_hashing_to(port: u16, span: u32, n: usize) -> Vec<u16> {
+    let first_candidate = |cport: u16| {
+        let flow = FlowKey {
+            src: addr16(CLIENT4),
+            dst: addr16(VIP4),
+            sport: cport,
+            dport: 80,
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        NAT_MIN as u32 + flow_hash(&flow, !SEED) % span
+    };
+    (1024..u16::MAX).filter(|&p| first_candidate(p) == port as u32).take(n).collect()
+}
+
+/// Moves the calling thread to `cpu`: BPF_PROG_TEST_RUN runs the program on the caller's.
+fn pin_to_cpu(cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
+#[test]
+fn each_cpu_falls_back_on_nat_ports_of_its_own() -> Result<()> {
+    let cpus = std::thread::available_parallelism()?.get();
+    ensure!(cpus >= 2, "this test needs 2 CPUs, the machine has {cpus}");
+    let mut f = fixtures("lccpu", &config_with("nat_port_max = 20255"));
+    let cports = cports_hashing_to(20200, 256, 10);
+    // On CPU 0, nine open connections whose first candidate is the same port: one takes
+    // it, eight fall back on CPU 0's cursor.
+    pin_to_cpu(0)?;
+    let mut taken = std::collections::BTreeSet::new();
+    for &cport in &cports[..9] {
+        taken.insert(ports_of(&sent(&mut f, "SYN on CPU 0", &to_vip(CLIENT4, cport, syn))?).0);
+    }
+    ensure!(taken.len() == 9 && taken.contains(&20200), "{taken:?}");
+    // On CPU 1, the same first candidate: CPU 1's cursor has ports of its own to offer (when
+    // every cursor started at 0, its seven candidates were the ones CPU 0 had just taken).
+    pin_to_cpu(1)?;
+    let port = ports_of(&sent(&mut f, "SYN on CPU 1", &to_vip(CLIENT4, cports[9], syn))?).0;
+    ensure!(!taken.contains(&port), "CPU 1 was given CPU 0's port {port}");
+    assert_eq!(f.env.dataplane.vip_stats(0)?.drop_nat_ports_exhausted, 0);
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 
 mod connections;
 mod dns;
+mod drain;
 mod end_to_end;
 mod failover;
 mod fixtures;
@@ -14,6 +15,7 @@ mod lifecycle;
 mod operations;
 mod ops_cli;
 mod ops_namespace;
+mod outlier_rates;
 mod package;
 mod packet_fuzz;
 mod priority_load;

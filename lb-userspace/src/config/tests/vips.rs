@@ -233,6 +233,20 @@ fn health_and_outlier_settings_parse_with_defaults() {
         (outlier.interval, outlier.base_ejection_time, outlier.max_ejection_time, outlier.max_ejection_percent),
         (Duration::from_secs(10), Duration::from_secs(30), Duration::from_secs(300), 10)
     );
+    // Envoy's defaults for the interval detectors.
+    assert_eq!(
+        (outlier.success_rate_minimum_hosts, outlier.success_rate_request_volume, outlier.success_rate_stdev_factor),
+        (5, 100, 1900)
+    );
+    assert_eq!(
+        (
+            outlier.failure_percentage_threshold,
+            outlier.failure_percentage_minimum_hosts,
+            outlier.failure_percentage_request_volume
+        ),
+        (85, 5, 50)
+    );
+    assert_eq!((outlier.enforcing_success_rate, outlier.enforcing_failure_percentage), (100, 0));
     assert!(!web.backends[0].draining);
 }
 
@@ -268,6 +282,12 @@ fn health_and_outlier_settings_validated() {
         "vip[0].outlier_detection.max_ejection_time",
         line,
         "at least base_ejection_time",
+    );
+    expect(
+        &with("outlier_detection = { enforcing_failure_percentage = 101 }"),
+        "vip[0].outlier_detection.enforcing_failure_percentage",
+        line,
+        "0..=100",
     );
     expect(&with("failover_regions = [\"r2\", \"r2\"]"), "vip[0].failover_regions[1]", line, "repeated region");
     let dsr_line = line_with(GOOD, "mode = \"dsr\"", 0) + 1;

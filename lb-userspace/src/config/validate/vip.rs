@@ -91,11 +91,8 @@ pub(super) fn validate_health(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(),
         if outlier.max_ejection_time < outlier.base_ejection_time {
             return Err(fail("max_ejection_time", "must be at least base_ejection_time".into()));
         }
-        if outlier.max_ejection_percent > 100 {
-            return Err(fail(
-                "max_ejection_percent",
-                format!("a percentage, 0..=100 (got {})", outlier.max_ejection_percent),
-            ));
+        if let Some((key, value)) = outlier.percentages().into_iter().find(|(_, value)| *value > 100) {
+            return Err(fail(key, format!("a percentage, 0..=100 (got {value})")));
         }
     }
     if vip.http && vip.mode == ForwardingMode::Dsr {
