@@ -72,7 +72,8 @@ pub fn dashboard_queries(dashboard: &serde_json::Value) -> Result<Vec<Query>> {
     }
     for panel in dashboard["panels"].as_array().context("no panels")? {
         let title = panel["title"].as_str().context("a panel without a title")?;
-        let exprs: Vec<&str> = panel["targets"].as_array().into_iter().flatten().filter_map(|t| t["expr"].as_str()).collect();
+        let exprs: Vec<&str> =
+            panel["targets"].as_array().into_iter().flatten().filter_map(|t| t["expr"].as_str()).collect();
         ensure!(exprs.iter().any(|e| !e.trim().is_empty()), "panel {title:?} has no query");
         queries.extend(exprs.into_iter().map(|e| Query { origin: format!("panel {title:?}"), expr: promql(e) }));
     }
@@ -143,7 +144,8 @@ pub fn scraped_series(text: &str) -> Result<BTreeSet<String>> {
     let mut series = BTreeSet::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         if let Some(declared) = line.strip_prefix("# TYPE ") {
-            let (family, kind) = declared.split_once(' ').with_context(|| format!("a TYPE line without a type: {line}"))?;
+            let (family, kind) =
+                declared.split_once(' ').with_context(|| format!("a TYPE line without a type: {line}"))?;
             families.insert(family.to_owned(), kind.to_owned());
             continue;
         }
@@ -189,8 +191,14 @@ mod tests {
         let text = "# TYPE lb_vip_packets counter\nlb_vip_packets_total{vip=\"web\"} 3\n# TYPE lb_vip_panic gauge\n\
                     lb_vip_panic{vip=\"web\"} 0\n# TYPE rtt histogram\nrtt_bucket{le=\"1\"} 1\nrtt_count 1\n# EOF\n";
         let series = scraped_series(text).unwrap();
-        assert_eq!(series, ["lb_vip_packets_total", "lb_vip_panic", "rtt_bucket", "rtt_count"].map(String::from).into());
-        assert!(scraped_series("# TYPE lb_vip_packets counter\nlb_vip_packets 3\n").is_err(), "a counter without _total");
+        assert_eq!(
+            series,
+            ["lb_vip_packets_total", "lb_vip_panic", "rtt_bucket", "rtt_count"].map(String::from).into()
+        );
+        assert!(
+            scraped_series("# TYPE lb_vip_packets counter\nlb_vip_packets 3\n").is_err(),
+            "a counter without _total"
+        );
         assert!(scraped_series("lb_other 1\n").is_err(), "no family");
     }
 
