@@ -15,6 +15,8 @@ apt_packages=(llvm-22-dev libpolly-22-dev bpftool iproute2 ethtool curl bind9-dn
 # The Debian package: dpkg-shlibdeps (dpkg-dev) gives cargo-deb the Depends line;
 # systemd-analyze (systemd) verifies the packaged unit in the package test.
 apt_packages+=(dpkg-dev systemd)
+# promtool (checks and unit-tests deploy/prometheus/lb-alerts.yml) comes with Prometheus.
+apt_packages+=(prometheus)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -31,6 +33,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     if [[ " ${missing[*]} " == *" gdnsd "* ]] && [ -d /run/systemd/system ]; then
         say "disabling the gdnsd service the package started (the benchmark runs its own)"
         systemctl disable --now gdnsd >/dev/null 2>&1 || true
+    fi
+    # The package starts a Prometheus server; the tests only need its promtool.
+    if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+        say "disabling the prometheus service the package started (the tests need only promtool)"
+        systemctl disable --now prometheus >/dev/null 2>&1 || true
     fi
 fi
 

@@ -238,7 +238,12 @@ fn backend_families(status: &Status) -> Vec<Family> {
         backend_nat_ports.add(labels.clone(), flows.nat_ports);
         backend_counters.push((labels, counters));
     }
-    let mut all = vec![state, serving_weight, open_flows, backend_flows, backend_nat_ports];
+    let mut nat_ports_per_backend = gauge(
+        "lb_nat_ports_per_backend",
+        "nat source ports a backend has (the size of nat_port_min..=nat_port_max): lb_backend_nat_ports' ceiling.",
+    );
+    nat_ports_per_backend.add(vec![], status.nat_ports_per_backend);
+    let mut all = vec![state, serving_weight, open_flows, backend_flows, backend_nat_ports, nat_ports_per_backend];
     all.extend(counter_families(&backend_counters));
     all
 }
@@ -379,7 +384,18 @@ mod tests {
                 tcp_refused: 0,
             }),
             health_check_local_failures: 5,
+            nat_ports_per_backend: 40000,
         }
+    }
+
+    /// `lb_nat_ports_per_backend` is the configured range's size: the ceiling alerts divide
+    /// `lb_backend_nat_ports` by.
+    #[test]
+    fn nat_ports_per_backend_is_the_configured_range() {
+        let text = "[balancer]\ninterfaces = [\"eth0\"]\nnat_port_min = 30000\nnat_port_max = 30999\n";
+        let config = crate::config::parse(text, "test.toml").unwrap();
+        let status = Status { nat_ports_per_backend: config.balancer.nat_ports_per_backend(), ..full_status() };
+        assert!(render(&status).lines().any(|l| l == "lb_nat_ports_per_backend 1000"), "{}", render(&status));
     }
 
     #[test]
@@ -407,6 +423,7 @@ mod tests {
             "lb_backend_flows{backend=\"10.0.1.1:8080\"} 6",
             "lb_vip_backend_open_flows{vip=\"web\",backend=\"10.0.1.1:8080\"} 2",
             "lb_backend_nat_ports{backend=\"10.0.1.1:8080\"} 9",
+            "lb_nat_ports_per_backend 40000",
             "lb_dropped_packets_total{reason=\"fragment\"} 7",
             "lb_dns_target_up{target=\"site-a\"} 0",
             "lb_dns_target_view{target=\"site-a\",vantage=\"us\"} 0",

@@ -30,6 +30,9 @@ pub struct Status {
     /// memory, ports) since start: the balancer's fault, never counted against a backend.
     #[serde(default)]
     pub health_check_local_failures: u64,
+    /// nat source ports towards each backend (`balancer.nat_port_min..=nat_port_max`).
+    #[serde(default)]
+    pub nat_ports_per_backend: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -368,6 +371,7 @@ pub(crate) mod tests {
             global: GlobalStats::default(),
             dns: None,
             health_check_local_failures: 0,
+            nat_ports_per_backend: 40000,
         }
     }
 

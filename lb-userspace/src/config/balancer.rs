@@ -56,6 +56,14 @@ pub struct BalancerConfig {
     pub zone: String,
 }
 
+impl BalancerConfig {
+    /// nat source ports a new flow can take towards one backend (the nat table is keyed by
+    /// the backend's address and port, so each backend has the whole range).
+    pub fn nat_ports_per_backend(&self) -> u32 {
+        u32::from(self.nat_port_max).saturating_sub(u32::from(self.nat_port_min)) + 1
+    }
+}
+
 /// How the XDP program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -74,11 +74,13 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             dataplane.attach(iface, balancer.xdp_mode)?;
         }
     }
-    info!(vips = lb.config().vips.len(), pin_dir = %balancer.pin_dir.display(), adopted, "ready");
-
+    // Handlers before `ready`: a SIGHUP sent once ready (`systemctl reload` right after start)
+    // reloads, where the default action would end the controller.
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    info!(vips = lb.config().vips.len(), pin_dir = %balancer.pin_dir.display(), adopted, "ready");
+
     let mut neighbor_tick = tokio::time::interval(NEIGHBOR_REFRESH);
     let mut sweep_tick = tokio::time::interval(SWEEP_TICK);
     let mut flow_sweep_tick = tokio::time::interval(FLOW_SWEEP_INTERVAL);

@@ -311,6 +311,7 @@ impl Controller {
             global: maps.global_stats().unwrap_or_default(),
             dns: self.dns.as_ref().map(DnsService::status),
             health_check_local_failures: crate::backends::probe::local_failures(),
+            nat_ports_per_backend: self.config.balancer.nat_ports_per_backend(),
         }
     }
 

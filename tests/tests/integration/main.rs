@@ -5,6 +5,7 @@
 //! Most need root: they build their own namespaces, and fail when they can't.
 
 mod connections;
+mod deploy_rules;
 mod dns;
 mod drain;
 mod end_to_end;

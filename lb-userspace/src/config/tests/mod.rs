@@ -128,6 +128,7 @@ fn good_config_parses_with_defaults() {
     assert_eq!(b.maglev_table_size, 65537);
     assert_eq!((b.max_vips, b.max_backends, b.flow_table_size), (64, 4096, 262_144));
     assert_eq!((b.nat_port_min, b.nat_port_max), (20000, 59999));
+    assert_eq!(b.nat_ports_per_backend(), 40000);
     assert_eq!((b.region.as_str(), b.zone.as_str()), ("r1", "z1"));
 
     assert_eq!(c.vips.len(), 3);
@@ -190,6 +191,7 @@ nat_port_max = 1024
         (u32::MAX, 101, 2, 3, 1000)
     );
     assert_eq!((b.nat_port_min, b.nat_port_max), (1024, 1024));
+    assert_eq!(b.nat_ports_per_backend(), 1, "a range of one port");
     assert_eq!(b.ipv4, None);
     assert_eq!(parse(&replace(text, "\"skb\"", "\"driver\""), "t").unwrap().balancer.xdp_mode, XdpModeSetting::Driver);
 }
