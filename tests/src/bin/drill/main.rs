@@ -5,7 +5,8 @@
 //! dropped), a whole zone killed, a whole region killed, each healed in the next phase; then
 //! every backend of site A stopped, so that the name fails over to site B, and restarted.
 //! Prints per phase what was sent, what failed and for how long, latency percentiles and
-//! who answered; writes an SVG of success rate and latency over time.
+//! who answered; draws success rate and latency over time, the phases and their table, as
+//! SVG and PNG (`chart`).
 //!
 //! Two sites (`lb_tests::sites`), each a balancer with its own VIP and a controller that
 //! also serves the zone `example.test.` (TTL 2 s) and is one of the 2 vantage points that
@@ -17,17 +18,21 @@
 //! others by the time the answer may take to move.
 //!
 //! Options: `--rate N` (requests/s, default 200), `--phase SECS` (default 10), `--quick`
-//! (4 s phases), `--out FILE` (default target/drill.svg).
+//! (4 s phases), `--out FILE.svg` (default target/drill.svg), `--png FILE.png` (default: the
+//! SVG's path with the extension `.png`).
 //!
 //! `--soak MINUTES [...]` runs the soak mode instead (`lb_tests::soak`, options in
 //! `lb_tests::soak::USAGE`).
 
 mod chart;
+mod labels;
 mod report;
 mod resolver;
 mod schedule;
+mod table;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,8 +43,7 @@ use lb_tests::lab::{self, BackendSpec, HTTP_PORT, LB_V4, http_get};
 use lb_tests::sites::{NAME, Site, TwoSites};
 use lb_tests::soak;
 
-use chart::svg;
-use report::{Record, report};
+use report::{Record, phase_stats, report};
 use resolver::Resolver;
 use schedule::{Fault, HEALTH, PHASES, TIMING, phase_bounds, phase_length};
 
@@ -49,11 +53,13 @@ const WORKERS: usize = 400;
 struct Options {
     rate: f64,
     phase: Duration,
-    out: std::path::PathBuf,
+    out: PathBuf,
+    /// The PNG's path; `None`: `out` with the extension `.png`.
+    png: Option<PathBuf>,
 }
 
 fn options() -> Result<Options> {
-    let mut opts = Options { rate: 200.0, phase: Duration::from_secs(10), out: "target/drill.svg".into() };
+    let mut opts = Options { rate: 200.0, phase: Duration::from_secs(10), out: "target/drill.svg".into(), png: None };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -62,9 +68,10 @@ fn options() -> Result<Options> {
             "--phase" => opts.phase = Duration::from_secs_f64(value("--phase")?.parse().context("--phase")?),
             "--quick" => opts.phase = Duration::from_secs(4),
             "--out" => opts.out = value("--out")?.into(),
+            "--png" => opts.png = Some(value("--png")?.into()),
             "-h" | "--help" => {
                 println!(
-                    "lb-drill [--rate N] [--phase SECS] [--quick] [--out FILE.svg]   (needs root; LB_BIN names `lb`)\n{}",
+                    "lb-drill [--rate N] [--phase SECS] [--quick] [--out FILE.svg] [--png FILE.png]   (needs root; LB_BIN names `lb`)\n{}",
                     soak::USAGE
                 );
                 std::process::exit(0);
@@ -116,6 +123,8 @@ fn soak(args: &[String]) -> ExitCode {
 }
 
 fn drill(opts: Options) -> Result<()> {
+    // Before the run rather than after it: a missing font must not cost a whole drill.
+    chart::load_font()?;
     let site_a = Site {
         backends: backends(&[("r1", "z1", 4), ("r1", "z2", 2), ("r2", "z1", 2)]),
         locality: Some(("r1", "z1")),
@@ -165,9 +174,11 @@ fn drill(opts: Options) -> Result<()> {
     }
     let mut records = std::mem::take(&mut *records.lock().expect("records"));
     records.sort_by_key(|r| r.due);
-    report(&records, &fault_at, &bounds);
-    std::fs::write(&opts.out, svg(&records, &bounds)).with_context(|| format!("writing {}", opts.out.display()))?;
-    println!("\npicture: {}", opts.out.display());
+    let stats = phase_stats(&records, &fault_at, &bounds);
+    report(&records, &stats);
+    let png = opts.png.unwrap_or_else(|| opts.out.with_extension("png"));
+    chart::write(&opts.out, &png, &records, &stats, &bounds)?;
+    println!("\npicture: {} and {}", opts.out.display(), png.display());
     Ok(())
 }
 
