@@ -37,6 +37,8 @@ const CHART_HEIGHT: u32 = 540;
 const MARGIN: i32 = 16;
 const AXIS_AREA: i32 = 64;
 const TITLE_HEIGHT: i32 = 34;
+/// Where the legend's line ends and the labels' rows begin.
+const LEGEND_BOTTOM: i32 = TITLE_HEIGHT + 26;
 const LABEL_ROW: i32 = 20;
 const LABEL_FONT: u32 = 13;
 
@@ -155,9 +157,35 @@ fn draw<DB: DrawingBackend>(
         (FAMILY, 20).into_font(),
     ))
     .map_err(error)?;
+    draw_legend(&top, MARGIN + AXIS_AREA, TITLE_HEIGHT).map_err(error)?;
     draw_chart(&top, series, stats, bounds).map_err(error)?;
     table::draw(&bottom, stats, band_colour).map_err(error)?;
     root.present().map_err(error)
+}
+
+/// The legend, on a line of its own above the chart (inside it, it would hide data).
+fn draw_legend<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    mut x: i32,
+    y: i32,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    let style = TextStyle::from((FAMILY, LABEL_FONT).into_font());
+    let entries = [
+        (FAULT_BAND, false, "fault phase"),
+        (HEAL_BAND, false, "heal phase (and the baseline)"),
+        (SUCCESS, true, "success rate (left axis)"),
+        (P99, true, "p99 latency (right axis)"),
+    ];
+    for (colour, line, text) in entries {
+        if line {
+            area.draw(&PathElement::new([(x, y + 8), (x + 24, y + 8)], colour.stroke_width(3)))?;
+        } else {
+            area.draw(&Rectangle::new([(x, y + 1), (x + 24, y + 15)], colour.filled()))?;
+        }
+        area.draw(&Text::new(text, (x + 30, y + 2), style.clone()))?;
+        x += 30 + area.estimate_text_size(text, &style)?.0 as i32 + 28;
+    }
+    Ok(())
 }
 
 /// The chart, with the phases' names in rows above it (see [`labels::layout`]).
@@ -168,18 +196,8 @@ fn draw_chart<DB: DrawingBackend>(
     bounds: &[Duration],
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let total = bounds[bounds.len() - 1].as_secs_f64();
-    let (left, right) = (MARGIN + AXIS_AREA, area.dim_in_pixel().0 as i32 - MARGIN - AXIS_AREA);
-    let to_x = |d: Duration| left + ((right - left) as f64 * d.as_secs_f64() / total).round() as i32;
-    let label_style = TextStyle::from((FAMILY, LABEL_FONT).into_font());
-    let names: Vec<String> = stats.iter().enumerate().map(|(i, phase)| label(i, phase)).collect();
-    let mut bands = Vec::with_capacity(names.len());
-    for (i, name) in names.iter().enumerate() {
-        let (width, _) = area.estimate_text_size(name, &label_style)?;
-        bands.push(Band { x0: to_x(bounds[i]), x1: to_x(bounds[i + 1]), text_width: width as i32 + 6 });
-    }
-    let boxes = labels::layout(&bands, right);
-    let plot_top = TITLE_HEIGHT + LABEL_ROW * labels::rows(&boxes) as i32 + 6;
-
+    let labels = PhaseLabels::new(area, stats, bounds)?;
+    let plot_top = LEGEND_BOTTOM + LABEL_ROW * labels::rows(&labels.boxes) as i32 + 6;
     let mut chart = ChartBuilder::on(area)
         .margin_top(plot_top)
         .margin_left(MARGIN)
@@ -190,17 +208,11 @@ fn draw_chart<DB: DrawingBackend>(
         .right_y_label_area_size(AXIS_AREA)
         .build_cartesian_2d(0f64..total, 0f64..105f64)?
         .set_secondary_coord(0f64..total, series.p99_range().log_scale());
-    for kind in [Fault::KillProcess(0), Fault::Heal] {
-        let colour = band_colour(kind);
-        let rects = stats.iter().enumerate().filter(|(_, p)| band_colour(p.fault) == colour).map(|(i, _)| {
-            Rectangle::new([(bounds[i].as_secs_f64(), 0.0), (bounds[i + 1].as_secs_f64(), 105.0)], colour.filled())
-        });
-        let name = if colour == FAULT_BAND { "fault phase" } else { "heal phase (and the baseline)" };
-        chart
-            .draw_series(rects)?
-            .label(name)
-            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], colour.filled()));
-    }
+    let bands = stats.iter().enumerate().map(|(i, phase)| {
+        let corners = [(bounds[i].as_secs_f64(), 0.0), (bounds[i + 1].as_secs_f64(), 105.0)];
+        Rectangle::new(corners, band_colour(phase.fault).filled())
+    });
+    chart.draw_series(bands)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -222,37 +234,125 @@ fn draw_chart<DB: DrawingBackend>(
         .axis_desc_style((FAMILY, 15))
         .label_style((FAMILY, 13))
         .draw()?;
-    for (i, run) in runs(&series.success).into_iter().enumerate() {
-        let drawn = chart.draw_series(LineSeries::new(run, SUCCESS.stroke_width(2)))?;
-        if i == 0 {
-            drawn
-                .label("success rate (left)")
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], SUCCESS.stroke_width(2)));
-        }
+    for run in runs(&series.success) {
+        chart.draw_series(LineSeries::new(run, SUCCESS.stroke_width(2)))?;
     }
-    for (i, run) in runs(&series.p99).into_iter().enumerate() {
-        let drawn = chart.draw_secondary_series(LineSeries::new(run, P99.stroke_width(2)))?;
-        if i == 0 {
-            drawn
-                .label("p99 latency (right)")
-                .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], P99.stroke_width(2)));
-        }
+    for run in runs(&series.p99) {
+        chart.draw_secondary_series(LineSeries::new(run, P99.stroke_width(2)))?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerLeft)
-        .label_font((FAMILY, 13))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.4))
-        .draw()?;
+    labels.draw(area, stats, plot_top)
+}
 
-    for ((name, b), stats) in names.iter().zip(&boxes).zip(stats) {
-        let y = plot_top - LABEL_ROW * (b.row as i32 + 1);
-        area.draw(&Rectangle::new(
-            [(b.x, y + 1), (b.x + b.width, y + LABEL_ROW - 2)],
-            band_colour(stats.fault).filled(),
-        ))?;
-        area.draw(&Text::new(name.as_str(), (b.x + 3, y + 3), label_style.clone()))?;
+/// The phases' labels and where [`labels::layout`] puts them.
+struct PhaseLabels {
+    texts: Vec<String>,
+    boxes: Vec<labels::LabelBox>,
+    style: TextStyle<'static>,
+}
+
+impl PhaseLabels {
+    /// Measures each label in the font it is drawn in, against its band's pixels (the
+    /// plotting area spans the width between the margins and the two axes' label areas).
+    fn new<DB: DrawingBackend>(
+        area: &DrawingArea<DB, Shift>,
+        stats: &[PhaseStats],
+        bounds: &[Duration],
+    ) -> Result<PhaseLabels, DrawingAreaErrorKind<DB::ErrorType>> {
+        let total = bounds[bounds.len() - 1].as_secs_f64();
+        let (left, right) = (MARGIN + AXIS_AREA, area.dim_in_pixel().0 as i32 - MARGIN - AXIS_AREA);
+        let to_x = |d: Duration| left + ((right - left) as f64 * d.as_secs_f64() / total).round() as i32;
+        let style = TextStyle::from((FAMILY, LABEL_FONT).into_font());
+        let texts: Vec<String> = stats.iter().enumerate().map(|(i, phase)| label(i, phase)).collect();
+        let mut bands = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            let (width, _) = area.estimate_text_size(text, &style)?;
+            bands.push(Band { x0: to_x(bounds[i]), x1: to_x(bounds[i + 1]), text_width: width as i32 + 6 });
+        }
+        let boxes = labels::layout(&bands, right);
+        Ok(PhaseLabels { texts, boxes, style })
     }
-    Ok(())
+
+    /// Each label on its band's colour, row 0 just above the plot's top at `plot_top`.
+    fn draw<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+        stats: &[PhaseStats],
+        plot_top: i32,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        for ((text, b), phase) in self.texts.iter().zip(&self.boxes).zip(stats) {
+            let y = plot_top - LABEL_ROW * (b.row as i32 + 1);
+            let colour = band_colour(phase.fault).filled();
+            area.draw(&Rectangle::new([(b.x, y + 1), (b.x + b.width, y + LABEL_ROW - 2)], colour))?;
+            area.draw(&Text::new(text.as_str(), (b.x + 3, y + 3), self.style.clone()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::phase_stats;
+    use crate::schedule::{PHASES, phase_bounds};
+
+    /// 50 requests/s through the drill's 11 phases (4 s each, the site phases longer): the
+    /// first half second of each fault phase fails, the rest take 1-3 ms, slower after faults.
+    fn synthetic_run() -> (Vec<Record>, Vec<PhaseStats>, Vec<Duration>) {
+        let bounds = phase_bounds(Duration::from_secs(4));
+        let total = bounds[PHASES.len()];
+        let records: Vec<Record> = (0..)
+            .map(|n| Duration::from_millis(20 * n))
+            .take_while(|&due| due < total)
+            .map(|due| {
+                let phase = bounds.iter().rposition(|&b| b <= due).expect("after the start");
+                let since_fault = due - bounds[phase];
+                let faulty = band_colour(PHASES[phase].1) == FAULT_BAND;
+                let outcome = if faulty && since_fault < Duration::from_millis(500) {
+                    Err("connection refused".to_owned())
+                } else {
+                    Ok(format!("b{}", due.as_millis() % 3))
+                };
+                let slow = if faulty && since_fault < Duration::from_secs(1) { 80 } else { 1 };
+                Record { due, latency: Duration::from_micros(slow * 1000 + (due.as_millis() % 2000) as u64), outcome }
+            })
+            .collect();
+        let stats = phase_stats(&records, &bounds[..PHASES.len()], &bounds);
+        (records, stats, bounds)
+    }
+
+    #[test]
+    fn renders_svg_and_png_of_a_run_with_failures() {
+        let dir = std::env::temp_dir().join(format!("lb-drill-chart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let (svg, png) = (dir.join("drill.svg"), dir.join("drill.png"));
+        let (records, stats, bounds) = synthetic_run();
+        assert!(stats.iter().any(|s| s.failed > 0), "the run must have failures to draw");
+        let written = write(&svg, &png, &records, &stats, &bounds);
+        let svg_text = std::fs::read_to_string(&svg);
+        let png_bytes = std::fs::read(&png);
+        std::fs::remove_dir_all(&dir).expect("removing the temp dir");
+        written.expect("drawing the pictures");
+
+        let svg_text = svg_text.expect("the SVG was written");
+        for text in [SUCCESS_AXIS, P99_AXIS, TIME_AXIS] {
+            assert!(svg_text.contains(text), "the SVG lacks the axis title {text:?}");
+        }
+        for (i, phase) in stats.iter().enumerate() {
+            assert!(svg_text.contains(&label(i, phase)), "the SVG lacks the label of phase {}", phase.name);
+        }
+
+        let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes.expect("the PNG was written")));
+        let mut reader = decoder.read_info().expect("a PNG header");
+        let mut pixels = vec![0; reader.output_buffer_size()];
+        let frame = reader.next_frame(&mut pixels).expect("PNG pixels");
+        assert_eq!((frame.width, frame.height), SIZE);
+        assert_eq!(frame.color_type, png::ColorType::Rgb);
+        let colours: std::collections::HashSet<&[u8]> = pixels[..frame.buffer_size()].chunks(3).collect();
+        for (name, RGBColor(r, g, b)) in
+            [("fault band", FAULT_BAND), ("heal band", HEAL_BAND), ("success line", SUCCESS)]
+        {
+            assert!(colours.contains(&[r, g, b][..]), "no pixel has the {name}'s colour");
+        }
+        assert!(colours.len() > 20, "only {} colours: the picture is nearly blank", colours.len());
+    }
 }
