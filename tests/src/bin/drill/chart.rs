@@ -21,7 +21,7 @@ pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 /// The family the texts ask for; the SVG names it too, for its viewer to pick.
 pub const FAMILY: &str = "sans-serif";
 /// Width and height of both pictures, in pixels.
-pub const SIZE: (u32, u32) = (1200, 860);
+pub const SIZE: (u32, u32) = (1200, 830);
 /// Band colours: phases that inject a fault, and those that heal (or wait, the baseline).
 pub const FAULT_BAND: RGBColor = RGBColor(0xf6, 0xd5, 0xcc);
 pub const HEAL_BAND: RGBColor = RGBColor(0xd7, 0xec, 0xd9);
@@ -112,12 +112,13 @@ impl Series {
         Series { success, p99 }
     }
 
-    /// The latency axis: whole powers of ten around every p99.
+    /// The latency axis: from the power of ten below every p99 (at most 1 ms) to half as
+    /// much again as the largest, so that no decade is left empty above it.
     fn p99_range(&self) -> std::ops::Range<f64> {
         let values = || self.p99.iter().filter_map(|&(_, v)| v).filter(|&v| v > 0.0);
-        let low = values().fold(f64::INFINITY, f64::min).min(1.0).log10().floor();
-        let high = values().fold(1.0, f64::max).log10().ceil().max(low + 1.0);
-        10f64.powf(low)..10f64.powf(high)
+        let low = 10f64.powf(values().fold(1.0, f64::min).log10().floor());
+        let high = (1.5 * values().fold(0.0, f64::max)).max(10.0 * low);
+        low..high
     }
 }
 
