@@ -17,6 +17,8 @@ apt_packages=(llvm-22-dev libpolly-22-dev bpftool iproute2 ethtool curl bind9-dn
 apt_packages+=(dpkg-dev systemd)
 # promtool (checks and unit-tests deploy/prometheus/lb-alerts.yml) comes with Prometheus.
 apt_packages+=(prometheus)
+# The drill draws its PNG with DejaVuSans.ttf (plotters' bitmap backend has no font of its own).
+apt_packages+=(fonts-dejavu-core)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
