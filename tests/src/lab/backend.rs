@@ -103,8 +103,8 @@ impl Backend {
     }
 
     /// From now on answers `percent` of its HTTP requests with `500 Internal Server Error`,
-    /// spread as evenly as counting allows (at 30%: the 4th, 7th, 10th, ... request), so
-    /// any run of requests fails that share within one request.
+    /// spread as evenly as counting allows, the first half a period in (at 2%: the 25th,
+    /// 75th, 125th, ... request), so any run of requests fails that share within one.
     pub fn answer_5xx(&self, percent: u64) {
         self.served.http_5xx_percent.store(percent.min(100), Ordering::Relaxed);
     }
@@ -247,8 +247,9 @@ fn answer_http(mut stream: TcpStream, name: &str, served: &ServedCounters) -> st
     let body = format!("{name}\n");
     let n = served.http.fetch_add(1, Ordering::Relaxed);
     let percent = served.http_5xx_percent.load(Ordering::Relaxed);
-    // The n-th request fails when it takes the count of failures due to the next integer.
-    let status = if (n + 1) * percent / 100 > n * percent / 100 { "500 Internal Server Error" } else { "200 OK" };
+    // A request fails when it takes the rounded count of failures due to the next integer.
+    let due = |requests: u64| (requests * percent + 50) / 100;
+    let status = if due(n + 1) > due(n) { "500 Internal Server Error" } else { "200 OK" };
     // One write, so the status line leaves in the first segment: the packet path reads the
     // status class there (`write!` on the stream would send "HTTP/1.0 " alone).
     let response = format!("HTTP/1.0 {status}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
