@@ -42,7 +42,9 @@ pub struct FlowState {
     pub state: u8,
     /// `SIDE_*` bits the client sent.
     pub client: u8,
-    pub _pad: u32,
+    /// When the flow began, in whole seconds of CLOCK_MONOTONIC_COARSE: its age in
+    /// `lb flows` (u32 seconds last 136 years).
+    pub started_s: u32,
     /// When a packet of the client was last seen (CLOCK_MONOTONIC_COARSE).
     pub last_seen_ns: u64,
 }

@@ -118,6 +118,7 @@ fn new_flow(
     entry.nat_port = nat_port;
     entry.state = state;
     entry.client = 0;
+    entry.started_s = (now / 1_000_000_000) as u32;
     entry.last_seen_ns = now;
     if FLOWS.insert(&s.flow, &s.state, 0).is_err() {
         // The table is full of live connections. A dsr flow still goes by the Maglev

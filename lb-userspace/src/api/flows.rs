@@ -154,6 +154,9 @@ pub struct FlowRow {
     pub mode: String,
     /// As `Conn::state_name` names it, with the backend's side in nat.
     pub state: String,
+    /// Since the flow began, in whole seconds.
+    #[serde(default)]
+    pub age_s: u64,
     /// Since the last packet of either side the balancer saw.
     pub idle_ms: u64,
     /// nat: the balancer's source port towards the backend.
@@ -210,6 +213,7 @@ fn row(key: &FlowKey, f: &FlowState, conn: &Conn, names: &Names, now_ns: u64) ->
         backend_id: f.backend_id,
         mode: if f.nat_port != 0 { "nat" } else { "dsr" }.to_owned(),
         state: conn.state_name().to_owned(),
+        age_s: (now_ns / 1_000_000_000).saturating_sub(u64::from(f.started_s)),
         idle_ms: now_ns.saturating_sub(conn.last_seen_ns) / 1_000_000,
         nat_port: (f.nat_port != 0).then_some(f.nat_port),
     }
@@ -217,8 +221,8 @@ fn row(key: &FlowKey, f: &FlowState, conn: &Conn, names: &Names, now_ns: u64) ->
 
 /// The list as `lb flows` prints it: a row per flow, and how many more match.
 pub fn table(list: &FlowList) -> String {
-    let cells: Vec<[String; 7]> = list.flows.iter().map(cells).collect();
-    let header = ["client", "vip", "backend", "mode", "state", "idle", "nat port"].map(str::to_owned);
+    let cells: Vec<[String; 8]> = list.flows.iter().map(cells).collect();
+    let header = ["client", "vip", "backend", "mode", "state", "age", "idle", "nat port"].map(str::to_owned);
     let mut widths = header.clone().map(|h| h.len());
     for row in &cells {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -241,13 +245,14 @@ pub fn table(list: &FlowList) -> String {
     out
 }
 
-fn cells(r: &FlowRow) -> [String; 7] {
+fn cells(r: &FlowRow) -> [String; 8] {
     [
         format!("{}/{}", r.client, r.protocol),
         r.vip.clone(),
         r.backend.map_or_else(|| format!("id {}", r.backend_id), |b| b.to_string()),
         r.mode.clone(),
         r.state.clone(),
+        humantime::format_duration(std::time::Duration::from_secs(r.age_s)).to_string(),
         idle_text(r.idle_ms),
         r.nat_port.map_or_else(|| "-".to_owned(), |p| p.to_string()),
     ]
@@ -291,6 +296,7 @@ mod tests {
         let nat_key = key(sock("10.0.0.2:40000"), sock("10.100.0.2:7"), PROTO_TCP);
         let mut closing = flow(0, 0, 20001, FLOW_ESTABLISHED, 1000);
         closing.client = SIDE_FIN;
+        closing.started_s = 1;
         let reply = key(sock("10.0.1.11:7"), sock("10.0.0.1:20001"), PROTO_TCP);
         let reverse = NatState {
             client: nat_key,
@@ -335,6 +341,7 @@ mod tests {
             backend_id: 0,
             mode: "nat".into(),
             state: "closed".into(),
+            age_s: 2,
             idle_ms: 1500,
             nat_port: Some(20001),
         };
@@ -383,7 +390,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         let words: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(words, ["10.0.0.2:40000/tcp", "web", "10.0.1.11:7", "nat", "closed", "1.5s", "20001"]);
+        assert_eq!(words, ["10.0.0.2:40000/tcp", "web", "10.0.1.11:7", "nat", "closed", "2s", "1.5s", "20001"]);
         assert_eq!(lines[0].find("vip"), lines[1].find("web"));
         assert_eq!(idle_text(3_725_000), "1h 2m 5s");
     }

@@ -1,7 +1,8 @@
 //! `lb flows` and `lb status --vip` against a running `lb`: the flow table lists exactly the
 //! connections the client holds open through a nat and a dsr VIP, and its UDP flows, each
-//! with the backend that answered it; the filters select what they say; closed
-//! connections show as closed (nat sees both FINs, dsr only the client's) and then go.
+//! with the backend that answered it and an age that grows; the filters select what they
+//! say; closed connections show as closed (nat sees both FINs, dsr only the client's) and
+//! then go.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
@@ -71,6 +72,7 @@ fn lb_flows_lists_the_connections_a_client_holds_with_their_backends() -> Result
     let config =
         lb_config(&lab, &vips).balancer("[flow_timeouts]\ntcp_fin = \"3s\"\ntcp_closed = \"3s\"\nudp = \"3s\"");
     let lb = LbProcess::start(&lab, &config)?;
+    let opened = Instant::now();
     let address_of = |name: &str, port: u16| {
         let b = lab.backends.iter().find(|b| b.spec.name == name).expect("a lab backend");
         SocketAddr::new(IpAddr::V4(b.v4), port)
@@ -102,7 +104,6 @@ fn lb_flows_lists_the_connections_a_client_holds_with_their_backends() -> Result
     assert_eq!(described(&all.flows), expected, "lb flows lists exactly the flows opened");
     assert_eq!((all.entries, all.matched), (15, 15));
     assert!(all.flows.iter().all(|r| (r.mode == "nat") == r.nat_port.is_some()), "{:?}", all.flows);
-
     // The filters.
     let only = |pick: &dyn Fn(&Expected) -> bool| expected.iter().filter(|e| pick(e)).cloned().collect::<BTreeSet<_>>();
     assert_eq!(described(&flows(&lb, &["--vip", "line-nat"])?.flows), only(&|e| e.1 == "line-nat"));
@@ -123,6 +124,16 @@ fn lb_flows_lists_the_connections_a_client_holds_with_their_backends() -> Result
     let status = lb.cli(&["status", "--vip", "line-dsr"])?;
     assert!(status.contains("VIP line-dsr ") && !status.contains("VIP line-nat"), "{status}");
     assert_eq!(status.lines().filter(|l| l.contains("(r1/z1)")).count(), 2, "{status}");
+
+    // Ages in whole seconds of the packet path's clock: none older than the test's flows.
+    let oldest = opened.elapsed().as_secs() + 1;
+    assert!(all.flows.iter().all(|r| r.age_s <= oldest), "ages over {oldest} s: {:?}", all.flows);
+    std::thread::sleep(Duration::from_secs(2));
+    let later = flows(&lb, &[])?; // UDP flows may be gone by now (udp = 3s)
+    let aged = |r: &FlowRow| {
+        all.flows.iter().find(|a| (a.client, &a.protocol) == (r.client, &r.protocol)).is_some_and(|a| r.age_s > a.age_s)
+    };
+    assert!(later.flows.iter().all(aged), "2 s later every flow is at least 1 s older: {:?}", later.flows);
 
     // The client closes: nat sees both sides' FINs (closed), dsr only the client's (fin);
     // then the sweep removes them once their timeouts pass.
