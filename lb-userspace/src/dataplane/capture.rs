@@ -1,7 +1,7 @@
 //! Packet capture's maps: the switch and filters (`CAPTURE`) and the ring of captured frames
 //! (`CAPTURE_RING`), opened from the running balancer's pins or from a loaded object.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use super::*;
 
@@ -76,6 +76,39 @@ impl AsFd for PacketCapture {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.ring.as_fd()
     }
+}
+
+impl AsRawFd for PacketCapture {
+    fn as_raw_fd(&self) -> RawFd {
+        self.ring.as_raw_fd()
+    }
+}
+
+/// The ids the running balancer gave its VIPs and active backends, read from its pins.
+#[derive(Debug, Default)]
+pub struct PinnedIds {
+    pub vips: Vec<(VipKey, u32)>,
+    pub backends: Vec<(u32, Backend)>,
+}
+
+pub fn pinned_ids(dir: &Path) -> Result<PinnedIds, CaptureError> {
+    let vips: HashMap<MapData, VipKey, VipInfo> =
+        Map::HashMap(pinned(dir, MAP_VIPS)?).try_into().map_err(|_| CaptureError::MapType(MAP_VIPS))?;
+    let backends: Array<MapData, Backend> =
+        Map::Array(pinned(dir, MAP_BACKENDS)?).try_into().map_err(|_| CaptureError::MapType(MAP_BACKENDS))?;
+    let read = |map| move |source| CaptureError::Read { map, source };
+    let mut ids = PinnedIds::default();
+    for entry in vips.iter() {
+        let (key, info) = entry.map_err(read(MAP_VIPS))?;
+        ids.vips.push((key, info.vip_id));
+    }
+    for id in 0..backends.len() {
+        let backend = backends.get(&id, 0).map_err(read(MAP_BACKENDS))?;
+        if backend.flags & BACKEND_ACTIVE != 0 {
+            ids.backends.push((id, backend));
+        }
+    }
+    Ok(ids)
 }
 
 /// Records lost to a full ring so far (`capture_records_lost`, summed over CPUs), read

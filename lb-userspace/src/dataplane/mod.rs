@@ -20,7 +20,7 @@ mod host;
 mod signals;
 mod writer;
 
-pub use capture::{CaptureError, PacketCapture, pinned_records_lost};
+pub use capture::{CaptureError, PacketCapture, PinnedIds, pinned_ids, pinned_records_lost};
 pub use flows::SweepReport;
 pub use host::{PRIVATE_PINS_ADVICE, ensure_bpffs, pass_link_pin, pins_are_private};
 use host::{prepare_interface, raise_memlock_limit};
