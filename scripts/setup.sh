@@ -12,6 +12,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 apt_packages=(llvm-22-dev libpolly-22-dev bpftool iproute2 ethtool curl bind9-dnsutils dnsperf gdnsd)
+# `lb capture`'s integration test reads what it wrote with tcpdump.
+apt_packages+=(tcpdump)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -4,6 +4,7 @@
 //! `cargo xtask test -- -p lb-tests --test integration failover::`.
 //! Most need root: they build their own namespaces, and fail when they can't.
 
+mod capture;
 mod capture_fixtures;
 mod connections;
 mod dns;
