@@ -153,7 +153,7 @@ async fn pump<W: Write>(
     let (mut interrupt, mut terminate) = (signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?);
     let deadline = tokio::time::sleep(args.duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
-    while !args.count.is_some_and(|n| summary.written_out >= n) {
+    while args.count.is_none_or(|n| summary.written_out < n) {
         tokio::select! {
             ready = ring.readable_mut() => {
                 let mut guard = ready?;
@@ -178,7 +178,7 @@ fn write_ready<W: Write>(
     count: Option<u64>,
     summary: &mut Summary,
 ) -> Result<(), CaptureCliError> {
-    while !count.is_some_and(|n| summary.written_out >= n)
+    while count.is_none_or(|n| summary.written_out < n)
         && let Some(record) = capture.next_record()
     {
         sink.write(&record, names)?;

@@ -1,6 +1,6 @@
-//! 11. Packet capture: what an existing dsr flow's packet costs with capture off, on with a
-//! filter that matches nothing, and on matching everything (each packet copied into the
-//! ring twice), against `xdp_drop` measured in the same run.
+//! 11. Packet capture: what an existing dsr flow's packet costs with capture off, on with
+//!     a filter that matches nothing, and on matching everything (each packet copied into
+//!     the ring twice), against `xdp_drop` measured in the same run.
 
 use anyhow::{Context as _, Result};
 use lb_common::{CAPTURE_BY_VIP, CaptureConfig, PROG_DROP, PROG_LB};
