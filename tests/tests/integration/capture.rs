@@ -2,7 +2,8 @@
 //! through a dsr VIP, `lb capture -w FILE` records each of their packets as it came in and
 //! as the balancer sent it out (nat: to the backend's address; dsr: to the backend's MAC),
 //! tcpdump reads the file, and capture is off again once it ends; `lb capture -w - --count N`
-//! piped into `tcpdump -r -` gives tcpdump the 2N packets and ends by itself.
+//! piped into `tcpdump -r -` gives tcpdump the 2N packets and ends by itself; a capture
+//! left on by a killed `lb capture` is switched off by the next controller.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -119,21 +120,22 @@ fn backend_hosts(lab: &Lab) -> Result<HashMap<String, (IpAddr, [u8; 6])>> {
     Ok(hosts)
 }
 
-fn lab_and_lb(tag: &str) -> Result<(Lab, LbProcess)> {
+fn lab_and_lb(tag: &str) -> Result<(Lab, LbProcess, String)> {
     let lab = Lab::build(tag, backends_across(1, 1, 2), true)?;
     let both = vec![(0, 1), (1, 1)];
     let vips = [
         VipSpec::new("web-nat", IpAddr::V4(NAT_VIP), HTTP_PORT, "tcp", "nat", both.clone()),
         VipSpec::new("web-dsr", IpAddr::V4(VIP_V4), HTTP_PORT, "tcp", "dsr", both),
     ];
-    let lb = LbProcess::start(&lab, &lb_config(&lab, &vips))?;
-    Ok((lab, lb))
+    let config = lb_config(&lab, &vips).to_string();
+    let lb = LbProcess::start(&lab, &config)?;
+    Ok((lab, lb, config))
 }
 
 #[test]
 fn lb_capture_writes_each_request_packet_as_it_came_and_as_it_was_sent() -> Result<()> {
     require_tool("tcpdump", "tcpdump");
-    let (lab, lb) = lab_and_lb("capw")?;
+    let (lab, lb, _) = lab_and_lb("capw")?;
     let switch = PacketCapture::open_pinned(&lab.pin_dir())?;
     let file = std::env::temp_dir().join(format!("{}.pcapng", lab.prefix));
     let child = spawn_capture(&lb, &lab.lb.path(), &["-w", file.to_str().context("a path")?], Stdio::null())?;
@@ -192,7 +194,7 @@ fn tcpdump_lines(file: &std::path::Path) -> Result<usize> {
 #[test]
 fn lb_capture_to_stdout_feeds_tcpdump_and_ends_after_count() -> Result<()> {
     require_tool("tcpdump", "tcpdump");
-    let (lab, lb) = lab_and_lb("caps")?;
+    let (lab, lb, _) = lab_and_lb("caps")?;
     let switch = PacketCapture::open_pinned(&lab.pin_dir())?;
     let mut capture =
         spawn_capture(&lb, &lab.lb.path(), &["-w", "-", "--count", "10", "--vip", "web-dsr"], Stdio::piped())?;
@@ -223,5 +225,21 @@ fn lb_capture_to_stdout_feeds_tcpdump_and_ends_after_count() -> Result<()> {
         lines.iter().all(|l| l.contains(&format!("> {VIP_V4}.80")) || l.contains(&format!("{VIP_V4}.80 >"))),
         "{lines:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_controller_that_adopts_the_program_switches_a_stale_capture_off() -> Result<()> {
+    let (lab, lb, config) = lab_and_lb("capa")?;
+    let switch = PacketCapture::open_pinned(&lab.pin_dir())?;
+    let mut capture = spawn_capture(&lb, &lab.lb.path(), &["-w", "/dev/null"], Stdio::null())?;
+    wait_until_on(&switch, true)?;
+    // Killed where it can't switch capture off; the process is ours, ended by its id.
+    capture.kill()?;
+    capture.wait()?;
+    ensure!(switch.is_on()?, "capture went off without anyone switching it");
+    lb.crash()?;
+    let _adopting = LbProcess::start(&lab, &config)?;
+    ensure!(!switch.is_on()?, "the adopting controller left the stale capture on");
     Ok(())
 }
