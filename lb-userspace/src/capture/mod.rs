@@ -47,9 +47,9 @@ pub enum CaptureCliError {
     BackendNotRunning(SocketAddr),
     #[error(transparent)]
     Capture(#[from] CaptureError),
-    #[error("writing the capture: {0}")]
+    #[error("writing the capture")]
     Output(#[from] pcap_file::PcapError),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

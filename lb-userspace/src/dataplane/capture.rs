@@ -8,15 +8,15 @@ use super::*;
 /// Why packet capture could not start, read its records or stop.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
-    #[error("opening the pinned map {}: {source} (is `lb run` running with this pin_dir?)", path.display())]
+    #[error("opening the pinned map {} (is `lb run` running with this pin_dir?)", path.display())]
     Open { path: PathBuf, source: aya::maps::MapError },
     #[error("the pinned map {0} is not what this build of lb expects")]
     MapType(&'static str),
     #[error("map {0} missing from the object")]
     Missing(&'static str),
-    #[error("switching capture {what}: {source}")]
+    #[error("switching capture {what}")]
     Switch { what: &'static str, source: aya::maps::MapError },
-    #[error("reading {map}: {source}")]
+    #[error("reading {map}")]
     Read { map: &'static str, source: aya::maps::MapError },
 }
 
@@ -127,10 +127,10 @@ pub(super) fn switch_off_stale(dir: &Path) {
     match PacketCapture::open_pinned(dir).and_then(|c| Ok((c.is_on()?, c))) {
         Ok((true, mut capture)) => match capture.stop() {
             Ok(()) => warn!("a packet capture was left on; switched it off"),
-            Err(e) => warn!("a packet capture was left on and could not be switched off: {e}"),
+            Err(e) => warn!("a packet capture was left on and could not be switched off: {:#}", anyhow::Error::from(e)),
         },
         Ok((false, _)) => {}
-        Err(e) => warn!("packet capture's maps: {e}"),
+        Err(e) => warn!("packet capture's maps: {:#}", anyhow::Error::from(e)),
     }
 }
 
