@@ -19,6 +19,8 @@ apt_packages+=(dpkg-dev systemd)
 apt_packages+=(prometheus)
 # The drill draws its PNG with DejaVuSans.ttf (plotters' bitmap backend has no font of its own).
 apt_packages+=(fonts-dejavu-core)
+# `lb capture`'s integration test reads what it wrote with tcpdump.
+apt_packages+=(tcpdump)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -196,6 +196,8 @@ counters! {
         drop_internal as dropped_packets(reason = "internal"),
         /// Passive health signals lost because the ring buffer was full.
         health_signals_lost,
+        /// Packet capture records lost because the capture ring buffer was full.
+        capture_records_lost,
     }
     families {
         dropped_packets: "Packets dropped before a VIP was found, by reason.",

@@ -8,6 +8,7 @@
 //! byte-aligned fields would cost a load and a store per byte.
 #![no_std]
 
+mod capture;
 mod conn;
 mod counters;
 mod csum;
@@ -15,6 +16,7 @@ mod hash;
 use hash::word;
 mod limits;
 
+pub use capture::*;
 pub use conn::*;
 pub use counters::{BackendStats, Counter, Counters, GlobalStats, VipStats};
 pub use csum::{csum_replace_addr, csum_replace2, csum_replace4};
@@ -60,6 +62,8 @@ pub const MAP_RATE_CPU_TOKENS: &str = "RATE_CPU_TOKENS";
 pub const MAP_SOURCE_BUCKETS: &str = "SOURCE_BUCKETS";
 pub const MAP_HEALTH_SIGNALS: &str = "HEALTH_SIGNALS";
 pub const MAP_NAT_PORT_CURSORS: &str = "NAT_PORT_CURSORS";
+pub const MAP_CAPTURE: &str = "CAPTURE";
+pub const MAP_CAPTURE_RING: &str = "CAPTURE_RING";
 
 /// Program names in the object.
 pub const PROG_LB: &str = "xdp_lb";
@@ -274,6 +278,8 @@ mod pod {
     unsafe impl aya::Pod for VipCpuTokens {}
     unsafe impl aya::Pod for HealthSignal {}
     unsafe impl aya::Pod for SourceKey {}
+    unsafe impl aya::Pod for CaptureConfig {}
+    unsafe impl aya::Pod for CaptureRecord {}
 }
 
 #[cfg(test)]

@@ -42,12 +42,13 @@ pub enum Unsent {
     NoRoute,
 }
 
-/// The verdict for a packet that `forward` could not send, counted in the VIP's `stats`.
+/// The verdict for a packet that `forward` could not send, counted in the VIP's `stats`;
+/// a drop's reason goes to `drop` (packet capture's mark).
 /// A nat packet is addressed to its next hop once rewritten, so the kernel can forward it:
 /// it is passed, and the kernel resolves the neighbour on the way. A dsr packet is still
 /// addressed to the VIP, which the kernel would not send to the backend: it is dropped.
 #[inline(always)]
-pub fn unsent_verdict(unsent: Unsent, rewritten: bool, stats: &mut VipStats) -> u32 {
+pub fn unsent_verdict(unsent: Unsent, rewritten: bool, stats: &mut VipStats, drop: &mut u8) -> u32 {
     match unsent {
         Unsent::NoNeighbour if rewritten => {
             stats.passed_no_neighbour += 1;
@@ -55,10 +56,12 @@ pub fn unsent_verdict(unsent: Unsent, rewritten: bool, stats: &mut VipStats) -> 
         }
         Unsent::NoNeighbour => {
             stats.drop_no_neighbour += 1;
+            *drop = DROP_NO_NEIGHBOUR;
             xdp_action::XDP_DROP
         }
         Unsent::NoRoute => {
             stats.drop_no_route += 1;
+            *drop = DROP_NO_ROUTE;
             xdp_action::XDP_DROP
         }
     }

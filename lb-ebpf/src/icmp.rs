@@ -31,6 +31,8 @@ pub fn icmp_error_to_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize)
     let vip = unsafe { VIPS.get(vip_key.as_key()) }.ok_or(Reason::IcmpUnmatched)?;
     let state = unsafe { FLOWS.get(&s.flow) }.copied().ok_or(Reason::IcmpUnmatched)?;
     let backend = BACKENDS.get(state.backend_id).ok_or(Reason::IcmpUnmatched)?;
+    s.mark.vip_id = vip.vip_id;
+    s.mark.backend_id = state.backend_id;
     if vip.mode == MODE_NAT {
         let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
         copy_addr(&mut s.to.src, &backend.addr);
@@ -44,5 +46,5 @@ pub fn icmp_error_to_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize)
     let stats = unsafe { &mut *stats };
     stats.icmp_errors_forwarded += 1;
     let sent = forward_to_backend(ctx, &s.headers, state.backend_id, &backend.addr);
-    Ok(sent.unwrap_or_else(|unsent| unsent_verdict(unsent, vip.mode == MODE_NAT, stats)))
+    Ok(sent.unwrap_or_else(|unsent| unsent_verdict(unsent, vip.mode == MODE_NAT, stats, &mut s.mark.drop)))
 }

@@ -6,7 +6,8 @@
 //! A packet's path through the modules: `parse` (headers) -> `vip` (client -> VIP: the
 //! flow's backend, `limits`, `nat` port) or `nat::to_client` (backend -> balancer) or
 //! `icmp` (errors about a flow) -> `rewrite` -> `forward`. `signals` reports what nat
-//! replies say about backends; `maps` holds every map; `stats` counts what leaves the path.
+//! replies say about backends; `maps` holds every map; `stats` counts what leaves the path;
+//! `capture` copies packets for `lb capture` around all of it, while switched on.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -15,6 +16,7 @@
 // memory, and a copy would land on the 512-byte BPF stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod capture;
 mod flows;
 mod forward;
 mod icmp;
@@ -33,6 +35,7 @@ mod vip;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::*;
 
+use capture::{capture_config, capture_in, capture_out};
 use icmp::icmp_error_to_backend;
 use keys::{is_vip_addr, own_addr, vip_key};
 use maps::{SCRATCH, SETTINGS, Scratch, VIPS};
@@ -46,21 +49,36 @@ use vip::to_backend;
 
 #[xdp]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
-    match try_xdp_lb(&ctx) {
-        Ok(action) => action,
+    let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+        count_global(Reason::Internal);
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: per-CPU, large and aligned enough (asserted in `maps`); an XDP run is not
+    // preempted by another run on the same CPU. Zeroed memory is a valid `Scratch`.
+    let s = unsafe { &mut *scratch.cast::<Scratch>() };
+    let capture = capture_config();
+    if capture.is_some() {
+        capture_in(&ctx, s);
+    }
+    let (verdict, drop) = match try_xdp_lb(&ctx, s) {
+        Ok(action) => (action, 0),
         Err(reason) => {
             count_global(reason);
-            if reason == Reason::Passed { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
+            if reason == Reason::Passed {
+                (xdp_action::XDP_PASS, 0)
+            } else {
+                (xdp_action::XDP_DROP, reason.drop_code())
+            }
         }
+    };
+    if let Some(config) = capture {
+        capture_out(&ctx, s, config, verdict, drop);
     }
+    verdict
 }
 
 #[inline(always)]
-fn try_xdp_lb(ctx: &XdpContext) -> Result<u32, Reason> {
-    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Reason::Internal)?;
-    // SAFETY: per-CPU, large and aligned enough (asserted above); an XDP run is not
-    // preempted by another run on the same CPU. Zeroed memory is a valid `Scratch`.
-    let s = unsafe { &mut *scratch.cast::<Scratch>() };
+fn try_xdp_lb(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
     // `parse` writes every field of the headers that this packet's path reads (no reset:
     // all stores are of defined values, and a reset costs as much as the parse).
     let h = &mut s.headers;

@@ -70,6 +70,18 @@ pub static SOURCE_BUCKETS: LruHashMap<SourceKey, u64, { DEFAULT_SOURCE_ENTRIES a
 #[btf_map]
 pub static HEALTH_SIGNALS: RingBuf<HealthSignal, { 256 * 1024 }> = RingBuf::new();
 
+/// Packet capture's switch and filters (one `CaptureConfig`, all zero when off), read once
+/// per packet: an array lookup the kernel inlines, and one branch.
+#[btf_map]
+pub static CAPTURE: Array<CaptureConfig, 1> = Array::new();
+/// Captured frames for `lb capture`, two records per matching packet (in and out).
+#[btf_map]
+pub static CAPTURE_RING: RingBuf<CaptureRecord, { 4 * 1024 * 1024 }> = RingBuf::new();
+/// Where a captured packet's frame is kept as it came in, until its verdict tells whether
+/// it matches the filters (per CPU: the record is too big for the stack).
+#[btf_map]
+pub static CAPTURE_FRAME: PerCpuArray<CaptureRecord, 1> = PerCpuArray::new();
+
 /// Working memory for one packet (see `Scratch`); typed as words so its BTF stays plain.
 #[btf_map]
 pub static SCRATCH: PerCpuArray<[u64; SCRATCH_WORDS], 1> = PerCpuArray::new();
@@ -98,6 +110,20 @@ pub struct Scratch {
     pub clock: Clock,
     /// When this CPU last logged that nat ports ran out (at most once a second).
     pub ports_exhausted_logged_ns: u64,
+    /// What packet capture's filters and records need to know of the packet's way.
+    pub mark: Mark,
+}
+
+/// The VIP, backend and drop reason a packet met on its way, set where they are found (a
+/// store each, capture on or off); reset per packet only while capture is on.
+#[derive(Default)]
+pub struct Mark {
+    pub vip_id: u32,
+    pub backend_id: u32,
+    /// A `DROP_*` reason of a VIP's drop (`lb_common::capture`), zero when none.
+    pub drop: u8,
+    /// A nat reply: its client is `Scratch::nat.client.src`, not the packet's source.
+    pub reply: bool,
 }
 
 /// The coarse clock (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC_COARSE), cached per CPU:

@@ -135,6 +135,7 @@ pub fn to_client(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
     let now = s.clock.now();
     track_backend(nat, &s.headers, now);
     copy_words(&mut s.nat, nat);
+    s.mark = Mark { vip_id: s.nat.vip_id, backend_id: s.nat.backend_id, drop: 0, reply: true };
     let h = &s.headers;
     let vip_stats = VIP_STATS.get_ptr_mut(s.nat.vip_id).ok_or(Reason::Internal)?;
     // SAFETY: per-CPU value.
@@ -157,7 +158,8 @@ pub fn to_client(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
     s.to.sport = client.dport;
     s.to.dport = client.sport;
     rewrite(ctx, h, &s.to)?;
-    Ok(forward(ctx, h, &s.nat.client.src, None).unwrap_or_else(|unsent| unsent_verdict(unsent, true, vip_stats)))
+    Ok(forward(ctx, h, &s.nat.client.src, None)
+        .unwrap_or_else(|unsent| unsent_verdict(unsent, true, vip_stats, &mut s.mark.drop)))
 }
 
 /// Records what the backend's reply says: FIN (and whether it came before the client's,

@@ -1,5 +1,7 @@
 //! Counting packets that leave the fast path, by reason.
 
+use lb_common::*;
+
 use crate::maps::GLOBAL_STATS;
 
 /// Why a packet left the fast path; each maps to one `GlobalStats` counter.
@@ -12,6 +14,22 @@ pub enum Reason {
     UnknownVipPort,
     IcmpUnmatched,
     Internal,
+}
+
+impl Reason {
+    /// The reason as packet capture names a drop (`lb_common::CAPTURE_DROP_REASONS`).
+    #[inline(always)]
+    pub fn drop_code(self) -> u8 {
+        match self {
+            Reason::Passed => 0,
+            Reason::Malformed => DROP_MALFORMED,
+            Reason::Fragment => DROP_FRAGMENT,
+            Reason::IpOptions => DROP_IP_OPTIONS,
+            Reason::UnknownVipPort => DROP_UNKNOWN_VIP_PORT,
+            Reason::IcmpUnmatched => DROP_ICMP_UNMATCHED,
+            Reason::Internal => DROP_INTERNAL,
+        }
+    }
 }
 
 #[inline(always)]

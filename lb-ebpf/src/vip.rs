@@ -19,6 +19,7 @@ use crate::stats::Reason;
 #[inline(never)]
 pub fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, Reason> {
     s.headers.flow_key_into(&mut s.flow);
+    s.mark.vip_id = vip.vip_id;
     let vip_stats = VIP_STATS.get_ptr_mut(vip.vip_id).ok_or(Reason::Internal)?;
     // SAFETY: per-CPU value.
     let vip_stats = unsafe { &mut *vip_stats };
@@ -26,6 +27,7 @@ pub fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u3
     vip_stats.bytes += s.headers.frame_len as u64;
     if vip.limits & LIMIT_PACKETS != 0 && !take_vip_token(vip, LIMIT_PACKETS) {
         vip_stats.rate_limited_packets += 1;
+        s.mark.drop = DROP_RATE_LIMITED_PACKETS;
         return Ok(xdp_action::XDP_DROP);
     }
     let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
@@ -39,9 +41,13 @@ pub fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u3
         Some((f, backend)) => unsafe { ((*f).backend_id, backend, (*f).nat_port) },
         None => match new_flow(ctx, s, vip, vip_stats, entry.is_some(), settings, now) {
             Ok(picked) => picked,
-            Err(verdict) => return Ok(verdict),
+            Err(drop) => {
+                s.mark.drop = drop;
+                return Ok(xdp_action::XDP_DROP);
+            }
         },
     };
+    s.mark.backend_id = backend_id;
     let h = &s.headers;
     if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU value.
@@ -57,7 +63,7 @@ pub fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u3
         rewrite(ctx, h, &s.to)?;
     }
     let sent = forward_to_backend(ctx, h, backend_id, &backend.addr);
-    Ok(sent.unwrap_or_else(|unsent| unsent_verdict(unsent, vip.mode == MODE_NAT, vip_stats)))
+    Ok(sent.unwrap_or_else(|unsent| unsent_verdict(unsent, vip.mode == MODE_NAT, vip_stats, &mut s.mark.drop)))
 }
 
 /// How often one CPU logs that nat ports ran out.
@@ -65,7 +71,7 @@ const PORTS_EXHAUSTED_LOG_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// A new flow (or a new connection on the 4-tuple of an entry that `replaces`): admitted
 /// by the limits, given a backend and, in nat, a port; entered in the flow table. Returns
-/// the backend and port, or the verdict for a flow that can't be had.
+/// the backend and port, or why a flow can't be had (a `DROP_*` reason: it is dropped).
 #[inline(always)]
 fn new_flow(
     ctx: &XdpContext,
@@ -75,14 +81,11 @@ fn new_flow(
     replaces: bool,
     settings: &Settings,
     now: u64,
-) -> Result<(u32, &'static Backend, u16), u32> {
-    const DROP: u32 = xdp_action::XDP_DROP;
-    if !admitted(s, vip, vip_stats) {
-        return Err(DROP);
-    }
+) -> Result<(u32, &'static Backend, u16), u8> {
+    admitted(s, vip, vip_stats)?;
     let Some((backend_id, backend)) = pick_backend(vip, &s.flow, settings.hash_seed) else {
         vip_stats.drop_no_backend += 1;
-        return Err(DROP);
+        return Err(DROP_NO_BACKEND);
     };
     let state = initial_state(&s.headers);
     let nat = vip.mode == MODE_NAT;
@@ -98,7 +101,7 @@ fn new_flow(
             Ok(port) => port,
             Err(NoPort::TableFull) => {
                 vip_stats.drop_flow_table_full += 1;
-                return Err(DROP);
+                return Err(DROP_FLOW_TABLE_FULL);
             }
             Err(NoPort::InUse) => {
                 vip_stats.drop_nat_ports_exhausted += 1;
@@ -106,7 +109,7 @@ fn new_flow(
                     s.ports_exhausted_logged_ns = now;
                     warn!(ctx, "nat source ports exhausted for vip {} backend {}", vip.vip_id, backend_id);
                 }
-                return Err(DROP);
+                return Err(DROP_NAT_PORTS_EXHAUSTED);
             }
         }
     } else {
@@ -127,7 +130,7 @@ fn new_flow(
         if nat {
             let _ = NAT.remove(&s.reply);
             vip_stats.drop_flow_table_full += 1;
-            return Err(DROP);
+            return Err(DROP_FLOW_TABLE_FULL);
         }
         vip_stats.untracked_flows += 1;
     }
@@ -143,21 +146,22 @@ fn new_flow(
 }
 
 /// Whether the VIP's new-flow and source limits let the packet open a flow (packets that
-/// open none, and VIPs without those limits, always pass); a refusal is counted.
+/// open none, and VIPs without those limits, always pass); a refusal is counted, and its
+/// `DROP_*` reason returned.
 #[inline(always)]
-fn admitted(s: &Scratch, vip: &VipInfo, vip_stats: &mut VipStats) -> bool {
+fn admitted(s: &Scratch, vip: &VipInfo, vip_stats: &mut VipStats) -> Result<(), u8> {
     if vip.limits & (LIMIT_NEW_FLOWS | LIMIT_SOURCES) == 0 || !s.headers.opens_flow() {
-        return true;
+        return Ok(());
     }
     match admit_new_flow(&s.flow, vip) {
-        Admission::Admitted => true,
+        Admission::Admitted => Ok(()),
         Admission::SourceLimited => {
             vip_stats.rate_limited_sources += 1;
-            false
+            Err(DROP_RATE_LIMITED_SOURCES)
         }
         Admission::VipLimited => {
             vip_stats.rate_limited_new_flows += 1;
-            false
+            Err(DROP_RATE_LIMITED_NEW_FLOWS)
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use lb_userspace::api::client::AdminClient;
 use lb_userspace::api::{flows, status};
-use lb_userspace::{config, control};
+use lb_userspace::{capture, config, control};
 
 #[derive(Parser)]
 #[command(name = "lb", version, about = "XDP edge load balancer")]
@@ -47,6 +47,32 @@ enum Command {
         /// Every VIP with its backends, however many there are.
         #[arg(long, conflicts_with = "vip")]
         full: bool,
+    },
+    /// Capture packets as the XDP program sees them and as it sends them (after the rewrite,
+    /// with the verdict and the backend), as pcapng; run as root on the balancer host.
+    /// Capture is switched off again when it ends (count, duration, Ctrl-C or SIGTERM).
+    Capture {
+        /// The running balancer's config (for its pin directory and VIP names).
+        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
+        config: PathBuf,
+        /// Where the pcapng goes; `-` for standard output (`lb capture -w - | tcpdump -r -`).
+        #[arg(short = 'w', long = "write", value_name = "FILE|-", default_value = "-")]
+        write: PathBuf,
+        /// Only packets of this VIP.
+        #[arg(long, value_name = "NAME")]
+        vip: Option<String>,
+        /// Only packets of this client (to a VIP from it, or a nat reply to it).
+        #[arg(long, value_name = "IP")]
+        client: Option<std::net::IpAddr>,
+        /// Only packets sent to (or, in nat, replies from) this backend.
+        #[arg(long, value_name = "ADDR:PORT")]
+        backend: Option<std::net::SocketAddr>,
+        /// Stop after this many packets (each one is written twice: in and out).
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECS")]
+        duration: Option<f64>,
     },
     /// List the flow table: each flow's client, VIP, backend, mode, state, idle time and
     /// nat port, at most `--limit` of them (and how many more match).
@@ -198,6 +224,14 @@ fn stop(admin: &AdminArgs, detach: bool) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr, at `RUST_LOG`'s levels (default info).
+/// `lb capture`: the summary line goes to standard error, the packets may be on stdout.
+fn capture_packets(args: &capture::CaptureArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let summary = runtime.block_on(capture::run(args))?;
+    eprintln!("lb capture: {summary}");
+    Ok(())
+}
+
 fn init_logging() {
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -215,7 +249,9 @@ fn init_logging() {
 fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run { .. }) {
+    // `lb capture` keeps SIGPIPE ignored too: a reader that goes away (`| tcpdump -c 5`)
+    // must end it through its write error, which switches capture off.
+    if !matches!(cli.command, Command::Run { .. } | Command::Capture { .. }) {
         // Rust ignores SIGPIPE, so printing into a closed pipe (`lb status | head`) would
         // panic; a command that only prints ends as other tools do instead. The
         // controller keeps ignoring it: its sockets report a closed peer as an error.
@@ -251,6 +287,11 @@ fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Command::Capture { config, write, vip, client, backend, count, duration } => {
+            let duration = duration.map(std::time::Duration::from_secs_f64);
+            let args = capture::CaptureArgs { config, write, vip, client, backend, count, duration };
+            capture_packets(&args)
+        }
         Command::Flows { admin, vip, backend, client, limit, json } => admin.client().and_then(|c| {
             let query = flows::FlowQuery { vip, backend, client, limit: Some(limit) };
             let said = c.call("GET", &flows::path(&query))?;

@@ -1,6 +1,6 @@
 //! The only module that talks to the kernel's BPF interfaces (through aya): loads the XDP
 //! object with map sizes from the config, pins the maps, attaches the program, writes the
-//! maps for the sync step and reads the counters.
+//! maps for the sync step and reads the counters, and opens packet capture's maps.
 
 use std::path::{Path, PathBuf};
 
@@ -13,12 +13,14 @@ use aya::{
 use lb_common::*;
 use tracing::{debug, info, warn};
 
+mod capture;
 mod counters;
 mod flows;
 mod host;
 mod signals;
 mod writer;
 
+pub use capture::{CaptureError, PacketCapture, PinnedIds, pinned_ids, pinned_records_lost};
 pub use flows::SweepReport;
 pub use host::{PRIVATE_PINS_ADVICE, ensure_bpffs, pass_link_pin, pins_are_private};
 use host::{prepare_interface, raise_memlock_limit};
@@ -221,6 +223,7 @@ impl Dataplane {
         for iface in interfaces {
             prepare_interface(iface)?;
         }
+        capture::switch_off_stale(pin_dir);
         Ok(Some(Self {
             ebpf: None,
             vips: open_pinned(pin_dir, MAP_VIPS, Map::HashMap)?,

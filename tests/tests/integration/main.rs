@@ -4,6 +4,8 @@
 //! `cargo xtask test -- -p lb-tests --test integration failover::`.
 //! Most need root: they build their own namespaces, and fail when they can't.
 
+mod capture;
+mod capture_fixtures;
 mod connections;
 mod deploy_rules;
 mod dns;

@@ -31,11 +31,12 @@
 //!     the revision before state tracking (`--baseline-rev`, default 1fbd7e7, built from
 //!     git), side by side in one environment, measured in alternation.
 //!
-//! Usage: `lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10] [--baseline-rev REV]`.
+//! Usage: `lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10,11] [--baseline-rev REV]`.
 
 mod across_cpus;
 mod active_checks;
 mod baseline;
+mod capture;
 mod common;
 mod dns;
 mod flow_table;
@@ -71,7 +72,8 @@ struct Sizes {
 // ---------------------------------------------------------------------------------------
 
 /// The namespaces' tags (PacketEnv names them `TAG-PID-N`).
-const NETNS_TAGS: [&str; 7] = ["lbb-pkt", "lbb-lru", "lbb-tput", "lbb-cpu", "lbb-rate", "lbb-sig", "lbn-state"];
+const NETNS_TAGS: [&str; 8] =
+    ["lbb-pkt", "lbb-lru", "lbb-tput", "lbb-cpu", "lbb-rate", "lbb-sig", "lbn-state", "lbb-cap"];
 
 /// Deletes namespaces left by an lb-bench that was killed (a guard cannot run on SIGKILL or
 /// an unhandled SIGINT): ours by name, and only when their process is gone.
@@ -102,7 +104,7 @@ type Section = fn(&Sizes) -> Result<()>;
 
 fn main() -> ExitCode {
     let mut quick = false;
-    let mut only: Vec<u32> = (1..=10).collect();
+    let mut only: Vec<u32> = (1..=11).collect();
     let mut baseline_rev = baseline::DEFAULT_REV.to_owned();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -124,7 +126,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10] [--baseline-rev REV (default {})]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput, 5 flow table across CPUs,\n 6 rate limits (cost and accuracy), 7 passive health signals (cost, ejection latency),\n 8 active health checks at scale, 9 DNS site failover (qps vs gdnsd, time to a changed answer),\n 10 state tracking: section 1's cases against REV's eBPF object (built from git, cached under target/)",
+                    "usage: lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10,11] [--baseline-rev REV (default {})]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput, 5 flow table across CPUs,\n 6 rate limits (cost and accuracy), 7 passive health signals (cost, ejection latency),\n 8 active health checks at scale, 9 DNS site failover (qps vs gdnsd, time to a changed answer),\n 10 state tracking: section 1's cases against REV's eBPF object (built from git, cached under target/),\n 11 packet capture: cost off and on",
                     baseline::DEFAULT_REV
                 );
                 return ExitCode::SUCCESS;
@@ -135,8 +137,8 @@ fn main() -> ExitCode {
             }
         }
     }
-    if (only.iter().any(|s| [1, 2, 4, 5, 6, 7, 9, 10].contains(s))) && !nix::unistd::Uid::effective().is_root() {
-        eprintln!("lb-bench: sections 1, 2, 4 to 7, 9 and 10 need root (BPF, network namespaces); try --only 3");
+    if (only.iter().any(|s| [1, 2, 4, 5, 6, 7, 9, 10, 11].contains(s))) && !nix::unistd::Uid::effective().is_root() {
+        eprintln!("lb-bench: sections 1, 2, 4 to 7, 9 to 11 need root (BPF, network namespaces); try --only 3");
         return ExitCode::from(2);
     }
     sweep_stale_netns();
@@ -165,7 +167,7 @@ fn main() -> ExitCode {
             rounds: 40,
         }
     };
-    let sections: [(u32, &str, Section); 10] = [
+    let sections: [(u32, &str, Section); 11] = [
         (1, "per-packet cost (BPF_PROG_TEST_RUN) vs xdp_drop", per_packet::per_packet),
         (2, "flow table (shared hash map) by fill level", flow_table::flow_table),
         (3, "Maglev table build", maglev_build::maglev_build),
@@ -176,6 +178,7 @@ fn main() -> ExitCode {
         (8, "active health checks at scale", active_checks::active_checks),
         (9, "DNS site failover: qps vs gdnsd, time to a changed answer", dns::dns_failover),
         (10, "connection state tracking vs the revision before it", state_tracking::state_tracking),
+        (11, "packet capture: cost off and on, vs xdp_drop", capture::capture_cost),
     ];
     let total = Instant::now();
     let mut failed = 0;
