@@ -94,7 +94,8 @@ pub fn value_range(series: &[Series]) -> std::ops::Range<f64> {
     if high - low <= f64::EPSILON { low..low + 1.0 } else { low..high + 0.08 * (high - low) }
 }
 
-/// A value axis label: short, with k and M for thousands and millions.
+/// A value axis label: short, with k and M for thousands and millions, two significant
+/// digits below 1.
 pub fn compact(v: f64) -> String {
     let a = v.abs();
     if a >= 1e6 {
@@ -108,7 +109,9 @@ pub fn compact(v: f64) -> String {
     } else if a >= 1.0 {
         format!("{v:.1}")
     } else {
-        format!("{v:.2}")
+        // Two significant digits: a whole axis of 0.005 steps must not read "0.01 0.01 ...".
+        let decimals = (1.0 - a.log10().floor()) as usize;
+        format!("{v:.decimals$}")
     }
 }
 
@@ -233,7 +236,7 @@ mod tests {
 
     #[test]
     fn value_labels_are_short() {
-        let labels: Vec<String> = [0.0, 0.25, 2.5, 42.0, 1500.0, 25_000.0, 3_200_000.0].map(compact).into();
-        assert_eq!(labels, ["0", "0.25", "2.5", "42", "1.5k", "25k", "3.2M"]);
+        let labels: Vec<String> = [0.0, 0.005, 0.025, 0.25, 2.5, 42.0, 1500.0, 25_000.0, 3_200_000.0].map(compact).into();
+        assert_eq!(labels, ["0", "0.0050", "0.025", "0.25", "2.5", "42", "1.5k", "25k", "3.2M"]);
     }
 }
