@@ -236,7 +236,8 @@ mod tests {
 
     #[test]
     fn value_labels_are_short() {
-        let labels: Vec<String> = [0.0, 0.005, 0.025, 0.25, 2.5, 42.0, 1500.0, 25_000.0, 3_200_000.0].map(compact).into();
+        let labels: Vec<String> =
+            [0.0, 0.005, 0.025, 0.25, 2.5, 42.0, 1500.0, 25_000.0, 3_200_000.0].map(compact).into();
         assert_eq!(labels, ["0", "0.0050", "0.025", "0.25", "2.5", "42", "1.5k", "25k", "3.2M"]);
     }
 }
