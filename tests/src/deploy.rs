@@ -19,7 +19,7 @@ pub const PROMETHEUS_SERIES: &[&str] =
     &["up", "scrape_duration_seconds", "scrape_samples_scraped", "scrape_series_added"];
 
 /// What Grafana's built-in variables stand for when a panel's query is checked as PromQL.
-const GRAFANA_INTERVALS: &[(&str, &str)] = &[("$__rate_interval", "5m"), ("$__interval", "1m"), ("$__range", "1h")];
+pub const GRAFANA_INTERVALS: &[(&str, &str)] = &[("$__rate_interval", "5m"), ("$__interval", "1m"), ("$__range", "1h")];
 
 /// A PromQL expression and where it comes from (an alert or a panel).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,27 +57,68 @@ pub fn rule_queries(yaml: &str) -> Result<Vec<Query>> {
     Ok(queries)
 }
 
+/// A panel of a Grafana dashboard: its title and its targets, as the dashboard has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Panel {
+    pub title: String,
+    pub targets: Vec<Target>,
+}
+
+/// A panel's query (with the dashboard's variables in it) and its `legendFormat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub expr: String,
+    pub legend: String,
+}
+
 /// Every query of a Grafana dashboard: each panel's targets and each query variable, with
 /// the dashboard's and Grafana's variables replaced by values PromQL accepts. A panel
 /// without a query is an error.
 pub fn dashboard_queries(dashboard: &serde_json::Value) -> Result<Vec<Query>> {
     let variables = dashboard["templating"]["list"].as_array().context("no templating list")?;
-    let names: Vec<&str> = variables.iter().filter_map(|v| v["name"].as_str()).collect();
-    let promql = |expr: &str| substitute(expr, &names);
+    let names = variable_names(dashboard)?;
+    let promql = |expr: &str| substitute(expr, &names, GRAFANA_INTERVALS);
     let mut queries = Vec::new();
     for v in variables.iter().filter(|v| v["type"] == "query") {
         let query = v["query"]["query"].as_str().or(v["query"].as_str()).context("a query variable without query")?;
         let origin = format!("variable {}", v["name"]);
         queries.push(Query { origin, expr: promql(label_values_selector(query)?) });
     }
-    for panel in dashboard["panels"].as_array().context("no panels")? {
-        let title = panel["title"].as_str().context("a panel without a title")?;
-        let exprs: Vec<&str> =
-            panel["targets"].as_array().into_iter().flatten().filter_map(|t| t["expr"].as_str()).collect();
-        ensure!(exprs.iter().any(|e| !e.trim().is_empty()), "panel {title:?} has no query");
-        queries.extend(exprs.into_iter().map(|e| Query { origin: format!("panel {title:?}"), expr: promql(e) }));
+    for panel in dashboard_panels(dashboard)? {
+        let origin = format!("panel {:?}", panel.title);
+        queries.extend(panel.targets.iter().map(|t| Query { origin: origin.clone(), expr: promql(&t.expr) }));
     }
     Ok(queries)
+}
+
+/// The names of the dashboard's own variables (`vip`, `datasource`).
+pub fn variable_names(dashboard: &serde_json::Value) -> Result<Vec<&str>> {
+    let variables = dashboard["templating"]["list"].as_array().context("no templating list")?;
+    Ok(variables.iter().filter_map(|v| v["name"].as_str()).collect())
+}
+
+/// The dashboard's panels in its order, each with its non-empty queries. A panel without
+/// a query is an error.
+pub fn dashboard_panels(dashboard: &serde_json::Value) -> Result<Vec<Panel>> {
+    let mut panels = Vec::new();
+    for panel in dashboard["panels"].as_array().context("no panels")? {
+        let title = panel["title"].as_str().context("a panel without a title")?;
+        let targets: Vec<Target> = panel["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| {
+                let expr = t["expr"].as_str().filter(|e| !e.trim().is_empty())?;
+                Some(Target {
+                    expr: expr.to_owned(),
+                    legend: t["legendFormat"].as_str().unwrap_or_default().to_owned(),
+                })
+            })
+            .collect();
+        ensure!(!targets.is_empty(), "panel {title:?} has no query");
+        panels.push(Panel { title: title.to_owned(), targets });
+    }
+    Ok(panels)
 }
 
 /// The series selector of Grafana's `label_values(SELECTOR, label)`.
@@ -89,11 +130,11 @@ fn label_values_selector(query: &str) -> Result<&str> {
     Ok(selector.trim())
 }
 
-/// `expr` with Grafana's interval variables set and the dashboard's own variables
-/// (`$vip`, `${datasource}`) matching anything.
-fn substitute(expr: &str, variables: &[&str]) -> String {
+/// `expr` with Grafana's interval variables set to `intervals` (`("$__rate_interval", "5m")`,
+/// ...) and the dashboard's own variables (`$vip`, `${datasource}`) matching anything.
+pub fn substitute(expr: &str, variables: &[&str], intervals: &[(&str, &str)]) -> String {
     let mut out = expr.to_owned();
-    for (variable, value) in GRAFANA_INTERVALS {
+    for (variable, value) in intervals {
         out = out.replace(variable, value);
     }
     for name in variables {

@@ -4,20 +4,17 @@
 //! outlier detection, rate limits and `[dns]` configured so that the labelled series exist.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use lb_tests::deploy::{
     PROMETHEUS_SERIES, Query, dashboard_queries, deploy_path, metric_names, promtool, rule_queries, scraped_series,
 };
-use lb_tests::lab::{HTTP_PORT, LB_V4, Lab, LbProcess, VIP_V4, VipSpec, backends_across, lb_config};
+use lb_tests::lab::{LB_V4, LbProcess};
+use lb_tests::metrics_lab::{DNS_NAME, NAT_VIP, build_lab, every_series_config};
 use lb_tests::sites::resolve_a;
 use lb_userspace::api::client::AdminClient;
 use lb_userspace::config::AdminConfig;
-
-const NAT_VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
-const DNS_NAME: &str = "www.example.test";
 
 fn rules() -> Result<Vec<Query>> {
     rule_queries(&std::fs::read_to_string(deploy_path("prometheus/lb-alerts.yml"))?)
@@ -63,16 +60,8 @@ fn the_dashboard_is_valid_and_every_panel_queries_prometheus() -> Result<()> {
 
 #[test]
 fn every_metric_the_rules_and_dashboard_use_is_exposed_by_a_running_lb() -> Result<()> {
-    let lab = Lab::build("dplr", backends_across(1, 1, 2), true)?;
-    let both = vec![(0, 1), (1, 1)];
-    let vips = [
-        VipSpec::new("web-nat", IpAddr::V4(NAT_VIP), HTTP_PORT, "tcp", "nat", both.clone()),
-        VipSpec::new("web-dsr", IpAddr::V4(VIP_V4), HTTP_PORT, "tcp", "dsr", both),
-    ];
-    let config = lb_config(&lab, &vips)
-        .vip("web-nat", "http = true\noutlier_detection = {}\nsource_limit = { quota = 100 }")
-        .vip("web-dsr", "new_flow_limit = { quota = 1000 }\npacket_limit = { quota = 100000 }")
-        .merge(&dns_section());
+    let lab = build_lab("dplr")?;
+    let config = every_series_config(&lab);
     let mut lb = LbProcess::start(&lab, &config)?;
     // A reload (`lb_last_reload_applied`) and a DNS answer (answers by source, responses by
     // code) make the series that only exist once they happened.
@@ -94,17 +83,4 @@ fn every_metric_the_rules_and_dashboard_use_is_exposed_by_a_running_lb() -> Resu
     }
     ensure!(missing.is_empty(), "not exposed by lb:\n{}\n\nits /metrics:\n{text}", missing.join("\n"));
     Ok(())
-}
-
-/// `[dns]` answering `www.example.test` with the nat VIP while it has a backend, else with
-/// the dsr VIP.
-fn dns_section() -> String {
-    format!(
-        "[dns]\nlisten = [\"{LB_V4}:53\"]\nvantage = \"here\"\n\n\
-         [[dns.target]]\nname = \"site-a\"\naddress = \"{NAT_VIP}\"\nvip = \"web-nat\"\n\n\
-         [[dns.target]]\nname = \"site-b\"\naddress = \"{VIP_V4}\"\nvip = \"web-dsr\"\n\n\
-         [[dns.zone]]\norigin = \"example.test.\"\nns = [\"ns1.example.test.\"]\n\n\
-         [[dns.zone.record]]\nname = \"ns1\"\ntype = \"A\"\ndata = \"{LB_V4}\"\n\n\
-         [[dns.zone.policy]]\nname = \"www\"\ntype = \"A\"\nttl = 1\nprimary = [\"site-a\"]\nbackup = [[\"site-b\"]]\n"
-    )
 }

@@ -3,23 +3,17 @@
 //! its name above, and the per-phase table ([`crate::table`]) under the chart.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
+use lb_tests::font::{self, FAMILY, FontError};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use plotters::style::{FontStyle, register_font};
 
 use crate::labels::{self, Band};
 use crate::report::{PhaseStats, Record, percentile};
 use crate::schedule::Fault;
 use crate::table;
 
-/// The font the PNG's text is drawn in (plotters' bitmap backend has none of its own); the
-/// Debian package fonts-dejavu-core has it, installed by scripts/setup.sh.
-pub const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-/// The family the texts ask for; the SVG names it too, for its viewer to pick.
-pub const FAMILY: &str = "sans-serif";
 /// Width and height of both pictures, in pixels.
 pub const SIZE: (u32, u32) = (1200, 830);
 /// Band colours: phases that inject a fault, and those that heal (or wait, the baseline).
@@ -44,10 +38,8 @@ const LABEL_FONT: u32 = 13;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChartError {
-    #[error("reading the font {FONT} (Debian package fonts-dejavu-core; scripts/setup.sh installs it): {0}")]
-    FontMissing(#[source] std::io::Error),
-    #[error("{FONT} is not a font plotters can read")]
-    FontInvalid,
+    #[error(transparent)]
+    Font(#[from] FontError),
     #[error("drawing {path}: {message}")]
     Draw { path: PathBuf, message: String },
 }
@@ -67,15 +59,9 @@ pub fn write(
     draw(BitMapBackend::new(png, SIZE).into_drawing_area(), &series, stats, bounds).map_err(|e| failed(png, e))
 }
 
-/// Registers [`FONT`] as [`FAMILY`] once per process (plotters keeps it for good).
+/// Registers the PNG's font ([`lb_tests::font`]).
 pub fn load_font() -> Result<(), ChartError> {
-    static BYTES: OnceLock<&'static [u8]> = OnceLock::new();
-    if BYTES.get().is_some() {
-        return Ok(());
-    }
-    let bytes = std::fs::read(FONT).map_err(ChartError::FontMissing)?;
-    let bytes = *BYTES.get_or_init(|| bytes.leak());
-    register_font(FAMILY, FontStyle::Normal, bytes).map_err(|_| ChartError::FontInvalid)
+    Ok(font::load()?)
 }
 
 /// The two lines, a point per bucket (its middle, in seconds); `None` where the bucket had

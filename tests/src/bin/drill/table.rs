@@ -5,7 +5,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::chart::{FAMILY, label};
+use lb_tests::font::FAMILY;
+
+use crate::chart::label;
 use crate::report::PhaseStats;
 use crate::schedule::Fault;
 
