@@ -52,14 +52,16 @@ pub fn reserve_nat_port(s: &mut Scratch, backend_id: u32, backend: &Backend, now
     copy_addr(&mut s.reply.dst, own_addr(settings, backend.family));
     set_flow_key_tail(&mut s.reply, backend.port, 0, s.nat.client.proto, backend.family);
     let mut full = false;
+    // Where this CPU's candidates start: found once, at the first fallback (most new flows
+    // take their hashed port and never need it).
+    let mut fallback = 0;
     for i in 0..NAT_PORT_TRIES {
-        let offset = if i == 0 {
-            hashed
-        } else {
+        if i == 1 {
             // SAFETY: a helper without arguments.
             let cpu = unsafe { bpf_get_smp_processor_id() };
-            nat_cursor_start(cpu, span).wrapping_add(*cursor).wrapping_add(i)
-        };
+            fallback = nat_cursor_start(cpu, span).wrapping_add(*cursor);
+        }
+        let offset = if i == 0 { hashed } else { fallback.wrapping_add(i) };
         let port = (settings.nat_port_min as u32 + offset % span) as u16;
         s.reply.dport = port;
         let inserted = match NAT.insert(&s.reply, &s.nat, BPF_NOEXIST as u64) {
