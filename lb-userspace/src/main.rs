@@ -66,7 +66,7 @@ enum Command {
         client: Option<std::net::IpAddr>,
         /// Only packets sent to (or, in nat, replies from) this backend.
         #[arg(long, value_name = "ADDR:PORT")]
-        backend: Option<std::net::SocketAddr>,
+        backend: Option<SocketAddr>,
         /// Stop after this many packets (each one is written twice: in and out).
         #[arg(long, value_name = "N")]
         count: Option<u64>,
@@ -74,7 +74,7 @@ enum Command {
         #[arg(long, value_name = "SECS")]
         duration: Option<f64>,
     },
-    /// List the flow table: each flow's client, VIP, backend, mode, state, idle time and
+    /// List the flow table: each flow's client, VIP, backend, mode, state, age, idle time and
     /// nat port, at most `--limit` of them (and how many more match).
     Flows {
         #[command(flatten)]

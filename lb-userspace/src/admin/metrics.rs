@@ -174,30 +174,20 @@ fn vip_families(status: &Status) -> Vec<Family> {
     all
 }
 
-/// Envoy's per-detector stats: (detected, enforced).
+/// Envoy's per-detector stats: (detected, enforced), named by Envoy's suffix.
 fn detector_metrics(detector: Detector) -> (&'static str, &'static str) {
+    macro_rules! named {
+        ($suffix:literal) => {
+            (concat!("lb_outlier_ejections_detected_", $suffix), concat!("lb_outlier_ejections_enforced_", $suffix))
+        };
+    }
     match detector {
-        Detector::Consecutive5xx => {
-            ("lb_outlier_ejections_detected_consecutive_5xx", "lb_outlier_ejections_enforced_consecutive_5xx")
-        }
-        Detector::ConsecutiveLocalOrigin => (
-            "lb_outlier_ejections_detected_consecutive_local_origin_failure",
-            "lb_outlier_ejections_enforced_consecutive_local_origin_failure",
-        ),
-        Detector::SuccessRate => {
-            ("lb_outlier_ejections_detected_success_rate", "lb_outlier_ejections_enforced_success_rate")
-        }
-        Detector::FailurePercentage => {
-            ("lb_outlier_ejections_detected_failure_percentage", "lb_outlier_ejections_enforced_failure_percentage")
-        }
-        Detector::LocalOriginSuccessRate => (
-            "lb_outlier_ejections_detected_local_origin_success_rate",
-            "lb_outlier_ejections_enforced_local_origin_success_rate",
-        ),
-        Detector::LocalOriginFailurePercentage => (
-            "lb_outlier_ejections_detected_local_origin_failure_percentage",
-            "lb_outlier_ejections_enforced_local_origin_failure_percentage",
-        ),
+        Detector::Consecutive5xx => named!("consecutive_5xx"),
+        Detector::ConsecutiveLocalOrigin => named!("consecutive_local_origin_failure"),
+        Detector::SuccessRate => named!("success_rate"),
+        Detector::FailurePercentage => named!("failure_percentage"),
+        Detector::LocalOriginSuccessRate => named!("local_origin_success_rate"),
+        Detector::LocalOriginFailurePercentage => named!("local_origin_failure_percentage"),
     }
 }
 

@@ -104,9 +104,9 @@ pub struct OutlierStats {
     pub ejections_overflow_total: u64,
     /// Outliers each detector found (enforced, refused or left by its `enforcing_*`), in
     /// the order of [`Detector::ALL`].
-    pub detected_total: [u64; 6],
+    pub detected_total: [u64; Detector::ALL.len()],
     /// Ejections each detector enforced, in the same order.
-    pub enforced_total: [u64; 6],
+    pub enforced_total: [u64; Detector::ALL.len()],
 }
 
 /// Outlier ejection state of one VIP's backends, keyed by `K` (chosen by the caller, e.g.

@@ -24,8 +24,7 @@ impl IntervalCounts {
 }
 
 /// Which backends count: those with at least `request_volume` requests (and at least one),
-/// and only when at
-/// least `minimum_hosts` backends have that many.
+/// and only when at least `minimum_hosts` backends have that many.
 #[derive(Clone, Copy, Debug)]
 pub struct Sample {
     pub minimum_hosts: u32,
