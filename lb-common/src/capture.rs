@@ -110,3 +110,22 @@ impl CaptureRecord {
         &self.data[..(self.cap_len as usize).min(CAPTURE_SNAP_LEN)]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Counters, GlobalStats, VipStats};
+
+    /// Capture names a drop as the drop counters label it: each name is one of their
+    /// `reason` (or rate limits' `limit`) labels, so a renamed counter can't leave it behind.
+    #[test]
+    fn drop_reasons_are_the_drop_counters_labels() {
+        let labels = || VipStats::COUNTERS.iter().chain(GlobalStats::COUNTERS).filter_map(|c| c.label);
+        for reason in &CAPTURE_DROP_REASONS[1..] {
+            assert!(
+                labels().any(|(key, value)| matches!(key, "reason" | "limit") && value == *reason),
+                "{reason:?} labels no drop counter"
+            );
+        }
+    }
+}
