@@ -189,7 +189,13 @@ impl Applied {
         if rebuild {
             report.slots_caught_up += maps.write_slots(table_offset(vip.vip_id, 1 - half, size), &table)?;
         }
-        self.vips.insert(*key, AppliedVip { info, active_half: half, maglev: Some(vip.maglev.clone()) });
+        match self.vips.get_mut(key) {
+            // Unchanged inputs are not copied again (16 strings a VIP, a thousand VIPs).
+            Some(applied) if !rebuild => applied.info = info,
+            _ => {
+                self.vips.insert(*key, AppliedVip { info, active_half: half, maglev: Some(vip.maglev.clone()) });
+            }
+        }
         Ok(())
     }
 
