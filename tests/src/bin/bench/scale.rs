@@ -1,6 +1,8 @@
-//! 12. Scale: `lb run` with 1000 VIPs x 16 backends x 65537 slots, against 100 VIPs in the
-//! same run: the time to "ready", the controller's peak memory, and a reload that changes
-//! one backend of one VIP, against writing the same slots one syscall at a time.
+//! 12. Scale.
+//!
+//! `lb run` with 1000 VIPs x 16 backends x 65537 slots, against 100 VIPs in the same run: the
+//! time to "ready", the controller's peak memory, and a reload that changes one backend of
+//! one VIP, against writing the same slots one syscall at a time.
 
 use std::collections::BTreeMap;
 use std::path::Path;
