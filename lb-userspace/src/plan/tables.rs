@@ -20,7 +20,6 @@ use crate::config::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredTables {
     pub settings: Settings,
-    pub table_size: u32,
     pub backends: BTreeMap<u32, Backend>,
     pub vips: BTreeMap<VipKey, DesiredVip>,
     /// Every VIP address, with how many VIPs use it.
@@ -209,7 +208,7 @@ pub fn desired_with(
     for key in vip_addrs.keys() {
         settings.mark_vip_addr_bit(vip_addr_filter_bit(&key.addr));
     }
-    DesiredTables { settings, table_size: balancer.maglev_table_size, backends, vips, vip_addrs }
+    DesiredTables { settings, backends, vips, vip_addrs }
 }
 
 #[cfg(test)]
