@@ -65,6 +65,10 @@ pub const MAP_NAT_PORT_CURSORS: &str = "NAT_PORT_CURSORS";
 pub const MAP_CAPTURE: &str = "CAPTURE";
 pub const MAP_CAPTURE_RING: &str = "CAPTURE_RING";
 
+/// `MAGLEV`'s map flags: `BPF_F_MMAPABLE`, so that the controller writes tables through a
+/// memory mapping instead of a syscall per slot.
+pub const MAGLEV_MAP_FLAGS: usize = 1 << 10;
+
 /// Program names in the object.
 pub const PROG_LB: &str = "xdp_lb";
 /// Attached to the far end of a veth so that XDP_TX/XDP_REDIRECT frames are received.

@@ -24,7 +24,7 @@ pub static BACKENDS: Array<Backend, { DEFAULT_MAX_BACKENDS as usize }> = Array::
 /// Maglev tables, two per VIP (active and the one being built), `ring size` slots each;
 /// a slot holds a backend id. Sized by the controller at load time.
 #[btf_map]
-pub static MAGLEV: Array<u32, 1> = Array::new();
+pub static MAGLEV: Array<u32, 1, MAGLEV_MAP_FLAGS> = Array::new();
 /// The flow table: each client -> VIP flow, the backend it stays on and the client's side
 /// of its connection. A plain hash map, not an LRU: an entry lives as long as its
 /// connection and is removed only when that is over (by the controller's sweep, or here

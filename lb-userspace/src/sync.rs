@@ -1,20 +1,28 @@
 //! One sync step: compares the desired tables with what the maps hold and writes only the
 //! difference, in an order that never shows packets a half-built table:
 //! new backends first, then each VIP's new Maglev table into its inactive half, then the
-//! VIP entry that switches to it (one map update), and removals last.
+//! VIP entry that switches to it (one map update), then the same table into the half just
+//! left (so that both halves match, and the next change writes only the slots it changes),
+//! and removals last.
+//!
+//! A VIP's table is built only when its inputs changed, one VIP at a time, and dropped once
+//! written: what is kept per VIP is its entry and its table's inputs, never a table (the
+//! map holds those, and `MapWriter::write_slots` compares against it).
 
 use std::collections::BTreeMap;
 
 use anyhow::Result;
 use lb_common::{Backend, Settings, VipAddrKey, VipInfo, VipKey};
 
-use crate::plan::{DesiredTables, DesiredVip, Existing};
+use crate::plan::{DesiredTables, DesiredVip, Existing, MaglevInputs};
 
 /// The map writes a sync needs; the dataplane implements it with BPF maps, tests with a log.
 pub trait MapWriter {
     fn set_settings(&mut self, settings: &Settings) -> Result<()>;
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()>;
-    fn set_maglev_slot(&mut self, index: u32, backend_id: u32) -> Result<()>;
+    /// Makes the `table.len()` slots of `MAGLEV` from `offset` hold `table`, writing only
+    /// the slots that hold something else; returns how many it wrote.
+    fn write_slots(&mut self, offset: u32, table: &[u32]) -> Result<usize>;
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()>;
     fn remove_vip(&mut self, key: &VipKey) -> Result<()>;
     fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> Result<()>;
@@ -39,8 +47,8 @@ pub struct Applied {
 struct AppliedVip {
     info: VipInfo,
     active_half: usize,
-    /// What each half of the VIP's table region holds (empty: never written).
-    halves: [Vec<u32>; 2],
+    /// What both halves of the VIP's table were built from (`None`: adopted, not known).
+    maglev: Option<MaglevInputs>,
 }
 
 /// Where a VIP's half of the `MAGLEV` array starts.
@@ -51,15 +59,21 @@ pub fn table_offset(vip_id: u32, half: usize, table_size: u32) -> u32 {
 /// Counts of what one sync wrote, for logs and tests.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
+    /// Slots written into the halves switched to.
     pub slots_written: usize,
+    /// Slots written into the halves left, to match the ones switched to.
+    pub slots_caught_up: usize,
+    /// VIP tables built (the others' inputs had not changed).
+    pub tables_built: usize,
     pub vips_switched: usize,
     pub vips_removed: usize,
     pub backends_written: usize,
 }
 
 impl Applied {
-    /// What an earlier controller wrote. The tables' contents are not read back: each
-    /// VIP's next table is written whole into its spare half, then switched in as usual.
+    /// What an earlier controller wrote. What its tables were built from is not known:
+    /// each VIP's table is built again and written into its spare half where that differs
+    /// (`write_slots` compares with the map), then switched in as usual.
     pub fn adopt(existing: &Existing, table_size: u32) -> Self {
         let vips = existing
             .vips
@@ -67,7 +81,7 @@ impl Applied {
             .map(|(key, info)| {
                 let active_half =
                     (info.table_offset / table_size.max(1)).saturating_sub(info.vip_id * 2).min(1) as usize;
-                (*key, AppliedVip { info: *info, active_half, halves: [Vec::new(), Vec::new()] })
+                (*key, AppliedVip { info: *info, active_half, maglev: None })
             })
             .collect();
         Self {
@@ -92,7 +106,7 @@ impl Applied {
         self.write_settings(&widened, maps)?;
         self.write_backends(desired, maps, &mut report)?;
         for (key, vip) in &desired.vips {
-            self.write_vip(key, vip, desired.table_size, maps, &mut report)?;
+            self.write_vip(key, vip, maps, &mut report)?;
         }
         for (key, &count) in &desired.vip_addrs {
             if self.vip_addrs.get(key) != Some(&count) {
@@ -127,37 +141,39 @@ impl Applied {
         Ok(())
     }
 
-    /// One VIP: its new table into the spare half (the whole table for a new VIP), then the
-    /// VIP entry that switches to it, in one map update.
+    /// One VIP: when its table's inputs changed, the new table into the spare half (the
+    /// first half for a new VIP), the VIP entry that switches to it in one map update, then
+    /// the table into the half left; otherwise only the entry, if that changed.
     fn write_vip(
         &mut self,
         key: &VipKey,
         vip: &DesiredVip,
-        table_size: u32,
         maps: &mut impl MapWriter,
         report: &mut SyncReport,
     ) -> Result<()> {
-        let applied = self.vips.get_mut(key).filter(|a| a.info.vip_id == vip.vip_id);
-        let (half, slots_written) = match applied {
-            Some(a) if a.halves[a.active_half] == vip.table => (a.active_half, 0),
-            Some(a) => {
-                let half = 1 - a.active_half;
-                let written = write_table(maps, vip.vip_id, half, table_size, &a.halves[half], &vip.table)?;
-                a.halves[half] = vip.table.clone();
-                (half, written)
-            }
+        let size = vip.maglev.table_size;
+        let applied = self.vips.get(key).filter(|a| a.info.vip_id == vip.vip_id);
+        let rebuild = applied.is_none_or(|a| a.maglev.as_ref() != Some(&vip.maglev));
+        let (before, mut half) = match applied {
+            Some(a) => (a.info, a.active_half),
             None => {
                 maps.reset_vip(vip.vip_id)?;
-                let written = write_table(maps, vip.vip_id, 0, table_size, &[], &vip.table)?;
-                let halves = [vip.table.clone(), Vec::new()];
-                self.vips.insert(*key, AppliedVip { info: VipInfo::default(), active_half: 0, halves });
-                (0, written)
+                (VipInfo::default(), 1)
             }
+        };
+        let table = if rebuild {
+            half = 1 - half;
+            let table = vip.maglev.build();
+            report.tables_built += 1;
+            report.slots_written += maps.write_slots(table_offset(vip.vip_id, half, size), &table)?;
+            table
+        } else {
+            Vec::new()
         };
         let info = VipInfo {
             vip_id: vip.vip_id,
-            table_offset: table_offset(vip.vip_id, half, table_size),
-            table_size: if vip.table.is_empty() { 0 } else { table_size },
+            table_offset: table_offset(vip.vip_id, half, size),
+            table_size: if vip.maglev.is_empty() { 0 } else { size },
             mode: vip.mode,
             limits: vip.limits.flags,
             source_prefix_len: vip.limits.source_prefix_len,
@@ -166,13 +182,19 @@ impl Applied {
             packet_limit: vip.limits.packets,
             source_limit: vip.limits.sources,
         };
-        let applied = self.vips.get_mut(key).expect("inserted above");
-        if applied.info != info {
+        if before != info {
             maps.set_vip(key, &info)?;
-            applied.info = info;
-            applied.active_half = half;
-            report.slots_written += slots_written;
             report.vips_switched += 1;
+        }
+        if rebuild {
+            report.slots_caught_up += maps.write_slots(table_offset(vip.vip_id, 1 - half, size), &table)?;
+        }
+        match self.vips.get_mut(key) {
+            // Unchanged inputs are not copied again (16 strings a VIP, a thousand VIPs).
+            Some(applied) if !rebuild => applied.info = info,
+            _ => {
+                self.vips.insert(*key, AppliedVip { info, active_half: half, maglev: Some(vip.maglev.clone()) });
+            }
         }
         Ok(())
     }
@@ -215,26 +237,6 @@ impl Applied {
     }
 }
 
-/// Writes the slots of `new` that differ from what the half holds (`old`).
-fn write_table(
-    maps: &mut impl MapWriter,
-    vip_id: u32,
-    half: usize,
-    table_size: u32,
-    old: &[u32],
-    new: &[u32],
-) -> Result<usize> {
-    let offset = table_offset(vip_id, half, table_size);
-    let mut written = 0;
-    for (slot, &backend_id) in new.iter().enumerate() {
-        if old.get(slot) != Some(&backend_id) {
-            maps.set_maglev_slot(offset + slot as u32, backend_id)?;
-            written += 1;
-        }
-    }
-    Ok(written)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,8 +264,18 @@ mod tests {
         (info.table_offset..info.table_offset + size).map(|i| rec.slots[&i]).collect()
     }
 
+    /// The table of the first VIP of `t`.
+    fn first_table(t: &DesiredTables) -> Vec<u32> {
+        t.vips.values().next().expect("vip").maglev.build()
+    }
+
+    /// In how many slots two tables differ.
+    fn differences(a: &[u32], b: &[u32]) -> usize {
+        a.iter().zip(b).filter(|(x, y)| x != y).count()
+    }
+
     #[test]
-    fn first_sync_writes_backends_then_table_then_vip() {
+    fn first_sync_writes_backends_then_table_then_vip_then_the_other_half() {
         let mut ids = IdAllocator::new(64, 4096);
         let t = tables(&config_with(&["10.0.1.11", "10.0.1.12"]), &mut ids);
         let mut rec = Recorder::default();
@@ -277,39 +289,122 @@ mod tests {
                 "reset backend 1",
                 "backend 1 flags 3",
                 "reset vip 0",
-                "slots",
+                "slots 0 +211",
                 "vip offset 0",
+                "slots 211 +211",
                 "vip addr 1"
             ]
         );
-        assert_eq!(report.slots_written, 211);
-        assert_eq!(active_table(&rec, 211), t.vips.values().next().expect("vip").table);
+        assert_eq!((report.slots_written, report.slots_caught_up, report.tables_built), (211, 211, 1));
+        assert_eq!(active_table(&rec, 211), first_table(&t));
     }
 
     #[test]
-    fn a_change_is_built_in_the_other_half_and_switched_in_one_write() {
+    fn a_change_is_built_in_the_other_half_switched_in_one_write_then_caught_up() {
         let mut ids = IdAllocator::new(64, 4096);
         let mut applied = Applied::default();
         let mut rec = Recorder::default();
-        applied.sync(&tables(&config_with(&["10.0.1.11", "10.0.1.12"]), &mut ids), &mut rec).expect("sync");
+        let two = tables(&config_with(&["10.0.1.11", "10.0.1.12"]), &mut ids);
+        applied.sync(&two, &mut rec).expect("sync");
         rec.ops.clear();
         let three = tables(&config_with(&["10.0.1.11", "10.0.1.12", "10.0.1.13"]), &mut ids);
+        let changed = differences(&first_table(&two), &first_table(&three));
+        assert!(changed > 0 && changed < 211, "{changed}");
         let report = applied.sync(&three, &mut rec).expect("sync");
-        assert_eq!(rec.ops, ["reset backend 2", "backend 2 flags 3", "slots", "vip offset 211"]);
-        assert_eq!(active_table(&rec, 211), three.vips.values().next().expect("vip").table);
-        assert_eq!(report.vips_switched, 1);
+        let (to_other, to_first) = (format!("slots 211 +{changed}"), format!("slots 0 +{changed}"));
+        assert_eq!(rec.ops, ["reset backend 2", "backend 2 flags 3", &to_other, "vip offset 211", &to_first]);
+        assert_eq!(active_table(&rec, 211), first_table(&three));
+        assert_eq!((report.vips_switched, report.slots_written, report.slots_caught_up), (1, changed, changed));
 
-        // Back to two backends: the first half is rewritten only where it differs (nowhere).
+        // Back to two backends: again only the slots that change, in each half.
         rec.ops.clear();
         let two = tables(&config_with(&["10.0.1.11", "10.0.1.12"]), &mut ids);
         let report = applied.sync(&two, &mut rec).expect("sync");
-        assert_eq!(report.slots_written, 0);
-        assert_eq!(rec.ops, ["vip offset 0", "backend 2 flags 0"]);
+        assert_eq!(report.slots_written, changed);
+        assert_eq!(rec.ops, [&to_first, "vip offset 0", &to_other, "backend 2 flags 0"]);
 
-        // Nothing changed: nothing written.
+        // Nothing changed: nothing built, nothing written.
         rec.ops.clear();
         assert_eq!(applied.sync(&two, &mut rec).expect("sync"), SyncReport::default());
         assert!(rec.ops.is_empty());
+    }
+
+    /// `vips` VIPs of 16 backends each (every backend its own), VIP `changed` without its
+    /// first backend when given.
+    fn many_vips(vips: usize, changed: Option<usize>) -> String {
+        let mut text =
+            String::from("[balancer]\ninterfaces = [\"eth0\"]\nipv4 = \"10.0.0.1\"\nmaglev_table_size = 1009\n");
+        for i in 0..vips {
+            text += &format!(
+                "\n[[vip]]\nname = \"v{i}\"\naddress = \"10.100.0.{}\"\nport = 80\nprotocol = \"tcp\"\n",
+                i + 1
+            );
+            for j in usize::from(changed == Some(i))..16 {
+                text += &format!("[[vip.backend]]\naddress = \"10.0.{i}.{}\"\n", j + 1);
+            }
+        }
+        text
+    }
+
+    /// Which VIP ids own the slots a sync wrote, from the recorded ops.
+    fn written_regions(rec: &Recorder) -> Vec<u32> {
+        rec.ops
+            .iter()
+            .filter_map(|op| op.strip_prefix("slots "))
+            .map(|op| op.split(' ').next().unwrap().parse::<u32>().unwrap() / 1009 / 2)
+            .collect()
+    }
+
+    #[test]
+    fn one_backend_of_one_vip_among_many_rebuilds_and_writes_only_that_vip() {
+        let mut ids = IdAllocator::new(64, 4096);
+        let mut applied = Applied::default();
+        let mut rec = Recorder::default();
+        let before = tables(&many_vips(20, None), &mut ids);
+        applied.sync(&before, &mut rec).expect("sync");
+        rec.ops.clear();
+        let after = tables(&many_vips(20, Some(7)), &mut ids);
+        let report = applied.sync(&after, &mut rec).expect("sync");
+        let key = |t: &DesiredTables| t.vips.values().find(|v| v.name == "v7").expect("v7").maglev.build();
+        let changed = differences(&key(&before), &key(&after));
+        // Maglev's minimal disruption: the removed backend's sixteenth moves, and a little more.
+        assert!((1009 / 16..1009 / 8).contains(&changed), "{changed} slots changed");
+        assert_eq!((report.tables_built, report.vips_switched), (1, 1));
+        assert_eq!((report.slots_written, report.slots_caught_up), (changed, changed));
+        let v7 = after.vips.values().find(|v| v.name == "v7").expect("v7").vip_id;
+        assert_eq!(written_regions(&rec), [v7, v7]);
+    }
+
+    #[test]
+    fn adopted_tables_are_compared_with_the_maps_and_kept_as_inputs() {
+        let mut ids = IdAllocator::new(64, 4096);
+        let mut rec = Recorder::default();
+        let before = tables(&many_vips(5, None), &mut ids);
+        Applied::default().sync(&before, &mut rec).expect("sync");
+        // A new controller: what the maps hold, not how they were built.
+        let existing = Existing {
+            settings: before.settings,
+            vips: rec.vips.iter().map(|(k, v)| (*k, *v)).collect(),
+            vip_addrs: before.vip_addrs.iter().map(|(k, v)| (*k, *v)).collect(),
+            backends: before.backends.iter().map(|(id, b)| (*id, *b)).collect(),
+        };
+        let mut adopted = Applied::adopt(&existing, 1009);
+        rec.ops.clear();
+        let report = adopted.sync(&before, &mut rec).expect("sync");
+        // Every table built again (its inputs were not known), none of its slots written.
+        assert_eq!((report.tables_built, report.slots_written, report.slots_caught_up), (5, 0, 0));
+        for vip in before.vips.values() {
+            let info = rec.vips.values().find(|i| i.vip_id == vip.vip_id).expect("entry");
+            let table: Vec<u32> = (info.table_offset..info.table_offset + 1009).map(|i| rec.slots[&i]).collect();
+            assert_eq!(table, vip.maglev.build());
+        }
+        // From then on the inputs are known: unchanged VIPs are not rebuilt.
+        rec.ops.clear();
+        let after = tables(&many_vips(5, Some(2)), &mut ids);
+        let report = adopted.sync(&after, &mut rec).expect("sync");
+        assert_eq!(report.tables_built, 1);
+        let v2 = after.vips.values().find(|v| v.name == "v2").expect("v2").vip_id;
+        assert_eq!(written_regions(&rec), [v2, v2]);
     }
 
     #[test]

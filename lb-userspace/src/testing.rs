@@ -45,13 +45,16 @@ impl MapWriter for Recorder {
         self.ops.push(format!("backend {id} flags {}", b.flags));
         Ok(())
     }
-    fn set_maglev_slot(&mut self, index: u32, backend_id: u32) -> Result<()> {
+    fn write_slots(&mut self, offset: u32, table: &[u32]) -> Result<usize> {
         self.write()?;
-        self.slots.insert(index, backend_id);
-        if self.ops.last().map(String::as_str) != Some("slots") {
-            self.ops.push("slots".into());
+        let mut written = 0;
+        for (index, &backend_id) in (offset..).zip(table) {
+            if self.slots.insert(index, backend_id) != Some(backend_id) {
+                written += 1;
+            }
         }
-        Ok(())
+        self.ops.push(format!("slots {offset} +{written}"));
+        Ok(written)
     }
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
         self.write()?;

@@ -234,8 +234,15 @@ impl MapWriter for OtherMaps<'_> {
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         Ok(Array::<_, Backend>::try_from(self.map(MAP_BACKENDS)?)?.set(id, backend, 0)?)
     }
-    fn set_maglev_slot(&mut self, index: u32, backend_id: u32) -> Result<()> {
-        Ok(Array::<_, u32>::try_from(self.map(MAP_MAGLEV)?)?.set(index, backend_id, 0)?)
+    /// A freshly loaded object's slots are zero: the others are written, one syscall each.
+    fn write_slots(&mut self, offset: u32, table: &[u32]) -> Result<usize> {
+        let mut slots = Array::<_, u32>::try_from(self.map(MAP_MAGLEV)?)?;
+        let mut written = 0;
+        for (index, &id) in (offset..).zip(table).filter(|&(_, &id)| id != 0) {
+            slots.set(index, id, 0)?;
+            written += 1;
+        }
+        Ok(written)
     }
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
         Ok(HashMap::<_, VipKey, VipInfo>::try_from(self.map(MAP_VIPS)?)?.insert(key, info, 0)?)

@@ -184,15 +184,23 @@ fn path_at(node: Node, target: &Range<usize>, path: &mut Vec<Seg>, best: &mut Op
     }
 }
 
+/// What an error message is made from: the file's name and text, and its document with
+/// spans, parsed only for an error (a second parse of a thousand VIPs costs tens of ms).
 pub(super) struct Ctx<'a> {
     pub(super) origin: &'a str,
     pub(super) text: &'a str,
-    pub(super) doc: &'a ImDocument<&'a str>,
+    doc: std::cell::OnceCell<ImDocument<&'a str>>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// The context of `text`, which must be valid TOML (`syntax` says).
+    pub(super) fn new(origin: &'a str, text: &'a str) -> Self {
+        Self { origin, text, doc: std::cell::OnceCell::new() }
+    }
+
     fn root(&self) -> Node<'_> {
-        Node::Table(self.doc.as_table())
+        let doc = self.doc.get_or_init(|| ImDocument::parse(self.text).expect("checked to be TOML"));
+        Node::Table(doc.as_table())
     }
 
     /// The line of a key path: the key's own line, or the line of the closest enclosing

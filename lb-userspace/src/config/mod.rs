@@ -121,13 +121,20 @@ impl Default for ControlBalancer {
 pub fn load_control(path: &Path) -> Result<Control, ConfigError> {
     let text = read(path)?;
     let origin = path.display().to_string();
-    let doc = syntax(&text, &origin)?;
-    toml::from_str(&text).map_err(|e| Ctx { origin: &origin, text: &text, doc: &doc }.serde_error(&e))
+    deserialize(&text, &origin)
 }
 
-/// The TOML document of `text`, or its syntax error with the line.
-fn syntax<'t>(text: &'t str, origin: &str) -> Result<ImDocument<&'t str>, ConfigError> {
-    ImDocument::parse(text).map_err(|e| ConfigError {
+/// `text` deserialised; an error names the line and key, and a syntax error says so.
+fn deserialize<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| match syntax(text, origin) {
+        Ok(()) => Ctx::new(origin, text).serde_error(&e),
+        Err(syntax_error) => syntax_error,
+    })
+}
+
+/// Whether `text` is TOML, or its syntax error with the line.
+fn syntax(text: &str, origin: &str) -> Result<(), ConfigError> {
+    ImDocument::parse(text).map(drop).map_err(|e| ConfigError {
         origin: origin.to_string(),
         line: e.span().map(|s| line_of(text, s.start)),
         key: String::new(),
@@ -137,9 +144,8 @@ fn syntax<'t>(text: &'t str, origin: &str) -> Result<ImDocument<&'t str>, Config
 
 /// Parses and validates a configuration; `origin` (the file name) prefixes error messages.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-    let doc = syntax(text, origin)?;
-    let cx = Ctx { origin, text, doc: &doc };
-    let mut config: Config = toml::from_str(text).map_err(|e| cx.serde_error(&e))?;
+    let mut config: Config = deserialize(text, origin)?;
+    let cx = Ctx::new(origin, text);
     for vip in &mut config.vips {
         // An explicit port is never 0 (refused while deserialising), so 0 means "omitted".
         for b in &mut vip.backends {

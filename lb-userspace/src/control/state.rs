@@ -325,6 +325,8 @@ impl Controller {
         if report != Default::default() {
             info!(
                 slots = report.slots_written,
+                slots_caught_up = report.slots_caught_up,
+                tables_built = report.tables_built,
                 vips_switched = report.vips_switched,
                 vips_removed = report.vips_removed,
                 backends = report.backends_written,

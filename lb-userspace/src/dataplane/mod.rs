@@ -17,6 +17,7 @@ mod capture;
 mod counters;
 mod flows;
 mod host;
+mod maglev;
 mod signals;
 mod writer;
 
@@ -64,7 +65,7 @@ pub struct Dataplane {
     vips: HashMap<MapData, VipKey, VipInfo>,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     backends: Array<MapData, Backend>,
-    maglev: Array<MapData, u32>,
+    maglev: maglev::MaglevSlots,
     settings: Array<MapData, Settings>,
     vip_stats: PerCpuArray<MapData, VipStats>,
     backend_stats: PerCpuArray<MapData, BackendStats>,
@@ -165,7 +166,7 @@ impl Dataplane {
             vips: take(&mut ebpf, MAP_VIPS)?,
             vip_addrs: take(&mut ebpf, MAP_VIP_ADDRS)?,
             backends: take(&mut ebpf, MAP_BACKENDS)?,
-            maglev: take(&mut ebpf, MAP_MAGLEV)?,
+            maglev: maglev::MaglevSlots::new(ebpf.take_map(MAP_MAGLEV).context("map MAGLEV missing from the object")?)?,
             settings: take(&mut ebpf, MAP_SETTINGS)?,
             vip_stats: take(&mut ebpf, MAP_VIP_STATS)?,
             backend_stats: take(&mut ebpf, MAP_BACKEND_STATS)?,
@@ -229,7 +230,7 @@ impl Dataplane {
             vips: open_pinned(pin_dir, MAP_VIPS, Map::HashMap)?,
             vip_addrs: open_pinned(pin_dir, MAP_VIP_ADDRS, Map::HashMap)?,
             backends: open_pinned(pin_dir, MAP_BACKENDS, Map::Array)?,
-            maglev: open_pinned(pin_dir, MAP_MAGLEV, Map::Array)?,
+            maglev: maglev::MaglevSlots::new(Map::Array(MapData::from_pin(pin_dir.join(MAP_MAGLEV))?))?,
             settings: open_pinned(pin_dir, MAP_SETTINGS, Map::Array)?,
             vip_stats: open_pinned(pin_dir, MAP_VIP_STATS, Map::PerCpuArray)?,
             backend_stats: open_pinned(pin_dir, MAP_BACKEND_STATS, Map::PerCpuArray)?,

@@ -9,8 +9,8 @@ impl MapWriter for Dataplane {
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         Ok(self.backends.set(id, backend, 0)?)
     }
-    fn set_maglev_slot(&mut self, index: u32, backend_id: u32) -> Result<()> {
-        Ok(self.maglev.set(index, backend_id, 0)?)
+    fn write_slots(&mut self, offset: u32, table: &[u32]) -> Result<usize> {
+        self.maglev.write(offset, table)
     }
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
         Ok(self.vips.insert(key, info, 0)?)

@@ -8,4 +8,4 @@ pub mod tables;
 
 pub use ids::vip_key;
 pub use ids::{BackendIdentity, Existing, IdAllocator};
-pub use tables::{DesiredTables, DesiredVip, desired, desired_with};
+pub use tables::{DesiredTables, DesiredVip, MaglevInputs, TableBackend, desired, desired_with};

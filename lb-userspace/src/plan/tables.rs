@@ -20,7 +20,6 @@ use crate::config::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredTables {
     pub settings: Settings,
-    pub table_size: u32,
     pub backends: BTreeMap<u32, Backend>,
     pub vips: BTreeMap<VipKey, DesiredVip>,
     /// Every VIP address, with how many VIPs use it.
@@ -32,13 +31,51 @@ pub struct DesiredVip {
     pub name: String,
     pub vip_id: u32,
     pub mode: u8,
-    /// Maglev table of backend ids; empty when the VIP has no backend to offer.
-    pub table: Vec<u32>,
+    /// What the VIP's Maglev table is built from (built by the sync, one VIP at a time, and
+    /// only when these changed).
+    pub maglev: MaglevInputs,
     pub limits: RateLimits,
     /// `WATCH_*` bits: the passive health signals the packet path reports for the VIP.
     pub watch: u8,
     /// Which backends serve new flows, from which priority level, in panic or not.
     pub plan: Plan,
+}
+
+/// The inputs of a VIP's Maglev table: equal inputs build equal tables, so a VIP whose
+/// inputs did not change is not rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaglevInputs {
+    pub table_size: u32,
+    pub seed: u32,
+    pub backends: Vec<TableBackend>,
+}
+
+/// A backend as its VIP's table sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableBackend {
+    /// The text its permutation is derived from ([`maglev_identity`]).
+    pub identity: String,
+    /// Its weight in the VIP's plan (0: no slot).
+    pub weight: u32,
+    pub id: u32,
+}
+
+impl MaglevInputs {
+    /// Whether the table has no slot (no backend with a weight).
+    pub fn is_empty(&self) -> bool {
+        self.backends.iter().all(|b| b.weight == 0)
+    }
+
+    /// The table of backend ids; empty when the VIP has no backend to offer.
+    pub fn build(&self) -> Vec<u32> {
+        let candidates: Vec<MaglevBackend> =
+            self.backends.iter().map(|b| MaglevBackend { identity: b.identity.as_bytes(), weight: b.weight }).collect();
+        let mut table = maglev::build(&candidates, self.table_size, self.seed);
+        for slot in &mut table {
+            *slot = self.backends[*slot as usize].id;
+        }
+        table
+    }
 }
 
 /// A VIP's rate limits as the packet path reads them (the limit fields of `VipInfo`).
@@ -129,20 +166,21 @@ pub fn desired_with(
     let mut vip_addrs = BTreeMap::new();
     for vip in &config.vips {
         let key = vip_key(vip);
-        let identities: Vec<String> = vip.backends.iter().map(maglev_identity).collect();
         let available: Vec<Availability> = vip.backends.iter().map(|b| availability(vip, b)).collect();
         let plan = locality::plan(&balancer.region, &balancer.zone, vip, &available);
-        let candidates: Vec<MaglevBackend> = identities
-            .iter()
-            .zip(&plan.weights)
-            .map(|(identity, &weight)| MaglevBackend { identity: identity.as_bytes(), weight })
-            .collect();
         let ids_by_index: Vec<u32> =
             vip.backends.iter().map(|b| ids.backend_id(&backend_identity(b)).expect("assigned above")).collect();
-        let table = maglev::build(&candidates, balancer.maglev_table_size, balancer.hash_seed)
-            .into_iter()
-            .map(|index| ids_by_index[index as usize])
-            .collect();
+        let maglev = MaglevInputs {
+            table_size: balancer.maglev_table_size,
+            seed: balancer.hash_seed,
+            backends: vip
+                .backends
+                .iter()
+                .zip(&ids_by_index)
+                .zip(&plan.weights)
+                .map(|((b, &id), &weight)| TableBackend { identity: maglev_identity(b), weight, id })
+                .collect(),
+        };
         for ((backend, &id), &weight) in vip.backends.iter().zip(&ids_by_index).zip(&plan.weights) {
             let (addr, family) = addr_bytes(backend.address);
             let entry =
@@ -164,13 +202,13 @@ pub fn desired_with(
         };
         vips.insert(
             key,
-            DesiredVip { name: vip.name.clone(), vip_id, mode, table, limits: RateLimits::of(vip), watch, plan },
+            DesiredVip { name: vip.name.clone(), vip_id, mode, maglev, limits: RateLimits::of(vip), watch, plan },
         );
     }
     for key in vip_addrs.keys() {
         settings.mark_vip_addr_bit(vip_addr_filter_bit(&key.addr));
     }
-    DesiredTables { settings, table_size: balancer.maglev_table_size, backends, vips, vip_addrs }
+    DesiredTables { settings, backends, vips, vip_addrs }
 }
 
 #[cfg(test)]
@@ -210,8 +248,9 @@ weight = 3
         assert_eq!(t.backends.len(), 2);
         assert!(t.backends.values().all(|b| b.flags == BACKEND_ACTIVE | BACKEND_SERVING && b.port == 80));
         let vip = t.vips.values().next().expect("one vip");
-        assert_eq!(vip.table.len(), 1009);
-        let heavy = vip.table.iter().filter(|&&id| id == 1).count() as f64 / 1009.0;
+        let table = vip.maglev.build();
+        assert_eq!(table.len(), 1009);
+        let heavy = table.iter().filter(|&&id| id == 1).count() as f64 / 1009.0;
         assert!((heavy - 0.75).abs() < 0.02, "weight 3 of 4 got {heavy}");
         assert_eq!(t.vip_addrs.values().copied().collect::<Vec<_>>(), vec![1]);
         let bit = vip_addr_filter_bit(&t.vip_addrs.keys().next().expect("one address").addr);
@@ -285,7 +324,7 @@ weight = 3
             .replace("protocol = \"tcp\"\n", "protocol = \"tcp\"\npanic_threshold = 0\n");
         let config = config::parse(&text, "test.toml").expect("valid config");
         let ids_in = |t: &DesiredTables| -> std::collections::BTreeSet<u32> {
-            t.vips.values().next().expect("one vip").table.iter().copied().collect()
+            t.vips.values().next().expect("one vip").maglev.build().into_iter().collect()
         };
         let all = desired(&config, &mut ids);
         assert_eq!(ids_in(&all), [0].into(), "the local zone only");
@@ -303,7 +342,8 @@ weight = 3
         assert_eq!(local_down.backends[&0].flags, BACKEND_ACTIVE);
         assert_eq!(local_down.backends[&1].flags, BACKEND_ACTIVE | BACKEND_SERVING);
         let none = desired_with(&config, &|_, _| Availability::Ejected, &mut ids);
-        assert!(none.vips.values().next().expect("one vip").table.is_empty());
+        let maglev = &none.vips.values().next().expect("one vip").maglev;
+        assert!(maglev.is_empty() && maglev.build().is_empty());
     }
 
     #[test]
@@ -311,6 +351,7 @@ weight = 3
         let mut ids = IdAllocator::new(64, 4096);
         let text = BASE.replace("weight = 3", "weight = 0").replace("[[vip.backend]]\naddress = \"10.0.1.11\"\n", "");
         let t = tables(&text, &mut ids);
-        assert!(t.vips.values().next().expect("one vip").table.is_empty());
+        let maglev = &t.vips.values().next().expect("one vip").maglev;
+        assert!(maglev.is_empty() && maglev.build().is_empty());
     }
 }

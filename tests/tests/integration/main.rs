@@ -23,4 +23,5 @@ mod package;
 mod packet_fuzz;
 mod priority_load;
 mod rate_limits;
+mod scale;
 mod soak;

@@ -31,7 +31,12 @@
 //!     the revision before state tracking (`--baseline-rev`, default 1fbd7e7, built from
 //!     git), side by side in one environment, measured in alternation.
 //!
-//! Usage: `lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10,11] [--baseline-rev REV]`.
+//! 11. Packet capture: the cost of capture off and on.
+//!
+//! 12. Scale: `lb run` with 1000 VIPs x 16 backends x 65537 slots against 100: start time,
+//!     peak memory, and a one-backend reload against the same slots one syscall each.
+//!
+//! Usage: `lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10,11,12] [--baseline-rev REV]`.
 
 mod across_cpus;
 mod active_checks;
@@ -43,6 +48,7 @@ mod flow_table;
 mod maglev_build;
 mod per_packet;
 mod rate_limits;
+mod scale;
 mod signals;
 mod state_tracking;
 mod throughput;
@@ -104,7 +110,7 @@ type Section = fn(&Sizes) -> Result<()>;
 
 fn main() -> ExitCode {
     let mut quick = false;
-    let mut only: Vec<u32> = (1..=11).collect();
+    let mut only: Vec<u32> = (1..=12).collect();
     let mut baseline_rev = baseline::DEFAULT_REV.to_owned();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -126,7 +132,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10,11] [--baseline-rev REV (default {})]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput, 5 flow table across CPUs,\n 6 rate limits (cost and accuracy), 7 passive health signals (cost, ejection latency),\n 8 active health checks at scale, 9 DNS site failover (qps vs gdnsd, time to a changed answer),\n 10 state tracking: section 1's cases against REV's eBPF object (built from git, cached under target/),\n 11 packet capture: cost off and on",
+                    "usage: lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10,11,12] [--baseline-rev REV (default {})]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput, 5 flow table across CPUs,\n 6 rate limits (cost and accuracy), 7 passive health signals (cost, ejection latency),\n 8 active health checks at scale, 9 DNS site failover (qps vs gdnsd, time to a changed answer),\n 10 state tracking: section 1's cases against REV's eBPF object (built from git, cached under target/),\n 11 packet capture: cost off and on,\n 12 scale: 1000 VIPs x 16 backends, start, memory and a one-backend reload",
                     baseline::DEFAULT_REV
                 );
                 return ExitCode::SUCCESS;
@@ -137,8 +143,9 @@ fn main() -> ExitCode {
             }
         }
     }
-    if (only.iter().any(|s| [1, 2, 4, 5, 6, 7, 9, 10, 11].contains(s))) && !nix::unistd::Uid::effective().is_root() {
-        eprintln!("lb-bench: sections 1, 2, 4 to 7, 9 to 11 need root (BPF, network namespaces); try --only 3");
+    if (only.iter().any(|s| [1, 2, 4, 5, 6, 7, 9, 10, 11, 12].contains(s))) && !nix::unistd::Uid::effective().is_root()
+    {
+        eprintln!("lb-bench: sections 1, 2, 4 to 7, 9 to 12 need root (BPF, network namespaces); try --only 3");
         return ExitCode::from(2);
     }
     sweep_stale_netns();
@@ -167,7 +174,7 @@ fn main() -> ExitCode {
             rounds: 40,
         }
     };
-    let sections: [(u32, &str, Section); 11] = [
+    let sections: [(u32, &str, Section); 12] = [
         (1, "per-packet cost (BPF_PROG_TEST_RUN) vs xdp_drop", per_packet::per_packet),
         (2, "flow table (shared hash map) by fill level", flow_table::flow_table),
         (3, "Maglev table build", maglev_build::maglev_build),
@@ -179,6 +186,7 @@ fn main() -> ExitCode {
         (9, "DNS site failover: qps vs gdnsd, time to a changed answer", dns::dns_failover),
         (10, "connection state tracking vs the revision before it", state_tracking::state_tracking),
         (11, "packet capture: cost off and on, vs xdp_drop", capture::capture_cost),
+        (12, "scale: 1000 VIPs x 16 backends, start, memory, one-backend reload", scale::scale),
     ];
     let total = Instant::now();
     let mut failed = 0;
