@@ -47,6 +47,7 @@ pub const BACKEND_SERVING: u8 = 2;
 
 /// Map names, as pinned under the pin directory.
 pub const MAP_VIPS: &str = "VIPS";
+pub const MAP_VIP_ENTRIES: &str = "VIP_ENTRIES";
 pub const MAP_VIP_ADDRS: &str = "VIP_ADDRS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_MAGLEV: &str = "MAGLEV";
@@ -93,6 +94,8 @@ const _: () = {
     assert!(core::mem::size_of::<NatState>() == 64);
     assert!(core::mem::size_of::<SourceKey>() == 20);
     assert!(core::mem::size_of::<VipInfo>() == 88);
+    assert!(core::mem::size_of::<VipEntry>() == 112);
+    assert!(core::mem::offset_of!(VipEntry, key).is_multiple_of(8));
 };
 
 #[repr(C, align(4))]
@@ -130,6 +133,18 @@ pub struct VipInfo {
     pub packet_limit: TokenBucket,
     /// New flows from one source prefix (see `source_prefix_len`), tracked in `SOURCE_BUCKETS`.
     pub source_limit: TokenBucket,
+}
+
+/// A VIP's element of `VIP_ENTRIES`, by VIP id: its `VipInfo`, and the key it has in
+/// `VIPS`. A flow entry names its VIP by id, and ids are reused once a VIP is gone: the
+/// key tells whether the id still names the VIP of the flow's destination. A removed VIP's
+/// element is zeroed (no mode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipEntry {
+    pub info: VipInfo,
+    pub key: VipKey,
+    pub _pad: u32,
 }
 
 /// `VipInfo::watch` / `NatState::watch` bits: report how connection attempts are answered
@@ -203,8 +218,9 @@ pub struct Settings {
     pub hash_seed: u32,
     pub nat_port_min: u16,
     pub nat_port_max: u16,
-    /// Bit `vip_addr_filter_bit(a)` is set for every VIP address `a`: a packet whose
-    /// destination's bit is clear is not for a VIP, with no hash lookup at all.
+    /// Bit `vip_addr_filter_bit(a)` is set for every VIP address `a` and the balancer's own
+    /// addresses: a packet whose destination's bit is clear is for neither, with no hash
+    /// lookup at all.
     pub vip_addr_filter: [u64; 4],
     pub timeouts: FlowTimeouts,
 }
@@ -264,6 +280,7 @@ mod pod {
     // SAFETY: all are repr(C), Copy, made only of integers, with no implicit padding.
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipInfo {}
+    unsafe impl aya::Pod for VipEntry {}
     unsafe impl aya::Pod for VipAddrKey {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}

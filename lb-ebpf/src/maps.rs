@@ -11,9 +11,14 @@ use lb_common::*;
 use crate::parse::{Headers, Quoted};
 use crate::rewrite::Translation;
 
-/// Every VIP by (address, port, protocol): its id, mode, active Maglev table and limits.
+/// Every VIP by (address, port, protocol): its id, for new flows (existing flows find the
+/// id in their entry).
 #[btf_map]
-pub static VIPS: HashMap<VipKey, VipInfo, { DEFAULT_MAX_VIPS as usize }> = HashMap::new();
+pub static VIPS: HashMap<VipKey, u32, { DEFAULT_MAX_VIPS as usize }> = HashMap::new();
+/// Every VIP by id: its mode, active Maglev table and limits (`VipInfo`), and its key, which
+/// tells whether a flow entry's id still names the flow's VIP.
+#[btf_map]
+pub static VIP_ENTRIES: Array<VipEntry, { DEFAULT_MAX_VIPS as usize }> = Array::new();
 /// Every VIP address (value: how many VIPs share it), so that traffic to a VIP address that
 /// no VIP serves is dropped and counted rather than passed.
 #[btf_map]

@@ -61,7 +61,9 @@ pub type PacketLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 pub struct Dataplane {
     /// The object, when this controller loaded it.
     ebpf: Option<Ebpf>,
-    vips: HashMap<MapData, VipKey, VipInfo>,
+    /// VIP ids by key, and each id's `VipEntry`: written together by `set_vip`.
+    vips: HashMap<MapData, VipKey, u32>,
+    vip_entries: Array<MapData, VipEntry>,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
@@ -116,6 +118,7 @@ impl Dataplane {
             .context("max_vips * 2 * maglev_table_size overflows")?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_VIPS, sizes.max_vips)
+            .map_max_entries(MAP_VIP_ENTRIES, sizes.max_vips)
             .map_max_entries(MAP_VIP_ADDRS, sizes.max_vips)
             .map_max_entries(MAP_VIP_STATS, sizes.max_vips)
             .map_max_entries(MAP_BACKENDS, sizes.max_backends)
@@ -163,6 +166,7 @@ impl Dataplane {
         }
         Ok(Self {
             vips: take(&mut ebpf, MAP_VIPS)?,
+            vip_entries: take(&mut ebpf, MAP_VIP_ENTRIES)?,
             vip_addrs: take(&mut ebpf, MAP_VIP_ADDRS)?,
             backends: take(&mut ebpf, MAP_BACKENDS)?,
             maglev: take(&mut ebpf, MAP_MAGLEV)?,
@@ -227,6 +231,7 @@ impl Dataplane {
         Ok(Some(Self {
             ebpf: None,
             vips: open_pinned(pin_dir, MAP_VIPS, Map::HashMap)?,
+            vip_entries: open_pinned(pin_dir, MAP_VIP_ENTRIES, Map::Array)?,
             vip_addrs: open_pinned(pin_dir, MAP_VIP_ADDRS, Map::HashMap)?,
             backends: open_pinned(pin_dir, MAP_BACKENDS, Map::Array)?,
             maglev: open_pinned(pin_dir, MAP_MAGLEV, Map::Array)?,
@@ -254,9 +259,14 @@ impl Dataplane {
                 backends.push((id, backend));
             }
         }
+        let mut vips = Vec::new();
+        for entry in self.vips.iter() {
+            let (key, id) = entry?;
+            vips.push((key, self.vip_entries.get(&id, 0)?.info));
+        }
         Ok(Existing {
             settings: self.settings.get(&0, 0)?,
-            vips: self.vips.iter().collect::<Result<_, _>>()?,
+            vips,
             vip_addrs: self.vip_addrs.iter().collect::<Result<_, _>>()?,
             backends,
         })

@@ -12,11 +12,19 @@ impl MapWriter for Dataplane {
     fn set_maglev_slot(&mut self, index: u32, backend_id: u32) -> Result<()> {
         Ok(self.maglev.set(index, backend_id, 0)?)
     }
+    /// The id's entry first, then the key: a packet that finds the key finds its entry.
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
-        Ok(self.vips.insert(key, info, 0)?)
+        self.vip_entries.set(info.vip_id, VipEntry { info: *info, key: *key, _pad: 0 }, 0)?;
+        if self.vips.get(key, 0).ok() != Some(info.vip_id) {
+            self.vips.insert(key, info.vip_id, 0)?;
+        }
+        Ok(())
     }
+    /// The key first, then the id's entry, zeroed: the flows that name the id find no VIP.
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        Ok(self.vips.remove(key)?)
+        let id = self.vips.get(key, 0)?;
+        self.vips.remove(key)?;
+        Ok(self.vip_entries.set(id, VipEntry::default(), 0)?)
     }
     fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> Result<()> {
         Ok(self.vip_addrs.insert(key, count, 0)?)
