@@ -51,7 +51,9 @@ pub const MAP_VIP_ENTRIES: &str = "VIP_ENTRIES";
 pub const MAP_VIP_ADDRS: &str = "VIP_ADDRS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_MAGLEV: &str = "MAGLEV";
-pub const MAP_FLOWS: &str = "FLOWS";
+/// The flow table, a map per family (see `FlowKeyV4`).
+pub const MAP_FLOWS_V4: &str = "FLOWS_V4";
+pub const MAP_FLOWS_V6: &str = "FLOWS_V6";
 pub const MAP_NAT: &str = "NAT";
 pub const MAP_SETTINGS: &str = "SETTINGS";
 pub const MAP_VIP_STATS: &str = "VIP_STATS";
@@ -90,6 +92,7 @@ const _: () = {
     assert!(core::mem::size_of::<VipAddrKey>() == 20);
     assert!(core::mem::size_of::<Backend>() == 20);
     assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<FlowKeyV4>() == 16);
     assert!(core::mem::size_of::<FlowState>() == 24);
     assert!(core::mem::size_of::<NatState>() == 64);
     assert!(core::mem::size_of::<SourceKey>() == 20);
@@ -208,6 +211,40 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+/// An IPv4 `FlowKey` in 16 bytes, the key of the IPv4 flow table: hashed and compared in
+/// less than half the time of the 40 bytes an IPv6 flow needs. Its last two words are the
+/// `FlowKey`'s (ports, protocol, family).
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKeyV4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+impl FlowKeyV4 {
+    /// The IPv4 flow `key` in 16 bytes (its addresses' first words).
+    pub fn of(key: &FlowKey) -> Self {
+        let word = |a: &Addr| [a[0], a[1], a[2], a[3]];
+        let (sport, dport, proto, family) = (key.sport, key.dport, key.proto, key.family);
+        FlowKeyV4 { src: word(&key.src), dst: word(&key.dst), sport, dport, proto, family, _pad: [0; 2] }
+    }
+
+    pub fn to_flow_key(&self) -> FlowKey {
+        let addr = |w: [u8; 4]| {
+            let mut a = [0; 16];
+            a[..4].copy_from_slice(&w);
+            a
+        };
+        let (sport, dport, proto, family) = (self.sport, self.dport, self.proto, self.family);
+        FlowKey { src: addr(self.src), dst: addr(self.dst), sport, dport, proto, family, _pad: [0; 2] }
+    }
+}
+
 /// Balancer-wide settings, one element in `SETTINGS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -284,6 +321,7 @@ mod pod {
     unsafe impl aya::Pod for VipAddrKey {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowKeyV4 {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for NatState {}
     unsafe impl aya::Pod for Settings {}

@@ -18,6 +18,7 @@
 
 mod capture;
 mod filter;
+mod flow_table;
 mod flows;
 mod forward;
 mod icmp;
@@ -40,7 +41,7 @@ use capture::{capture_in, capture_on, capture_out};
 use filter::may_concern_us;
 use icmp::icmp_error_to_backend;
 use keys::{is_vip_addr, own_addr, vip_at, vip_of_flow};
-use maps::{FLOWS, SCRATCH, SETTINGS, Scratch};
+use maps::{SCRATCH, SETTINGS, Scratch};
 use mem::addr_eq;
 use nat::to_client;
 use parse::{L4, Parsed, parse};
@@ -102,8 +103,8 @@ fn try_xdp_lb(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
         L4::Ports if !to_own_addr => to_vip(ctx, s, settings),
         L4::Ports => {
             // The balancer's own address: nat replies, unless a VIP has the address too.
-            if let Some(vip) = vip_at(&h.dst, h.dport, h.proto, h.family) {
-                s.headers.flow_key_into(&mut s.flow);
+            h.flow_key_into(&mut s.flow);
+            if let Some(vip) = vip_at(&s.flow) {
                 return to_backend(ctx, s, vip, flow_entry(&s.flow), settings);
             }
             to_client(ctx, s)
@@ -134,10 +135,10 @@ fn to_vip(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> Result<u32,
     if let Some(vip) = flow.as_ref().and_then(|f| vip_of_flow(f.vip_id, &s.flow)) {
         return to_backend(ctx, s, vip, flow, settings);
     }
-    let h = &s.headers;
-    if let Some(vip) = vip_at(&h.dst, h.dport, h.proto, h.family) {
+    if let Some(vip) = vip_at(&s.flow) {
         return to_backend(ctx, s, vip, flow, settings);
     }
+    let h = &s.headers;
     Err(if is_vip_addr(&h.dst, h.family) { Reason::UnknownVipPort } else { Reason::Passed })
 }
 
@@ -145,7 +146,7 @@ fn to_vip(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> Result<u32,
 #[inline(always)]
 fn flow_entry(key: &FlowKey) -> Option<&'static mut FlowState> {
     // SAFETY: a map value, alive while the program runs (see `to_backend`).
-    FLOWS.get_ptr_mut(key).map(|f| unsafe { &mut *f })
+    flow_table::get_ptr_mut(key).map(|f| unsafe { &mut *f })
 }
 
 /// Placed on the far end of a veth so that frames the balancer transmits are received.

@@ -30,14 +30,17 @@ pub static BACKENDS: Array<Backend, { DEFAULT_MAX_BACKENDS as usize }> = Array::
 /// a slot holds a backend id. Sized by the controller at load time.
 #[btf_map]
 pub static MAGLEV: Array<u32, 1> = Array::new();
-/// The flow table: each client -> VIP flow, the backend it stays on and the client's side
-/// of its connection. A plain hash map, not an LRU: an entry lives as long as its
+/// The flow table's IPv4 flows (`flow_table` picks the map by family): each client -> VIP
+/// flow, the backend it stays on and the client's side of its connection. A plain hash map, not an LRU: an entry lives as long as its
 /// connection and is removed only when that is over (by the controller's sweep, or here
 /// when its port or 4-tuple is taken again), so live connections are never evicted.
 #[btf_map]
-pub static FLOWS: HashMap<FlowKey, FlowState, { DEFAULT_FLOW_ENTRIES as usize }> = HashMap::new();
+pub static FLOWS_V4: HashMap<FlowKeyV4, FlowState, { DEFAULT_FLOW_ENTRIES as usize }> = HashMap::new();
+/// The flow table's IPv6 flows, as `FLOWS_V4`.
+#[btf_map]
+pub static FLOWS_V6: HashMap<FlowKey, FlowState, { DEFAULT_FLOW_ENTRIES as usize }> = HashMap::new();
 /// nat reverse entries: a reply (backend -> balancer port), the client flow it belongs to
-/// and the backend's side of the connection. Removed like `FLOWS` entries, never evicted,
+/// and the backend's side of the connection. Removed like flow entries, never evicted,
 /// so a port stays with its connection until that is over.
 #[btf_map]
 pub static NAT: HashMap<FlowKey, NatState, { DEFAULT_FLOW_ENTRIES as usize }> = HashMap::new();
@@ -102,7 +105,7 @@ pub static GLOBAL_STATS: PerCpuArray<GlobalStats, 1> = PerCpuArray::new();
 #[derive(Default)]
 pub struct Scratch {
     pub headers: Headers,
-    /// The flow as keyed in `FLOWS` (client -> VIP).
+    /// The flow as keyed in the flow table (client -> VIP).
     pub flow: FlowKey,
     /// A reply as keyed in `NAT` (backend -> balancer).
     pub reply: FlowKey,

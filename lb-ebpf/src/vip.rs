@@ -4,6 +4,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::*;
 
+use crate::flow_table;
 use crate::flows::{detach, follow, initial_state};
 use crate::forward::{forward_to_backend, unsent_verdict};
 use crate::keys::own_addr;
@@ -39,7 +40,10 @@ pub fn to_backend(
     }
     let now = s.clock.now();
     let replaces = flow.is_some();
-    let followed = flow.and_then(|f| Some((follow(s, f, settings, now)?, f)));
+    // An entry made under another VIP id belongs to a VIP that is gone (the VIP at its
+    // address came back with a new id): its backend id may name another backend by now.
+    let ours = flow.filter(|f| f.vip_id == vip.vip_id);
+    let followed = ours.and_then(|f| Some((follow(s, f, settings, now)?, f)));
     let (backend_id, backend, nat_port) = match followed {
         Some((backend, f)) => (f.backend_id, backend, f.nat_port),
         None => match new_flow(ctx, s, vip, vip_stats, replaces, settings, now) {
@@ -94,8 +98,8 @@ fn new_flow(
     let nat = vip.mode == MODE_NAT;
     let nat_port = if nat {
         if replaces {
-            // SAFETY: read in place before the entry is replaced below.
-            if let Some(old) = unsafe { FLOWS.get(&s.flow) } {
+            // Read in place before the entry is replaced below.
+            if let Some(old) = flow_table::get(&s.flow) {
                 detach(s, old, settings);
             }
         }
@@ -126,7 +130,7 @@ fn new_flow(
     entry.client = 0;
     entry.started_s = (now / 1_000_000_000) as u32;
     entry.last_seen_ns = now;
-    if FLOWS.insert(&s.flow, &s.state, 0).is_err() {
+    if flow_table::insert(&s.flow, &s.state).is_err() {
         // The table is full of live connections. A dsr flow still goes by the Maglev
         // table (its packets pick the same backend while the table stays); nat can't
         // translate its replies without the entry.

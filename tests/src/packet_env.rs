@@ -165,7 +165,7 @@ impl PacketEnv {
 }
 
 /// The maps sized at load time, as `Dataplane::load` sizes them.
-fn map_sizes(sizes: &MapSizes) -> [(&'static str, u32); 14] {
+fn map_sizes(sizes: &MapSizes) -> [(&'static str, u32); 16] {
     [
         (MAP_VIPS, sizes.max_vips),
         (MAP_VIP_ENTRIES, sizes.max_vips),
@@ -176,7 +176,10 @@ fn map_sizes(sizes: &MapSizes) -> [(&'static str, u32); 14] {
         (MAP_NEXT_HOPS, sizes.max_backends),
         (MAP_NAT_PORT_CURSORS, sizes.max_backends),
         (MAP_MAGLEV, sizes.max_vips * 2 * sizes.table_size),
-        (MAP_FLOWS, sizes.flow_entries),
+        (MAP_FLOWS_V4, sizes.flow_entries),
+        (MAP_FLOWS_V6, sizes.flow_entries),
+        // An older object's single flow table.
+        ("FLOWS", sizes.flow_entries),
         (MAP_NAT, sizes.flow_entries),
         (MAP_RATE_STATE, sizes.max_vips),
         (MAP_RATE_CPU_TOKENS, sizes.max_vips),

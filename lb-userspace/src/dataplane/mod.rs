@@ -126,7 +126,8 @@ impl Dataplane {
             .map_max_entries(MAP_NEXT_HOPS, sizes.max_backends)
             .map_max_entries(MAP_NAT_PORT_CURSORS, sizes.max_backends)
             .map_max_entries(MAP_MAGLEV, maglev_slots)
-            .map_max_entries(MAP_FLOWS, sizes.flow_entries)
+            .map_max_entries(MAP_FLOWS_V4, sizes.flow_entries)
+            .map_max_entries(MAP_FLOWS_V6, sizes.flow_entries)
             .map_max_entries(MAP_NAT, sizes.flow_entries)
             .map_max_entries(MAP_RATE_STATE, sizes.max_vips)
             .map_max_entries(MAP_RATE_CPU_TOKENS, sizes.max_vips)
@@ -175,7 +176,11 @@ impl Dataplane {
             backend_stats: take(&mut ebpf, MAP_BACKEND_STATS)?,
             global_stats: take(&mut ebpf, MAP_GLOBAL_STATS)?,
             next_hops: take(&mut ebpf, MAP_NEXT_HOPS)?,
-            flow_tables: FlowTables { flows: take(&mut ebpf, MAP_FLOWS)?, nat: take(&mut ebpf, MAP_NAT)? },
+            flow_tables: FlowTables {
+                flows_v4: take(&mut ebpf, MAP_FLOWS_V4)?,
+                flows_v6: take(&mut ebpf, MAP_FLOWS_V6)?,
+                nat: take(&mut ebpf, MAP_NAT)?,
+            },
             health_signals: Some(HealthSignals(take(&mut ebpf, MAP_HEALTH_SIGNALS)?)),
             ebpf: Some(ebpf),
             logger,
@@ -208,7 +213,7 @@ impl Dataplane {
             max_vips,
             max_backends: max_entries(MAP_BACKENDS)?,
             table_size: max_entries(MAP_MAGLEV)? / (max_vips * 2).max(1),
-            flow_entries: max_entries(MAP_FLOWS)?,
+            flow_entries: max_entries(MAP_FLOWS_V4)?,
             source_entries: max_entries(MAP_SOURCE_BUCKETS)?,
         };
         if pinned_sizes != sizes {
@@ -241,7 +246,8 @@ impl Dataplane {
             global_stats: open_pinned(pin_dir, MAP_GLOBAL_STATS, Map::PerCpuArray)?,
             next_hops: open_pinned(pin_dir, MAP_NEXT_HOPS, Map::PerCpuArray)?,
             flow_tables: FlowTables {
-                flows: open_pinned(pin_dir, MAP_FLOWS, Map::HashMap)?,
+                flows_v4: open_pinned(pin_dir, MAP_FLOWS_V4, Map::HashMap)?,
+                flows_v6: open_pinned(pin_dir, MAP_FLOWS_V6, Map::HashMap)?,
                 nat: open_pinned(pin_dir, MAP_NAT, Map::HashMap)?,
             },
             health_signals: Some(HealthSignals(open_pinned(pin_dir, MAP_HEALTH_SIGNALS, Map::RingBuf)?)),

@@ -21,10 +21,14 @@ impl MapWriter for Dataplane {
         Ok(())
     }
     /// The key first, then the id's entry, zeroed: the flows that name the id find no VIP.
+    /// Removals come last in a sync, so the id may name a new VIP already: its entry stays.
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
         let id = self.vips.get(key, 0)?;
         self.vips.remove(key)?;
-        Ok(self.vip_entries.set(id, VipEntry::default(), 0)?)
+        if self.vip_entries.get(&id, 0)?.key == *key {
+            self.vip_entries.set(id, VipEntry::default(), 0)?;
+        }
+        Ok(())
     }
     fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> Result<()> {
         Ok(self.vip_addrs.insert(key, count, 0)?)

@@ -24,3 +24,4 @@ mod packet_fuzz;
 mod priority_load;
 mod rate_limits;
 mod soak;
+mod vip_entries;
