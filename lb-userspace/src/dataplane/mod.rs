@@ -205,7 +205,13 @@ impl Dataplane {
         raise_memlock_limit();
         let max_entries = |name: &str| -> Result<u32> {
             let path = pin_dir.join(name);
-            let map = MapData::from_pin(&path).with_context(|| format!("opening the pinned map {}", path.display()))?;
+            // A program of an lb version whose maps were laid out otherwise has other pins.
+            let map = MapData::from_pin(&path).with_context(|| {
+                format!(
+                    "opening the pinned map {} (the running program may be another lb version's: run `lb stop --detach` first)",
+                    path.display()
+                )
+            })?;
             Ok(map.info()?.max_entries())
         };
         let max_vips = max_entries(MAP_VIPS)?;
