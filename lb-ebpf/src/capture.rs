@@ -12,11 +12,12 @@ use lb_common::*;
 use crate::maps::{CAPTURE, CAPTURE_FRAME, CAPTURE_RING, GLOBAL_STATS, Mark, Scratch};
 use crate::mem::addr_eq;
 
-/// The switch: `None` when off, which is the one branch an uncaptured packet pays.
+/// The switch, which is the one branch an uncaptured packet pays. A bool, not the config:
+/// LLVM turns an `Option` of the config chosen by its flag into a mask on the pointer,
+/// which the verifier refuses.
 #[inline(always)]
-pub fn capture_config() -> Option<&'static CaptureConfig> {
-    let config = CAPTURE.get(0)?;
-    (config.flags & CAPTURE_ON != 0).then_some(config)
+pub fn capture_on() -> bool {
+    CAPTURE.get(0).is_some_and(|config| config.flags & CAPTURE_ON != 0)
 }
 
 /// Keeps the frame as it came in and clears the marks its way will set.
@@ -36,8 +37,8 @@ pub fn capture_in(ctx: &XdpContext, s: &mut Scratch) {
 /// `drop` is the reason of a drop before any VIP (else a VIP's drop is in the marks).
 // A BPF subprogram of its own: only captured packets run it.
 #[inline(never)]
-pub fn capture_out(ctx: &XdpContext, s: &Scratch, config: &CaptureConfig, verdict: u32, drop: u8) {
-    if !matches(config, s) {
+pub fn capture_out(ctx: &XdpContext, s: &Scratch, verdict: u32, drop: u8) {
+    if !CAPTURE.get(0).is_some_and(|config| matches(config, s)) {
         return;
     }
     let Some(record) = CAPTURE_FRAME.get_ptr_mut(0) else {

@@ -3,8 +3,9 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::*;
 
+use crate::flow_table;
 use crate::forward::{forward_to_backend, unsent_verdict};
-use crate::keys::{own_addr, vip_key};
+use crate::keys::{own_addr, vip_at};
 use crate::maps::*;
 use crate::mem::copy_addr;
 use crate::parse::{parse_quoted, set_flow_key_tail};
@@ -26,10 +27,8 @@ pub fn icmp_error_to_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize)
     copy_addr(&mut s.flow.src, &quoted.dst);
     copy_addr(&mut s.flow.dst, &quoted.src);
     set_flow_key_tail(&mut s.flow, quoted.dport, quoted.sport, quoted.proto, family);
-    let vip_key = vip_key(&s.flow.dst, s.flow.dport, s.flow.proto, family);
-    // SAFETY: values are only replaced whole by the controller; the flow state is copied.
-    let vip = unsafe { VIPS.get(vip_key.as_key()) }.ok_or(Reason::IcmpUnmatched)?;
-    let state = unsafe { FLOWS.get(&s.flow) }.copied().ok_or(Reason::IcmpUnmatched)?;
+    let vip = vip_at(&s.flow).ok_or(Reason::IcmpUnmatched)?;
+    let state = flow_table::get(&s.flow).copied().ok_or(Reason::IcmpUnmatched)?;
     let backend = BACKENDS.get(state.backend_id).ok_or(Reason::IcmpUnmatched)?;
     s.mark.vip_id = vip.vip_id;
     s.mark.backend_id = state.backend_id;

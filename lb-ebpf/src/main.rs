@@ -3,7 +3,7 @@
 //! `nat` or `dsr` mode. Everything else goes to the kernel untouched, or is dropped on
 //! purpose and counted by reason (see `GlobalStats`).
 //!
-//! A packet's path through the modules: `parse` (headers) -> `vip` (client -> VIP: the
+//! A packet's path through the modules: `filter` (is it for us at all), `parse` (headers) -> `vip` (client -> VIP: the
 //! flow's backend, `limits`, `nat` port) or `nat::to_client` (backend -> balancer) or
 //! `icmp` (errors about a flow) -> `rewrite` -> `forward`. `signals` reports what nat
 //! replies say about backends; `maps` holds every map; `stats` counts what leaves the path;
@@ -17,6 +17,8 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod capture;
+mod filter;
+mod flow_table;
 mod flows;
 mod forward;
 mod icmp;
@@ -35,11 +37,12 @@ mod vip;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::*;
 
-use capture::{capture_config, capture_in, capture_out};
+use capture::{capture_in, capture_on, capture_out};
+use filter::may_concern_us;
 use icmp::icmp_error_to_backend;
-use keys::{is_vip_addr, own_addr, vip_key};
-use maps::{SCRATCH, SETTINGS, Scratch, VIPS};
-use mem::{addr_eq, addr_words};
+use keys::{is_vip_addr, own_addr, vip_at, vip_of_flow};
+use maps::{SCRATCH, SETTINGS, Scratch};
+use mem::addr_eq;
 use nat::to_client;
 use parse::{L4, Parsed, parse};
 use rewrite::swap_macs;
@@ -49,6 +52,12 @@ use vip::to_backend;
 
 #[xdp]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
+    let capturing = capture_on();
+    let concerns_us = may_concern_us(&ctx);
+    if !concerns_us && !capturing {
+        count_global(Reason::Passed);
+        return xdp_action::XDP_PASS;
+    }
     let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
         count_global(Reason::Internal);
         return xdp_action::XDP_DROP;
@@ -56,11 +65,11 @@ pub fn xdp_lb(ctx: XdpContext) -> u32 {
     // SAFETY: per-CPU, large and aligned enough (asserted in `maps`); an XDP run is not
     // preempted by another run on the same CPU. Zeroed memory is a valid `Scratch`.
     let s = unsafe { &mut *scratch.cast::<Scratch>() };
-    let capture = capture_config();
-    if capture.is_some() {
+    if capturing {
         capture_in(&ctx, s);
     }
-    let (verdict, drop) = match try_xdp_lb(&ctx, s) {
+    let result = if concerns_us { try_xdp_lb(&ctx, s) } else { Err(Reason::Passed) };
+    let (verdict, drop) = match result {
         Ok(action) => (action, 0),
         Err(reason) => {
             count_global(reason);
@@ -71,12 +80,13 @@ pub fn xdp_lb(ctx: XdpContext) -> u32 {
             }
         }
     };
-    if let Some(config) = capture {
-        capture_out(&ctx, s, config, verdict, drop);
+    if capturing {
+        capture_out(&ctx, s, verdict, drop);
     }
     verdict
 }
 
+/// A packet that may be for a VIP or the balancer (see `filter`).
 #[inline(always)]
 fn try_xdp_lb(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
     // `parse` writes every field of the headers that this packet's path reads (no reset:
@@ -88,24 +98,19 @@ fn try_xdp_lb(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
         return Err(if is_vip_addr(&h.dst, h.family) { reason } else { Reason::Passed });
     }
     let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
-    let maybe_vip = settings.may_be_vip_addr_bit(vip_addr_filter_bit_words(addr_words(&h.dst)));
-    if !maybe_vip && !addr_eq(&h.dst, own_addr(settings, h.family)) {
-        return Err(Reason::Passed);
-    }
+    let to_own_addr = addr_eq(&h.dst, own_addr(settings, h.family));
     match h.l4 {
+        L4::Ports if !to_own_addr => to_vip(ctx, s, settings),
         L4::Ports => {
-            let vip_key = vip_key(&h.dst, h.dport, h.proto, h.family);
-            // SAFETY: values are only replaced whole by the controller (never written in place).
-            if let Some(vip) = unsafe { VIPS.get(vip_key.as_key()) } {
-                return to_backend(ctx, s, vip);
+            // The balancer's own address: nat replies, unless a VIP has the address too.
+            h.flow_key_into(&mut s.flow);
+            if let Some(vip) = vip_at(&s.flow) {
+                return to_backend(ctx, s, vip, flow_entry(&s.flow), settings);
             }
-            if addr_eq(&h.dst, own_addr(settings, h.family)) {
-                return to_client(ctx, s);
-            }
-            Err(if is_vip_addr(&h.dst, h.family) { Reason::UnknownVipPort } else { Reason::Passed })
+            to_client(ctx, s)
         }
         L4::IcmpError => {
-            if h.icmp_unreachable && addr_eq(&h.dst, own_addr(settings, h.family)) {
+            if h.icmp_unreachable && to_own_addr {
                 let inner_l3 = h.inner_l3;
                 observe_unreachable_backend(ctx, s, inner_l3);
                 return Err(Reason::Passed);
@@ -119,6 +124,29 @@ fn try_xdp_lb(ctx: &XdpContext, s: &mut Scratch) -> Result<u32, Reason> {
         // Any other protocol to a VIP address has no VIP to go to either.
         L4::Other => Err(if is_vip_addr(&h.dst, h.family) { Reason::UnknownVipPort } else { Reason::Passed }),
     }
+}
+
+/// TCP or UDP to an address other than the balancer's: existing flows first, whose entry
+/// names their VIP (an array element away), then the VIP of a new flow by its key.
+#[inline(always)]
+fn to_vip(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> Result<u32, Reason> {
+    s.headers.flow_key_into(&mut s.flow);
+    let flow = flow_entry(&s.flow);
+    if let Some(vip) = flow.as_ref().and_then(|f| vip_of_flow(f.vip_id, &s.flow)) {
+        return to_backend(ctx, s, vip, flow, settings);
+    }
+    if let Some(vip) = vip_at(&s.flow) {
+        return to_backend(ctx, s, vip, flow, settings);
+    }
+    let h = &s.headers;
+    Err(if is_vip_addr(&h.dst, h.family) { Reason::UnknownVipPort } else { Reason::Passed })
+}
+
+/// The flow table's entry of `key`, to be read and written in place.
+#[inline(always)]
+fn flow_entry(key: &FlowKey) -> Option<&'static mut FlowState> {
+    // SAFETY: a map value, alive while the program runs (see `to_backend`).
+    flow_table::get_ptr_mut(key).map(|f| unsafe { &mut *f })
 }
 
 /// Placed on the far end of a veth so that frames the balancer transmits are received.

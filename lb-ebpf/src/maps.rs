@@ -11,9 +11,14 @@ use lb_common::*;
 use crate::parse::{Headers, Quoted};
 use crate::rewrite::Translation;
 
-/// Every VIP by (address, port, protocol): its id, mode, active Maglev table and limits.
+/// Every VIP by (address, port, protocol): its id, for new flows (existing flows find the
+/// id in their entry).
 #[btf_map]
-pub static VIPS: HashMap<VipKey, VipInfo, { DEFAULT_MAX_VIPS as usize }> = HashMap::new();
+pub static VIPS: HashMap<VipKey, u32, { DEFAULT_MAX_VIPS as usize }> = HashMap::new();
+/// Every VIP by id: its mode, active Maglev table and limits (`VipInfo`), and its key, which
+/// tells whether a flow entry's id still names the flow's VIP.
+#[btf_map]
+pub static VIP_ENTRIES: Array<VipEntry, { DEFAULT_MAX_VIPS as usize }> = Array::new();
 /// Every VIP address (value: how many VIPs share it), so that traffic to a VIP address that
 /// no VIP serves is dropped and counted rather than passed.
 #[btf_map]
@@ -25,14 +30,18 @@ pub static BACKENDS: Array<Backend, { DEFAULT_MAX_BACKENDS as usize }> = Array::
 /// a slot holds a backend id. Sized by the controller at load time.
 #[btf_map]
 pub static MAGLEV: Array<u32, 1, MAGLEV_MAP_FLAGS> = Array::new();
-/// The flow table: each client -> VIP flow, the backend it stays on and the client's side
-/// of its connection. A plain hash map, not an LRU: an entry lives as long as its
+/// The flow table's IPv4 flows (`flow_table` picks the map by family): each client -> VIP
+/// flow, the backend it stays on and the client's side of its connection. A plain hash map,
+/// not an LRU: an entry lives as long as its
 /// connection and is removed only when that is over (by the controller's sweep, or here
 /// when its port or 4-tuple is taken again), so live connections are never evicted.
 #[btf_map]
-pub static FLOWS: HashMap<FlowKey, FlowState, { DEFAULT_FLOW_ENTRIES as usize }> = HashMap::new();
+pub static FLOWS_V4: HashMap<FlowKeyV4, FlowState, { DEFAULT_FLOW_ENTRIES as usize }> = HashMap::new();
+/// The flow table's IPv6 flows, as `FLOWS_V4`.
+#[btf_map]
+pub static FLOWS_V6: HashMap<FlowKey, FlowState, { DEFAULT_FLOW_ENTRIES as usize }> = HashMap::new();
 /// nat reverse entries: a reply (backend -> balancer port), the client flow it belongs to
-/// and the backend's side of the connection. Removed like `FLOWS` entries, never evicted,
+/// and the backend's side of the connection. Removed like flow entries, never evicted,
 /// so a port stays with its connection until that is over.
 #[btf_map]
 pub static NAT: HashMap<FlowKey, NatState, { DEFAULT_FLOW_ENTRIES as usize }> = HashMap::new();
@@ -97,7 +106,7 @@ pub static GLOBAL_STATS: PerCpuArray<GlobalStats, 1> = PerCpuArray::new();
 #[derive(Default)]
 pub struct Scratch {
     pub headers: Headers,
-    /// The flow as keyed in `FLOWS` (client -> VIP).
+    /// The flow as keyed in the flow table (client -> VIP).
     pub flow: FlowKey,
     /// A reply as keyed in `NAT` (backend -> balancer).
     pub reply: FlowKey,

@@ -3,6 +3,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_smp_processor_id, programs::XdpContext};
 use lb_common::*;
 
+use crate::flow_table;
 use crate::forward::{forward, unsent_verdict};
 use crate::keys::own_addr;
 use crate::maps::*;
@@ -97,9 +98,8 @@ fn take_over(s: &mut Scratch, port: u16, now: u64, settings: &Settings) -> bool 
         // The same client flow, picked again (its entry was swept, or the insert lost).
         return NAT.insert(&s.reply, &s.nat, 0).is_ok();
     }
-    // SAFETY: read in place, not kept.
-    let flow = unsafe { FLOWS.get(&held.client) }
-        .filter(|f| !detached && f.nat_port == port && f.backend_id == held.backend_id);
+    let flow =
+        flow_table::get(&held.client).filter(|f| !detached && f.nat_port == port && f.backend_id == held.backend_id);
     let conn = match flow {
         Some(flow) => Conn::of_flow(flow).with_reverse(held),
         // Detached, or its flow entry is gone: what it knows itself.
@@ -109,7 +109,7 @@ fn take_over(s: &mut Scratch, port: u16, now: u64, settings: &Settings) -> bool 
         return false;
     }
     if flow.is_some() {
-        let _ = FLOWS.remove(&held.client);
+        flow_table::remove(&held.client);
     }
     let backend_id = held.backend_id;
     let taken = NAT.insert(&s.reply, &s.nat, 0).is_ok();
@@ -186,8 +186,7 @@ fn record_backend_close(nat: &mut NatState, tcp_flags: u8) {
         nat.backend |= SIDE_RST;
     }
     if tcp_flags & TCP_FIN != 0 && nat.backend & SIDE_FIN == 0 {
-        // SAFETY: read in place, not kept.
-        let client_closed = unsafe { FLOWS.get(&nat.client) }.is_some_and(|f| f.client & SIDE_FIN != 0);
+        let client_closed = flow_table::get(&nat.client).is_some_and(|f| f.client & SIDE_FIN != 0);
         nat.backend |= if client_closed { SIDE_FIN } else { SIDE_FIN | SIDE_CLOSED_FIRST };
     }
 }

@@ -4,6 +4,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::*;
 
+use crate::flow_table;
 use crate::flows::{detach, follow, initial_state};
 use crate::forward::{forward_to_backend, unsent_verdict};
 use crate::keys::own_addr;
@@ -14,11 +15,18 @@ use crate::nat::{NoPort, reserve_nat_port};
 use crate::rewrite::rewrite;
 use crate::stats::Reason;
 
-/// Client -> VIP: find or choose the backend, rewrite, forward.
+/// Client -> VIP: follow the flow's entry (`flow`, keyed `s.flow`: a map value, written in
+/// place by this flow's packets only, where a racing writer repeats the same bits) or
+/// choose a backend, rewrite, forward.
 // A BPF subprogram of its own: its stack frame is not added to its siblings'.
 #[inline(never)]
-pub fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u32, Reason> {
-    s.headers.flow_key_into(&mut s.flow);
+pub fn to_backend(
+    ctx: &XdpContext,
+    s: &mut Scratch,
+    vip: &VipInfo,
+    flow: Option<&mut FlowState>,
+    settings: &Settings,
+) -> Result<u32, Reason> {
     s.mark.vip_id = vip.vip_id;
     let vip_stats = VIP_STATS.get_ptr_mut(vip.vip_id).ok_or(Reason::Internal)?;
     // SAFETY: per-CPU value.
@@ -30,16 +38,15 @@ pub fn to_backend(ctx: &XdpContext, s: &mut Scratch, vip: &VipInfo) -> Result<u3
         s.mark.drop = DROP_RATE_LIMITED_PACKETS;
         return Ok(xdp_action::XDP_DROP);
     }
-    let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
     let now = s.clock.now();
-    let entry = FLOWS.get_ptr_mut(&s.flow);
-    // SAFETY: a map value, alive while the program runs; written in place by this flow's
-    // packets only (a racing writer repeats the same bits).
-    let followed = entry.and_then(|f| Some((f, follow(s, unsafe { &mut *f }, settings, now)?)));
+    let replaces = flow.is_some();
+    // An entry made under another VIP id belongs to a VIP that is gone (the VIP at its
+    // address came back with a new id): its backend id may name another backend by now.
+    let ours = flow.filter(|f| f.vip_id == vip.vip_id);
+    let followed = ours.and_then(|f| Some((follow(s, f, settings, now)?, f)));
     let (backend_id, backend, nat_port) = match followed {
-        // SAFETY: as above.
-        Some((f, backend)) => unsafe { ((*f).backend_id, backend, (*f).nat_port) },
-        None => match new_flow(ctx, s, vip, vip_stats, entry.is_some(), settings, now) {
+        Some((backend, f)) => (f.backend_id, backend, f.nat_port),
+        None => match new_flow(ctx, s, vip, vip_stats, replaces, settings, now) {
             Ok(picked) => picked,
             Err(drop) => {
                 s.mark.drop = drop;
@@ -91,8 +98,8 @@ fn new_flow(
     let nat = vip.mode == MODE_NAT;
     let nat_port = if nat {
         if replaces {
-            // SAFETY: read in place before the entry is replaced below.
-            if let Some(old) = unsafe { FLOWS.get(&s.flow) } {
+            // Read in place before the entry is replaced below.
+            if let Some(old) = flow_table::get(&s.flow) {
                 detach(s, old, settings);
             }
         }
@@ -123,7 +130,7 @@ fn new_flow(
     entry.client = 0;
     entry.started_s = (now / 1_000_000_000) as u32;
     entry.last_seen_ns = now;
-    if FLOWS.insert(&s.flow, &s.state, 0).is_err() {
+    if flow_table::insert(&s.flow, &s.state).is_err() {
         // The table is full of live connections. A dsr flow still goes by the Maglev
         // table (its packets pick the same backend while the table stays); nat can't
         // translate its replies without the entry.
@@ -181,7 +188,11 @@ fn new_reverse_entry(s: &mut Scratch, vip: &VipInfo, backend_id: u32, state: u8,
     nat.last_seen_ns = now;
 }
 
-/// The backend for a new flow from the VIP's Maglev table, if it has one.
+/// The backend for a new flow from the VIP's Maglev table, if it has one that serves.
+/// `VIP_ENTRIES` elements are rewritten in place, not swapped whole: in the moment of a
+/// switch a packet may read the new table's size with the old one's offset, or the other
+/// way round, and so a slot of an older table. One that names a backend no table serves
+/// from is refused.
 #[inline(always)]
 pub fn pick_backend(vip: &VipInfo, flow: &FlowKey, seed: u32) -> Option<(u32, &'static Backend)> {
     if vip.table_size == 0 {
@@ -190,5 +201,7 @@ pub fn pick_backend(vip: &VipInfo, flow: &FlowKey, seed: u32) -> Option<(u32, &'
     let slot = vip.table_offset + flow_hash(flow, seed) % vip.table_size;
     let backend_id = *MAGLEV.get(slot)?;
     let backend = BACKENDS.get(backend_id)?;
-    (backend.flags & BACKEND_ACTIVE != 0).then_some((backend_id, backend))
+    (backend.flags & SERVES == SERVES).then_some((backend_id, backend))
 }
+
+const SERVES: u8 = BACKEND_ACTIVE | BACKEND_SERVING;

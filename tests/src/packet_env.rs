@@ -165,9 +165,10 @@ impl PacketEnv {
 }
 
 /// The maps sized at load time, as `Dataplane::load` sizes them.
-fn map_sizes(sizes: &MapSizes) -> [(&'static str, u32); 13] {
+fn map_sizes(sizes: &MapSizes) -> [(&'static str, u32); 16] {
     [
         (MAP_VIPS, sizes.max_vips),
+        (MAP_VIP_ENTRIES, sizes.max_vips),
         (MAP_VIP_ADDRS, sizes.max_vips),
         (MAP_VIP_STATS, sizes.max_vips),
         (MAP_BACKENDS, sizes.max_backends),
@@ -175,7 +176,10 @@ fn map_sizes(sizes: &MapSizes) -> [(&'static str, u32); 13] {
         (MAP_NEXT_HOPS, sizes.max_backends),
         (MAP_NAT_PORT_CURSORS, sizes.max_backends),
         (MAP_MAGLEV, sizes.max_vips * 2 * sizes.table_size),
-        (MAP_FLOWS, sizes.flow_entries),
+        (MAP_FLOWS_V4, sizes.flow_entries),
+        (MAP_FLOWS_V6, sizes.flow_entries),
+        // An older object's single flow table.
+        ("FLOWS", sizes.flow_entries),
         (MAP_NAT, sizes.flow_entries),
         (MAP_RATE_STATE, sizes.max_vips),
         (MAP_RATE_CPU_TOKENS, sizes.max_vips),
@@ -244,11 +248,19 @@ impl MapWriter for OtherMaps<'_> {
         }
         Ok(written)
     }
+    /// Today's shape (ids in `VIPS`, entries in `VIP_ENTRIES`), or an older object's, whose
+    /// `VIPS` holds each `VipInfo` itself.
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
-        Ok(HashMap::<_, VipKey, VipInfo>::try_from(self.map(MAP_VIPS)?)?.insert(key, info, 0)?)
+        if self.0.map(MAP_VIP_ENTRIES).is_none() {
+            return Ok(HashMap::<_, VipKey, VipInfo>::try_from(self.map(MAP_VIPS)?)?.insert(key, info, 0)?);
+        }
+        let entry = VipEntry { info: *info, key: *key, _pad: 0 };
+        Array::<_, VipEntry>::try_from(self.map(MAP_VIP_ENTRIES)?)?.set(info.vip_id, entry, 0)?;
+        Ok(HashMap::<_, VipKey, u32>::try_from(self.map(MAP_VIPS)?)?.insert(key, info.vip_id, 0)?)
     }
-    fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        Ok(HashMap::<_, VipKey, VipInfo>::try_from(self.map(MAP_VIPS)?)?.remove(key)?)
+    /// Nothing is removed from a freshly loaded object's tables.
+    fn remove_vip(&mut self, _: &VipKey) -> Result<()> {
+        bail!("the other build's tables are written once")
     }
     fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> Result<()> {
         Ok(HashMap::<_, VipAddrKey, u32>::try_from(self.map(MAP_VIP_ADDRS)?)?.insert(key, count, 0)?)

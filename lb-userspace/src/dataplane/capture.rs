@@ -92,15 +92,14 @@ pub struct PinnedIds {
 }
 
 pub fn pinned_ids(dir: &Path) -> Result<PinnedIds, CaptureError> {
-    let vips: HashMap<MapData, VipKey, VipInfo> =
+    let vips: HashMap<MapData, VipKey, u32> =
         Map::HashMap(pinned(dir, MAP_VIPS)?).try_into().map_err(|_| CaptureError::MapType(MAP_VIPS))?;
     let backends: Array<MapData, Backend> =
         Map::Array(pinned(dir, MAP_BACKENDS)?).try_into().map_err(|_| CaptureError::MapType(MAP_BACKENDS))?;
     let read = |map| move |source| CaptureError::Read { map, source };
     let mut ids = PinnedIds::default();
     for entry in vips.iter() {
-        let (key, info) = entry.map_err(read(MAP_VIPS))?;
-        ids.vips.push((key, info.vip_id));
+        ids.vips.push(entry.map_err(read(MAP_VIPS))?);
     }
     for id in 0..backends.len() {
         let backend = backends.get(&id, 0).map_err(read(MAP_BACKENDS))?;

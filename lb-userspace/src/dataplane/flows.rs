@@ -6,7 +6,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use anyhow::{Context as _, Result};
 use aya::Pod;
 use aya::maps::{HashMap, IterableMap, MapData};
-use lb_common::{FlowKey, FlowState, FlowTimeouts, NatState};
+use lb_common::{FAMILY_V4, FlowKey, FlowKeyV4, FlowState, FlowTimeouts, NatState};
 
 use crate::api::flows::FlowSnapshot;
 use crate::flows::{FlowSummary, sweep};
@@ -80,22 +80,33 @@ impl<T: Pod> Zeroed for T {
 /// A table's entries, as read.
 pub type Entries<V> = Vec<(FlowKey, V)>;
 
-/// The flow table and the nat table.
+/// The flow table (a map per family) and the nat table. Above this module every flow is
+/// keyed as a `FlowKey`; IPv4 keys are converted on the way in and out.
 pub struct FlowTables {
-    pub flows: HashMap<MapData, FlowKey, FlowState>,
+    pub flows_v4: HashMap<MapData, FlowKeyV4, FlowState>,
+    pub flows_v6: HashMap<MapData, FlowKey, FlowState>,
     pub nat: HashMap<MapData, FlowKey, NatState>,
 }
 
 impl FlowTables {
-    /// Every flow entry and every reverse entry.
+    /// Every flow entry (IPv4's first) and every reverse entry.
     pub fn read(&self) -> Result<(Entries<FlowState>, Entries<NatState>)> {
-        Ok((dump(self.flows.map())?, dump(self.nat.map())?))
+        let mut flows: Entries<FlowState> = dump::<FlowKeyV4, FlowState>(self.flows_v4.map())?
+            .into_iter()
+            .map(|(key, state)| (key.to_flow_key(), state))
+            .collect();
+        flows.extend(dump(self.flows_v6.map())?);
+        Ok((flows, dump(self.nat.map())?))
     }
 
     /// Removes the flow entry `key` if it still holds `seen` (a packet since the sweep read
     /// it means its connection is alive after all). Returns whether it was removed.
     pub fn remove_flow_if(&mut self, key: &FlowKey, seen: &FlowState) -> bool {
-        remove_if(&mut self.flows, key, seen)
+        if key.family == FAMILY_V4 {
+            remove_if(&mut self.flows_v4, &FlowKeyV4::of(key), seen)
+        } else {
+            remove_if(&mut self.flows_v6, key, seen)
+        }
     }
 
     /// Likewise for the reverse entry `key`.
@@ -104,7 +115,7 @@ impl FlowTables {
     }
 }
 
-fn remove_if<V: Pod + PartialEq>(map: &mut HashMap<MapData, FlowKey, V>, key: &FlowKey, seen: &V) -> bool {
+fn remove_if<K: Pod, V: Pod + PartialEq>(map: &mut HashMap<MapData, K, V>, key: &K, seen: &V) -> bool {
     matches!(map.get(key, 0), Ok(now) if now == *seen) && map.remove(key).is_ok()
 }
 

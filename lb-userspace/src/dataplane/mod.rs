@@ -62,7 +62,9 @@ pub type PacketLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 pub struct Dataplane {
     /// The object, when this controller loaded it.
     ebpf: Option<Ebpf>,
-    vips: HashMap<MapData, VipKey, VipInfo>,
+    /// VIP ids by key, and each id's `VipEntry`: written together by `set_vip`.
+    vips: HashMap<MapData, VipKey, u32>,
+    vip_entries: Array<MapData, VipEntry>,
     vip_addrs: HashMap<MapData, VipAddrKey, u32>,
     backends: Array<MapData, Backend>,
     maglev: maglev::MaglevSlots,
@@ -117,6 +119,7 @@ impl Dataplane {
             .context("max_vips * 2 * maglev_table_size overflows")?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_VIPS, sizes.max_vips)
+            .map_max_entries(MAP_VIP_ENTRIES, sizes.max_vips)
             .map_max_entries(MAP_VIP_ADDRS, sizes.max_vips)
             .map_max_entries(MAP_VIP_STATS, sizes.max_vips)
             .map_max_entries(MAP_BACKENDS, sizes.max_backends)
@@ -124,7 +127,8 @@ impl Dataplane {
             .map_max_entries(MAP_NEXT_HOPS, sizes.max_backends)
             .map_max_entries(MAP_NAT_PORT_CURSORS, sizes.max_backends)
             .map_max_entries(MAP_MAGLEV, maglev_slots)
-            .map_max_entries(MAP_FLOWS, sizes.flow_entries)
+            .map_max_entries(MAP_FLOWS_V4, sizes.flow_entries)
+            .map_max_entries(MAP_FLOWS_V6, sizes.flow_entries)
             .map_max_entries(MAP_NAT, sizes.flow_entries)
             .map_max_entries(MAP_RATE_STATE, sizes.max_vips)
             .map_max_entries(MAP_RATE_CPU_TOKENS, sizes.max_vips)
@@ -164,6 +168,7 @@ impl Dataplane {
         }
         Ok(Self {
             vips: take(&mut ebpf, MAP_VIPS)?,
+            vip_entries: take(&mut ebpf, MAP_VIP_ENTRIES)?,
             vip_addrs: take(&mut ebpf, MAP_VIP_ADDRS)?,
             backends: take(&mut ebpf, MAP_BACKENDS)?,
             maglev: maglev::MaglevSlots::new(ebpf.take_map(MAP_MAGLEV).context("map MAGLEV missing from the object")?)?,
@@ -172,7 +177,11 @@ impl Dataplane {
             backend_stats: take(&mut ebpf, MAP_BACKEND_STATS)?,
             global_stats: take(&mut ebpf, MAP_GLOBAL_STATS)?,
             next_hops: take(&mut ebpf, MAP_NEXT_HOPS)?,
-            flow_tables: FlowTables { flows: take(&mut ebpf, MAP_FLOWS)?, nat: take(&mut ebpf, MAP_NAT)? },
+            flow_tables: FlowTables {
+                flows_v4: take(&mut ebpf, MAP_FLOWS_V4)?,
+                flows_v6: take(&mut ebpf, MAP_FLOWS_V6)?,
+                nat: take(&mut ebpf, MAP_NAT)?,
+            },
             health_signals: Some(HealthSignals(take(&mut ebpf, MAP_HEALTH_SIGNALS)?)),
             ebpf: Some(ebpf),
             logger,
@@ -197,7 +206,13 @@ impl Dataplane {
         raise_memlock_limit();
         let max_entries = |name: &str| -> Result<u32> {
             let path = pin_dir.join(name);
-            let map = MapData::from_pin(&path).with_context(|| format!("opening the pinned map {}", path.display()))?;
+            // A program of an lb version whose maps were laid out otherwise has other pins.
+            let map = MapData::from_pin(&path).with_context(|| {
+                format!(
+                    "opening the pinned map {} (the running program may be another lb version's: run `lb stop --detach` first)",
+                    path.display()
+                )
+            })?;
             Ok(map.info()?.max_entries())
         };
         let max_vips = max_entries(MAP_VIPS)?;
@@ -205,7 +220,7 @@ impl Dataplane {
             max_vips,
             max_backends: max_entries(MAP_BACKENDS)?,
             table_size: max_entries(MAP_MAGLEV)? / (max_vips * 2).max(1),
-            flow_entries: max_entries(MAP_FLOWS)?,
+            flow_entries: max_entries(MAP_FLOWS_V4)?,
             source_entries: max_entries(MAP_SOURCE_BUCKETS)?,
         };
         if pinned_sizes != sizes {
@@ -228,6 +243,7 @@ impl Dataplane {
         Ok(Some(Self {
             ebpf: None,
             vips: open_pinned(pin_dir, MAP_VIPS, Map::HashMap)?,
+            vip_entries: open_pinned(pin_dir, MAP_VIP_ENTRIES, Map::Array)?,
             vip_addrs: open_pinned(pin_dir, MAP_VIP_ADDRS, Map::HashMap)?,
             backends: open_pinned(pin_dir, MAP_BACKENDS, Map::Array)?,
             maglev: maglev::MaglevSlots::new(Map::Array(MapData::from_pin(pin_dir.join(MAP_MAGLEV))?))?,
@@ -237,7 +253,8 @@ impl Dataplane {
             global_stats: open_pinned(pin_dir, MAP_GLOBAL_STATS, Map::PerCpuArray)?,
             next_hops: open_pinned(pin_dir, MAP_NEXT_HOPS, Map::PerCpuArray)?,
             flow_tables: FlowTables {
-                flows: open_pinned(pin_dir, MAP_FLOWS, Map::HashMap)?,
+                flows_v4: open_pinned(pin_dir, MAP_FLOWS_V4, Map::HashMap)?,
+                flows_v6: open_pinned(pin_dir, MAP_FLOWS_V6, Map::HashMap)?,
                 nat: open_pinned(pin_dir, MAP_NAT, Map::HashMap)?,
             },
             health_signals: Some(HealthSignals(open_pinned(pin_dir, MAP_HEALTH_SIGNALS, Map::RingBuf)?)),
@@ -255,9 +272,14 @@ impl Dataplane {
                 backends.push((id, backend));
             }
         }
+        let mut vips = Vec::new();
+        for entry in self.vips.iter() {
+            let (key, id) = entry?;
+            vips.push((key, self.vip_entries.get(&id, 0)?.info));
+        }
         Ok(Existing {
             settings: self.settings.get(&0, 0)?,
-            vips: self.vips.iter().collect::<Result<_, _>>()?,
+            vips,
             vip_addrs: self.vip_addrs.iter().collect::<Result<_, _>>()?,
             backends,
         })

@@ -12,11 +12,23 @@ impl MapWriter for Dataplane {
     fn write_slots(&mut self, offset: u32, table: &[u32]) -> Result<usize> {
         self.maglev.write(offset, table)
     }
+    /// The id's entry first, then the key: a packet that finds the key finds its entry.
     fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<()> {
-        Ok(self.vips.insert(key, info, 0)?)
+        self.vip_entries.set(info.vip_id, VipEntry { info: *info, key: *key, _pad: 0 }, 0)?;
+        if self.vips.get(key, 0).ok() != Some(info.vip_id) {
+            self.vips.insert(key, info.vip_id, 0)?;
+        }
+        Ok(())
     }
+    /// The key first, then the id's entry, zeroed: the flows that name the id find no VIP.
+    /// Removals come last in a sync, so the id may name a new VIP already: its entry stays.
     fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        Ok(self.vips.remove(key)?)
+        let id = self.vips.get(key, 0)?;
+        self.vips.remove(key)?;
+        if self.vip_entries.get(&id, 0)?.key == *key {
+            self.vip_entries.set(id, VipEntry::default(), 0)?;
+        }
+        Ok(())
     }
     fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> Result<()> {
         Ok(self.vip_addrs.insert(key, count, 0)?)

@@ -205,8 +205,10 @@ pub fn desired_with(
             DesiredVip { name: vip.name.clone(), vip_id, mode, maglev, limits: RateLimits::of(vip), watch, plan },
         );
     }
-    for key in vip_addrs.keys() {
-        settings.mark_vip_addr_bit(vip_addr_filter_bit(&key.addr));
+    // The balancer's own addresses pass the filter too: nat replies come to them.
+    let own = [settings.ipv4, settings.ipv6].into_iter().filter(|a| *a != [0; 16]);
+    for addr in vip_addrs.keys().map(|key| key.addr).chain(own) {
+        settings.mark_vip_addr_bit(vip_addr_filter_bit(&addr));
     }
     DesiredTables { settings, backends, vips, vip_addrs }
 }
@@ -253,9 +255,12 @@ weight = 3
         let heavy = table.iter().filter(|&&id| id == 1).count() as f64 / 1009.0;
         assert!((heavy - 0.75).abs() < 0.02, "weight 3 of 4 got {heavy}");
         assert_eq!(t.vip_addrs.values().copied().collect::<Vec<_>>(), vec![1]);
-        let bit = vip_addr_filter_bit(&t.vip_addrs.keys().next().expect("one address").addr);
-        assert_eq!(t.settings.vip_addr_filter.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
-        assert!(t.settings.may_be_vip_addr_bit(bit));
+        // The VIP's address and the balancer's own.
+        let bits = [vip_addr_filter_bit(&t.vip_addrs.keys().next().expect("one address").addr), {
+            vip_addr_filter_bit(&t.settings.ipv4)
+        }];
+        assert_eq!(t.settings.vip_addr_filter.iter().map(|w| w.count_ones()).sum::<u32>(), 2);
+        assert!(bits.iter().all(|&bit| t.settings.may_be_vip_addr_bit(bit)));
     }
 
     #[test]

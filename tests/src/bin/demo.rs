@@ -71,7 +71,17 @@ fn demo(opts: Options) -> Result<()> {
 
     let pins = lab.pin_dir();
     println!("while the balancer runs, its maps can be read from another shell, e.g.:");
-    for map in ["VIPS", "BACKENDS", "MAGLEV", "FLOWS", "VIP_STATS", "BACKEND_STATS", "GLOBAL_STATS"] {
+    for map in [
+        "VIPS",
+        "VIP_ENTRIES",
+        "BACKENDS",
+        "MAGLEV",
+        "FLOWS_V4",
+        "FLOWS_V6",
+        "VIP_STATS",
+        "BACKEND_STATS",
+        "GLOBAL_STATS",
+    ] {
         println!("  bpftool map dump pinned {}/{map}", pins.display());
     }
     println!("  ip netns exec {} ip link show eth0     # the attached XDP program", lab.lb.name());

@@ -25,3 +25,4 @@ mod priority_load;
 mod rate_limits;
 mod scale;
 mod soak;
+mod vip_entries;

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use anyhow::{Context as _, Result, ensure};
-use lb_common::{MAP_MAGLEV, MAP_VIPS, VipInfo, VipKey};
+use lb_common::{MAP_MAGLEV, MAP_VIP_ENTRIES, MAP_VIPS, VipEntry, VipInfo, VipKey};
 use lb_tests::lab::{HTTP_PORT, Lab, LbProcess, VipSpec, backends_across, http_get, lb_config, tally};
 
 const VIPS: usize = 50;
@@ -29,14 +29,21 @@ fn specs(without_first: Option<usize>) -> Vec<VipSpec> {
         .collect()
 }
 
-/// The `MAGLEV` slots and the `VIPS` entries by VIP id, as the pinned maps hold them.
+/// The `MAGLEV` slots and the VIPs' entries (those with a key in `VIPS`) by VIP id, as the
+/// pinned maps hold them.
 fn read_maps(pin_dir: &Path) -> Result<(Vec<u32>, BTreeMap<u32, VipInfo>)> {
     let open = |name: &str| aya::maps::MapData::from_pin(pin_dir.join(name)).context("opening a pinned map");
     let maglev: aya::maps::Array<_, u32> = aya::maps::Array::try_from(aya::maps::Map::Array(open(MAP_MAGLEV)?))?;
     let slots = maglev.iter().collect::<Result<Vec<_>, _>>()?;
-    let vips: aya::maps::HashMap<_, VipKey, VipInfo> =
+    let vips: aya::maps::HashMap<_, VipKey, u32> =
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(open(MAP_VIPS)?))?;
-    let entries = vips.iter().map(|e| e.map(|(_, info)| (info.vip_id, info))).collect::<Result<_, _>>()?;
+    let by_id: aya::maps::Array<_, VipEntry> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(open(MAP_VIP_ENTRIES)?))?;
+    let mut entries = BTreeMap::new();
+    for entry in vips.iter() {
+        let (_, id) = entry?;
+        entries.insert(id, by_id.get(&id, 0)?.info);
+    }
     Ok((slots, entries))
 }
 

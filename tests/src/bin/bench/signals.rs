@@ -103,14 +103,14 @@ fn ejection_latency() -> Result<()> {
         "outlier_detection = { consecutive_5xx = 1, interval = \"200ms\", base_ejection_time = \"500ms\", max_ejection_time = \"500ms\" }",
     );
     let mut lb = LbProcess::start(&lab, &config)?;
-    let vips_pin = lab.pin_dir().join(lb_common::MAP_VIPS);
+    let entries_pin = lab.pin_dir().join(lb_common::MAP_VIP_ENTRIES);
     let mut lab = lab;
     let mut latencies = Vec::new();
     for _ in 0..5 {
-        let before = vip_table_offset(&vips_pin)?;
+        let before = vip_table_offset(&entries_pin)?;
         // Watches the map from before the fault, so the switch is timed when it happens.
         let watcher = {
-            let pin = vips_pin.clone();
+            let pin = entries_pin.clone();
             std::thread::spawn(move || -> Result<Instant> {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while vip_table_offset(&pin)? == before {
@@ -139,22 +139,21 @@ fn ejection_latency() -> Result<()> {
     }
     latencies.sort_by(f64::total_cmp);
     println!(
-        "\npassive ejection, first refused connection seen by the client -> VIPS entry switched: median {:.1} ms, max {:.1} ms\n over {} rounds (target < 50 ms: {})",
+        "\npassive ejection, first refused connection seen by the client -> VIP entry switched: median {:.1} ms, max {:.1} ms\n over {} rounds (target < 50 ms: {})",
         latencies[latencies.len() / 2],
         latencies[latencies.len() - 1],
         latencies.len(),
         if latencies[latencies.len() - 1] < 50.0 { "yes" } else { "NO" }
     );
     println!(
-        "(consecutive_5xx = 1; packet path -> ring buffer -> controller -> Maglev rebuild -> diff written -> VIPS switch;\n 0 when the switch came before the client saw its refusal)"
+        "(consecutive_5xx = 1; packet path -> ring buffer -> controller -> Maglev rebuild -> diff written -> VIP entry switch;\n 0 when the switch came before the client saw its refusal)"
     );
     Ok(())
 }
 
-/// The active table offset of the (only) VIP in the pinned `VIPS` map.
+/// The active table offset of the (only) VIP, id 0, in the pinned `VIP_ENTRIES` map.
 fn vip_table_offset(pin: &std::path::Path) -> Result<u32> {
-    let map = aya::maps::Map::HashMap(aya::maps::MapData::from_pin(pin)?);
-    let vips: aya::maps::HashMap<_, lb_common::VipKey, lb_common::VipInfo> = aya::maps::HashMap::try_from(map)?;
-    let (_, info) = vips.iter().next().context("no VIP in the map")??;
-    Ok(info.table_offset)
+    let map = aya::maps::Map::Array(aya::maps::MapData::from_pin(pin)?);
+    let entries: aya::maps::Array<_, lb_common::VipEntry> = aya::maps::Array::try_from(map)?;
+    Ok(entries.get(&0, 0)?.info.table_offset)
 }
