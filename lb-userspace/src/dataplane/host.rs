@@ -8,16 +8,37 @@ impl Dataplane {
     /// attachment (see [`pass_link_pin`]), so it stays after this process ends: on veth, a
     /// frame the balancer sends with XDP_TX is only delivered if the peer has an XDP program.
     pub fn attach_pass_pinned(iface: &str) -> Result<PathBuf> {
-        ensure_bpffs()?;
         let path = pass_link_pin(iface);
         anyhow::ensure!(!path.exists(), "{} exists: xdp_pass is attached to {iface} already", path.display());
+        Self::attach_small_pinned(PROG_PASS, iface, &path, XdpModeSetting::Driver, |_| Ok(()))
+    }
+
+    /// Loads the object with the smallest maps, lets `prepare` write them, attaches its
+    /// program `name` to `iface` in `mode` and pins the attachment at `path`.
+    pub(super) fn attach_small_pinned(
+        name: &str,
+        iface: &str,
+        path: &Path,
+        mode: XdpModeSetting,
+        prepare: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<PathBuf> {
+        ensure_bpffs()?;
         let sizes = MapSizes { max_vips: 1, max_backends: 1, table_size: 2, flow_entries: 1, source_entries: 1 };
         let mut dataplane = Self::load(sizes, None)?;
-        let program = dataplane.program(PROG_PASS)?;
-        let link = program.attach(iface, XdpMode::Driver).with_context(|| format!("attaching xdp_pass to {iface}"))?;
+        prepare(&mut dataplane)?;
+        let program = dataplane.program(name)?;
+        let link = match mode {
+            XdpModeSetting::Skb => program.attach(iface, XdpMode::Skb),
+            XdpModeSetting::Driver => program.attach(iface, XdpMode::Driver),
+            XdpModeSetting::Auto => program.attach(iface, XdpMode::Driver).or_else(|e| {
+                warn!(iface, "driver-mode XDP failed ({e}); attaching {name} in generic (skb) mode");
+                program.attach(iface, XdpMode::Skb)
+            }),
+        }
+        .with_context(|| format!("attaching {name} to {iface}"))?;
         let link = FdLink::try_from(program.take_link(link)?).context("the kernel attached XDP without a bpf_link")?;
-        link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
-        Ok(path)
+        link.pin(path).with_context(|| format!("pinning {}", path.display()))?;
+        Ok(path.to_owned())
     }
 
     /// Detaches what [`attach_pass_pinned`](Self::attach_pass_pinned) attached to `iface`.
@@ -50,9 +71,14 @@ pub fn pins_are_private() -> bool {
 /// Where `lb xdp-pass attach IFACE` pins its attachment: named after the interface and
 /// the network namespace, whose interfaces may have the same names as another's.
 pub fn pass_link_pin(iface: &str) -> PathBuf {
+    netns_pin("lb-xdp-pass", iface)
+}
+
+/// A pin under /sys/fs/bpf for `iface` of this network namespace: `PREFIX-NETNS-IFACE`.
+pub(super) fn netns_pin(prefix: &str, iface: &str) -> PathBuf {
     use std::os::unix::fs::MetadataExt as _;
     let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
-    Path::new(crate::config::BPF_FS).join(format!("lb-xdp-pass-{netns}-{iface}"))
+    Path::new(crate::config::BPF_FS).join(format!("{prefix}-{netns}-{iface}"))
 }
 
 /// What a user who ran `lb run` in a private mount namespace should do instead.

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 mod capture;
 mod counters;
+mod decap;
 mod flows;
 mod host;
 mod maglev;
@@ -22,6 +23,7 @@ mod signals;
 mod writer;
 
 pub use capture::{CaptureError, PacketCapture, PinnedIds, pinned_ids, pinned_records_lost};
+pub use decap::{DecapConfig, MAX_DECAP_ADDRS, decap_link_pin, host_addresses};
 pub use flows::SweepReport;
 pub use host::{PRIVATE_PINS_ADVICE, ensure_bpffs, pass_link_pin, pins_are_private};
 use host::{prepare_interface, raise_memlock_limit};
@@ -153,7 +155,7 @@ impl Dataplane {
         }
         let logger =
             aya_log::EbpfLogger::init(&mut ebpf).inspect_err(|e| warn!("packet-path logging unavailable: {e}")).ok();
-        for name in [PROG_LB, PROG_PASS, PROG_DROP, PROG_MAC_SWAP] {
+        for name in [PROG_LB, PROG_PASS, PROG_DROP, PROG_MAC_SWAP, PROG_DECAP] {
             let program: &mut Xdp =
                 ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
             load_program(program).with_context(|| format!("verifier rejected {name}"))?;
