@@ -367,9 +367,10 @@ fn main() -> ExitCode {
             lb_userspace::dataplane::Dataplane::detach_decap_pinned(&iface)
                 .map(|()| println!("xdp_decap detached from {iface}"))
         }
-        Command::BackendSetup { config, vip } => config::load(&config)
-            .map_err(anyhow::Error::from)
-            .and_then(|c| Ok(print!("{}", lb_userspace::backend_setup::commands(&c, &vip)?))),
+        Command::BackendSetup { config, vip } => config::load(&config).map_err(anyhow::Error::from).and_then(|c| {
+            print!("{}", lb_userspace::backend_setup::commands(&c, &vip)?);
+            Ok(())
+        }),
         Command::Undrain { admin, vip, backend } => {
             say(&admin, "POST", &format!("/v1/vips/{vip}/backends/{backend}/undrain"))
         }
