@@ -122,6 +122,9 @@ counters! {
         icmp_errors_forwarded,
         /// Packets sent to their backend encapsulated (ipip and gue VIPs).
         encapsulated_packets,
+        /// Packets too big for the path once encapsulated, answered to the client with ICMP
+        /// "fragmentation needed" / ICMPv6 "packet too big".
+        icmp_too_big_sent,
         /// New flows dropped: no backend can take them.
         drop_no_backend as dropped_packets(reason = "no_backend"),
         /// Packets dropped: the FIB has no route to where they go.

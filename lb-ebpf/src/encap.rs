@@ -42,7 +42,7 @@ fn wrap(
     let (gue, hash) = (gue_hash >> 32 != 0, gue_hash as u32);
     let outer_v4 = backend.family == FAMILY_V4;
     let ip_hlen = if outer_v4 { IPV4_HLEN } else { IPV6_HLEN };
-    let added = ip_hlen + if gue { UDP_HLEN } else { 0 };
+    let added = outer_len(backend.family, gue);
     let inner_len = h.ip_len as usize;
     if inner_len + added > u16::MAX as usize {
         return Err(Reason::Malformed);
@@ -94,6 +94,12 @@ fn wrap(
     h.ip_len = (added + inner_len) as u16;
     h.frame_len += added as u32;
     Ok(())
+}
+
+/// The bytes the outer headers add for a backend of `family`.
+#[inline(always)]
+pub fn outer_len(family: u8, gue: bool) -> usize {
+    (if family == FAMILY_V4 { IPV4_HLEN } else { IPV6_HLEN }) + if gue { UDP_HLEN } else { 0 }
 }
 
 /// The inner packet's traffic class (IPv4 TOS, IPv6 traffic class), copied outside.
@@ -186,7 +192,7 @@ fn write_ipv6(
 
 /// The one's complement sum of an address as big-endian 16-bit words (unfolded).
 #[inline(always)]
-fn addr_sum(a: &Addr, family: u8) -> u32 {
+pub fn addr_sum(a: &Addr, family: u8) -> u32 {
     let w = addr_words(a);
     let half = |w: u32| (w as u16).swap_bytes() as u32 + ((w >> 16) as u16).swap_bytes() as u32;
     if family == FAMILY_V4 { half(w[0]) } else { half(w[0]) + half(w[1]) + half(w[2]) + half(w[3]) }

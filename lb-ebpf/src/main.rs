@@ -34,6 +34,7 @@ mod parse;
 mod rewrite;
 mod signals;
 mod stats;
+mod too_big;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

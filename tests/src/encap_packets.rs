@@ -4,7 +4,8 @@
 //! bytes also prove the program's outer checksums. Shared by the fixture tests and the bench.
 
 use etherparse::{
-    EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, SingleVlanHeader, UdpHeader, VlanId,
+    EtherType, Ethernet2Header, Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, PacketBuilder,
+    SingleVlanHeader, UdpHeader, VlanId, icmpv4::DestUnreachableHeader,
 };
 use lb_common::{FAMILY_V4, FAMILY_V6, FlowKey, PROTO_TCP, PROTO_UDP, flow_hash, gue_source_port};
 
@@ -109,6 +110,47 @@ impl EncapVip {
             (false, false) => tcp6(CLIENT_MAC, LB_MAC, v6(CLIENT6), vip, sport, port),
             (false, true) => udp6(CLIENT_MAC, LB_MAC, v6(CLIENT6), vip, sport, port),
         }
+    }
+
+    /// A client's packet to the VIP from `sport` whose IP packet is `ip_len` bytes long.
+    pub fn client_packet_of(&self, sport: u16, ip_len: usize) -> Vec<u8> {
+        let (vip, port) = (self.vip(), self.port());
+        let l4 = if self.udp { 8 } else { 20 };
+        let payload = vec![0x5a; ip_len - if self.inner_v4() { 20 } else { 40 } - l4];
+        let builder = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+        let ip = if self.inner_v4() { builder.ipv4(CLIENT4, v4(vip), 64) } else { builder.ipv6(v6(CLIENT6), vip, 64) };
+        let mut out = Vec::new();
+        if self.udp {
+            ip.udp(sport, port).write(&mut out, &payload).expect("udp");
+        } else {
+            ip.tcp(sport, port, 1000, 64240).ack(2000).write(&mut out, &payload).expect("tcp");
+        }
+        out
+    }
+
+    /// The answer to a client's `input` too big once encapsulated: ICMP "fragmentation
+    /// needed" or ICMPv6 "packet too big" with `mtu`, from the VIP, quoting the IP header
+    /// and 8 bytes.
+    pub fn too_big_answer(&self, input: &[u8], mtu: u32) -> Vec<u8> {
+        let builder = PacketBuilder::ethernet2(LB_MAC, CLIENT_MAC);
+        let mut out = Vec::new();
+        if self.inner_v4() {
+            let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: mtu as u16,
+            });
+            let quoted = &input[ETH_LEN..ETH_LEN + 28];
+            builder.ipv4(v4(self.vip()), CLIENT4, 64).icmpv4(kind).write(&mut out, quoted).expect("icmp");
+        } else {
+            let quoted = &input[ETH_LEN..ETH_LEN + 48];
+            let kind = Icmpv6Type::PacketTooBig { mtu };
+            builder.ipv6(self.vip(), v6(CLIENT6), 64).icmpv6(kind).write(&mut out, quoted).expect("icmpv6");
+        }
+        out
+    }
+
+    /// The bytes the outer headers add.
+    pub fn added(&self) -> usize {
+        (if self.outer_v4() { 20 } else { 40 }) + if self.gue { 8 } else { 0 }
     }
 
     /// The flow hash of the client's flow from `sport` (gue's source port, IPv6's label).

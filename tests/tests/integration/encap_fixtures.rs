@@ -122,3 +122,20 @@ fn decap_passes_other_hosts_packets_and_plain_ones_untouched() -> Result<()> {
     assert_eq!((decap.decapsulated, decap.not_for_host, decap.passed), (0, 1, 2));
     Ok(())
 }
+
+#[test]
+fn a_packet_too_big_once_encapsulated_is_answered_with_the_mtu_that_fits() -> Result<()> {
+    let mut f = fixtures("fxtoobig");
+    // The fixture interface's MTU is 1500: a 1500-byte packet no longer fits once wrapped.
+    for (id, v) in EncapVip::all().iter().enumerate() {
+        let input = v.client_packet_of(CPORT, 1500);
+        let mtu = (1500 - v.added()) as u32;
+        f.case(&format!("{} too big", v.name()), &input, XDP_TX, Some(&v.too_big_answer(&input, mtu)))?;
+        // One that fits exactly goes through, encapsulated.
+        let fits = v.client_packet_of(CPORT, mtu as usize);
+        f.case(&format!("{} fitting", v.name()), &fits, XDP_TX, Some(&v.encapsulated(&fits, CPORT, None)))?;
+        let stats = f.env.dataplane.vip_stats(id as u32)?;
+        assert_eq!((stats.icmp_too_big_sent, stats.encapsulated_packets), (1, 1), "{}", v.name());
+    }
+    Ok(())
+}
