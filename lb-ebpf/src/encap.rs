@@ -111,11 +111,15 @@ fn inner_tos(ctx: &XdpContext, h: &Headers) -> Result<u16, Reason> {
 
 /// The one's complement sum of the inner packet without reading its payload: its L4
 /// checksum makes the segment sum to minus its pseudo-header, and a valid IPv4 header sums
-/// to zero (IPv6's pseudo-header addresses cancel its header's). `None` for UDP in IPv4
-/// sent without a checksum, whose sum is unknown (the outer one is then left zero).
+/// to zero (IPv6's pseudo-header addresses cancel its header's); an ICMPv4 message, without
+/// a pseudo-header, sums to zero. `None` for UDP in IPv4 sent without a checksum, whose sum
+/// is unknown (the outer one is then left zero).
 #[inline(always)]
 fn inner_packet_sum(ctx: &XdpContext, h: &Headers) -> Result<Option<u32>, Reason> {
     let l4_len = h.ip_len as u32 - (h.l4_start - h.l3) as u32;
+    if h.proto == PROTO_ICMP {
+        return Ok(Some(0));
+    }
     if h.family == FAMILY_V4 {
         if h.proto == PROTO_UDP && read_be16(at(ctx, h.l4_start + UDP_CSUM_OFF, 2)?) == 0 {
             return Ok(None);

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use anyhow::Result;
-use etherparse::{PacketBuilder, VlanId};
+use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, VlanId, icmpv4::DestUnreachableHeader};
 use lb_common::{PROG_DECAP, PROG_LB};
 use lb_tests::encap_packets::*;
 use lb_tests::packet_env::{LB_MAC, PacketEnv, expect_bytes};
@@ -136,6 +136,46 @@ fn a_packet_too_big_once_encapsulated_is_answered_with_the_mtu_that_fits() -> Re
         f.case(&format!("{} fitting", v.name()), &fits, XDP_TX, Some(&v.encapsulated(&fits, CPORT, None)))?;
         let stats = f.env.dataplane.vip_stats(id as u32)?;
         assert_eq!((stats.icmp_too_big_sent, stats.encapsulated_packets), (1, 1), "{}", v.name());
+    }
+    Ok(())
+}
+
+#[test]
+fn icmp_errors_about_an_encapsulated_flow_go_to_its_backend_encapsulated() -> Result<()> {
+    let mut f = fixtures("fxencicmp");
+    for (id, v) in EncapVip::all().iter().enumerate().filter(|(_, v)| !v.udp) {
+        f.case(&format!("{} opens the flow", v.name()), &v.client_packet(CPORT), XDP_TX, None)?;
+        // A router's error about a VIP -> client segment of the flow.
+        let input = if v.inner_v4() {
+            let vip: [u8; 4] = v.vip()[..4].try_into()?;
+            let kind =
+                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 });
+            write(|out| {
+                PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+                    .ipv4([10, 0, 0, 254], vip, 64)
+                    .icmpv4(kind)
+                    .write(out, &quoted_v4(vip, CLIENT4, 80, CPORT))
+                    .expect("icmp")
+            })
+        } else {
+            let quoted = write(|out| {
+                PacketBuilder::ipv6(v.vip(), v6(CLIENT6), 63)
+                    .tcp(80, CPORT, 5000, 64240)
+                    .write(out, PAYLOAD)
+                    .expect("quoted6")
+            });
+            write(|out| {
+                PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+                    .ipv6(v6("fd00::fe"), v.vip(), 64)
+                    .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+                    .write(out, &quoted)
+                    .expect("icmpv6")
+            })
+        };
+        // Encapsulated as the flow's own packets are (gue: the flow's source port).
+        let want = v.encapsulated(&input, CPORT, None);
+        f.case(&format!("{} icmp error", v.name()), &input, XDP_TX, Some(&want))?;
+        assert_eq!(f.env.dataplane.vip_stats(id as u32)?.icmp_errors_forwarded, 1, "{}", v.name());
     }
     Ok(())
 }
