@@ -1,7 +1,8 @@
 //! End to end, encapsulated: ipip and gue VIPs in front of backends behind a router (two
 //! dual-stack backends in two subnets, one IPv6-only), each decapsulating with `xdp_decap`
 //! attached by `lb decap attach`. Real HTTP over new connections and UDP from the client,
-//! over IPv4 (in IPv4, and in IPv6 to the IPv6-only backend) and IPv6.
+//! over IPv4 (in IPv4, and in IPv6 to the IPv6-only backend) and IPv6, and requests of
+//! full-size segments through path MTU discovery.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +11,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result, ensure};
 use lb_tests::lab::{
     self, BackendSpec, CLIENT_V4, CLIENT_V6, HTTP_PORT, Lab, LbProcess, Netns, UDP_PORT, VIP_V4, VIP_V6, VipSpec,
-    http_get, lb_bin, tally, udp_request,
+    http_get, http_get_padded, lb_bin, tally, udp_request,
 };
 use lb_userspace::api::status::Status;
 
@@ -108,13 +109,27 @@ fn ipip_and_gue_reach_routed_and_ipv6_only_backends_that_answer_clients_directly
         let want: BTreeSet<IpAddr> = [IpAddr::V4(CLIENT_V4), IpAddr::V6(CLIENT_V6)].into();
         ensure!(b.clients() == want, "{}: clients {:?}", b.spec.name, b.clients());
     }
+    // Requests of full-size (1500-byte) segments on 1500-MTU links: too big once encapsulated,
+    // answered by the balancer with the MTU that fits, resent smaller by the client's path
+    // MTU discovery, and served.
+    for vip in [v4, v6] {
+        let name = lab.client.run(move || http_get_padded(SocketAddr::new(vip, HTTP_PORT), 4000))??;
+        ensure!(lab.backends.iter().any(|b| b.spec.name == name), "a big request to {vip} answered by {name:?}");
+    }
     // Replies went from the backends to the client directly: none crossed the balancer.
     let status: Status = serde_json::from_str(&lb.cli(&["status", "--json"])?).context("lb status --json")?;
     for vip in &status.vips {
         let c = &vip.counters;
         ensure!(c.reply_packets == 0, "{}: {} replies crossed the balancer", vip.name, c.reply_packets);
-        ensure!(c.encapsulated_packets == c.packets, "{}: every packet goes encapsulated: {c:?}", vip.name);
+        let answered = c.icmp_too_big_sent;
+        ensure!(
+            c.encapsulated_packets + answered == c.packets,
+            "{}: every packet goes encapsulated or is answered: {c:?}",
+            vip.name
+        );
         ensure!(c.new_flows > 0 && c.packets >= n as u64, "{}: {c:?}", vip.name);
+        let too_big = c.icmp_too_big_sent;
+        ensure!((too_big > 0) == vip.name.starts_with("http"), "{}: {too_big} too-big answers", vip.name);
     }
     Ok(())
 }
