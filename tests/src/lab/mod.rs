@@ -36,12 +36,14 @@ use lb_userspace::dataplane::{Dataplane, MapSizes};
 
 mod backend;
 mod client;
+mod decap;
 mod lb_process;
 mod netns;
 mod routed;
 
 pub use backend::*;
 pub use client::*;
+pub use decap::{Decap, decap_on_backends};
 pub use lb_process::*;
 pub use netns::*;
 pub use routed::{ROUTER_V4, ROUTER_V6};

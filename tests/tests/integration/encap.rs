@@ -6,43 +6,13 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 
 use anyhow::{Context as _, Result, ensure};
 use lb_tests::lab::{
-    self, BackendSpec, CLIENT_V4, CLIENT_V6, HTTP_PORT, Lab, LbProcess, Netns, UDP_PORT, VIP_V4, VIP_V6, VipSpec,
-    http_get, http_get_padded, lb_bin, tally, udp_request,
+    self, BackendSpec, CLIENT_V4, CLIENT_V6, HTTP_PORT, Lab, LbProcess, UDP_PORT, VIP_V4, VIP_V6, VipSpec, http_get,
+    http_get_padded, tally, udp_request,
 };
 use lb_userspace::api::status::Status;
-
-/// `lb decap attach eth0` in a backend's namespace, detached again on drop.
-struct Decap {
-    netns: String,
-}
-
-impl Decap {
-    fn attach(ns: &Netns) -> Result<Self> {
-        let decap = Decap { netns: ns.path() };
-        decap.lb(&["decap", "attach", "eth0"])?;
-        Ok(decap)
-    }
-
-    /// `lb ARGS` in the namespace (nsenter: `ip netns exec` would remount bpffs, and the
-    /// pinned attachment would go with it).
-    fn lb(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("nsenter").arg(format!("--net={}", self.netns)).arg(lb_bin()).args(args).output()?;
-        ensure!(out.status.success(), "lb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-impl Drop for Decap {
-    fn drop(&mut self) {
-        if let Err(e) = self.lb(&["decap", "detach", "eth0"]) {
-            eprintln!("decap detach in {}: {e:#}", self.netns);
-        }
-    }
-}
 
 fn routed_lab(tag: &str) -> Result<Lab> {
     let mut lab = Lab::build(tag, Vec::new(), false)?;
@@ -65,7 +35,7 @@ fn requests(lab: &Lab, vip: IpAddr, n: usize) -> Result<(Vec<String>, Vec<String
 #[test]
 fn ipip_and_gue_reach_routed_and_ipv6_only_backends_that_answer_clients_directly() -> Result<()> {
     let lab = routed_lab("e2enc")?;
-    let _decaps = lab.backends.iter().map(|b| Decap::attach(&b.ns)).collect::<Result<Vec<_>>>()?;
+    let _decaps = lab::decap_on_backends(&lab)?;
     // IPv4 VIPs: two IPv4 backends and the IPv6-only one (IPv4 in IPv6); IPv6 VIPs: all three.
     let backends = |v6: bool| {
         let addrs: Vec<String> = lab
