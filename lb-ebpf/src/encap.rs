@@ -135,7 +135,7 @@ fn inner_packet_sum(ctx: &XdpContext, h: &Headers) -> Result<Option<u32>, Reason
 /// Moves the Ethernet header (and VLAN tag: `l3` is 14 or 18 bytes) `added` bytes to the
 /// front, where the frame now starts, and sets its (inner) ethertype to the outer family's.
 #[inline(always)]
-fn move_l2_header(ctx: &XdpContext, l3: usize, added: usize, ethertype: u16) -> Result<(), Reason> {
+pub fn move_l2_header(ctx: &XdpContext, l3: usize, added: usize, ethertype: u16) -> Result<(), Reason> {
     for i in 0..(ETH_HLEN + 4) / 2 {
         if 2 * i + 2 < l3 {
             let from = at(ctx, added + 2 * i, 2)?;
@@ -147,8 +147,9 @@ fn move_l2_header(ctx: &XdpContext, l3: usize, added: usize, ethertype: u16) -> 
     Ok(())
 }
 
+/// An IPv4 header without options at `l3`, with DF set, TTL 64 and its checksum.
 #[inline(always)]
-fn write_ipv4(
+pub fn write_ipv4(
     ctx: &XdpContext,
     l3: usize,
     tos: u16,
@@ -171,9 +172,10 @@ fn write_ipv4(
     Ok(())
 }
 
+/// An IPv6 header at `l3`, hop limit 64, the flow label from `hash`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn write_ipv6(
+pub fn write_ipv6(
     ctx: &XdpContext,
     l3: usize,
     tc: u16,

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use lb_common::*;
 
-use crate::encap::addr_sum;
+use crate::encap::{addr_sum, move_l2_header, write_ipv4, write_ipv6};
 use crate::maps::NEXT_HOPS;
 use crate::packet::*;
 use crate::parse::Headers;
@@ -21,9 +21,6 @@ const QUOTED_V4: usize = IPV4_HLEN + 8;
 const QUOTED_V6: usize = IPV6_HLEN + 8;
 const ICMP_FRAG_NEEDED: u16 = 3 << 8 | 4;
 const ICMPV6_PACKET_TOO_BIG: u16 = 2 << 8;
-const ANSWER_TTL: u16 = 64;
-/// The answer is not fragmented either.
-const IPV4_DF: u16 = 0x4000;
 
 /// The MTU left for the inner packet when the packet of `h`, `added` bytes longer, does not
 /// fit the interface it leaves by (the backend's cached next hop's, else the one it came
@@ -59,43 +56,20 @@ fn answer(ctx: &XdpContext, h: &Headers, mtu: u32) -> Result<(), Reason> {
         return Err(Reason::Internal);
     }
     // The Ethernet header (and VLAN tag) to the new start, and back to the client.
-    for i in 0..(ETH_HLEN + 4) / 2 {
-        if 2 * i < l3 {
-            let value = read_be16(at(ctx, added + 2 * i, 2)?);
-            write_be16(at(ctx, 2 * i, 2)?, value);
-        }
-    }
+    move_l2_header(ctx, l3, added, if v4 { ETH_P_IP } else { ETH_P_IPV6 })?;
     if !swap_macs(ctx) {
         return Err(Reason::Malformed);
     }
     let icmp_len = (ICMP_HLEN + quoted) as u16;
+    let icmp = at(ctx, l3 + ip_hlen, ICMP_HLEN)?;
     let mut sum = if v4 {
-        let ip = at(ctx, l3, IPV4_HLEN)?;
-        let (total, ttl_proto) = (IPV4_HLEN as u16 + icmp_len, ANSWER_TTL << 8 | PROTO_ICMP as u16);
-        write_be16(ip, 0x4500);
-        write_be16(ip + 2, total);
-        write_be16(ip + 4, 0);
-        write_be16(ip + 6, IPV4_DF);
-        write_be16(ip + 8, ttl_proto);
-        write_be16(ip + IPV4_CSUM_OFF, 0);
-        write_addr(ip + 12, &h.dst, FAMILY_V4);
-        write_addr(ip + 16, &h.src, FAMILY_V4);
-        let header = 0x4500 + total as u32 + IPV4_DF as u32 + ttl_proto as u32 + addr_sum(&h.src, FAMILY_V4);
-        write_be16(ip + IPV4_CSUM_OFF, !fold(header + addr_sum(&h.dst, FAMILY_V4)));
-        let icmp = at(ctx, l3 + IPV4_HLEN, ICMP_HLEN)?;
+        write_ipv4(ctx, l3, 0, IPV4_HLEN as u16 + icmp_len, PROTO_ICMP, &h.dst, &h.src)?;
         write_be16(icmp, ICMP_FRAG_NEEDED);
         write_be16(icmp + 4, 0);
         write_be16(icmp + 6, mtu as u16);
         ICMP_FRAG_NEEDED as u32 + (mtu & 0xffff)
     } else {
-        let ip = at(ctx, l3, IPV6_HLEN)?;
-        write_be16(ip, 0x6000);
-        write_be16(ip + 2, 0);
-        write_be16(ip + 4, icmp_len);
-        write_be16(ip + 6, (PROTO_ICMPV6 as u16) << 8 | ANSWER_TTL);
-        write_addr(ip + 8, &h.dst, FAMILY_V6);
-        write_addr(ip + 24, &h.src, FAMILY_V6);
-        let icmp = at(ctx, l3 + IPV6_HLEN, ICMP_HLEN)?;
+        write_ipv6(ctx, l3, 0, 0, icmp_len, PROTO_ICMPV6, &h.dst, &h.src)?;
         write_be16(icmp, ICMPV6_PACKET_TOO_BIG);
         write_be16(icmp + 4, (mtu >> 16) as u16);
         write_be16(icmp + 6, mtu as u16);

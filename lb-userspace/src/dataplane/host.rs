@@ -26,17 +26,7 @@ impl Dataplane {
         let sizes = MapSizes { max_vips: 1, max_backends: 1, table_size: 2, flow_entries: 1, source_entries: 1 };
         let mut dataplane = Self::load(sizes, None)?;
         prepare(&mut dataplane)?;
-        let program = dataplane.program(name)?;
-        let link = match mode {
-            XdpModeSetting::Skb => program.attach(iface, XdpMode::Skb),
-            XdpModeSetting::Driver => program.attach(iface, XdpMode::Driver),
-            XdpModeSetting::Auto => program.attach(iface, XdpMode::Driver).or_else(|e| {
-                warn!(iface, "driver-mode XDP failed ({e}); attaching {name} in generic (skb) mode");
-                program.attach(iface, XdpMode::Skb)
-            }),
-        }
-        .with_context(|| format!("attaching {name} to {iface}"))?;
-        let link = FdLink::try_from(program.take_link(link)?).context("the kernel attached XDP without a bpf_link")?;
+        let link = attach_link(dataplane.program(name)?, iface, mode)?;
         link.pin(path).with_context(|| format!("pinning {}", path.display()))?;
         Ok(path.to_owned())
     }
