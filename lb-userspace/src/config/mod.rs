@@ -119,11 +119,14 @@ pub struct Control {
 pub struct ControlBalancer {
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
+    /// None on a DNS vantage point, which has no program and no pins to detach.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
 }
 
 impl Default for ControlBalancer {
     fn default() -> Self {
-        Self { pin_dir: default_pin_dir() }
+        Self { pin_dir: default_pin_dir(), interfaces: Vec::new() }
     }
 }
 
