@@ -193,7 +193,7 @@ impl PacketEnv {
     /// writes them; runs reach it through [`Build::Other`]. Its maps may be of an older
     /// shape: a `SETTINGS` value that ends before `timeouts` (the flow timeouts came later)
     /// or before `gue_port` is written without what it lacks. Maps the object lacks are not
-    /// sized.
+    /// sized, programs it lacks not loaded.
     pub fn load_other_build(&mut self, object: &[u8], config_toml: &str) -> Result<()> {
         let config = parse_config(config_toml)?;
         let sizes = MapSizes::from_config(&config.balancer);
@@ -202,9 +202,10 @@ impl PacketEnv {
             loader.map_max_entries(name, size);
         }
         let mut ebpf = loader.load(object).context("loading the other build's object")?;
-        for name in [PROG_LB, PROG_PASS, PROG_DROP, PROG_MAC_SWAP] {
-            let program: &mut Xdp =
-                ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
+        // Programs that came after it (`xdp_gen_flows`, `xdp_decap`) it lacks.
+        for name in PROGRAMS {
+            let Some(program) = ebpf.program_mut(name) else { continue };
+            let program: &mut Xdp = program.try_into()?;
             program.load().with_context(|| format!("verifier rejected the other build's {name}"))?;
         }
         let mut ids = IdAllocator::new(config.balancer.max_vips, config.balancer.max_backends);
