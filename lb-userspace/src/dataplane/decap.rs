@@ -63,11 +63,7 @@ impl Dataplane {
 
     /// Detaches what [`attach_decap_pinned`](Self::attach_decap_pinned) attached to `iface`.
     pub fn detach_decap_pinned(iface: &str) -> Result<()> {
-        let path = decap_link_pin(iface);
-        let link = PinnedLink::from_pin(&path)
-            .with_context(|| format!("opening {} (was `lb decap attach {iface}` run?)", path.display()))?;
-        link.unpin().with_context(|| format!("unpinning {}", path.display()))?;
-        Ok(())
+        host::detach_pinned_link(&decap_link_pin(iface), &format!("lb decap attach {iface}"))
     }
 }
 

@@ -33,12 +33,16 @@ impl Dataplane {
 
     /// Detaches what [`attach_pass_pinned`](Self::attach_pass_pinned) attached to `iface`.
     pub fn detach_pass_pinned(iface: &str) -> Result<()> {
-        let path = pass_link_pin(iface);
-        let link = PinnedLink::from_pin(&path)
-            .with_context(|| format!("opening {} (was `lb xdp-pass attach {iface}` run?)", path.display()))?;
-        link.unpin().with_context(|| format!("unpinning {}", path.display()))?;
-        Ok(())
+        detach_pinned_link(&pass_link_pin(iface), &format!("lb xdp-pass attach {iface}"))
     }
+}
+
+/// Unpins (and so detaches) the attachment pinned at `path` by the command `attached_by`.
+pub(super) fn detach_pinned_link(path: &Path, attached_by: &str) -> Result<()> {
+    let link =
+        PinnedLink::from_pin(path).with_context(|| format!("opening {} (was `{attached_by}` run?)", path.display()))?;
+    link.unpin().with_context(|| format!("unpinning {}", path.display()))?;
+    Ok(())
 }
 
 /// Whether the bpffs at /sys/fs/bpf here is not the one the process that started lb sees:
