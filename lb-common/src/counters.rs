@@ -120,6 +120,11 @@ counters! {
         reply_bytes,
         /// ICMP errors about the VIP's flows delivered to their backend.
         icmp_errors_forwarded,
+        /// Packets sent to their backend encapsulated (ipip and gue VIPs).
+        encapsulated_packets,
+        /// Packets too big for the path once encapsulated, answered to the client with ICMP
+        /// "fragmentation needed" / ICMPv6 "packet too big".
+        icmp_too_big_sent,
         /// New flows dropped: no backend can take them.
         drop_no_backend as dropped_packets(reason = "no_backend"),
         /// Packets dropped: the FIB has no route to where they go.
@@ -131,8 +136,8 @@ counters! {
         /// dsr packets dropped: the kernel has no neighbour entry for the next hop yet (the
         /// controller is asked to resolve it).
         drop_no_neighbour as dropped_packets(reason = "no_neighbour"),
-        /// nat packets handed to the kernel, which resolves the next hop's neighbour entry
-        /// and forwards them.
+        /// nat and encapsulated packets handed to the kernel, which resolves the next hop's
+        /// neighbour entry and forwards them.
         passed_no_neighbour,
         /// New dsr flows forwarded without a flow entry (by the Maglev table alone): the
         /// flow table is full.
@@ -202,4 +207,17 @@ counters! {
     families {
         dropped_packets: "Packets dropped before a VIP was found, by reason.",
     }
+}
+
+counters! {
+    /// `xdp_decap`'s counters (per CPU), on a backend.
+    pub struct DecapStats("lb_decap") {
+        /// ipip and gue packets to the host, passed on without their outer headers.
+        decapsulated,
+        /// ipip and gue packets to an address that is not the host's: passed untouched.
+        not_for_host,
+        /// Packets that are not ipip or gue: passed untouched.
+        passed,
+    }
+    families {}
 }

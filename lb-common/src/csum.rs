@@ -36,8 +36,9 @@ pub fn csum_replace_addr(mut csum: u16, old: &Addr, new: &Addr, family: u8) -> u
     csum
 }
 
+/// A one's complement sum of 16-bit words, carried into 16 bits (not complemented).
 #[inline(always)]
-fn fold(mut sum: u32) -> u16 {
+pub fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16

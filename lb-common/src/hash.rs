@@ -19,6 +19,14 @@ pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
     murmur_fmix(h ^ 40)
 }
 
+/// The outer UDP source port of a gue packet of the flow whose [`flow_hash`] is `hash`: in
+/// the dynamic range (49152..=65535), so that receivers spread flows over their queues by it
+/// while it never looks like a well-known service.
+#[inline(always)]
+pub fn gue_source_port(hash: u32) -> u16 {
+    0xc000 | (hash & 0x3fff) as u16
+}
+
 #[inline(always)]
 pub(crate) fn word(addr: &Addr, i: usize) -> u32 {
     u32::from_le_bytes([addr[i * 4], addr[i * 4 + 1], addr[i * 4 + 2], addr[i * 4 + 3]])

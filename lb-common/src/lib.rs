@@ -18,9 +18,9 @@ mod limits;
 
 pub use capture::*;
 pub use conn::*;
-pub use counters::{BackendStats, Counter, Counters, GlobalStats, VipStats};
-pub use csum::{csum_replace_addr, csum_replace2, csum_replace4};
-pub use hash::{flow_hash, murmur_fmix, murmur_round, nat_cursor_start};
+pub use counters::{BackendStats, Counter, Counters, DecapStats, GlobalStats, VipStats};
+pub use csum::{csum_replace_addr, csum_replace2, csum_replace4, fold};
+pub use hash::{flow_hash, gue_source_port, murmur_fmix, murmur_round, nat_cursor_start};
 pub use limits::*;
 
 /// Address family tags used in keys (not the kernel's AF_* numbers, which differ by OS).
@@ -31,10 +31,18 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
+/// The outer header's protocol of encapsulated IPv4 (`IPPROTO_IPIP`) and IPv6
+/// (`IPPROTO_IPV6`) packets.
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_IPV6_IN_IP: u8 = 41;
 
 /// Forwarding modes (`VipInfo::mode`).
 pub const MODE_NAT: u8 = 0;
 pub const MODE_DSR: u8 = 1;
+/// Encapsulated dsr: the packet inside an outer IPv4/IPv6 header to the backend.
+pub const MODE_IPIP: u8 = 2;
+/// Encapsulated dsr in UDP (GUE variant 1: the inner IP header right after the UDP one).
+pub const MODE_GUE: u8 = 3;
 
 /// `Backend::flags`: the slot holds a live backend. A cleared slot makes flows that were
 /// pinned to it pick again from the Maglev table.
@@ -85,7 +93,21 @@ pub const PROG_GEN_FLOWS: &str = "xdp_gen_flows";
 pub const GEN_FLOWS: u32 = 10_000;
 pub const GEN_FLOWS_FIRST_PORT: u16 = 20_000;
 /// Every program of the object, each loaded (and so verified) with it.
-pub const PROGRAMS: [&str; 5] = [PROG_LB, PROG_PASS, PROG_DROP, PROG_MAC_SWAP, PROG_GEN_FLOWS];
+pub const PROGRAMS: [&str; 6] = [PROG_LB, PROG_PASS, PROG_DROP, PROG_MAC_SWAP, PROG_GEN_FLOWS, PROG_DECAP];
+/// For backends of the encapsulated modes (`lb decap attach`).
+pub const PROG_DECAP: &str = "xdp_decap";
+pub const MAP_DECAP_SETTINGS: &str = "DECAP_SETTINGS";
+pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
+pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
+
+/// `xdp_decap`'s settings, one element in `DECAP_SETTINGS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecapSettings {
+    /// The UDP port of gue packets (`balancer.gue_port` of the balancers).
+    pub gue_port: u16,
+    pub _pad: u16,
+}
 
 /// Compiled-in map sizes; the controller overrides them at load time from the config.
 pub const DEFAULT_MAX_VIPS: u32 = 64;
@@ -260,7 +282,8 @@ impl FlowKeyV4 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
-    /// The balancer's own addresses, used as the source of NATed packets.
+    /// The balancer's own addresses, used as the source of NATed packets and the outer
+    /// source of encapsulated ones.
     pub ipv4: Addr,
     pub ipv6: Addr,
     pub hash_seed: u32,
@@ -271,6 +294,9 @@ pub struct Settings {
     /// lookup at all.
     pub vip_addr_filter: [u64; 4],
     pub timeouts: FlowTimeouts,
+    /// The UDP destination port of `MODE_GUE` packets.
+    pub gue_port: u16,
+    pub _pad: [u16; 3],
 }
 
 impl Settings {
@@ -340,6 +366,8 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for GlobalStats {}
     unsafe impl aya::Pod for NextHop {}
+    unsafe impl aya::Pod for DecapSettings {}
+    unsafe impl aya::Pod for DecapStats {}
     unsafe impl aya::Pod for VipRateState {}
     unsafe impl aya::Pod for VipCpuTokens {}
     unsafe impl aya::Pod for HealthSignal {}

@@ -44,13 +44,14 @@ pub enum Unsent {
 
 /// The verdict for a packet that `forward` could not send, counted in the VIP's `stats`;
 /// a drop's reason goes to `drop` (packet capture's mark).
-/// A nat packet is addressed to its next hop once rewritten, so the kernel can forward it:
-/// it is passed, and the kernel resolves the neighbour on the way. A dsr packet is still
-/// addressed to the VIP, which the kernel would not send to the backend: it is dropped.
+/// A nat packet is addressed to its next hop once rewritten, and an encapsulated one by its
+/// outer header, so the kernel can forward it (`addressed`): it is passed, and the kernel
+/// resolves the neighbour on the way. A dsr packet is still addressed to the VIP, which the
+/// kernel would not send to the backend: it is dropped.
 #[inline(always)]
-pub fn unsent_verdict(unsent: Unsent, rewritten: bool, stats: &mut VipStats, drop: &mut u8) -> u32 {
+pub fn unsent_verdict(unsent: Unsent, addressed: bool, stats: &mut VipStats, drop: &mut u8) -> u32 {
     match unsent {
-        Unsent::NoNeighbour if rewritten => {
+        Unsent::NoNeighbour if addressed => {
             stats.passed_no_neighbour += 1;
             xdp_action::XDP_PASS
         }

@@ -1,8 +1,10 @@
-//! ICMP errors about VIP flows, steered to the flow's backend.
+//! ICMP errors about VIP flows, steered to the flow's backend (translated in nat,
+//! encapsulated in ipip and gue).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::*;
 
+use crate::encap::encapsulate;
 use crate::flow_table;
 use crate::forward::{forward_to_backend, unsent_verdict};
 use crate::keys::{own_addr, vip_at};
@@ -32,18 +34,26 @@ pub fn icmp_error_to_backend(ctx: &XdpContext, s: &mut Scratch, inner_l3: usize)
     let backend = BACKENDS.get(state.backend_id).ok_or(Reason::IcmpUnmatched)?;
     s.mark.vip_id = vip.vip_id;
     s.mark.backend_id = state.backend_id;
+    let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
     if vip.mode == MODE_NAT {
-        let settings = SETTINGS.get(0).ok_or(Reason::Internal)?;
         copy_addr(&mut s.to.src, &backend.addr);
         copy_addr(&mut s.to.dst, own_addr(settings, family));
         s.to.sport = backend.port;
         s.to.dport = state.nat_port;
         rewrite_icmp_error(ctx, &s.headers, &s.quoted, &s.to)?;
+    } else if vip.mode != MODE_DSR {
+        // To the backend as the flow's packets go: encapsulated (gue with the flow's port).
+        let gue = (vip.mode == MODE_GUE) as u64;
+        let hash = flow_hash(&s.flow, settings.hash_seed) as u64;
+        if !encapsulate(ctx, &mut s.headers, backend, settings, gue << 32 | hash) {
+            return Err(Reason::Malformed);
+        }
     }
     let stats = VIP_STATS.get_ptr_mut(vip.vip_id).ok_or(Reason::Internal)?;
     // SAFETY: per-CPU value.
     let stats = unsafe { &mut *stats };
     stats.icmp_errors_forwarded += 1;
     let sent = forward_to_backend(ctx, &s.headers, state.backend_id, &backend.addr);
-    Ok(sent.unwrap_or_else(|unsent| unsent_verdict(unsent, vip.mode == MODE_NAT, stats, &mut s.mark.drop)))
+    let addressed = vip.mode != MODE_DSR;
+    Ok(sent.unwrap_or_else(|unsent| unsent_verdict(unsent, addressed, stats, &mut s.mark.drop)))
 }

@@ -45,7 +45,11 @@ pub fn vip_of_flow(vip_id: u32, flow: &FlowKey) -> Option<&'static VipInfo> {
 
 #[inline(always)]
 pub fn is_vip_addr(addr: &Addr, family: u8) -> bool {
-    let a = addr_words(addr);
-    let key: Words<VipAddrKey, 5> = Words([a[0], a[1], a[2], a[3], family as u32], core::marker::PhantomData);
-    VIP_ADDRS.get_ptr(key.as_key()).is_some()
+    VIP_ADDRS.get_ptr(addr_key(addr_words(addr), family).as_key()).is_some()
+}
+
+/// The `VipAddrKey` (as words) of the address whose words are `a`.
+#[inline(always)]
+pub fn addr_key(a: [u32; 4], family: u8) -> Words<VipAddrKey, 5> {
+    Words([a[0], a[1], a[2], a[3], family as u32], core::marker::PhantomData)
 }

@@ -17,6 +17,8 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod capture;
+mod decap;
+mod encap;
 mod filter;
 mod flow_table;
 mod flows;
@@ -32,6 +34,7 @@ mod parse;
 mod rewrite;
 mod signals;
 mod stats;
+mod too_big;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -147,6 +150,13 @@ fn to_vip(ctx: &XdpContext, s: &mut Scratch, settings: &Settings) -> Result<u32,
 fn flow_entry(key: &FlowKey) -> Option<&'static mut FlowState> {
     // SAFETY: a map value, alive while the program runs (see `to_backend`).
     flow_table::get_ptr_mut(key).map(|f| unsafe { &mut *f })
+}
+
+/// For backends of the encapsulated modes: the inner packet of ipip and gue to the stack.
+#[xdp]
+pub fn xdp_decap(ctx: XdpContext) -> u32 {
+    decap::decapsulate(&ctx);
+    xdp_action::XDP_PASS
 }
 
 /// Placed on the far end of a veth so that frames the balancer transmits are received.

@@ -91,6 +91,16 @@ pub static CAPTURE_RING: RingBuf<CaptureRecord, { 4 * 1024 * 1024 }> = RingBuf::
 #[btf_map]
 pub static CAPTURE_FRAME: PerCpuArray<CaptureRecord, 1> = PerCpuArray::new();
 
+/// `xdp_decap`'s settings (the gue port), written by `lb decap attach`.
+#[btf_map]
+pub static DECAP_SETTINGS: Array<DecapSettings, 1> = Array::new();
+/// The host's addresses (keyed as `VIP_ADDRS`): `xdp_decap` strips only packets to them.
+#[btf_map]
+pub static DECAP_ADDRS: HashMap<VipAddrKey, u32, 256> = HashMap::new();
+/// `xdp_decap`'s counters, per CPU.
+#[btf_map]
+pub static DECAP_STATS: PerCpuArray<DecapStats, 1> = PerCpuArray::new();
+
 /// Working memory for one packet (see `Scratch`); typed as words so its BTF stays plain.
 #[btf_map]
 pub static SCRATCH: PerCpuArray<[u64; SCRATCH_WORDS], 1> = PerCpuArray::new();

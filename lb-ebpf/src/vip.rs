@@ -4,6 +4,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::warn;
 use lb_common::*;
 
+use crate::encap::{encapsulate, outer_len};
 use crate::flow_table;
 use crate::flows::{detach, follow, initial_state};
 use crate::forward::{forward_to_backend, unsent_verdict};
@@ -14,6 +15,7 @@ use crate::mem::{copy_addr, copy_words};
 use crate::nat::{NoPort, reserve_nat_port};
 use crate::rewrite::rewrite;
 use crate::stats::Reason;
+use crate::too_big::{answer_too_big, too_big};
 
 /// Client -> VIP: follow the flow's entry (`flow`, keyed `s.flow`: a map value, written in
 /// place by this flow's packets only, where a racing writer repeats the same bits) or
@@ -55,22 +57,38 @@ pub fn to_backend(
         },
     };
     s.mark.backend_id = backend_id;
-    let h = &s.headers;
     if let Some(b) = BACKEND_STATS.get_ptr_mut(backend_id) {
         // SAFETY: per-CPU value.
         let b = unsafe { &mut *b };
         b.packets += 1;
-        b.bytes += h.frame_len as u64;
+        b.bytes += s.headers.frame_len as u64;
     }
     if vip.mode == MODE_NAT {
+        let h = &s.headers;
         copy_addr(&mut s.to.src, own_addr(settings, h.family));
         copy_addr(&mut s.to.dst, &backend.addr);
         s.to.sport = nat_port;
         s.to.dport = backend.port;
         rewrite(ctx, h, &s.to)?;
+    } else if vip.mode != MODE_DSR {
+        let gue = vip.mode == MODE_GUE;
+        if let Some(mtu) = too_big(ctx, &s.headers, outer_len(backend.family, gue), backend_id) {
+            vip_stats.icmp_too_big_sent += 1;
+            if answer_too_big(ctx, &s.headers, mtu) {
+                return Ok(xdp_action::XDP_TX);
+            }
+            return Err(Reason::Malformed);
+        }
+        let hash = flow_hash(&s.flow, settings.hash_seed) as u64;
+        if !encapsulate(ctx, &mut s.headers, backend, settings, (gue as u64) << 32 | hash) {
+            return Err(Reason::Malformed);
+        }
+        vip_stats.encapsulated_packets += 1;
     }
-    let sent = forward_to_backend(ctx, h, backend_id, &backend.addr);
-    Ok(sent.unwrap_or_else(|unsent| unsent_verdict(unsent, vip.mode == MODE_NAT, vip_stats, &mut s.mark.drop)))
+    let sent = forward_to_backend(ctx, &s.headers, backend_id, &backend.addr);
+    // A nat or encapsulated packet is addressed to the backend: the kernel can forward it.
+    let addressed = vip.mode != MODE_DSR;
+    Ok(sent.unwrap_or_else(|unsent| unsent_verdict(unsent, addressed, vip_stats, &mut s.mark.drop)))
 }
 
 /// How often one CPU logs that nat ports ran out.

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod backend_setup;
 pub mod backends;
 pub mod capture;
 pub mod config;

@@ -130,6 +130,20 @@ enum Command {
         #[command(subcommand)]
         action: XdpPassAction,
     },
+    /// On a backend of ipip and gue VIPs: attach (or detach) `xdp_decap`, which strips the
+    /// outer headers of encapsulated packets to this host and passes the inner packet on.
+    Decap {
+        #[command(subcommand)]
+        action: DecapAction,
+    },
+    /// Print the commands that set a backend of an ipip or gue VIP up: the kernel's tunnel
+    /// devices (or `lb decap attach`), the VIP on loopback, rp_filter and arp_ignore.
+    BackendSetup {
+        #[arg(long, short, default_value = "/etc/lb/lb.toml")]
+        config: PathBuf,
+        /// The VIP's name.
+        vip: String,
+    },
     /// Send new flows to a drained backend again.
     Undrain {
         #[command(flatten)]
@@ -163,6 +177,24 @@ enum Command {
 enum XdpPassAction {
     /// Attach `xdp_pass` in driver mode, pinned under /sys/fs/bpf so it stays.
     Attach { iface: String },
+    /// Detach what `attach` attached.
+    Detach { iface: String },
+}
+
+#[derive(Subcommand)]
+enum DecapAction {
+    /// Attach `xdp_decap` (driver mode, else generic), pinned under /sys/fs/bpf so it stays;
+    /// replaces one attached before.
+    Attach {
+        iface: String,
+        /// The balancers' `balancer.gue_port`.
+        #[arg(long, default_value_t = 6080)]
+        gue_port: u16,
+        /// The outer destinations to decapsulate (repeatable); default: every address of
+        /// the host now (attach again after adding one).
+        #[arg(long = "address", value_name = "IP")]
+        addresses: Vec<std::net::IpAddr>,
+    },
     /// Detach what `attach` attached.
     Detach { iface: String },
 }
@@ -228,6 +260,21 @@ fn stop(admin: &AdminArgs, detach: bool) -> anyhow::Result<()> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// `lb decap attach`: the host's addresses unless some are given.
+fn decap_attach(iface: &str, gue_port: u16, addresses: Vec<std::net::IpAddr>) -> anyhow::Result<()> {
+    use lb_userspace::dataplane::{Dataplane, DecapConfig, host_addresses};
+    let addresses = if addresses.is_empty() { host_addresses()? } else { addresses };
+    let config = DecapConfig { gue_port, addresses };
+    let pin = Dataplane::attach_decap_pinned(iface, &config)?;
+    let listed: Vec<String> = config.addresses.iter().map(|a| a.to_string()).collect();
+    println!(
+        "xdp_decap attached to {iface} (pinned at {}): gue port {gue_port}, to {}",
+        pin.display(),
+        listed.join(", ")
+    );
+    Ok(())
 }
 
 /// Logs go to stderr, at `RUST_LOG`'s levels (default info).
@@ -320,6 +367,17 @@ fn main() -> ExitCode {
             lb_userspace::dataplane::Dataplane::detach_pass_pinned(&iface)
                 .map(|()| println!("xdp_pass detached from {iface}"))
         }
+        Command::Decap { action: DecapAction::Attach { iface, gue_port, addresses } } => {
+            decap_attach(&iface, gue_port, addresses)
+        }
+        Command::Decap { action: DecapAction::Detach { iface } } => {
+            lb_userspace::dataplane::Dataplane::detach_decap_pinned(&iface)
+                .map(|()| println!("xdp_decap detached from {iface}"))
+        }
+        Command::BackendSetup { config, vip } => config::load(&config).map_err(anyhow::Error::from).and_then(|c| {
+            print!("{}", lb_userspace::backend_setup::commands(&c, &vip)?);
+            Ok(())
+        }),
         Command::Undrain { admin, vip, backend } => {
             say(&admin, "POST", &format!("/v1/vips/{vip}/backends/{backend}/undrain"))
         }

@@ -2,6 +2,7 @@
 //! the soak mode of the fault drill.
 
 pub mod deploy;
+pub mod encap_packets;
 pub mod font;
 pub mod fuzz;
 pub mod lab;

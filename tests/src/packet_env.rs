@@ -192,7 +192,8 @@ impl PacketEnv {
     /// the environment's, with the tables of `config_toml` written as today's controller
     /// writes them; runs reach it through [`Build::Other`]. Its maps may be of an older
     /// shape: a `SETTINGS` value that ends before `timeouts` (the flow timeouts came later)
-    /// is written without them. Maps the object lacks are not sized.
+    /// or before `gue_port` is written without what it lacks. Maps the object lacks are not
+    /// sized, programs it lacks not loaded.
     pub fn load_other_build(&mut self, object: &[u8], config_toml: &str) -> Result<()> {
         let config = parse_config(config_toml)?;
         let sizes = MapSizes::from_config(&config.balancer);
@@ -201,9 +202,10 @@ impl PacketEnv {
             loader.map_max_entries(name, size);
         }
         let mut ebpf = loader.load(object).context("loading the other build's object")?;
+        // Programs that came after it (`xdp_gen_flows`, `xdp_decap`) it lacks.
         for name in PROGRAMS {
-            let program: &mut Xdp =
-                ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
+            let Some(program) = ebpf.program_mut(name) else { continue };
+            let program: &mut Xdp = program.try_into()?;
             program.load().with_context(|| format!("verifier rejected the other build's {name}"))?;
         }
         let mut ids = IdAllocator::new(config.balancer.max_vips, config.balancer.max_backends);
@@ -222,15 +224,26 @@ impl OtherMaps<'_> {
     }
 }
 
+impl OtherMaps<'_> {
+    /// Writes the first `N` bytes of `settings`: an older object's `SETTINGS` ended there.
+    fn set_settings_prefix<const N: usize>(&mut self, settings: &Settings) -> Result<()> {
+        // SAFETY: Settings is repr(C) plain integers, at least N bytes long.
+        let prefix: [u8; N] = unsafe { std::ptr::read((settings as *const Settings).cast()) };
+        Ok(Array::<_, [u8; N]>::try_from(self.map(MAP_SETTINGS)?)?.set(0, prefix, 0)?)
+    }
+}
+
 impl MapWriter for OtherMaps<'_> {
     fn set_settings(&mut self, settings: &Settings) -> Result<()> {
         const BEFORE_TIMEOUTS: usize = std::mem::offset_of!(Settings, timeouts);
+        const BEFORE_GUE_PORT: usize = std::mem::offset_of!(Settings, gue_port);
         match Array::<_, Settings>::try_from(self.map(MAP_SETTINGS)?) {
             Ok(mut map) => Ok(map.set(0, settings, 0)?),
             Err(aya::maps::MapError::InvalidValueSize { expected: BEFORE_TIMEOUTS, .. }) => {
-                // SAFETY: Settings is repr(C) plain integers; these are its first bytes.
-                let prefix: [u8; BEFORE_TIMEOUTS] = unsafe { std::ptr::read((settings as *const Settings).cast()) };
-                Ok(Array::<_, [u8; BEFORE_TIMEOUTS]>::try_from(self.map(MAP_SETTINGS)?)?.set(0, prefix, 0)?)
+                self.set_settings_prefix::<BEFORE_TIMEOUTS>(settings)
+            }
+            Err(aya::maps::MapError::InvalidValueSize { expected: BEFORE_GUE_PORT, .. }) => {
+                self.set_settings_prefix::<BEFORE_GUE_PORT>(settings)
             }
             Err(e) => Err(e).context("SETTINGS of an unknown shape"),
         }

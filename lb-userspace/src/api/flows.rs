@@ -126,6 +126,8 @@ pub struct FlowSnapshot {
 pub struct Names {
     pub vips: HashMap<u32, String>,
     pub backends: HashMap<u32, SocketAddr>,
+    /// Each VIP's mode by id; a flow of a VIP not here shows nat or dsr by its nat port.
+    pub modes: HashMap<u32, &'static str>,
 }
 
 /// `/v1/flows`: the flows that match a query, at most its limit.
@@ -211,7 +213,7 @@ fn row(key: &FlowKey, f: &FlowState, conn: &Conn, names: &Names, now_ns: u64) ->
         vip_address: socket(&key.dst, key.family, key.dport),
         backend: names.backends.get(&f.backend_id).copied(),
         backend_id: f.backend_id,
-        mode: if f.nat_port != 0 { "nat" } else { "dsr" }.to_owned(),
+        mode: names.modes.get(&f.vip_id).copied().unwrap_or(if f.nat_port != 0 { "nat" } else { "dsr" }).to_owned(),
         state: conn.state_name().to_owned(),
         age_s: (now_ns / 1_000_000_000).saturating_sub(u64::from(f.started_s)),
         idle_ms: now_ns.saturating_sub(conn.last_seen_ns) / 1_000_000,
@@ -314,6 +316,7 @@ mod tests {
         let names = Names {
             vips: [(0, "web".to_owned()), (1, "web6".to_owned()), (2, "dns".to_owned())].into(),
             backends: [(0, sock("10.0.1.11:7")), (1, sock("[fd00::1:11]:7"))].into(),
+            modes: [(2, "gue")].into(),
         };
         (FlowSnapshot { flows, nat: vec![(reply, reverse)], now_ns: 3000 * MS }, names)
     }
@@ -354,6 +357,7 @@ mod tests {
         assert_eq!(web6.state, "established");
         let dns = list.flows.iter().find(|r| r.vip == "dns").unwrap();
         assert_eq!((dns.protocol.as_str(), dns.state.as_str(), dns.idle_ms), ("udp", "udp", 500));
+        assert_eq!(dns.mode, "gue", "the VIP's mode, where the names have it");
         let gone = list.flows.iter().find(|r| r.vip == "id 7").unwrap();
         assert_eq!((gone.backend, gone.backend_id), (None, 9));
     }

@@ -71,14 +71,13 @@ impl std::fmt::Display for Summary {
 
 /// The names of the ids in `pinned`, as the config names them.
 pub fn names(config: &Config, pinned: &PinnedIds) -> Names {
-    let vips = config
-        .vips
-        .iter()
-        .filter_map(|v| pinned.vips.iter().find(|(key, _)| *key == vip_key(v)).map(|(_, id)| (*id, v.name.clone())))
-        .collect();
+    let ids =
+        || config.vips.iter().filter_map(|v| Some((v, pinned.vips.iter().find(|(key, _)| *key == vip_key(v))?.1)));
+    let vips = ids().map(|(v, id)| (id, v.name.clone())).collect();
+    let modes = ids().map(|(v, id)| (id, v.mode.as_str())).collect();
     let backends =
         pinned.backends.iter().map(|(id, b)| (*id, SocketAddr::new(ip_of(&b.addr, b.family), b.port))).collect();
-    Names { vips, backends }
+    Names { vips, backends, modes }
 }
 
 /// The switch's filters for `args`, with the ids the running balancer gave them.

@@ -108,8 +108,11 @@ mod tests {
 
     #[test]
     fn comments_name_the_direction_vip_backend_and_verdict() {
-        let names =
-            Names { vips: [(3, "web".to_string())].into(), backends: [(7, "10.0.1.11:8080".parse().unwrap())].into() };
+        let names = Names {
+            vips: [(3, "web".to_string())].into(),
+            backends: [(7, "10.0.1.11:8080".parse().unwrap())].into(),
+            ..Default::default()
+        };
         let record = |direction, vip_id, backend_id, verdict, drop_reason| CaptureRecord {
             direction,
             vip_id,

@@ -17,13 +17,17 @@ pub struct BalancerConfig {
     pub interfaces: Vec<String>,
     #[serde(default)]
     pub xdp_mode: XdpModeSetting,
-    /// The balancer's own IPv4 address: the source of NATed packets. Required if any IPv4
-    /// VIP uses nat mode.
+    /// The balancer's own IPv4 address: the source of NATed packets and the outer source of
+    /// encapsulated ones. Required if any IPv4 VIP uses nat mode, or any IPv4 backend an
+    /// encapsulated mode.
     #[serde(default)]
     pub ipv4: Option<Ipv4Addr>,
-    /// Likewise for IPv6 nat VIPs.
+    /// Likewise for IPv6 nat VIPs and IPv6 backends of encapsulated modes.
     #[serde(default)]
     pub ipv6: Option<Ipv6Addr>,
+    /// The UDP port backends receive `gue` packets on (default 6080, as Katran's).
+    #[serde(default = "default_gue_port")]
+    pub gue_port: u16,
     /// Where maps are pinned; must be under /sys/fs/bpf.
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
@@ -102,6 +106,9 @@ fn default_flow_table_size() -> u32 {
 }
 fn default_source_table_size() -> u32 {
     lb_common::DEFAULT_SOURCE_ENTRIES
+}
+fn default_gue_port() -> u16 {
+    6080
 }
 fn default_nat_port_min() -> u16 {
     20000

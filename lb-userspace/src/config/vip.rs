@@ -167,6 +167,12 @@ pub enum ForwardingMode {
     Nat,
     /// Direct server return (L2): only the destination MAC is rewritten.
     Dsr,
+    /// Encapsulated direct server return: the packet, untouched, inside an outer IP header
+    /// from the balancer to the backend (IPv4 in IPv4, IPv6 in IPv6, IPv4 in IPv6).
+    Ipip,
+    /// As `ipip`, with a UDP header between (GUE variant 1, `balancer.gue_port`) whose
+    /// source port comes from the flow's hash, so backends spread flows over their queues.
+    Gue,
 }
 
 impl ForwardingMode {
@@ -174,25 +180,39 @@ impl ForwardingMode {
         match self {
             ForwardingMode::Nat => "nat",
             ForwardingMode::Dsr => "dsr",
+            ForwardingMode::Ipip => "ipip",
+            ForwardingMode::Gue => "gue",
         }
     }
 
-    /// The value of `lb_common::VipInfo::mode` (`MODE_NAT` / `MODE_DSR`).
+    /// The value of `lb_common::VipInfo::mode` (`MODE_*`).
     pub fn number(&self) -> u8 {
         match self {
             ForwardingMode::Nat => lb_common::MODE_NAT,
             ForwardingMode::Dsr => lb_common::MODE_DSR,
+            ForwardingMode::Ipip => lb_common::MODE_IPIP,
+            ForwardingMode::Gue => lb_common::MODE_GUE,
         }
+    }
+
+    /// Replies bypass the balancer (dsr and the encapsulated modes).
+    pub fn direct_return(&self) -> bool {
+        *self != ForwardingMode::Nat
+    }
+
+    /// The packet goes to the backend inside an outer IP header (`ipip`, `gue`).
+    pub fn encapsulated(&self) -> bool {
+        matches!(self, ForwardingMode::Ipip | ForwardingMode::Gue)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
-    /// Same family as the VIP.
+    /// Same family as the VIP; an IPv4 VIP in an encapsulated mode may have IPv6 backends.
     pub address: IpAddr,
     /// The VIP's port when omitted (0 straight out of serde, resolved by [`parse`]). In dsr
-    /// mode it must equal the VIP's port.
+    /// and the encapsulated modes it must equal the VIP's port.
     #[serde(default, deserialize_with = "deserialize_backend_port")]
     pub port: u16,
     /// 0..=65535, default 1; 0 takes no new flows.

@@ -241,6 +241,7 @@ impl Controller {
         let vips = self.config.vips.iter();
         let names = Names {
             vips: vips.clone().filter_map(|v| Some((self.ids.vip_id(&plan::vip_key(v))?, v.name.clone()))).collect(),
+            modes: vips.clone().filter_map(|v| Some((self.ids.vip_id(&plan::vip_key(v))?, v.mode.as_str()))).collect(),
             backends: vips
                 .flat_map(|v| v.backends.iter())
                 .filter_map(|b| Some((self.ids.backend_id(&(b.address, b.port))?, b.socket_addr())))

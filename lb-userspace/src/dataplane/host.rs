@@ -8,26 +8,41 @@ impl Dataplane {
     /// attachment (see [`pass_link_pin`]), so it stays after this process ends: on veth, a
     /// frame the balancer sends with XDP_TX is only delivered if the peer has an XDP program.
     pub fn attach_pass_pinned(iface: &str) -> Result<PathBuf> {
-        ensure_bpffs()?;
         let path = pass_link_pin(iface);
         anyhow::ensure!(!path.exists(), "{} exists: xdp_pass is attached to {iface} already", path.display());
+        Self::attach_small_pinned(PROG_PASS, iface, &path, XdpModeSetting::Driver, |_| Ok(()))
+    }
+
+    /// Loads the object with the smallest maps, lets `prepare` write them, attaches its
+    /// program `name` to `iface` in `mode` and pins the attachment at `path`.
+    pub(super) fn attach_small_pinned(
+        name: &str,
+        iface: &str,
+        path: &Path,
+        mode: XdpModeSetting,
+        prepare: impl FnOnce(&mut Self) -> Result<()>,
+    ) -> Result<PathBuf> {
+        ensure_bpffs()?;
         let sizes = MapSizes { max_vips: 1, max_backends: 1, table_size: 2, flow_entries: 1, source_entries: 1 };
         let mut dataplane = Self::load(sizes, None)?;
-        let program = dataplane.program(PROG_PASS)?;
-        let link = program.attach(iface, XdpMode::Driver).with_context(|| format!("attaching xdp_pass to {iface}"))?;
-        let link = FdLink::try_from(program.take_link(link)?).context("the kernel attached XDP without a bpf_link")?;
-        link.pin(&path).with_context(|| format!("pinning {}", path.display()))?;
-        Ok(path)
+        prepare(&mut dataplane)?;
+        let link = attach_link(dataplane.program(name)?, iface, mode)?;
+        link.pin(path).with_context(|| format!("pinning {}", path.display()))?;
+        Ok(path.to_owned())
     }
 
     /// Detaches what [`attach_pass_pinned`](Self::attach_pass_pinned) attached to `iface`.
     pub fn detach_pass_pinned(iface: &str) -> Result<()> {
-        let path = pass_link_pin(iface);
-        let link = PinnedLink::from_pin(&path)
-            .with_context(|| format!("opening {} (was `lb xdp-pass attach {iface}` run?)", path.display()))?;
-        link.unpin().with_context(|| format!("unpinning {}", path.display()))?;
-        Ok(())
+        detach_pinned_link(&pass_link_pin(iface), &format!("lb xdp-pass attach {iface}"))
     }
+}
+
+/// Unpins (and so detaches) the attachment pinned at `path` by the command `attached_by`.
+pub(super) fn detach_pinned_link(path: &Path, attached_by: &str) -> Result<()> {
+    let link =
+        PinnedLink::from_pin(path).with_context(|| format!("opening {} (was `{attached_by}` run?)", path.display()))?;
+    link.unpin().with_context(|| format!("unpinning {}", path.display()))?;
+    Ok(())
 }
 
 /// Whether the bpffs at /sys/fs/bpf here is not the one the process that started lb sees:
@@ -50,9 +65,14 @@ pub fn pins_are_private() -> bool {
 /// Where `lb xdp-pass attach IFACE` pins its attachment: named after the interface and
 /// the network namespace, whose interfaces may have the same names as another's.
 pub fn pass_link_pin(iface: &str) -> PathBuf {
+    netns_pin("lb-xdp-pass", iface)
+}
+
+/// A pin under /sys/fs/bpf for `iface` of this network namespace: `PREFIX-NETNS-IFACE`.
+pub(super) fn netns_pin(prefix: &str, iface: &str) -> PathBuf {
     use std::os::unix::fs::MetadataExt as _;
     let netns = std::fs::metadata("/proc/self/ns/net").map_or(0, |m| m.ino());
-    Path::new(crate::config::BPF_FS).join(format!("lb-xdp-pass-{netns}-{iface}"))
+    Path::new(crate::config::BPF_FS).join(format!("{prefix}-{netns}-{iface}"))
 }
 
 /// What a user who ran `lb run` in a private mount namespace should do instead.

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 mod capture;
 mod counters;
+mod decap;
 mod flows;
 mod host;
 mod maglev;
@@ -22,6 +23,7 @@ mod signals;
 mod writer;
 
 pub use capture::{CaptureError, PacketCapture, PinnedIds, pinned_ids, pinned_records_lost};
+pub use decap::{DecapConfig, MAX_DECAP_ADDRS, decap_link_pin, host_addresses};
 pub use flows::SweepReport;
 pub use host::{PRIVATE_PINS_ADVICE, ensure_bpffs, pass_link_pin, pins_are_private};
 use host::{prepare_interface, raise_memlock_limit};
@@ -297,16 +299,7 @@ impl Dataplane {
             .program_mut(PROG_LB)
             .context("program missing")?
             .try_into()?;
-        let link = match mode {
-            XdpModeSetting::Driver => program.attach(iface, XdpMode::Driver),
-            XdpModeSetting::Skb => program.attach(iface, XdpMode::Skb),
-            XdpModeSetting::Auto => program.attach(iface, XdpMode::Driver).or_else(|e| {
-                warn!(iface, "driver-mode XDP failed ({e}); falling back to generic (skb) mode, which is much slower");
-                program.attach(iface, XdpMode::Skb)
-            }),
-        }
-        .with_context(|| format!("attaching XDP to {iface}"))?;
-        let link = FdLink::try_from(program.take_link(link)?).context("the kernel attached XDP without a bpf_link")?;
+        let link = attach_link(program, iface, mode)?;
         let path = link_pin(&dir, iface);
         if path.exists() {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
@@ -351,6 +344,21 @@ impl Dataplane {
         let ebpf = self.ebpf.as_mut().context("an adopted program's object is not loaded here")?;
         Ok(ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?)
     }
+}
+
+/// Attaches `program` to `iface` in `mode` (`auto`: driver mode, falling back to generic
+/// (skb) mode with a warning); its attachment as a bpf_link, to be pinned.
+fn attach_link(program: &mut Xdp, iface: &str, mode: XdpModeSetting) -> Result<FdLink> {
+    let link = match mode {
+        XdpModeSetting::Driver => program.attach(iface, XdpMode::Driver),
+        XdpModeSetting::Skb => program.attach(iface, XdpMode::Skb),
+        XdpModeSetting::Auto => program.attach(iface, XdpMode::Driver).or_else(|e| {
+            warn!(iface, "driver-mode XDP failed ({e}); falling back to generic (skb) mode, which is much slower");
+            program.attach(iface, XdpMode::Skb)
+        }),
+    }
+    .with_context(|| format!("attaching XDP to {iface}"))?;
+    FdLink::try_from(program.take_link(link)?).context("the kernel attached XDP without a bpf_link")
 }
 
 /// How often a program load that the kernel interrupted (EAGAIN: a signal arrived while the

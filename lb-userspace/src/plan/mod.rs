@@ -6,6 +6,6 @@ pub mod ids;
 pub mod maglev;
 pub mod tables;
 
-pub use ids::vip_key;
 pub use ids::{BackendIdentity, Existing, IdAllocator};
+pub use ids::{addr_bytes, vip_key};
 pub use tables::{DesiredTables, DesiredVip, MaglevInputs, TableBackend, desired, desired_with};

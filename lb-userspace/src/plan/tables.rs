@@ -5,16 +5,14 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use lb_common::{
-    BACKEND_ACTIVE, BACKEND_SERVING, Backend, LIMIT_NEW_FLOWS, LIMIT_PACKETS, LIMIT_SOURCES, MODE_DSR, MODE_NAT,
-    SOURCE_TOLERANCE_MIN_NS, Settings, TokenBucket, VipAddrKey, VipKey, WATCH_CONNECT, WATCH_HTTP, vip_addr_filter_bit,
+    BACKEND_ACTIVE, BACKEND_SERVING, Backend, LIMIT_NEW_FLOWS, LIMIT_PACKETS, LIMIT_SOURCES, SOURCE_TOLERANCE_MIN_NS,
+    Settings, TokenBucket, VipAddrKey, VipKey, WATCH_CONNECT, WATCH_HTTP, vip_addr_filter_bit,
 };
 
 use super::ids::{IdAllocator, addr_bytes, backend_identity, vip_key};
 use super::maglev::{self, MaglevBackend};
 use crate::backends::locality::{self, Availability, Plan};
-use crate::config::{
-    BackendConfig, Config, ForwardingMode, RateLimitConfig, SOURCE_PREFIX_V4, SOURCE_PREFIX_V6, VipConfig,
-};
+use crate::config::{BackendConfig, Config, RateLimitConfig, SOURCE_PREFIX_V4, SOURCE_PREFIX_V6, VipConfig};
 
 /// Everything the maps should hold, keyed the way the maps are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +151,7 @@ pub fn desired_with(
         nat_port_min: balancer.nat_port_min,
         nat_port_max: balancer.nat_port_max,
         timeouts: balancer.flow_timeouts.to_map(),
+        gue_port: balancer.gue_port,
         ..Default::default()
     };
     if let Some(v4) = balancer.ipv4 {
@@ -190,10 +189,7 @@ pub fn desired_with(
             }
         }
         *vip_addrs.entry(VipAddrKey { addr: key.addr, family: key.family, _pad: [0; 3] }).or_insert(0) += 1;
-        let mode = match vip.mode {
-            ForwardingMode::Nat => MODE_NAT,
-            ForwardingMode::Dsr => MODE_DSR,
-        };
+        let mode = vip.mode.number();
         let vip_id = ids.vip_id(&key).expect("assigned above");
         let watch = match (&vip.outlier_detection, vip.http) {
             (None, _) => 0,

@@ -43,6 +43,8 @@ pub struct Backend {
     servers: Option<Servers>,
     served: Arc<ServedCounters>,
     dsr: bool,
+    /// Behind the lab's router (see `routed`), not on its segment.
+    pub(super) routed: bool,
     pub ns: Netns,
 }
 
@@ -66,12 +68,20 @@ struct ServedCounters {
     udp: AtomicU64,
     /// Percent of HTTP requests answered `500` (see [`Backend::answer_5xx`]).
     http_5xx_percent: AtomicU64,
+    /// The source address of every connection and datagram (its log of clients).
+    clients: std::sync::Mutex<std::collections::BTreeSet<IpAddr>>,
+}
+
+impl ServedCounters {
+    fn saw(&self, client: IpAddr) {
+        self.clients.lock().expect("clients").insert(client.to_canonical());
+    }
 }
 
 impl Backend {
     /// A backend in its namespace `ns`, its servers started.
     pub(super) fn start(spec: BackendSpec, v4: Ipv4Addr, v6: Ipv6Addr, dsr: bool, ns: Netns) -> Result<Self> {
-        let mut backend = Backend { spec, v4, v6, servers: None, served: Arc::default(), dsr, ns };
+        let mut backend = Backend { spec, v4, v6, servers: None, served: Arc::default(), dsr, routed: false, ns };
         backend.restart()?;
         Ok(backend)
     }
@@ -118,12 +128,20 @@ impl Backend {
         }
     }
 
-    /// The addresses its UDP server answers on (the VIPs too in a dsr lab).
+    /// The source addresses of the connections and datagrams it got (as its servers see
+    /// them: behind nat the balancer's, with direct return the clients' own).
+    pub fn clients(&self) -> std::collections::BTreeSet<IpAddr> {
+        self.served.clients.lock().expect("clients").clone()
+    }
+
+    /// The addresses its UDP server answers on (the VIPs too in a dsr lab); an IPv6-only
+    /// backend has no IPv4 address of its own (unspecified).
     fn local_addrs(&self) -> Vec<IpAddr> {
         let mut local: Vec<IpAddr> = vec![self.v4.into(), self.v6.into()];
         if self.dsr {
             local.extend([IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)]);
         }
+        local.retain(|a| !a.is_unspecified());
         local
     }
 }
@@ -169,6 +187,7 @@ impl Servers {
                     while !stop.load(Ordering::Relaxed) {
                         if let Ok((_, from)) = socket.recv_from(&mut buf) {
                             // Counted before answering: whoever sees the answer sees the count.
+                            served.saw(from.ip());
                             served.udp.fetch_add(1, Ordering::Relaxed);
                             let _ = socket.send_to(name.as_bytes(), from);
                         }
@@ -217,7 +236,8 @@ impl Drop for Servers {
 fn serve_tcp(listener: &TcpListener, stop: &Arc<AtomicBool>, name: &str, port: u16, served: &Arc<ServedCounters>) {
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
+                served.saw(peer.ip());
                 let (name, stop, served) = (name.to_owned(), stop.clone(), served.clone());
                 std::thread::spawn(move || {
                     let _ = if port == HTTP_PORT {

@@ -12,7 +12,12 @@ use super::*;
 
 /// One HTTP GET over a new connection; returns the body (the backend's name).
 pub fn http_get(addr: SocketAddr) -> Result<String> {
-    let (status, body) = http_request(addr)?;
+    http_get_padded(addr, 0)
+}
+
+/// [`http_get`] with a header of `pad` bytes more: a request of full-size segments.
+pub fn http_get_padded(addr: SocketAddr, pad: usize) -> Result<String> {
+    let (status, body) = http_exchange(addr, pad)?;
     ensure!(status == 200, "unexpected status {status} from {body}");
     Ok(body)
 }
@@ -20,9 +25,14 @@ pub fn http_get(addr: SocketAddr) -> Result<String> {
 /// One HTTP GET over a new connection, whatever its status; returns the status and the
 /// body (the backend's name).
 pub fn http_request(addr: SocketAddr) -> Result<(u16, String)> {
+    http_exchange(addr, 0)
+}
+
+fn http_exchange(addr: SocketAddr, pad: usize) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: lab\r\n\r\n")?;
+    let pad = if pad > 0 { format!("X-Pad: {}\r\n", "a".repeat(pad)) } else { String::new() };
+    stream.write_all(format!("GET / HTTP/1.0\r\nHost: lab\r\n{pad}\r\n").as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header end")?;

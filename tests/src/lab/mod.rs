@@ -36,13 +36,17 @@ use lb_userspace::dataplane::{Dataplane, MapSizes};
 
 mod backend;
 mod client;
+mod decap;
 mod lb_process;
 mod netns;
+mod routed;
 
 pub use backend::*;
 pub use client::*;
+pub use decap::{Decap, decap_on_backends};
 pub use lb_process::*;
 pub use netns::*;
+pub use routed::{ROUTER_V4, ROUTER_V6};
 
 pub use crate::lab_config::{LabConfig, VipSpec, lb_config};
 
@@ -90,6 +94,8 @@ pub struct Lab {
     /// More balancer hosts on the same segment ([`Lab::add_balancer`]), with the
     /// `xdp_pass` of their switch ports.
     pub more_balancers: Vec<(Netns, Dataplane)>,
+    /// The router in front of routed backends ([`Lab::add_routed_backend`]), once there is one.
+    pub router: Option<Netns>,
     /// XDP_TX on a veth only delivers when the peer has an XDP program: this one passes all.
     _peer_pass: Option<Dataplane>,
     _switch: Netns,
@@ -141,6 +147,7 @@ impl Lab {
             client,
             lb,
             more_balancers: Vec::new(),
+            router: None,
             _peer_pass: Some(peer_pass),
             _switch: switch,
         })
@@ -179,6 +186,7 @@ impl Lab {
     pub fn namespaces(&self) -> Vec<String> {
         let mut names = vec![self._switch.name().to_owned(), self.client.name().to_owned(), self.lb.name().to_owned()];
         names.extend(self.more_balancers.iter().map(|(ns, _)| ns.name().to_owned()));
+        names.extend(self.router.iter().map(|ns| ns.name().to_owned()));
         names.extend(self.backends.iter().map(|b| b.ns.name().to_owned()));
         names
     }

@@ -1,5 +1,6 @@
 //! Failover end to end: `lb run` in the lab with health checks, outlier ejection and
-//! locality, while backends are killed, black-holed and healed. Each test waits for the
+//! locality, while backends are killed, black-holed and healed; the black hole and the
+//! zone and region failures also in encapsulated modes (ipip, gue). Each test waits for the
 //! controller's log line that says it acted, then checks where new connections go.
 //! Timing only enters as lower bounds (a backend may not come back sooner than its
 //! thresholds allow), which a slow machine cannot break.
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use lb_tests::lab::{
-    LINE_PORT, Lab, LabConfig, LbProcess, LineConnection, VIP_V4, VipSpec, backends_across, lb_config, tally,
+    BackendSpec, Decap, LINE_PORT, Lab, LabConfig, LbProcess, LineConnection, VIP_V4, VipSpec, backends_across,
+    decap_on_backends, lb_config, tally,
 };
 
 const DETECTION_WAIT: Duration = Duration::from_secs(20);
@@ -18,12 +20,17 @@ const DETECTION_WAIT: Duration = Duration::from_secs(20);
 /// A nat VIP on the line port over every backend of `lab`, with `extra` keys in its
 /// `[[vip]]` table; the balancer is in region r1, zone z1.
 fn config(lab: &Lab, extra: &str) -> LabConfig {
+    config_in(lab, "nat", extra)
+}
+
+/// [`config`] in `mode`.
+fn config_in(lab: &Lab, mode: &'static str, extra: &str) -> LabConfig {
     let vip = VipSpec::new(
         "line",
         IpAddr::V4(VIP_V4),
         LINE_PORT,
         "tcp",
-        "nat",
+        mode,
         (0..lab.backends.len()).map(|i| (i, 1)).collect(),
     );
     lb_config(lab, &[vip]).balancer("region = \"r1\"\nzone = \"z1\"").vip("line", extra)
@@ -122,11 +129,28 @@ fn a_refused_backend_is_ejected_from_the_packet_path_and_returns_after_its_eject
     Ok(())
 }
 
+/// A lab of `backends` for a VIP in `mode`: in the encapsulated modes the backends hold
+/// the VIP and decapsulate with `lb decap attach` (the guards detach it).
+fn lab_for(tag: &str, backends: Vec<BackendSpec>, mode: &str) -> Result<(Lab, Vec<Decap>)> {
+    let lab = Lab::build(tag, backends, mode != "nat")?;
+    let decaps = if mode == "nat" { Vec::new() } else { decap_on_backends(&lab)? };
+    Ok((lab, decaps))
+}
+
 #[test]
 fn a_black_holed_backend_fails_its_checks_and_fails_back_after_healthy_threshold() -> Result<()> {
-    let lab = Lab::build("fohole", backends_across(1, 1, 4), false)?;
+    black_hole_in("fohole", "nat")
+}
+
+#[test]
+fn an_ipip_backend_black_holed_fails_its_checks_and_fails_back() -> Result<()> {
+    black_hole_in("foholei", "ipip")
+}
+
+fn black_hole_in(tag: &str, mode: &'static str) -> Result<()> {
+    let (lab, _decaps) = lab_for(tag, backends_across(1, 1, 4), mode)?;
     let check = "health_check = { type = \"tcp\", interval = \"300ms\", timeout = \"200ms\", unhealthy_threshold = 2, healthy_threshold = 3 }";
-    let mut lb = LbProcess::start(&lab, &config(&lab, check))?;
+    let mut lb = LbProcess::start(&lab, &config_in(&lab, mode, check))?;
     let mut open = open_connections(&lab, 16)?;
     let dead = lab.backends[0].spec.name.clone();
     lab.backends[0].black_hole(true)?;
@@ -169,10 +193,19 @@ fn a_flapping_backend_is_not_let_back_in_before_healthy_threshold() -> Result<()
 
 #[test]
 fn zone_and_region_failures_move_traffic_down_the_priority_levels_and_back() -> Result<()> {
+    zone_and_region_in("fozone", "nat")
+}
+
+#[test]
+fn zone_and_region_failures_in_gue_reach_the_other_region_and_come_back() -> Result<()> {
+    zone_and_region_in("fozoneg", "gue")
+}
+
+fn zone_and_region_in(tag: &str, mode: &'static str) -> Result<()> {
     // r1-z1-b1 (level 0), r1-z2-b1 (level 1), r2-z1-b1 and r2-z2-b1 (level 2).
-    let mut lab = Lab::build("fozone", backends_across(2, 2, 1), false)?;
+    let (mut lab, _decaps) = lab_for(tag, backends_across(2, 2, 1), mode)?;
     let check = "health_check = { type = \"tcp\", interval = \"300ms\", timeout = \"200ms\", unhealthy_threshold = 2, healthy_threshold = 2 }\npanic_threshold = 0";
-    let mut lb = LbProcess::start(&lab, &config(&lab, check))?;
+    let mut lb = LbProcess::start(&lab, &config_in(&lab, mode, check))?;
     let only = |lab: &Lab, names: &[&str]| -> Result<()> {
         let (answers, failed) = connections(lab, 60)?;
         ensure!(failed == 0, "{failed} connections failed: {answers:?}");

@@ -10,6 +10,8 @@ mod connections;
 mod deploy_rules;
 mod dns;
 mod drain;
+mod encap;
+mod encap_fixtures;
 mod end_to_end;
 mod failover;
 mod fixtures;

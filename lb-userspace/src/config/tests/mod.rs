@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 mod balancer;
+mod encap;
 mod priority;
 mod vips;
 

@@ -107,6 +107,9 @@ fn validate_balancer(b: &BalancerConfig, cx: &Ctx) -> Result<(), ConfigError> {
             ));
         }
     }
+    if b.gue_port == 0 {
+        return Err(cx.err(&key_path!["balancer", "gue_port"], "must be 1..65535 (got 0)"));
+    }
     if b.nat_port_max < b.nat_port_min {
         return Err(cx.err(
             &key_path!["balancer", "nat_port_max"],
@@ -217,22 +220,55 @@ fn validate_vips(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
 }
 
 /// A nat VIP needs the balancer's own address of its family: the source of NATed packets.
+/// An encapsulated VIP needs the one of each backend's family: the outer source.
 fn validate_nat_source(vip: &VipConfig, i: usize, b: &BalancerConfig, cx: &Ctx) -> Result<(), ConfigError> {
-    if vip.mode != ForwardingMode::Nat {
-        return Ok(());
-    }
-    let missing = match vip.address {
+    let own_key = |a: IpAddr| match a {
         IpAddr::V4(_) if b.ipv4.is_none() => Some("balancer.ipv4"),
         IpAddr::V6(_) if b.ipv6.is_none() => Some("balancer.ipv6"),
         _ => None,
     };
-    match missing {
-        Some(key) => Err(cx.err(
+    if vip.mode == ForwardingMode::Nat
+        && let Some(key) = own_key(vip.address)
+    {
+        return Err(cx.err(
             &key_path!["vip", i, "address"],
             format!("a nat mode {} VIP needs {key} (the source address of NATed packets)", family_name(vip.address)),
-        )),
-        None => Ok(()),
+        ));
     }
+    if !vip.mode.encapsulated() {
+        return Ok(());
+    }
+    for (j, be) in vip.backends.iter().enumerate() {
+        if let Some(key) = own_key(be.address) {
+            return Err(cx.err(
+                &key_path!["vip", i, "backend", j, "address"],
+                format!(
+                    "{} backend {} of a {} mode VIP needs {key} (the outer source address of encapsulated packets)",
+                    family_name(be.address),
+                    be.address,
+                    vip.mode.as_str()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Which families a backend of `vip` may have: the VIP's own, and in the encapsulated
+/// modes IPv6 for an IPv4 VIP too (IPv4 in IPv6, for IPv6-only backends). The error says why.
+fn backend_family_error(vip: &VipConfig, ba: IpAddr) -> Option<String> {
+    let a = vip.address;
+    if ba.is_ipv4() == a.is_ipv4() || (vip.mode.encapsulated() && a.is_ipv4()) {
+        return None;
+    }
+    Some(if vip.mode.encapsulated() {
+        format!(
+            "IPv4 backend {ba} for an IPv6 VIP ({a}): {} carries IPv6 VIPs in IPv6 only (IPv4 VIPs may have IPv6 backends)",
+            vip.mode.as_str()
+        )
+    } else {
+        format!("{} backend {ba} for an {} VIP ({a}); families must match", family_name(ba), family_name(a))
+    })
 }
 
 /// A VIP's backends: as many as its table has slots, of its family, unique, and (with
@@ -244,7 +280,7 @@ fn validate_backends(
     all_backends: &mut HashSet<SocketAddr>,
     cx: &Ctx,
 ) -> Result<(), ConfigError> {
-    let (a, m) = (vip.address, b.maglev_table_size);
+    let m = b.maglev_table_size;
     if vip.backends.len() > m as usize {
         return Err(cx.err(
             &key_path!["vip", i, "backend"],
@@ -255,19 +291,16 @@ fn validate_backends(
     let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
     for (j, be) in vip.backends.iter().enumerate() {
         let ba = be.address;
-        if ba.is_ipv4() != a.is_ipv4() {
-            return Err(cx.err(
-                &key_path!["vip", i, "backend", j, "address"],
-                format!("{} backend {ba} for an {} VIP ({a}); families must match", family_name(ba), family_name(a)),
-            ));
+        if let Some(message) = backend_family_error(vip, ba) {
+            return Err(cx.err(&key_path!["vip", i, "backend", j, "address"], message));
         }
         if let Some(what) = bad_address(ba) {
             return Err(cx.err(&key_path!["vip", i, "backend", j, "address"], format!("{ba} is {what}")));
         }
-        if vip.mode == ForwardingMode::Dsr && be.port != vip.port {
+        if vip.mode.direct_return() && be.port != vip.port {
             return Err(cx.err(
                 &key_path!["vip", i, "backend", j, "port"],
-                format!("dsr backends must use the VIP's port {} (got {})", vip.port, be.port),
+                format!("{} backends must use the VIP's port {} (got {})", vip.mode.as_str(), vip.port, be.port),
             ));
         }
         if be.weight > MAX_WEIGHT {

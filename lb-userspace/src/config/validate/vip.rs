@@ -76,10 +76,13 @@ pub(super) fn validate_health(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(),
     }
     if let Some(outlier) = &vip.outlier_detection {
         let fail = |key: &str, message: String| cx.err(&key_path!["vip", i, "outlier_detection", key], message);
-        if vip.mode == ForwardingMode::Dsr {
+        if vip.mode.direct_return() {
             return Err(cx.err(
                 &key_path!["vip", i, "outlier_detection"],
-                "needs nat mode: in dsr mode replies bypass the balancer, so it sees no failures",
+                format!(
+                    "needs nat mode: in {} mode replies bypass the balancer, so it sees no failures (no passive signals)",
+                    vip.mode.as_str()
+                ),
             ));
         }
         if outlier.interval < Duration::from_millis(100) {
@@ -95,8 +98,11 @@ pub(super) fn validate_health(vip: &VipConfig, i: usize, cx: &Ctx) -> Result<(),
             return Err(fail(key, format!("a percentage, 0..=100 (got {value})")));
         }
     }
-    if vip.http && vip.mode == ForwardingMode::Dsr {
-        return Err(cx.err(&key_path!["vip", i, "http"], "needs nat mode: in dsr mode responses bypass the balancer"));
+    if vip.http && vip.mode.direct_return() {
+        return Err(cx.err(
+            &key_path!["vip", i, "http"],
+            format!("needs nat mode: in {} mode responses bypass the balancer", vip.mode.as_str()),
+        ));
     }
     for (j, region) in vip.failover_regions.iter().enumerate() {
         if region.is_empty() || vip.failover_regions[..j].contains(region) {

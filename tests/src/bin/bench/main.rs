@@ -36,7 +36,10 @@
 //! 12. Scale: `lb run` with 1000 VIPs x 16 backends x 65537 slots against 100: start time,
 //!     peak memory, and a one-backend reload against the same slots one syscall each.
 //!
-//! Usage: `lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10,11,12] [--baseline-rev REV]`.
+//! 13. Encapsulated dsr: new and existing flows of `ipip` and `gue` against `xdp_drop` and
+//!     `dsr`.
+//!
+//! Usage: `lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10,11,12,13] [--baseline-rev REV]`.
 
 mod across_cpus;
 mod active_checks;
@@ -44,6 +47,7 @@ mod baseline;
 mod capture;
 mod common;
 mod dns;
+mod encap;
 mod flow_table;
 mod maglev_build;
 mod per_packet;
@@ -110,7 +114,7 @@ type Section = fn(&Sizes) -> Result<()>;
 
 fn main() -> ExitCode {
     let mut quick = false;
-    let mut only: Vec<u32> = (1..=12).collect();
+    let mut only: Vec<u32> = (1..=13).collect();
     let mut baseline_rev = baseline::DEFAULT_REV.to_owned();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -132,7 +136,7 @@ fn main() -> ExitCode {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10,11,12] [--baseline-rev REV (default {})]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput, 5 flow table across CPUs,\n 6 rate limits (cost and accuracy), 7 passive health signals (cost, ejection latency),\n 8 active health checks at scale, 9 DNS site failover (qps vs gdnsd, time to a changed answer),\n 10 state tracking: section 1's cases against REV's eBPF object (built from git, cached under target/),\n 11 packet capture: cost off and on,\n 12 scale: 1000 VIPs x 16 backends, start, memory and a one-backend reload",
+                    "usage: lb-bench [--quick] [--only 1,2,3,4,5,6,7,8,9,10,11,12,13] [--baseline-rev REV (default {})]\n sections: 1 per-packet cost, 2 flow table fill, 3 maglev build, 4 veth throughput, 5 flow table across CPUs,\n 6 rate limits (cost and accuracy), 7 passive health signals (cost, ejection latency),\n 8 active health checks at scale, 9 DNS site failover (qps vs gdnsd, time to a changed answer),\n 10 state tracking: section 1's cases against REV's eBPF object (built from git, cached under target/),\n 11 packet capture: cost off and on,\n 12 scale: 1000 VIPs x 16 backends, start, memory and a one-backend reload,\n 13 encapsulated dsr: ipip and gue flows vs xdp_drop and dsr",
                     baseline::DEFAULT_REV
                 );
                 return ExitCode::SUCCESS;
@@ -143,9 +147,10 @@ fn main() -> ExitCode {
             }
         }
     }
-    if (only.iter().any(|s| [1, 2, 4, 5, 6, 7, 9, 10, 11, 12].contains(s))) && !nix::unistd::Uid::effective().is_root()
+    if (only.iter().any(|s| [1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 13].contains(s)))
+        && !nix::unistd::Uid::effective().is_root()
     {
-        eprintln!("lb-bench: sections 1, 2, 4 to 7, 9 to 12 need root (BPF, network namespaces); try --only 3");
+        eprintln!("lb-bench: sections 1, 2, 4 to 7, 9 to 13 need root (BPF, network namespaces); try --only 3");
         return ExitCode::from(2);
     }
     sweep_stale_netns();
@@ -174,7 +179,7 @@ fn main() -> ExitCode {
             rounds: 40,
         }
     };
-    let sections: [(u32, &str, Section); 12] = [
+    let sections: [(u32, &str, Section); 13] = [
         (1, "per-packet cost (BPF_PROG_TEST_RUN) vs xdp_drop", per_packet::per_packet),
         (2, "flow table (shared hash map) by fill level", flow_table::flow_table),
         (3, "Maglev table build", maglev_build::maglev_build),
@@ -187,6 +192,7 @@ fn main() -> ExitCode {
         (10, "connection state tracking vs the revision before it", state_tracking::state_tracking),
         (11, "packet capture: cost off and on, vs xdp_drop", capture::capture_cost),
         (12, "scale: 1000 VIPs x 16 backends, start, memory, one-backend reload", scale::scale),
+        (13, "encapsulated dsr: ipip and gue vs xdp_drop and dsr", encap::encap_cost),
     ];
     let total = Instant::now();
     let mut failed = 0;

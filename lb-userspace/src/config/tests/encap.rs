@@ -1,0 +1,76 @@
+//! The encapsulated modes (`ipip`, `gue`): their families, outer sources, ports and the
+//! settings they refuse.
+
+use super::*;
+
+/// GOOD's dns VIP (vip[1], dsr) in `mode`, with its backends replaced by `backends`.
+fn encapsulated(mode: &str, backends: &str) -> String {
+    let text = replace(GOOD, "mode = \"dsr\"", &format!("mode = \"{mode}\""));
+    replace(&text, "  { address = \"10.0.2.11\" },\n  { address = \"10.0.2.12\", port = 53, weight = 0 },\n", backends)
+}
+
+#[test]
+fn encapsulated_modes_carry_ipv4_in_ipv4_and_ipv6_and_ipv6_in_ipv6() {
+    let text = encapsulated("ipip", "  { address = \"10.0.2.11\" },\n  { address = \"fd00:3::11\" },\n");
+    let c = parse(&text, "t").unwrap();
+    assert_eq!((c.vips[1].mode, c.vips[1].mode.number()), (ForwardingMode::Ipip, lb_common::MODE_IPIP));
+    assert_eq!(c.balancer.gue_port, 6080);
+    let text = replace(&text, "mode = \"ipip\"", "mode = \"gue\"");
+    let text = replace(&text, "zone = \"z1\"\n", "zone = \"z1\"\ngue_port = 7000\n");
+    let c = parse(&text, "t").unwrap();
+    assert_eq!((c.vips[1].mode.number(), c.balancer.gue_port), (lb_common::MODE_GUE, 7000));
+    // IPv6 in IPv6.
+    let text = replace(GOOD, "port = 443\n", "port = 443\nmode = \"gue\"\n");
+    let text = replace(&text, "address = \"fd00:1::11\"", "address = \"fd00:1::11\"\nport = 443");
+    assert_eq!(parse(&text, "t").unwrap().vips[2].mode, ForwardingMode::Gue);
+}
+
+#[test]
+fn ipv6_vips_are_not_carried_in_ipv4() {
+    let text = replace(GOOD, "port = 443\n", "port = 443\nmode = \"ipip\"\n");
+    let text = replace(&text, "address = \"fd00:1::11\"", "address = \"10.0.3.11\"\nport = 443");
+    expect(
+        &text,
+        "vip[2].backend[0].address",
+        line_with(&text, "10.0.3.11", 0),
+        "IPv4 backend 10.0.3.11 for an IPv6 VIP (fd00:100::1): ipip carries IPv6 VIPs in IPv6 only",
+    );
+}
+
+#[test]
+fn encapsulated_backends_need_the_outer_source_of_their_family() {
+    let text = encapsulated("gue", "  { address = \"fd00:3::11\" },\n");
+    let text = replace(&text, "ipv6 = \"fd00::1\"\n", "");
+    let text = replace(
+        &text,
+        "[[vip]]\nname = \"web6\"\naddress = \"fd00:100::1\"\nport = 443\n\n[[vip.backend]]\naddress = \"fd00:1::11\"\n",
+        "",
+    );
+    expect(
+        &text,
+        "vip[1].backend[0].address",
+        line_with(&text, "fd00:3::11", 0),
+        "IPv6 backend fd00:3::11 of a gue mode VIP needs balancer.ipv6 (the outer source address of encapsulated packets)",
+    );
+}
+
+#[test]
+fn encapsulated_backends_use_the_vip_port_and_no_passive_signals() {
+    let text = encapsulated("ipip", "  { address = \"10.0.2.11\", port = 5353 },\n");
+    expect(
+        &text,
+        "vip[1].backend[0].port",
+        line_with(&text, "port = 5353", 0),
+        "ipip backends must use the VIP's port 53 (got 5353)",
+    );
+    let text = encapsulated("gue", "  { address = \"10.0.2.11\" },\n");
+    let text = replace(&text, "mode = \"gue\"\n", "mode = \"gue\"\noutlier_detection = {}\n");
+    expect(
+        &text,
+        "vip[1].outlier_detection",
+        line_with(&text, "outlier_detection", 0),
+        "needs nat mode: in gue mode replies bypass the balancer, so it sees no failures (no passive signals)",
+    );
+    let text = replace(GOOD, "zone = \"z1\"\n", "zone = \"z1\"\ngue_port = 0\n");
+    expect(&text, "balancer.gue_port", line_with(&text, "gue_port", 0), "must be 1..65535");
+}
