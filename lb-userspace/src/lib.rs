@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api;
 pub mod backends;
+pub mod bgp;
 pub mod capture;
 pub mod config;
 pub mod control;

@@ -17,6 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::backends::probe::Prober;
+use crate::bgp::BgpService;
 use crate::config::{self, Config};
 use crate::dataplane::{Dataplane, HealthSignals, MapSizes, PacketLogger};
 use crate::dns::DnsService;
@@ -66,7 +67,8 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
     let (target_check_tx, mut target_checks) = tokio::sync::mpsc::unbounded_channel();
     let (peer_view_tx, mut peer_views) = tokio::sync::mpsc::unbounded_channel();
     let dns = DnsService::start(&config, target_check_tx, peer_view_tx)?;
-    let mut lb = Controller::new(config_path, config, tables, Prober::new(check_tx), dns);
+    let bgp = BgpService::start(&config);
+    let mut lb = Controller::new(config_path, config, tables, Prober::new(check_tx), dns, bgp);
     lb.start(&mut dataplane)?;
     let balancer = &lb.config().balancer;
     if !adopted {
@@ -102,6 +104,14 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
             break detach;
         }
     };
+    // A deliberate stop withdraws the routes first, so the routers move the traffic away
+    // before the program goes; a failure is said and the stop goes on (bounded).
+    if detach
+        && let Some(bgp) = lb.bgp_mut()
+        && let Err(e) = bgp.withdraw().await
+    {
+        warn!("stopping: {e:#}; detaching anyway");
+    }
     let pin_dir = lb.config().balancer.pin_dir.clone();
     drop(dataplane);
     stopped(&pin_dir, detach)

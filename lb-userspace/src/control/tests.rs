@@ -38,7 +38,7 @@ fn controller(file: &TempFile, maps: &mut Recorder) -> Controller {
     let ids = IdAllocator::new(config.balancer.max_vips, config.balancer.max_backends);
     let (check_tx, _) = tokio::sync::mpsc::unbounded_channel();
     let mut lb =
-        Controller::new(file.path().to_owned(), config, (ids, Applied::default()), Prober::new(check_tx), None);
+        Controller::new(file.path().to_owned(), config, (ids, Applied::default()), Prober::new(check_tx), None, None);
     lb.start(maps).unwrap();
     lb
 }
