@@ -47,10 +47,12 @@ pub struct Paths {
     pub include_file: PathBuf,
 }
 
-/// Runs until `desired`'s sender is dropped.
+/// Runs until `desired`'s sender is dropped. Nothing is written before the first change:
+/// the channel's initial value is no announcement of the controller's, and writing it
+/// would withdraw what an earlier controller left announced.
 pub async fn run(paths: Paths, mut desired: watch::Receiver<Desired>, state: SharedState) {
     let mut backoff = RETRY.0;
-    let mut dirty = true;
+    let mut dirty = false;
     loop {
         let wait = if dirty {
             let want = desired.borrow_and_update().clone();
@@ -178,9 +180,10 @@ mod tests {
     async fn without_bird_the_driver_says_so_and_retries_with_backoff() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths { socket: dir.path().join("none.ctl"), include_file: dir.path().join("bird-lb.conf") };
-        let (tx, rx) = watch::channel(Desired { generation: 1, text: "# x\n".into() });
+        let (tx, rx) = watch::channel(Desired::default());
         let state = SharedState::default();
         let task = tokio::spawn(run(paths, rx, state.clone()));
+        tx.send(Desired { generation: 1, text: "# x\n".into() }).unwrap();
         tokio::time::sleep(RETRY.0 * 4).await;
         let s = lock(&state).clone();
         assert!(!s.bird_up && s.applied == 0, "{s:?}");
