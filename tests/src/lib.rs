@@ -2,6 +2,7 @@
 //! the soak mode of the fault drill.
 
 pub mod deploy;
+pub mod fleet;
 pub mod font;
 pub mod fuzz;
 pub mod lab;

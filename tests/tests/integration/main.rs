@@ -13,6 +13,7 @@ mod drain;
 mod end_to_end;
 mod failover;
 mod fixtures;
+mod fleet;
 mod flows_cli;
 mod lifecycle;
 mod operations;
