@@ -314,7 +314,9 @@ fn main() -> ExitCode {
                     let policies: usize = d.zones.iter().map(|z| z.policies.len()).sum();
                     format!(", DNS: {} zones, {policies} policy records, {} targets", d.zones.len(), d.targets.len())
                 });
-                println!("{}: ok ({} VIPs, {backends} backends{dns})", config.display(), c.vips.len());
+                let bgp =
+                    c.bgp.as_ref().map_or(String::new(), |b| format!(", BGP: AS {}, {} peers", b.asn, b.peers.len()));
+                println!("{}: ok ({} VIPs, {backends} backends{dns}{bgp})", config.display(), c.vips.len());
             })
             .map_err(anyhow::Error::from),
         Command::Status { admin, json, vip, full } => admin.client().and_then(|c| {

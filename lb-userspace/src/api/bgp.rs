@@ -78,10 +78,10 @@ pub fn section(bgp: &BgpStatus) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn status() -> BgpStatus {
+    pub(crate) fn status() -> BgpStatus {
         BgpStatus {
             host: HostState::Drained,
             drain_action: "med".into(),

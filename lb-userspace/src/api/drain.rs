@@ -147,4 +147,22 @@ mod tests {
         let elsewhere: SocketAddr = "192.0.2.1:1".parse().unwrap();
         assert!(matches!(open_flows(&status, &vip, elsewhere), Err(DrainError::UnknownBackend { .. })));
     }
+
+    #[test]
+    fn a_host_drain_waits_for_the_hosts_open_connections_or_says_how_many_are_left() {
+        let with_host_open = |open: u64| Status {
+            bgp: Some(crate::api::bgp::BgpStatus { open_flows: open, ..crate::api::bgp::tests::status() }),
+            ..sample_status(1, 1)
+        };
+        let mut left = [5, 2, 0].into_iter();
+        let waited = wait_host_drained(|| Ok(with_host_open(left.next().unwrap())), Duration::from_secs(5)).unwrap();
+        assert!(waited >= 2 * POLL, "two polls saw connections");
+        let err = wait_host_drained(|| Ok(with_host_open(3)), Duration::from_millis(300)).unwrap_err();
+        assert!(
+            err.to_string().contains("timed out after 300ms: 3 open connection(s) left (it stays drained)"),
+            "{err}"
+        );
+        let without_bgp = wait_host_drained(|| Ok(sample_status(1, 1)), Duration::from_secs(1)).unwrap_err();
+        assert!(without_bgp.to_string().contains("no [bgp] section"), "{without_bgp}");
+    }
 }
