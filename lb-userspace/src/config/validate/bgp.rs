@@ -25,11 +25,11 @@ pub(super) fn validate_bgp(c: &Config, bgp: &BgpConfig, cx: &Ctx) -> Result<(), 
             return Err(cx.err(&key_path!["bgp", key], format!("an absolute file path (got {:?})", path.display())));
         }
     }
-    if bgp.stop_timeout.is_zero() || bgp.stop_timeout > Duration::from_secs(60) {
-        return Err(cx.err(&key_path!["bgp", "stop_timeout"], "more than 0 and at most 60s"));
+    if bgp.stop_timeout.is_zero() || bgp.stop_timeout > Duration::from_secs(30) {
+        return Err(cx.err(&key_path!["bgp", "stop_timeout"], "more than 0 and at most 30s"));
     }
-    if bgp.stop_settle > Duration::from_secs(60) {
-        return Err(cx.err(&key_path!["bgp", "stop_settle"], "at most 60s"));
+    if bgp.stop_settle > Duration::from_secs(30) {
+        return Err(cx.err(&key_path!["bgp", "stop_settle"], "at most 30s"));
     }
     validate_drain(bgp, cx)?;
     validate_peers(bgp, cx)
