@@ -23,17 +23,9 @@ impl Bird {
         std::fs::write(&conf, config)?;
         check_config(&conf)?;
         let (socket, log) = (dir.join(format!("{name}.ctl")), dir.join(format!("{name}.log")));
-        let mut command = Command::new("nsenter");
-        // The BIRD dies with the test process, should it die without running destructors.
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
-            });
-        }
-        let child = command
-            .arg(format!("--net={}", ns.path()))
-            .args(["bird", "-f", "-c"])
+        let child = ns
+            .command("bird")
+            .args(["-f", "-c"])
             .arg(&conf)
             .arg("-s")
             .arg(&socket)
