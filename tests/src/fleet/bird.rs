@@ -73,12 +73,19 @@ pub fn check_config(conf: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The router's BIRD: BGP with BFD to every balancer host (`hosts`, in AS `host_asn`), and
-/// every path the hosts announce merged into one ECMP route in the kernel.
-pub fn router_config(router_id: std::net::Ipv4Addr, asn: u32, host_asn: u32, hosts: &[std::net::Ipv4Addr]) -> String {
+/// The router's BIRD: BGP with BFD (`bfd`: interval in ms, multiplier) to every balancer
+/// host (`hosts`, in AS `host_asn`), and every path the hosts announce merged into one ECMP
+/// route in the kernel.
+pub fn router_config(
+    router_id: std::net::Ipv4Addr,
+    asn: u32,
+    host_asn: u32,
+    hosts: &[std::net::Ipv4Addr],
+    (bfd_ms, multiplier): (u32, u32),
+) -> String {
     let mut text = format!(
         "router id {router_id};\nlog stderr all;\nprotocol device {{ scan time 10; }}\n\
-         protocol bfd {{ interface \"eth0\" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }}; }}\n\
+         protocol bfd {{ interface \"eth0\" {{ min rx interval {bfd_ms} ms; min tx interval {bfd_ms} ms; multiplier {multiplier}; }}; }}\n\
          protocol kernel {{ ipv4 {{ import none; export all; }}; merge paths on; }}\n\
          template bgp balancer {{\n  local {router_id} as {asn};\n  bfd on;\n  \
          connect delay time 1; connect retry time 2; error wait time 1, 2;\n  \

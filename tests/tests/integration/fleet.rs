@@ -72,7 +72,7 @@ fn the_shipped_bird_config_reads_lbs_include_file_and_the_example_parses() -> Re
 
 #[test]
 fn ecmp_follows_each_hosts_backends_and_spreads_connections() -> Result<()> {
-    let fleet = Fleet::build("flecmp", "action = \"med\"")?;
+    let fleet = Fleet::build("flecmp", "action = \"med\"", BFD_RELAXED)?;
     assert_eq!(fleet.nexthops()?.len(), 3, "one nexthop per host");
     assert_eq!(requests(&fleet, 90)?, 0, "requests over three hosts");
     let spread: Vec<u64> = (0..HOSTS).map(|i| web_flows(&fleet, i)).collect::<Result<_>>()?;
@@ -96,7 +96,7 @@ fn ecmp_follows_each_hosts_backends_and_spreads_connections() -> Result<()> {
 
 #[test]
 fn bfd_removes_a_silent_host() -> Result<()> {
-    let fleet = Fleet::build("flbfd", "action = \"med\"")?;
+    let fleet = Fleet::build("flbfd", "action = \"med\"", BFD)?;
     let silent = fleet.hosts[2].address;
     fleet.silence(2)?;
     let took = fleet.wait_nexthops(2, ROUTES_FOLLOW)?;
@@ -142,7 +142,7 @@ fn steady_load(fleet: &Fleet, stop: Arc<AtomicBool>) -> Result<std::thread::Join
 
 #[test]
 fn a_drained_then_stopped_host_loses_no_request_and_moved_dsr_connections_keep_their_backend() -> Result<()> {
-    let mut fleet = Fleet::build("fldrn", "action = \"med\"")?;
+    let mut fleet = Fleet::build("fldrn", "action = \"med\"", BFD_RELAXED)?;
     let held = hold_connections(&fleet, 30)?;
     // The flow sweep (every second) counts them in the status; the flow table has them now.
     let moving = clients_on(&fleet, 1)?;
@@ -194,7 +194,7 @@ fn a_drained_then_stopped_host_loses_no_request_and_moved_dsr_connections_keep_t
 
 #[test]
 fn a_controller_restart_keeps_the_routes_and_bird_going_away_is_shown_and_recovered() -> Result<()> {
-    let mut fleet = Fleet::build("flrst", "action = \"withdraw\"")?;
+    let mut fleet = Fleet::build("flrst", "action = \"withdraw\"", BFD_RELAXED)?;
     // The controller dies: BIRD keeps the routes, the next controller adopts them.
     let config = std::fs::read_to_string(fleet.lb(0).config_path())?;
     let watch = fleet.watch_nexthops();
