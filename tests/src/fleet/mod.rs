@@ -55,6 +55,8 @@ pub const SHIPPED_INCLUDE: &str = "/var/lib/lb/bird-lb.conf";
 
 pub struct FleetHost {
     pub address: Ipv4Addr,
+    /// Both addresses, for a restart.
+    own: (Ipv4Addr, Ipv6Addr),
     pub lb: Option<LbProcess>,
     pub bird: Option<Bird>,
     pub include_file: PathBuf,
@@ -63,6 +65,9 @@ pub struct FleetHost {
 pub struct Fleet {
     // Fields drop in order: the processes first, then the namespaces and their files.
     pub hosts: Vec<FleetHost>,
+    /// `[bgp.drain]` and BFD of every host, for a host started again.
+    drain: String,
+    bfd: (u32, u32),
     pub router_bird: Bird,
     pub far_client: Netns,
     pub router: Netns,
@@ -95,7 +100,7 @@ impl Fleet {
         let host_addresses: Vec<Ipv4Addr> = hosts.iter().map(|h| h.address).collect();
         let router_conf = router_config(ROUTER_V4, ROUTER_ASN, HOST_ASN, &host_addresses, bfd);
         let router_bird = Bird::start(&router, dir.path(), "router", &router_conf)?;
-        let fleet = Self { hosts, router_bird, far_client, router, dir, lab };
+        let fleet = Self { hosts, drain: drain.to_owned(), bfd, router_bird, far_client, router, dir, lab };
         fleet.wait_nexthops(HOSTS, Duration::from_secs(60))?;
         Ok(fleet)
     }
@@ -171,6 +176,28 @@ impl Fleet {
         } else {
             ns.exec(&["nft", "delete", "table", "inet", table])
         }
+    }
+
+    /// Host `i` dies: its link goes down (its program with it), then its controller and BIRD
+    /// are killed; the routers find out by BFD.
+    pub fn kill_host(&mut self, i: usize) -> Result<()> {
+        self.host_ns(i).ip(&["link", "set", "eth0", "down"])?;
+        if let Some(lb) = self.hosts[i].lb.take() {
+            lb.crash()?;
+        }
+        self.hosts[i].bird.take();
+        Ok(())
+    }
+
+    /// Host `i` (killed or stopped) comes back: link up, `lb run` (adopting what is
+    /// pinned), then BIRD.
+    pub fn add_host(&mut self, i: usize) -> Result<()> {
+        self.hosts[i].lb.take();
+        self.hosts[i].bird.take();
+        self.host_ns(i).ip(&["link", "set", "eth0", "up"])?;
+        let own = self.hosts[i].own;
+        self.hosts[i] = start_host(&self.lab, &self.dir, i, own, &self.drain, self.bfd)?;
+        Ok(())
     }
 
     /// `lb ARGS` against host `i`'s controller.
@@ -256,7 +283,7 @@ fn start_host(
         .replace(SHIPPED_INCLUDE, &include_file.display().to_string())
         .replace("log syslog all;", "log stderr all;");
     let bird = Bird::start(ns, dir.path(), &format!("h{i}"), &conf)?;
-    Ok(FleetHost { address: own.0, lb: Some(lb), bird: Some(bird), include_file })
+    Ok(FleetHost { address: own.0, own, lb: Some(lb), bird: Some(bird), include_file })
 }
 
 /// A host's controller config: the VIP (HTTP and line services, dsr, checked) over every
