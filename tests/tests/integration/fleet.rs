@@ -235,3 +235,30 @@ fn a_controller_restart_keeps_the_routes_and_bird_going_away_is_shown_and_recove
     })?;
     Ok(())
 }
+
+#[test]
+fn the_bird_unit_passes_systemd_analyze_and_names_lbs_paths() -> Result<()> {
+    let unit = include_str!("../../../config/bird-lb.service");
+    // lb's defaults (`bgp.include_file`, `bgp.bird_socket`), and where the README installs
+    // the shipped BIRD config.
+    let bgp: lb_userspace::config::bgp::BgpConfig =
+        toml::from_str("asn = 1\n[[peer]]\naddress = \"10.0.0.254\"\nasn = 2")?;
+    for path in [bgp.include_file.display().to_string(), bgp.bird_socket.display().to_string()] {
+        assert!(unit.contains(&path), "bird-lb.service does not name {path}");
+    }
+    assert_eq!(bgp.include_file.to_str(), Some(SHIPPED_INCLUDE));
+    assert!(unit.contains("-c /etc/bird/bird-fleet.conf") && unit.contains("After=network-online.target lb.service"));
+    assert!(!unit.lines().any(|l| l.starts_with("Requires=")), "a restart of lb must not restart BIRD");
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("bird-lb.service"), unit)?;
+    std::fs::write(dir.path().join("lb.service"), include_str!("../../../config/lb.service"))?;
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("bird-lb.service"))
+        .current_dir(dir.path())
+        .output()
+        .context("running systemd-analyze (apt install systemd)")?;
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    Ok(())
+}
