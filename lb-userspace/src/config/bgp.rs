@@ -2,7 +2,6 @@
 //! balancer hosts share them by ECMP. lb writes a BIRD include file (the announced prefixes,
 //! the peers, BFD) and asks BIRD to reload it over its control socket.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -146,12 +145,6 @@ impl TryFrom<String> for Community {
     }
 }
 
-impl fmt::Display for Community {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.0, self.1)
-    }
-}
-
 fn default_include_file() -> PathBuf {
     PathBuf::from("/var/lib/lb/bird-lb.conf")
 }
@@ -202,6 +195,5 @@ mod tests {
         for bad in ["65001", "65536:1", "a:b", "1:2:3"] {
             assert!(Community::try_from(bad.to_owned()).is_err(), "{bad}");
         }
-        assert_eq!(Community(65535, 0).to_string(), "65535:0");
     }
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, Result, ensure};
+use anyhow::{Result, ensure};
 
 pub use bird::{Bird, check_config, router_config};
 
@@ -322,8 +322,3 @@ pub fn host_config(
 /// The VIP's services as the far client reaches them.
 pub const WEB: SocketAddr = SocketAddr::new(IpAddr::V4(VIP_V4), HTTP_PORT);
 pub const LINES: SocketAddr = SocketAddr::new(IpAddr::V4(VIP_V4), LINE_PORT);
-
-/// Errors with the context of which host.
-pub fn on_host<T>(i: usize, r: Result<T>) -> Result<T> {
-    r.with_context(|| format!("balancer host {i}"))
-}
