@@ -45,17 +45,6 @@ pub struct Timing {
 }
 
 impl Timing {
-    /// The HTTP check of a site's VIP at this timing (the keys of a `health_check` table).
-    fn check(&self) -> String {
-        let ms = self.interval.as_millis();
-        format!(
-            "type = \"http\", interval = \"{ms}ms\", timeout = \"{}ms\", healthy_threshold = {}, unhealthy_threshold = {}",
-            ms / 2,
-            self.healthy_threshold,
-            self.unhealthy_threshold
-        )
-    }
-
     /// The longest a site's VIP may be down before both vantage points say so and each
     /// has the other's view: checks of the backends (site A's own view) or of the VIP (the
     /// peer's), then one peer exchange.
@@ -89,8 +78,6 @@ pub struct TwoSites {
     // namespaces and links go.
     pub a: LbProcess,
     pub b: LbProcess,
-    /// The third vantage point, with [`TwoSites::build_with_vantage`].
-    pub vantage: Option<Vantage>,
     pub lab: Lab,
     /// Site B's balancer address.
     pub b_address: Ipv4Addr,
@@ -98,15 +85,6 @@ pub struct TwoSites {
     pub a_backends: Vec<usize>,
     pub b_backends: Vec<usize>,
 }
-
-/// A DNS vantage point without a packet path (`lb run` with only `[dns]`) at
-/// [`VANTAGE_V4`], on the lab's segment: the third vote of the quorum.
-pub struct Vantage {
-    pub lb: LbProcess,
-    pub ns: Netns,
-}
-
-pub const VANTAGE_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 30);
 
 /// Where a site's controller pins its maps.
 fn site_pins(lab: &Lab, site: char) -> PathBuf {
@@ -119,7 +97,7 @@ fn site_config(
     lab: &Lab,
     own: (Ipv4Addr, Ipv6Addr),
     site: char,
-    peers: &[(String, Ipv4Addr)],
+    peer: (char, Ipv4Addr),
     spec: &Site,
     backends: &[usize],
     timing: Timing,
@@ -134,7 +112,12 @@ fn site_config(
         backends.iter().map(|&i| (i, 1)).collect(),
     );
     let ms = timing.interval.as_millis();
-    let check = timing.check();
+    let check = format!(
+        "type = \"http\", interval = \"{ms}ms\", timeout = \"{}ms\", healthy_threshold = {}, unhealthy_threshold = {}",
+        ms / 2,
+        timing.healthy_threshold,
+        timing.unhealthy_threshold
+    );
     let health = spec.vip_health.map_or_else(|| format!("health_check = {{ {check} }}"), str::to_owned);
     let mut config = LabConfig::new(lab, own, &site_pins(lab, site), &[vip]).vip(&format!("web-{site}"), &health);
     if let Some((region, zone)) = spec.locality {
@@ -151,21 +134,12 @@ fn site_config(
         own.0,
         ms / 2
     );
-    dns.push_str(&peers_and_zone(peers, Some(site), &check, timing));
-    config.merge(&dns).to_string()
-}
-
-/// `[[dns.peer]]`s (name, admin address), the two sites' targets (`own` judged by its VIP,
-/// the others probed with `check`) and the zone.
-fn peers_and_zone(peers: &[(String, Ipv4Addr)], own: Option<char>, check: &str, timing: Timing) -> String {
-    let mut dns = String::new();
-    for (name, address) in peers {
-        let _ = write!(dns, "[[dns.peer]]\nname = \"{name}\"\nadmin = \"{address}:9180\"\ntoken = \"{TOKEN}\"\n\n");
-    }
+    let _ =
+        write!(dns, "[[dns.peer]]\nname = \"site-{}\"\nadmin = \"{}:9180\"\ntoken = \"{TOKEN}\"\n\n", peer.0, peer.1);
     for (target, address) in [('a', VIP_V4), ('b', SITE_B_VIP)] {
         let _ = write!(dns, "[[dns.target]]\nname = \"site-{target}\"\naddress = \"{address}\"\n");
-        if Some(target) == own {
-            let _ = writeln!(dns, "vip = \"web-{target}\"\n");
+        if target == site {
+            let _ = writeln!(dns, "vip = \"web-{site}\"\n");
         } else {
             let _ = writeln!(dns, "health_check = {{ {check}, port = {HTTP_PORT} }}\n");
         }
@@ -176,31 +150,7 @@ fn peers_and_zone(peers: &[(String, Ipv4Addr)], own: Option<char>, check: &str, 
          [[dns.zone.policy]]\nname = \"www\"\ntype = \"A\"\nttl = {}\nprimary = [\"site-a\"]\nbackup = [[\"site-b\"]]\n\n",
         timing.ttl
     );
-    dns
-}
-
-/// The third vantage point's config: no interfaces, only `[dns]`, probing both sites' VIPs
-/// and exchanging views with both controllers.
-fn vantage_config(b_address: Ipv4Addr, timing: Timing) -> String {
-    let ms = timing.interval.as_millis();
-    let peers = [("site-a".to_owned(), LB_V4), ("site-b".to_owned(), b_address)];
-    format!(
-        "[balancer]\ninterfaces = []\n\n[admin]\nlisten = \"{VANTAGE_V4}:9180\"\ntoken = \"{TOKEN}\"\n\n\
-         [dns]\nlisten = [\"{VANTAGE_V4}:53\"]\nvantage = \"third\"\nquorum = 2\npeer_interval = \"{ms}ms\"\npeer_timeout = \"{}ms\"\n\n{}",
-        ms / 2,
-        peers_and_zone(&peers, None, &timing.check(), timing)
-    )
-}
-
-/// The vantage point's host on the segment, routing each VIP to its site, and its `lb run`.
-fn start_vantage(lab: &Lab, b_address: Ipv4Addr, timing: Timing) -> Result<Vantage> {
-    let name = format!("{}-v", lab.prefix);
-    let ns = lab.plug(&name, "pv", &[&format!("{VANTAGE_V4}/16")])?;
-    ns.ip(&["route", "add", &format!("{VIP_V4}/32"), "via", &LB_V4.to_string()])?;
-    ns.ip(&["route", "add", &format!("{SITE_B_VIP}/32"), "via", &b_address.to_string()])?;
-    let pins = PathBuf::from(format!("/sys/fs/bpf/{name}"));
-    let lb = LbProcess::start_in(&ns, &name, pins, &vantage_config(b_address, timing))?;
-    Ok(Vantage { lb, ns })
+    config.merge(&dns).to_string()
 }
 
 impl TwoSites {
@@ -214,19 +164,6 @@ impl TwoSites {
 
     /// Sites `a` and `b` as described; `tag` starts every name.
     pub fn build_sites(tag: &str, a: Site, b: Site, timing: Timing) -> Result<Self> {
-        Self::build_all(tag, a, b, timing, false)
-    }
-
-    /// [`build`](Self::build)'s sites and a third vantage point ([`Vantage`]) that both
-    /// sites' controllers count: a quorum of 2 of 3, which a whole site lost with its
-    /// controller does not break.
-    pub fn build_with_vantage(tag: &str, per_site: usize, timing: Timing) -> Result<Self> {
-        let mut a = backends_across(2, 1, per_site);
-        let b = a.split_off(per_site);
-        Self::build_all(tag, Site::new(a), Site::new(b), timing, true)
-    }
-
-    fn build_all(tag: &str, a: Site, b: Site, timing: Timing, with_vantage: bool) -> Result<Self> {
         require_tool("dig", "bind9-dnsutils");
         let a_backends: Vec<usize> = (0..a.backends.len()).collect();
         let b_backends: Vec<usize> = (a.backends.len()..a.backends.len() + b.backends.len()).collect();
@@ -236,16 +173,11 @@ impl TwoSites {
         lab.client.ip(&["route", "add", &format!("{SITE_B_VIP}/32"), "via", &b_v4.to_string()])?;
         lab.lb.ip(&["route", "add", &format!("{SITE_B_VIP}/32"), "via", &b_v4.to_string()])?;
         b_ns.ip(&["route", "add", &format!("{VIP_V4}/32"), "via", &LB_V4.to_string()])?;
-        // Each site's peers: the other site, and the third vantage point if there is one.
-        let third = with_vantage.then(|| ("third".to_owned(), VANTAGE_V4));
-        let a_peers: Vec<_> = [("site-b".to_owned(), b_v4)].into_iter().chain(third.clone()).collect();
-        let b_peers: Vec<_> = [("site-a".to_owned(), LB_V4)].into_iter().chain(third).collect();
-        let a_config = site_config(&lab, (LB_V4, LB_V6), 'a', &a_peers, &a, &a_backends, timing);
-        let b_config = site_config(&lab, (b_v4, b_v6), 'b', &b_peers, &b, &b_backends, timing);
+        let a_config = site_config(&lab, (LB_V4, LB_V6), 'a', ('b', b_v4), &a, &a_backends, timing);
+        let b_config = site_config(&lab, (b_v4, b_v6), 'b', ('a', LB_V4), &b, &b_backends, timing);
         let a = LbProcess::start(&lab, &a_config)?;
         let b = LbProcess::start_in(b_ns, &format!("{}-b", lab.prefix), site_pins(&lab, 'b'), &b_config)?;
-        let vantage = if with_vantage { Some(start_vantage(&lab, b_v4, timing)?) } else { None };
-        Ok(Self { lab, a, b, vantage, b_address: b_v4, a_backends, b_backends })
+        Ok(Self { lab, a, b, b_address: b_v4, a_backends, b_backends })
     }
 
     pub fn b_netns(&self) -> &Netns {
