@@ -23,7 +23,7 @@ use crate::dataplane::{Dataplane, HealthSignals, MapSizes, PacketLogger};
 use crate::dns::DnsService;
 use crate::plan::IdAllocator;
 use crate::sync::Applied;
-pub use packet_path::{NoPacketPath, PacketPath};
+pub use packet_path::PacketPath;
 use state::{Controller, Event, Step};
 
 /// How often neighbour entries of backends are refreshed.
@@ -36,21 +36,12 @@ const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Runs the controller until SIGTERM/SIGINT or `lb stop`. The program stays attached and
 /// forwarding with its pinned maps when the controller ends (or dies); the next `lb run`
 /// adopts it. Only `lb stop --detach` takes it away. Every event becomes the state's
-/// changes and the maps' writes (`Controller::handle`). A config without interfaces is a
-/// DNS vantage point: no program, only the DNS service and its probes.
+/// changes and the maps' writes (`Controller::handle`).
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let config = config::load(&config_path)?;
     match raise_open_files_limit() {
         Ok(limit) => info!(limit, "open files limit (RLIMIT_NOFILE)"),
         Err(e) => warn!("cannot raise the open files limit (RLIMIT_NOFILE): {e}"),
-    }
-    let (signal_tx, signals) = tokio::sync::mpsc::unbounded_channel();
-    if config.balancer.interfaces.is_empty() {
-        info!("no interfaces: a DNS vantage point, without a packet path");
-        let ids = IdAllocator::new(config.balancer.max_vips, config.balancer.max_backends);
-        let (mut none, tables) = (NoPacketPath, (ids, Applied::default()));
-        serve(config_path, config, tables, &mut none, signals, |_, _| Ok(())).await?;
-        return Ok(());
     }
     let (mut dataplane, adopted, tables) = open_dataplane(&config)?;
     if crate::dataplane::pins_are_private() {
@@ -63,36 +54,13 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         }));
     }
     // Passive health signals reach the loop as soon as the packet path writes them.
+    let (signal_tx, mut signals) = tokio::sync::mpsc::unbounded_channel();
     if let Some(reader) = dataplane.take_health_signals() {
         tokio::spawn(on_readable(reader, "passive health signals", move |reader: &mut HealthSignals| {
             let batch = reader.drain();
             batch.is_empty() || signal_tx.send(batch).is_ok()
         }));
     }
-    let attach = |dataplane: &mut Dataplane, balancer: &config::BalancerConfig| -> Result<()> {
-        if !adopted {
-            for iface in &balancer.interfaces {
-                dataplane.attach(iface, balancer.xdp_mode)?;
-            }
-        }
-        Ok(())
-    };
-    let (pin_dir, detach) = serve(config_path, config, tables, &mut dataplane, signals, attach).await?;
-    drop(dataplane);
-    stopped(&pin_dir, detach)
-}
-
-/// The controller on `maps`: starts it (`attach` once the first tables are written), runs
-/// the loop until a stop, and withdraws BGP routes on a stop with detach. Returns the pin
-/// directory and whether to detach.
-async fn serve<P: PacketPath>(
-    config_path: PathBuf,
-    config: Config,
-    tables: (IdAllocator, Applied),
-    maps: &mut P,
-    mut signals: tokio::sync::mpsc::UnboundedReceiver<Vec<lb_common::HealthSignal>>,
-    attach: impl FnOnce(&mut P, &config::BalancerConfig) -> Result<()>,
-) -> Result<(PathBuf, bool)> {
     let (check_tx, mut checks) = tokio::sync::mpsc::unbounded_channel();
     let (admin_tx, mut admin_requests) = tokio::sync::mpsc::channel(16);
     crate::admin::start(config.admin.listen, config.admin.token.clone(), admin_tx, Default::default()).await?;
@@ -101,15 +69,19 @@ async fn serve<P: PacketPath>(
     let dns = DnsService::start(&config, target_check_tx, peer_view_tx)?;
     let bgp = BgpService::start(&config);
     let mut lb = Controller::new(config_path, config, tables, Prober::new(check_tx), dns, bgp);
-    lb.start(maps)?;
-    attach(maps, &lb.config().balancer)?;
+    lb.start(&mut dataplane)?;
     let balancer = &lb.config().balancer;
+    if !adopted {
+        for iface in &balancer.interfaces {
+            dataplane.attach(iface, balancer.xdp_mode)?;
+        }
+    }
     // Handlers before `ready`: a SIGHUP sent once ready (`systemctl reload` right after start)
     // reloads, where the default action would end the controller.
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    info!(vips = lb.config().vips.len(), pin_dir = %balancer.pin_dir.display(), "ready");
+    info!(vips = lb.config().vips.len(), pin_dir = %balancer.pin_dir.display(), adopted, "ready");
 
     let mut neighbor_tick = tokio::time::interval(NEIGHBOR_REFRESH);
     let mut sweep_tick = tokio::time::interval(SWEEP_TICK);
@@ -128,7 +100,7 @@ async fn serve<P: PacketPath>(
             _ = terminate.recv() => break false,
             _ = interrupt.recv() => break false,
         };
-        if let Step::Stop { detach } = lb.handle(event, maps)? {
+        if let Step::Stop { detach } = lb.handle(event, &mut dataplane)? {
             break detach;
         }
     };
@@ -140,7 +112,9 @@ async fn serve<P: PacketPath>(
     {
         warn!("stopping: {e:#}; detaching anyway");
     }
-    Ok((lb.config().balancer.pin_dir.clone(), detach))
+    let pin_dir = lb.config().balancer.pin_dir.clone();
+    drop(dataplane);
+    stopped(&pin_dir, detach)
 }
 
 /// The program this controller drives: the one an earlier controller left attached

@@ -26,5 +26,4 @@ mod priority_load;
 mod rate_limits;
 mod scale;
 mod soak;
-mod vantage;
 mod vip_entries;

@@ -17,22 +17,6 @@ fn interfaces_required_and_valid() {
 }
 
 #[test]
-fn a_config_without_interfaces_is_a_dns_vantage_point_with_nothing_else() {
-    let vantage = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/vantage.toml")).unwrap();
-    let c = parse(&vantage, "vantage.toml").unwrap();
-    assert!(c.balancer.interfaces.is_empty() && c.vips.is_empty() && c.dns.is_some());
-    let with_vip = format!("{vantage}\n[[vip]]\nname = \"web\"\naddress = \"10.100.0.1\"\nport = 80\nmode = \"dsr\"\n");
-    expect(&with_vip, "balancer.interfaces", line_with(&with_vip, "interfaces = []", 0), "required to serve VIPs");
-    let start = vantage.find("\n[dns]\n").unwrap();
-    let without_dns = &vantage[..start];
-    expect(without_dns, "balancer.interfaces", line_with(without_dns, "interfaces = []", 0), "required without [dns]");
-    let with_bgp = format!(
-        "{vantage}\n[bgp]\nasn = 65001\nrouter_id = \"192.0.2.30\"\n[[bgp.peer]]\naddress = \"192.0.2.1\"\nasn = 65000\n"
-    );
-    expect(&with_bgp, "balancer.interfaces", line_with(&with_bgp, "interfaces = []", 0), "to announce VIPs by BGP");
-}
-
-#[test]
 fn pin_dir_under_bpffs() {
     for bad in ["/tmp/lb", "/sys/fs/bpf", "/sys/fs/bpf/../lb", "sys/fs/bpf/lb", "/sys/fs/bpfx"] {
         let text = replace(GOOD, "zone = \"z1\"\n\n[[vip]]", &format!("zone = \"z1\"\npin_dir = \"{bad}\"\n\n[[vip]]"));

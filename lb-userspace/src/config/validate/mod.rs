@@ -16,9 +16,6 @@ use super::*;
 use crate::plan::maglev;
 
 pub(super) fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
-    if c.balancer.interfaces.is_empty() {
-        validate_vantage_point(c, cx)?;
-    }
     validate_interfaces(&c.balancer.interfaces, cx)?;
     validate_balancer(&c.balancer, cx)?;
     validate_admin(&c.admin, cx)?;
@@ -32,31 +29,10 @@ pub(super) fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A config without interfaces is a DNS vantage point: `[dns]`, and nothing that needs a
-/// packet path.
-fn validate_vantage_point(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
-    let without = |what: &str| {
-        cx.err(
-            &key_path!["balancer", "interfaces"],
-            format!(
-                "at least one interface is required {what} (a controller without interfaces is a DNS \
-                 vantage point: [dns] only)"
-            ),
-        )
-    };
-    if c.dns.is_none() {
-        return Err(without("without [dns]"));
-    }
-    if !c.vips.is_empty() {
-        return Err(without("to serve VIPs"));
-    }
-    if c.bgp.is_some() {
-        return Err(without("to announce VIPs by BGP"));
-    }
-    Ok(())
-}
-
 fn validate_interfaces(interfaces: &[String], cx: &Ctx) -> Result<(), ConfigError> {
+    if interfaces.is_empty() {
+        return Err(cx.err(&key_path!["balancer", "interfaces"], "at least one interface is required"));
+    }
     let mut seen_if = HashSet::new();
     for (i, name) in interfaces.iter().enumerate() {
         if !valid_ifname(name) {
