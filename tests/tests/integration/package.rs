@@ -74,7 +74,6 @@ fn the_package_installs_the_binary_unit_config_docs_completions_and_man_pages() 
         "usr/share/doc/lb/ARCHITECTURE.md",
         "usr/share/doc/lb/copyright",
         "usr/share/doc/lb/examples/fleet.toml",
-        "usr/share/doc/lb/examples/vantage.toml",
         "usr/share/doc/lb/examples/bird-fleet.conf",
         "usr/share/doc/lb/examples/bird-lb.service",
         "usr/share/bash-completion/completions/lb",

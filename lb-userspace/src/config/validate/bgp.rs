@@ -14,6 +14,13 @@ const BFD_INTERVALS: (Duration, Duration) = (Duration::from_millis(10), Duration
 const MAX_PREPEND: u32 = 16;
 
 pub(super) fn validate_bgp(c: &Config, bgp: &BgpConfig, cx: &Ctx) -> Result<(), ConfigError> {
+    if c.balancer.interfaces.is_empty() {
+        return Err(cx.err(
+            &key_path!["bgp"],
+            "a controller without balancer.interfaces (a DNS vantage point) has no VIPs to announce: \
+             remove [bgp] or give it interfaces",
+        ));
+    }
     if !(1..=u32::MAX).contains(&bgp.asn) || bgp.asn == 23456 {
         return Err(cx.err(&key_path!["bgp", "asn"], "an AS number 1..=4294967295, not 0 or 23456 (AS_TRANS)"));
     }
