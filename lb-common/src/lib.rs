@@ -79,6 +79,13 @@ pub const PROG_PASS: &str = "xdp_pass";
 /// Baselines for benchmarks: the cheapest possible program and a MAC-swapping reflector.
 pub const PROG_DROP: &str = "xdp_drop";
 pub const PROG_MAC_SWAP: &str = "xdp_mac_swap";
+/// The benchmark's generator of many flows: `xdp_mac_swap` with a random TCP source port
+/// of `GEN_FLOWS` from `GEN_FLOWS_FIRST_PORT`.
+pub const PROG_GEN_FLOWS: &str = "xdp_gen_flows";
+pub const GEN_FLOWS: u32 = 10_000;
+pub const GEN_FLOWS_FIRST_PORT: u16 = 20_000;
+/// Every program of the object, each loaded (and so verified) with it.
+pub const PROGRAMS: [&str; 5] = [PROG_LB, PROG_PASS, PROG_DROP, PROG_MAC_SWAP, PROG_GEN_FLOWS];
 
 /// Compiled-in map sizes; the controller overrides them at load time from the config.
 pub const DEFAULT_MAX_VIPS: u32 = 64;

@@ -167,6 +167,28 @@ pub fn xdp_mac_swap(ctx: XdpContext) -> u32 {
     if swap_macs(&ctx) { xdp_action::XDP_TX } else { xdp_action::XDP_DROP }
 }
 
+/// Benchmark generator of many flows: as `xdp_mac_swap`, and the frame (Ethernet, IPv4
+/// without options, TCP, as the bench builds it) gets a random one of `GEN_FLOWS` source
+/// ports from `GEN_FLOWS_FIRST_PORT`, its checksum updated, so that the receiver sees that
+/// many flows.
+#[xdp]
+pub fn xdp_gen_flows(ctx: XdpContext) -> u32 {
+    const SPORT: usize = packet::ETH_HLEN + 20;
+    let Ok(tcp) = packet::at(&ctx, SPORT, 20) else {
+        return xdp_action::XDP_DROP;
+    };
+    if !swap_macs(&ctx) {
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: a helper without arguments.
+    let random = unsafe { aya_ebpf::helpers::bpf_get_prandom_u32() };
+    let port = GEN_FLOWS_FIRST_PORT + (random % GEN_FLOWS) as u16;
+    let old = packet::read_be16(tcp);
+    packet::write_be16(tcp, port);
+    packet::write_be16(tcp + 16, csum_replace2(packet::read_be16(tcp + 16), old, port));
+    xdp_action::XDP_TX
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 pub fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -201,7 +201,7 @@ impl PacketEnv {
             loader.map_max_entries(name, size);
         }
         let mut ebpf = loader.load(object).context("loading the other build's object")?;
-        for name in [PROG_LB, PROG_PASS, PROG_DROP, PROG_MAC_SWAP] {
+        for name in PROGRAMS {
             let program: &mut Xdp =
                 ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
             program.load().with_context(|| format!("verifier rejected the other build's {name}"))?;

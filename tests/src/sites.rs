@@ -8,6 +8,10 @@
 //! | --- | --- | --- | --- | --- |
 //! | A | `lab.lb`, 10.0.0.1 | 10.100.0.1 | site A's, first in the lab | 10.0.0.1:53, 10.0.0.1:9180 |
 //! | B | `lab.more_balancers[0]`, 10.0.0.3 | 10.100.0.2 | site B's, after A's | 10.0.0.3:53, 10.0.0.3:9180 |
+//! | witness (optional) | `lab.more_balancers[1]`, 10.0.0.4 | none: a DNS vantage point without a packet path | - | 10.0.0.4:53, 10.0.0.4:9180 |
+//!
+//! With the witness, the three vantage points keep a quorum of 2: a site that dies with its
+//! controller still has two votes against it.
 //!
 //! Each site ([`Site`]) has its backends with their locality labels, optionally the
 //! balancer's own labels and Maglev table size, and its VIP's health settings (by default
@@ -31,6 +35,8 @@ use crate::lab::{
 };
 
 pub const SITE_B_VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 2);
+/// The witness's address ([`TwoSites::build_with_witness`]), where its DNS server answers.
+pub const WITNESS_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4);
 pub const NAME: &str = "www.example.test";
 const TOKEN: &str = "two-sites-test-token";
 
@@ -78,6 +84,8 @@ pub struct TwoSites {
     // namespaces and links go.
     pub a: LbProcess,
     pub b: LbProcess,
+    /// The third vantage point, DNS only ([`TwoSites::build_with_witness`]).
+    pub witness: Option<LbProcess>,
     pub lab: Lab,
     /// Site B's balancer address.
     pub b_address: Ipv4Addr,
@@ -92,12 +100,13 @@ fn site_pins(lab: &Lab, site: char) -> PathBuf {
 }
 
 /// One site's controller config: its VIP with `spec`'s settings over `backends` (lab
-/// indexes), and `[dns]` with this site judged by its VIP and the other probed.
+/// indexes), and `[dns]` with this site judged by its VIP and the other probed, and
+/// `peers` (vantage names and admin addresses) asked for their views.
 fn site_config(
     lab: &Lab,
     own: (Ipv4Addr, Ipv6Addr),
     site: char,
-    peer: (char, Ipv4Addr),
+    peers: &[(&str, Ipv4Addr)],
     spec: &Site,
     backends: &[usize],
     timing: Timing,
@@ -111,13 +120,7 @@ fn site_config(
         "nat",
         backends.iter().map(|&i| (i, 1)).collect(),
     );
-    let ms = timing.interval.as_millis();
-    let check = format!(
-        "type = \"http\", interval = \"{ms}ms\", timeout = \"{}ms\", healthy_threshold = {}, unhealthy_threshold = {}",
-        ms / 2,
-        timing.healthy_threshold,
-        timing.unhealthy_threshold
-    );
+    let check = target_check(timing);
     let health = spec.vip_health.map_or_else(|| format!("health_check = {{ {check} }}"), str::to_owned);
     let mut config = LabConfig::new(lab, own, &site_pins(lab, site), &[vip]).vip(&format!("web-{site}"), &health);
     if let Some((region, zone)) = spec.locality {
@@ -126,22 +129,47 @@ fn site_config(
     if let Some(slots) = spec.maglev_table_size {
         config = config.balancer(&format!("maglev_table_size = {slots}"));
     }
+    let dns = dns_tables(own.0, &format!("site-{site}"), peers, Some(site), timing);
+    config.merge(&dns).to_string()
+}
+
+/// The active check of a site's VIP, at the sites' timing.
+fn target_check(timing: Timing) -> String {
+    let ms = timing.interval.as_millis();
+    format!(
+        "type = \"http\", interval = \"{ms}ms\", timeout = \"{}ms\", healthy_threshold = {}, unhealthy_threshold = {}",
+        ms / 2,
+        timing.healthy_threshold,
+        timing.unhealthy_threshold
+    )
+}
+
+/// `[admin]` and `[dns]` of the vantage point `vantage` at `address`, with its `peers`:
+/// both sites as targets (the one of `own_site` judged by its VIP, the others probed) and
+/// the zone whose `www` fails over from site A to site B.
+fn dns_tables(
+    address: Ipv4Addr,
+    vantage: &str,
+    peers: &[(&str, Ipv4Addr)],
+    own_site: Option<char>,
+    timing: Timing,
+) -> String {
+    let ms = timing.interval.as_millis();
     let mut dns = String::new();
     let _ = write!(
         dns,
-        "[admin]\nlisten = \"{}:9180\"\ntoken = \"{TOKEN}\"\n\n[dns]\nlisten = [\"{}:53\"]\nvantage = \"site-{site}\"\nquorum = 2\npeer_interval = \"{ms}ms\"\npeer_timeout = \"{}ms\"\n\n",
-        own.0,
-        own.0,
+        "[admin]\nlisten = \"{address}:9180\"\ntoken = \"{TOKEN}\"\n\n[dns]\nlisten = [\"{address}:53\"]\nvantage = \"{vantage}\"\nquorum = 2\npeer_interval = \"{ms}ms\"\npeer_timeout = \"{}ms\"\n\n",
         ms / 2
     );
-    let _ =
-        write!(dns, "[[dns.peer]]\nname = \"site-{}\"\nadmin = \"{}:9180\"\ntoken = \"{TOKEN}\"\n\n", peer.0, peer.1);
+    for (name, admin) in peers {
+        let _ = write!(dns, "[[dns.peer]]\nname = \"{name}\"\nadmin = \"{admin}:9180\"\ntoken = \"{TOKEN}\"\n\n");
+    }
     for (target, address) in [('a', VIP_V4), ('b', SITE_B_VIP)] {
         let _ = write!(dns, "[[dns.target]]\nname = \"site-{target}\"\naddress = \"{address}\"\n");
-        if target == site {
-            let _ = writeln!(dns, "vip = \"web-{site}\"\n");
+        if own_site == Some(target) {
+            let _ = writeln!(dns, "vip = \"web-{target}\"\n");
         } else {
-            let _ = writeln!(dns, "health_check = {{ {check}, port = {HTTP_PORT} }}\n");
+            let _ = writeln!(dns, "health_check = {{ {}, port = {HTTP_PORT} }}\n", target_check(timing));
         }
     }
     let _ = write!(
@@ -150,7 +178,7 @@ fn site_config(
          [[dns.zone.policy]]\nname = \"www\"\ntype = \"A\"\nttl = {}\nprimary = [\"site-a\"]\nbackup = [[\"site-b\"]]\n\n",
         timing.ttl
     );
-    config.merge(&dns).to_string()
+    dns
 }
 
 impl TwoSites {
@@ -164,20 +192,51 @@ impl TwoSites {
 
     /// Sites `a` and `b` as described; `tag` starts every name.
     pub fn build_sites(tag: &str, a: Site, b: Site, timing: Timing) -> Result<Self> {
+        Self::build_all(tag, a, b, timing, false)
+    }
+
+    /// As [`build`](Self::build), with a third vantage point that has no packet path (a
+    /// witness): the three keep a quorum of 2.
+    pub fn build_with_witness(tag: &str, per_site: usize, timing: Timing) -> Result<Self> {
+        let mut a = backends_across(2, 1, per_site);
+        let b = a.split_off(per_site);
+        Self::build_all(tag, Site::new(a), Site::new(b), timing, true)
+    }
+
+    fn build_all(tag: &str, a: Site, b: Site, timing: Timing, with_witness: bool) -> Result<Self> {
         require_tool("dig", "bind9-dnsutils");
         let a_backends: Vec<usize> = (0..a.backends.len()).collect();
         let b_backends: Vec<usize> = (a.backends.len()..a.backends.len() + b.backends.len()).collect();
         let mut lab = Lab::build(tag, a.backends.iter().chain(&b.backends).cloned().collect(), false)?;
         let (b_v4, b_v6) = lab.add_balancer()?;
-        let b_ns = &lab.more_balancers[0].0;
         lab.client.ip(&["route", "add", &format!("{SITE_B_VIP}/32"), "via", &b_v4.to_string()])?;
         lab.lb.ip(&["route", "add", &format!("{SITE_B_VIP}/32"), "via", &b_v4.to_string()])?;
-        b_ns.ip(&["route", "add", &format!("{VIP_V4}/32"), "via", &LB_V4.to_string()])?;
-        let a_config = site_config(&lab, (LB_V4, LB_V6), 'a', ('b', b_v4), &a, &a_backends, timing);
-        let b_config = site_config(&lab, (b_v4, b_v6), 'b', ('a', LB_V4), &b, &b_backends, timing);
+        lab.more_balancers[0].0.ip(&["route", "add", &format!("{VIP_V4}/32"), "via", &LB_V4.to_string()])?;
+        let witness_v4 = if with_witness { Some(lab.add_balancer()?.0) } else { None };
+        ensure!(witness_v4.is_none_or(|address| address == WITNESS_V4), "the witness is at {witness_v4:?}");
+        let mut peers_of_a = vec![("site-b", b_v4)];
+        let mut peers_of_b = vec![("site-a", LB_V4)];
+        if let Some(address) = witness_v4 {
+            let ns = &lab.more_balancers[1].0;
+            ns.ip(&["route", "add", &format!("{VIP_V4}/32"), "via", &LB_V4.to_string()])?;
+            ns.ip(&["route", "add", &format!("{SITE_B_VIP}/32"), "via", &b_v4.to_string()])?;
+            peers_of_a.push(("witness", address));
+            peers_of_b.push(("witness", address));
+        }
+        let a_config = site_config(&lab, (LB_V4, LB_V6), 'a', &peers_of_a, &a, &a_backends, timing);
+        let b_config = site_config(&lab, (b_v4, b_v6), 'b', &peers_of_b, &b, &b_backends, timing);
         let a = LbProcess::start(&lab, &a_config)?;
+        let b_ns = &lab.more_balancers[0].0;
         let b = LbProcess::start_in(b_ns, &format!("{}-b", lab.prefix), site_pins(&lab, 'b'), &b_config)?;
-        Ok(Self { lab, a, b, b_address: b_v4, a_backends, b_backends })
+        let witness = match witness_v4 {
+            Some(address) => {
+                let config = dns_tables(address, "witness", &[("site-a", LB_V4), ("site-b", b_v4)], None, timing);
+                let ns = &lab.more_balancers[1].0;
+                Some(LbProcess::start_in(ns, &format!("{}-w", lab.prefix), site_pins(&lab, 'w'), &config)?)
+            }
+            None => None,
+        };
+        Ok(Self { lab, a, b, witness, b_address: b_v4, a_backends, b_backends })
     }
 
     pub fn b_netns(&self) -> &Netns {

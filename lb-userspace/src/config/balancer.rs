@@ -11,7 +11,9 @@ use crate::plan::maglev;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BalancerConfig {
-    /// Interfaces the XDP program attaches to (required, non-empty).
+    /// Interfaces the XDP program attaches to (required, non-empty, except on a DNS
+    /// vantage point: see [`super::Config::has_packet_path`]).
+    #[serde(default)]
     pub interfaces: Vec<String>,
     #[serde(default)]
     pub xdp_mode: XdpModeSetting,
@@ -54,6 +56,14 @@ pub struct BalancerConfig {
     pub region: String,
     #[serde(default)]
     pub zone: String,
+}
+
+impl Default for BalancerConfig {
+    /// The defaults of every key, as an empty `[balancer]` gives them (a DNS vantage point's
+    /// config may leave the table out).
+    fn default() -> Self {
+        toml::Table::new().try_into().expect("every key of [balancer] has a default")
+    }
 }
 
 impl BalancerConfig {

@@ -66,6 +66,8 @@ pub const SOURCE_PREFIX_V6: (u8, u8, u8) = (32, 128, 64);
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Left out (or without interfaces) only on a DNS vantage point.
+    #[serde(default)]
     pub balancer: BalancerConfig,
     /// The admin HTTP interface (status, metrics, drain, reload).
     #[serde(default)]
@@ -78,6 +80,16 @@ pub struct Config {
     pub bgp: Option<bgp::BgpConfig>,
     #[serde(rename = "vip", default)]
     pub vips: Vec<VipConfig>,
+}
+
+impl Config {
+    /// Whether this controller drives an XDP program. Without interfaces (and then without
+    /// VIPs, with `[dns]`) it is a DNS vantage point only: it checks the DNS targets,
+    /// exchanges views with its peers and answers queries, so that two sites and a small
+    /// third host make a quorum of 2 of 3.
+    pub fn has_packet_path(&self) -> bool {
+        !self.balancer.interfaces.is_empty()
+    }
 }
 
 /// Reads and parses a configuration file; an unreadable file is a [`ConfigError`] too.
@@ -111,11 +123,14 @@ pub struct Control {
 pub struct ControlBalancer {
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
+    /// None on a DNS vantage point, which has no program and no pins to detach.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
 }
 
 impl Default for ControlBalancer {
     fn default() -> Self {
-        Self { pin_dir: default_pin_dir() }
+        Self { pin_dir: default_pin_dir(), interfaces: Vec::new() }
     }
 }
 

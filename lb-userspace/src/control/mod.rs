@@ -12,17 +12,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Result;
+use lb_common::HealthSignal;
 use tokio::io::unix::AsyncFd;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{error, info, warn};
 
-use crate::backends::probe::Prober;
+use crate::admin::AdminRequest;
+use crate::backends::probe::{CheckResult, Prober};
 use crate::bgp::BgpService;
 use crate::config::{self, Config};
 use crate::dataplane::{Dataplane, HealthSignals, MapSizes, PacketLogger};
-use crate::dns::DnsService;
+use crate::dns::{DnsService, PeerReport};
 use crate::plan::IdAllocator;
 use crate::sync::Applied;
+use packet_path::NoPacketPath;
 pub use packet_path::PacketPath;
 use state::{Controller, Event, Step};
 
@@ -36,12 +40,16 @@ const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Runs the controller until SIGTERM/SIGINT or `lb stop`. The program stays attached and
 /// forwarding with its pinned maps when the controller ends (or dies); the next `lb run`
 /// adopts it. Only `lb stop --detach` takes it away. Every event becomes the state's
-/// changes and the maps' writes (`Controller::handle`).
+/// changes and the maps' writes (`Controller::handle`). A config without interfaces runs a
+/// DNS vantage point: the same loop, with no program.
 pub async fn run(config_path: PathBuf) -> Result<()> {
     let config = config::load(&config_path)?;
     match raise_open_files_limit() {
         Ok(limit) => info!(limit, "open files limit (RLIMIT_NOFILE)"),
         Err(e) => warn!("cannot raise the open files limit (RLIMIT_NOFILE): {e}"),
+    }
+    if !config.has_packet_path() {
+        return run_vantage_point(config_path, config).await;
     }
     let (mut dataplane, adopted, tables) = open_dataplane(&config)?;
     if crate::dataplane::pins_are_private() {
@@ -54,67 +62,120 @@ pub async fn run(config_path: PathBuf) -> Result<()> {
         }));
     }
     // Passive health signals reach the loop as soon as the packet path writes them.
-    let (signal_tx, mut signals) = tokio::sync::mpsc::unbounded_channel();
+    let (signal_tx, signals) = tokio::sync::mpsc::unbounded_channel();
     if let Some(reader) = dataplane.take_health_signals() {
         tokio::spawn(on_readable(reader, "passive health signals", move |reader: &mut HealthSignals| {
             let batch = reader.drain();
             batch.is_empty() || signal_tx.send(batch).is_ok()
         }));
     }
-    let (check_tx, mut checks) = tokio::sync::mpsc::unbounded_channel();
-    let (admin_tx, mut admin_requests) = tokio::sync::mpsc::channel(16);
-    crate::admin::start(config.admin.listen, config.admin.token.clone(), admin_tx, Default::default()).await?;
-    let (target_check_tx, mut target_checks) = tokio::sync::mpsc::unbounded_channel();
-    let (peer_view_tx, mut peer_views) = tokio::sync::mpsc::unbounded_channel();
-    let dns = DnsService::start(&config, target_check_tx, peer_view_tx)?;
-    let bgp = BgpService::start(&config);
-    let mut lb = Controller::new(config_path, config, tables, Prober::new(check_tx), dns, bgp);
-    lb.start(&mut dataplane)?;
-    let balancer = &lb.config().balancer;
+    let mut events = Events::start(config_path, config, tables, signals, &mut dataplane).await?;
+    let balancer = &events.lb.config().balancer;
     if !adopted {
         for iface in &balancer.interfaces {
             dataplane.attach(iface, balancer.xdp_mode)?;
         }
     }
-    // Handlers before `ready`: a SIGHUP sent once ready (`systemctl reload` right after start)
-    // reloads, where the default action would end the controller.
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    info!(vips = lb.config().vips.len(), pin_dir = %balancer.pin_dir.display(), adopted, "ready");
-
-    let mut neighbor_tick = tokio::time::interval(NEIGHBOR_REFRESH);
-    let mut sweep_tick = tokio::time::interval(SWEEP_TICK);
-    let mut flow_sweep_tick = tokio::time::interval(FLOW_SWEEP_INTERVAL);
-    let detach = loop {
-        let event = tokio::select! {
-            _ = hangup.recv() => Event::Hangup,
-            Some(request) = admin_requests.recv() => Event::Admin(request),
-            Some(result) = checks.recv() => Event::Check(result),
-            Some(batch) = signals.recv() => Event::Signals(batch),
-            _ = sweep_tick.tick() => Event::EjectionSweep,
-            _ = flow_sweep_tick.tick() => Event::FlowSweep,
-            Some(result) = target_checks.recv() => Event::TargetCheck(result),
-            Some(report) = peer_views.recv() => Event::PeerView(report),
-            _ = neighbor_tick.tick() => Event::NeighbourRefresh,
-            _ = terminate.recv() => break false,
-            _ = interrupt.recv() => break false,
-        };
-        if let Step::Stop { detach } = lb.handle(event, &mut dataplane)? {
-            break detach;
-        }
-    };
-    // A deliberate stop withdraws the routes first, so the routers move the traffic away
-    // before the program goes; a failure is said and the stop goes on (bounded).
-    if detach
-        && let Some(bgp) = lb.bgp_mut()
-        && let Err(e) = bgp.withdraw().await
-    {
-        warn!("stopping: {e:#}; detaching anyway");
-    }
-    let pin_dir = lb.config().balancer.pin_dir.clone();
+    info!(vips = events.lb.config().vips.len(), pin_dir = %balancer.pin_dir.display(), adopted, "ready");
+    let detach = events.serve(&mut dataplane).await?;
+    let pin_dir = events.lb.config().balancer.pin_dir.clone();
     drop(dataplane);
     stopped(&pin_dir, detach)
+}
+
+/// A DNS vantage point: checks, peer views and answers, no program, no pins.
+async fn run_vantage_point(config_path: PathBuf, config: Config) -> Result<()> {
+    let balancer = &config.balancer;
+    let tables = (IdAllocator::new(balancer.max_vips, balancer.max_backends), Applied::default());
+    // No packet path, so no passive signals: the channel's sender is gone from the start.
+    let (_, signals) = tokio::sync::mpsc::unbounded_channel();
+    let mut events = Events::start(config_path, config, tables, signals, &mut NoPacketPath).await?;
+    info!("ready: a DNS vantage point (no balancer.interfaces), without a packet path");
+    events.serve(&mut NoPacketPath).await?;
+    info!("stopping: a DNS vantage point leaves no program behind");
+    Ok(())
+}
+
+/// The controller and every source of its events.
+struct Events {
+    lb: Controller,
+    admin_requests: tokio::sync::mpsc::Receiver<AdminRequest>,
+    checks: UnboundedReceiver<CheckResult>,
+    signals: UnboundedReceiver<Vec<HealthSignal>>,
+    target_checks: UnboundedReceiver<CheckResult>,
+    peer_views: UnboundedReceiver<PeerReport>,
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Events {
+    /// Starts the admin interface, the DNS service and the checks, writes the first
+    /// tables, and installs the signal handlers.
+    async fn start(
+        config_path: PathBuf,
+        config: Config,
+        tables: (IdAllocator, Applied),
+        signals: UnboundedReceiver<Vec<HealthSignal>>,
+        maps: &mut impl PacketPath,
+    ) -> Result<Self> {
+        let (check_tx, checks) = tokio::sync::mpsc::unbounded_channel();
+        let (admin_tx, admin_requests) = tokio::sync::mpsc::channel(16);
+        crate::admin::start(config.admin.listen, config.admin.token.clone(), admin_tx, Default::default()).await?;
+        let (target_check_tx, target_checks) = tokio::sync::mpsc::unbounded_channel();
+        let (peer_view_tx, peer_views) = tokio::sync::mpsc::unbounded_channel();
+        let dns = DnsService::start(&config, target_check_tx, peer_view_tx)?;
+        let bgp = BgpService::start(&config);
+        let mut lb = Controller::new(config_path, config, tables, Prober::new(check_tx), dns, bgp);
+        lb.start(maps)?;
+        // Handlers before `ready`: a SIGHUP sent once ready (`systemctl reload` right after
+        // start) reloads, where the default action would end the controller.
+        Ok(Self {
+            lb,
+            admin_requests,
+            checks,
+            signals,
+            target_checks,
+            peer_views,
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Handles events until SIGTERM, SIGINT or `lb stop`; whether to detach the program.
+    async fn serve(&mut self, maps: &mut impl PacketPath) -> Result<bool> {
+        let mut neighbor_tick = tokio::time::interval(NEIGHBOR_REFRESH);
+        let mut sweep_tick = tokio::time::interval(SWEEP_TICK);
+        let mut flow_sweep_tick = tokio::time::interval(FLOW_SWEEP_INTERVAL);
+        loop {
+            let event = tokio::select! {
+                _ = self.hangup.recv() => Event::Hangup,
+                Some(request) = self.admin_requests.recv() => Event::Admin(request),
+                Some(result) = self.checks.recv() => Event::Check(result),
+                Some(batch) = self.signals.recv() => Event::Signals(batch),
+                _ = sweep_tick.tick() => Event::EjectionSweep,
+                _ = flow_sweep_tick.tick() => Event::FlowSweep,
+                Some(result) = self.target_checks.recv() => Event::TargetCheck(result),
+                Some(report) = self.peer_views.recv() => Event::PeerView(report),
+                _ = neighbor_tick.tick() => Event::NeighbourRefresh,
+                _ = self.terminate.recv() => return Ok(false),
+                _ = self.interrupt.recv() => return Ok(false),
+            };
+            if let Step::Stop { detach } = self.lb.handle(event, maps)? {
+                // A deliberate stop withdraws the routes first, so the routers move the
+                // traffic away before the program goes; a failure is said and the stop
+                // goes on (bounded).
+                if detach
+                    && let Some(bgp) = self.lb.bgp_mut()
+                    && let Err(e) = bgp.withdraw().await
+                {
+                    warn!("stopping: {e:#}; detaching anyway");
+                }
+                return Ok(detach);
+            }
+        }
+    }
 }
 
 /// The program this controller drives: the one an earlier controller left attached

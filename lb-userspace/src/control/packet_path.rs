@@ -1,9 +1,9 @@
 //! What the controller needs of the packet path: the sync step's writes, the counters,
 //! and the sweep of the flow tables. The dataplane is it in production; unit tests use a
-//! recorder.
+//! recorder; a DNS vantage point has none (`NoPacketPath`).
 
-use anyhow::Result;
-use lb_common::{BackendStats, FlowTimeouts, GlobalStats, VipStats};
+use anyhow::{Result, bail};
+use lb_common::{Backend, BackendStats, FlowTimeouts, GlobalStats, Settings, VipAddrKey, VipInfo, VipKey, VipStats};
 
 use crate::api::flows::FlowSnapshot;
 use crate::dataplane::{Dataplane, SweepReport};
@@ -34,5 +34,61 @@ impl PacketPath for Dataplane {
     }
     fn read_flows(&self) -> Result<FlowSnapshot> {
         Dataplane::read_flows(self)
+    }
+}
+
+/// The packet path of a DNS vantage point: none. Its config has no VIPs (validation
+/// refuses them without interfaces, and a reload cannot add interfaces), so the sync only
+/// ever writes the settings, which have nowhere to go; no packet passes, so the counters
+/// and the flow tables are empty.
+pub struct NoPacketPath;
+
+const NO_PACKET_PATH: &str = "a DNS vantage point (no balancer.interfaces) has no packet path";
+
+impl MapWriter for NoPacketPath {
+    fn set_settings(&mut self, _: &Settings) -> Result<()> {
+        Ok(())
+    }
+    fn set_backend(&mut self, _: u32, _: &Backend) -> Result<()> {
+        bail!(NO_PACKET_PATH)
+    }
+    fn write_slots(&mut self, _: u32, _: &[u32]) -> Result<usize> {
+        bail!(NO_PACKET_PATH)
+    }
+    fn set_vip(&mut self, _: &VipKey, _: &VipInfo) -> Result<()> {
+        bail!(NO_PACKET_PATH)
+    }
+    fn remove_vip(&mut self, _: &VipKey) -> Result<()> {
+        bail!(NO_PACKET_PATH)
+    }
+    fn set_vip_addr(&mut self, _: &VipAddrKey, _: u32) -> Result<()> {
+        bail!(NO_PACKET_PATH)
+    }
+    fn remove_vip_addr(&mut self, _: &VipAddrKey) -> Result<()> {
+        bail!(NO_PACKET_PATH)
+    }
+    fn reset_vip(&mut self, _: u32) -> Result<()> {
+        bail!(NO_PACKET_PATH)
+    }
+    fn reset_backend(&mut self, _: u32) -> Result<()> {
+        bail!(NO_PACKET_PATH)
+    }
+}
+
+impl PacketPath for NoPacketPath {
+    fn vip_stats(&self, _: u32) -> Result<VipStats> {
+        bail!(NO_PACKET_PATH)
+    }
+    fn backend_stats(&self, _: u32) -> Result<BackendStats> {
+        bail!(NO_PACKET_PATH)
+    }
+    fn global_stats(&self) -> Result<GlobalStats> {
+        Ok(GlobalStats::default())
+    }
+    fn sweep_flows(&mut self, _: &FlowTimeouts) -> Result<SweepReport> {
+        Ok(SweepReport::default())
+    }
+    fn read_flows(&self) -> Result<FlowSnapshot> {
+        bail!(NO_PACKET_PATH)
     }
 }

@@ -153,7 +153,7 @@ impl Dataplane {
         }
         let logger =
             aya_log::EbpfLogger::init(&mut ebpf).inspect_err(|e| warn!("packet-path logging unavailable: {e}")).ok();
-        for name in [PROG_LB, PROG_PASS, PROG_DROP, PROG_MAC_SWAP] {
+        for name in PROGRAMS {
             let program: &mut Xdp =
                 ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
             load_program(program).with_context(|| format!("verifier rejected {name}"))?;

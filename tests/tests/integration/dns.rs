@@ -2,8 +2,9 @@
 //! controllers (`lb_tests::sites`), asked by `dig` from the client. Site A's VIP goes down
 //! and comes back; one prober is cut off from a healthy site. The answers move within the
 //! detection bound (checks x unhealthy_threshold, plus one peer exchange), come back after
-//! the healthy threshold, and do not move on one vantage point's word. A long run of random
-//! and malformed queries does not grow the server's memory.
+//! the healthy threshold, and do not move on one vantage point's word. With a third vantage
+//! point that has no packet path (a witness), a site that dies with its controller fails
+//! over. A long run of random and malformed queries does not grow the server's memory.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
@@ -14,7 +15,7 @@ use hickory_server::proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_server::proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_server::proto::rr::{Name, RecordType};
 use lb_tests::lab::{LB_V4, VIP_V4};
-use lb_tests::sites::{NAME, SITE_B_VIP, Timing, TwoSites, dig};
+use lb_tests::sites::{NAME, SITE_B_VIP, Timing, TwoSites, WITNESS_V4, dig};
 
 const TIMING: Timing =
     Timing { interval: Duration::from_millis(300), unhealthy_threshold: 2, healthy_threshold: 2, ttl: 1 };
@@ -79,6 +80,51 @@ fn answers_move_to_the_backup_site_when_the_primary_vip_dies_and_come_back() -> 
     ensure!(sites.answers()? == (only(SITE_B_VIP), only(VIP_V4)), "{:?}", sites.answers()?);
     sites.a.cli(&["trickle", "www.example.test", "A", "config"])?;
     ensure!(sites.answers()? == (only(VIP_V4), only(VIP_V4)), "{:?}", sites.answers()?);
+    Ok(())
+}
+
+/// Two sites and a witness, a vantage point without a packet path (`lb run` with only
+/// `[admin]` and `[dns]`). Site A dies whole, its controller with it: the votes of site B
+/// and the witness still make the quorum of 2 and take it out of the answers. (With two
+/// vantage points and a quorum of 2, one vote is left and nothing moves.)
+#[test]
+fn a_site_that_dies_with_its_controller_fails_over_on_the_other_site_and_a_witness() -> Result<()> {
+    let mut sites = TwoSites::build_with_witness("dnsw", 1, TIMING)?;
+    until_both_answer(&sites, VIP_V4, SLACK)?;
+    ensure!(dig(&sites.lab.client, WITNESS_V4, NAME, &[])? == only(VIP_V4), "the witness answers for the zone");
+    let links = sites.lab.more_balancers[1].0.output(&["ip", "-d", "link", "show"])?;
+    ensure!(!links.contains("xdp"), "the witness attached a program: {links}");
+    let witness = sites.witness.as_ref().context("no witness")?;
+    let status = TwoSites::status(witness)?;
+    ensure!(status.vips.is_empty() && status.dns.is_some(), "{status:?}");
+
+    // Site A dies: its backends, and its controller killed as a power cut would.
+    sites.site_a_backends(false)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sites.a.pid() as i32), nix::sys::signal::Signal::SIGKILL)?;
+    let started = Instant::now();
+    let within = TIMING.detection_bound() + SLACK;
+    loop {
+        let answers =
+            (dig(&sites.lab.client, sites.b_address, NAME, &[])?, dig(&sites.lab.client, WITNESS_V4, NAME, &[])?);
+        if answers == (only(SITE_B_VIP), only(SITE_B_VIP)) {
+            break;
+        }
+        ensure!(started.elapsed() < within, "after {within:?} site B and the witness answer {answers:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "answers moved to site B {} ms after site A died with its controller (bound {} ms + TTL {} s)",
+        started.elapsed().as_millis(),
+        TIMING.detection_bound().as_millis(),
+        TIMING.ttl
+    );
+    let witness = sites.witness.as_ref().context("no witness")?;
+    for lb in [&sites.b, witness] {
+        let dns = TwoSites::status(lb)?.dns.context("dns status")?;
+        let site_a = dns.targets.iter().find(|t| t.name == "site-a").context("no target site-a")?;
+        let votes = ["site-b", "witness"].map(|vantage| site_a.views.get(vantage).copied());
+        ensure!(!site_a.up && votes == [Some(false), Some(false)], "{site_a:?}");
+    }
     Ok(())
 }
 

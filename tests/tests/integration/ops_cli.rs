@@ -51,3 +51,27 @@ fn commands_writing_into_a_closed_pipe_end_quietly() {
     }
     std::fs::remove_file(config).unwrap();
 }
+
+/// `lb stop --detach` with no controller answering detaches what the config's `pin_dir`
+/// holds, except for a DNS vantage point's config (no interfaces): it has no pins, and the
+/// directory may be another balancer's on the same host.
+#[test]
+fn stop_detach_of_a_vantage_point_without_a_controller_leaves_the_pin_dir_alone() {
+    let pins = std::path::PathBuf::from(format!("/sys/fs/bpf/lop-wstop-{}", std::process::id()));
+    std::fs::create_dir_all(&pins).expect("creating a directory on bpffs (run as root, bpffs mounted)");
+    // A port nobody listens on: bound, then closed.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = std::env::temp_dir().join(format!("lop-wstop-{}.toml", std::process::id()));
+    let text = format!(
+        "[admin]\nlisten = \"127.0.0.1:{port}\"\n[balancer]\npin_dir = \"{}\"\n[dns]\nlisten = [\"127.0.0.1:{port}\"]\n",
+        pins.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let output = Command::new(lb_bin()).args(["stop", "--detach", "--config"]).arg(&config).output().unwrap();
+    let left = pins.exists();
+    let _ = std::fs::remove_dir(&pins);
+    std::fs::remove_file(&config).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success() && stderr.contains("nothing pinned to detach"), "{:?}: {stderr}", output.status);
+    assert!(left, "stop --detach removed {}", pins.display());
+}

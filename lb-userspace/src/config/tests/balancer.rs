@@ -17,6 +17,21 @@ fn interfaces_required_and_valid() {
 }
 
 #[test]
+fn a_vantage_point_has_dns_and_neither_interfaces_nor_vips() {
+    let vantage = include_str!("../../../../config/dns-vantage.toml");
+    let c = parse(vantage, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert!(!c.has_packet_path());
+    assert_eq!(c.balancer, BalancerConfig::default());
+    let with_vip = format!("{vantage}\n[[vip]]\nname = \"a\"\naddress = \"10.100.0.1\"\nport = 80\n");
+    let e = err(&with_vip);
+    assert_eq!(e.key, "balancer.interfaces", "{e}");
+    assert!(e.message.contains("no [[vip]]"), "{e}");
+    let without_dns = replace(GOOD, "interfaces = [\"eth0\", \"eth1\"]", "interfaces = []");
+    assert!(parse(&without_dns, "test.toml").is_err());
+    assert!(err("[admin]\nlisten = \"127.0.0.1:9180\"\n").message.contains("at least one interface"));
+}
+
+#[test]
 fn pin_dir_under_bpffs() {
     for bad in ["/tmp/lb", "/sys/fs/bpf", "/sys/fs/bpf/../lb", "sys/fs/bpf/lb", "/sys/fs/bpfx"] {
         let text = replace(GOOD, "zone = \"z1\"\n\n[[vip]]", &format!("zone = \"z1\"\npin_dir = \"{bad}\"\n\n[[vip]]"));

@@ -76,3 +76,10 @@ fn a_router_id_is_needed_without_a_balancer_ipv4() {
     let with_id = text.replace("[bgp]\n", "[bgp]\nrouter_id = \"192.0.2.1\"\n");
     assert_eq!(parse(&with_id, "t").unwrap().bgp.unwrap().router_id, Some("192.0.2.1".parse().unwrap()));
 }
+
+#[test]
+fn a_dns_vantage_point_has_nothing_to_announce() {
+    let vantage = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/dns-vantage.toml")).unwrap();
+    let text = format!("{vantage}\n[bgp]\nasn = 65001\nrouter_id = \"192.0.2.30\"\n{PEER}");
+    expect(&text, "bgp", line_with(&text, "[bgp]", 0), "has no VIPs to announce");
+}

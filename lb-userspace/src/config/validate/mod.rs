@@ -16,7 +16,9 @@ use super::*;
 use crate::plan::maglev;
 
 pub(super) fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
-    validate_interfaces(&c.balancer.interfaces, cx)?;
+    if c.has_packet_path() || !c.vips.is_empty() || c.dns.is_none() {
+        validate_interfaces(&c.balancer.interfaces, cx)?;
+    }
     validate_balancer(&c.balancer, cx)?;
     validate_admin(&c.admin, cx)?;
     validate_vips(c, cx)?;
@@ -31,7 +33,10 @@ pub(super) fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
 
 fn validate_interfaces(interfaces: &[String], cx: &Ctx) -> Result<(), ConfigError> {
     if interfaces.is_empty() {
-        return Err(cx.err(&key_path!["balancer", "interfaces"], "at least one interface is required"));
+        return Err(cx.err(
+            &key_path!["balancer", "interfaces"],
+            "at least one interface is required (only a DNS vantage point, with [dns] and no [[vip]], runs without one)",
+        ));
     }
     let mut seen_if = HashSet::new();
     for (i, name) in interfaces.iter().enumerate() {
