@@ -21,6 +21,9 @@ apt_packages+=(prometheus)
 apt_packages+=(fonts-dejavu-core)
 # `lb capture`'s integration test reads what it wrote with tcpdump.
 apt_packages+=(tcpdump)
+# The fleet: BIRD 2 announces the VIPs by BGP (birdc drives it); the fleet's tests cut links
+# with nftables.
+apt_packages+=(bird2 nftables)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -42,6 +45,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
         say "disabling the prometheus service the package started (the tests need only promtool)"
         systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+    # The package starts a BIRD with its own config; lb's BIRD is started by config/bird-lb.service
+    # (and the tests run their own, each with its config and socket).
+    if [[ " ${missing[*]} " == *" bird2 "* ]] && [ -d /run/systemd/system ]; then
+        say "disabling the bird service the package started (lb's BIRD has its own unit)"
+        systemctl disable --now bird >/dev/null 2>&1 || true
     fi
 fi
 

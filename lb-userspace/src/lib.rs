@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod backend_setup;
 pub mod backends;
+pub mod bgp;
 pub mod capture;
 pub mod config;
 pub mod control;

@@ -165,6 +165,12 @@ enum Command {
         /// 0..=1, or `config`.
         ratio: String,
     },
+    /// Move this whole host's traffic away (`drain`) or back (`undrain`) through its BGP
+    /// announcements, as `[bgp.drain]` says (MED, AS-path prepend or withdrawal).
+    Host {
+        #[command(subcommand)]
+        action: HostAction,
+    },
     /// Print the completion script of a shell (the package installs them).
     #[command(hide = true)]
     Completions { shell: cli_docs::Shell },
@@ -199,6 +205,25 @@ enum DecapAction {
     Detach { iface: String },
 }
 
+#[derive(Subcommand)]
+enum HostAction {
+    /// Make this host's routes less preferred (or withdraw them) and report the open
+    /// connections left; with `--timeout`, wait until none is left (exit 0) or the timeout
+    /// passes (exit 1).
+    Drain {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// How long to wait for the open connections to end, e.g. `60s`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Announce this host's routes as usual again.
+    Undrain {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
 /// How to reach the running controller: its config's `[admin]` section.
 #[derive(clap::Args)]
 struct AdminArgs {
@@ -228,12 +253,30 @@ fn drain(admin: &AdminArgs, vip: &str, backend: SocketAddr, timeout: Option<Dura
     Ok(())
 }
 
+/// `lb host drain|undrain`: prints the host's state and the connections left; a drain
+/// with `timeout` waits for them to end.
+fn host(action: &HostAction) -> anyhow::Result<()> {
+    let (admin, path, timeout) = match action {
+        HostAction::Drain { admin, timeout } => (admin, "/v1/host/drain", *timeout),
+        HostAction::Undrain { admin } => (admin, "/v1/host/undrain", None),
+    };
+    let client = admin.client()?;
+    let report: lb_userspace::api::bgp::HostReport = serde_json::from_str(&client.call("POST", path)?)?;
+    print!("{}", report.line());
+    let Some(timeout) = timeout else { return Ok(()) };
+    let waited = lb_userspace::api::drain::wait_host_drained(|| client.status(), timeout)?;
+    println!("drained: no open connection left on this host after {:.1} s", waited.as_secs_f64());
+    Ok(())
+}
+
 /// `lb stop`: asks the controller to end (and detach), and waits until it has; with
 /// `--detach` and no controller running, detaches what is pinned itself.
 fn stop(admin: &AdminArgs, detach: bool) -> anyhow::Result<()> {
     let control = config::load_control(&admin.config)?;
     let client = AdminClient::new(&control.admin);
-    let within = std::time::Duration::from_secs(15);
+    // With --detach, a controller with [bgp] first waits for its routes to go (at most
+    // bgp.stop_timeout + bgp.stop_settle, each at most 30 s).
+    let within = std::time::Duration::from_secs(if detach { 75 } else { 15 });
     // A DNS vantage point's config names no interfaces: it has no pins of its own, and
     // the (default) pin directory may be another balancer's on the same host.
     let has_pins = !control.balancer.interfaces.is_empty();
@@ -325,7 +368,9 @@ fn main() -> ExitCode {
                     let policies: usize = d.zones.iter().map(|z| z.policies.len()).sum();
                     format!(", DNS: {} zones, {policies} policy records, {} targets", d.zones.len(), d.targets.len())
                 });
-                println!("{}: ok ({} VIPs, {backends} backends{dns})", config.display(), c.vips.len());
+                let bgp =
+                    c.bgp.as_ref().map_or(String::new(), |b| format!(", BGP: AS {}, {} peers", b.asn, b.peers.len()));
+                println!("{}: ok ({} VIPs, {backends} backends{dns}{bgp})", config.display(), c.vips.len());
             })
             .map_err(anyhow::Error::from),
         Command::Status { admin, json, vip, full } => admin.client().and_then(|c| {
@@ -393,6 +438,7 @@ fn main() -> ExitCode {
             print!("{said}");
             Ok(())
         }),
+        Command::Host { action } => host(&action),
         Command::Completions { shell } => {
             cli_docs::completions(Cli::command(), shell, &mut std::io::stdout());
             Ok(())

@@ -3,6 +3,7 @@
 
 pub mod deploy;
 pub mod encap_packets;
+pub mod fleet;
 pub mod font;
 pub mod fuzz;
 pub mod lab;

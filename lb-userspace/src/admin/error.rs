@@ -27,12 +27,16 @@ pub enum AdminError {
     NoSuchVip(String),
     #[error("reading the flow tables failed: {0}")]
     FlowTables(String),
+    #[error("this controller announces no VIP by BGP (no [bgp] section)")]
+    NoBgp,
 }
 
 impl AdminError {
     pub fn status(&self) -> StatusCode {
         match self {
-            AdminError::NoSuchBackend { .. } | AdminError::NoDns | AdminError::NoSuchVip(_) => StatusCode::NOT_FOUND,
+            AdminError::NoSuchBackend { .. } | AdminError::NoDns | AdminError::NoSuchVip(_) | AdminError::NoBgp => {
+                StatusCode::NOT_FOUND
+            }
             AdminError::Trickle(TrickleError::NoSuchPolicy(_)) => StatusCode::NOT_FOUND,
             AdminError::Trickle(TrickleError::BadRatio(_)) => StatusCode::BAD_REQUEST,
             AdminError::ConfigRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -63,6 +67,7 @@ mod tests {
             (AdminError::Maps("EPERM".into()), 500),
             (AdminError::NoSuchVip("web".into()), 404),
             (AdminError::FlowTables("EPERM".into()), 500),
+            (AdminError::NoBgp, 404),
         ];
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{error}");

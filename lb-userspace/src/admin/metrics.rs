@@ -95,6 +95,9 @@ fn families(status: &Status) -> Vec<Family> {
     if let Some(dns) = &status.dns {
         all.extend(dns_families(dns));
     }
+    if let Some(bgp) = &status.bgp {
+        all.extend(bgp_families(bgp));
+    }
     all
 }
 
@@ -294,6 +297,27 @@ fn dns_families(dns: &crate::api::dns::DnsStatus) -> Vec<Family> {
     vec![up, view, transitions, state, answers, responses, truncated, tcp_refused]
 }
 
+fn bgp_families(bgp: &crate::api::bgp::BgpStatus) -> Vec<Family> {
+    let mut bird_up = gauge("lb_bgp_bird_up", "1 if BIRD answered on its control socket when last asked.");
+    bird_up.add(vec![], bgp.bird_up as i64);
+    let mut in_sync = gauge("lb_bgp_in_sync", "1 if BIRD has taken the latest announcements, 0 while lb retries.");
+    in_sync.add(vec![], bgp.in_sync as i64);
+    let mut announced = gauge("lb_bgp_announced_prefixes", "VIP prefixes this host wants announced.");
+    announced.add(vec![], bgp.announced.len() as i64);
+    let mut host = gauge("lb_bgp_host_state", "1 for the host's state: serving, drained or stopping.");
+    for state in ["serving", "drained", "stopping"] {
+        host.add(vec![("state", state.into())], (bgp.host.as_str() == state) as i64);
+    }
+    let mut failures =
+        counter("lb_bgp_configure_failures", "Attempts to have BIRD take the announcements that failed.");
+    failures.add(vec![], bgp.configure_failures);
+    let mut session = gauge("lb_bgp_session_established", "1 while the BGP session to the peer is established.");
+    for s in &bgp.sessions {
+        session.add(vec![("peer", s.name.clone())], s.info.starts_with("Established") as i64);
+    }
+    vec![bird_up, in_sync, announced, host, failures, session]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +397,7 @@ mod tests {
                 truncated: 0,
                 tcp_refused: 0,
             }),
+            bgp: None,
             health_check_local_failures: 5,
             nat_ports_per_backend: 40000,
         }

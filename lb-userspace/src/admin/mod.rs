@@ -62,6 +62,12 @@ pub enum AdminRequest {
         vip: Option<String>,
         reply: oneshot::Sender<Result<(FlowSnapshot, Names), AdminError>>,
     },
+    /// Drain (`drained`) or undrain this whole host: its BGP announcements move traffic
+    /// away as `bgp.drain` says.
+    Host {
+        drained: bool,
+        reply: oneshot::Sender<Result<crate::api::bgp::HostReport, AdminError>>,
+    },
 }
 
 #[derive(Clone)]
@@ -110,6 +116,8 @@ pub async fn start(
         .route("/v1/stop-and-detach", post(stop_and_detach))
         .route("/v1/vips/{vip}/backends/{backend}/drain", post(drain))
         .route("/v1/vips/{vip}/backends/{backend}/undrain", post(undrain))
+        .route("/v1/host/drain", post(drain_host))
+        .route("/v1/host/undrain", post(undrain_host))
         .route("/v1/dns/view", get(dns_view))
         .route("/v1/dns/policies/{name}/{rtype}/trickle", post(set_trickle).delete(clear_trickle))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -241,6 +249,23 @@ async fn set_drained(
     let what = if drained { "draining" } else { "undrained" };
     match ask(&state, |reply| AdminRequest::Drain { vip: vip.clone(), backend, drained, reply }).await {
         Ok(Ok(())) => (StatusCode::OK, format!("{backend} of {vip}: {what}\n")).into_response(),
+        Ok(Err(error)) => error.into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn drain_host(state: State<AdminState>) -> Response {
+    set_host_drained(state, true).await
+}
+
+async fn undrain_host(state: State<AdminState>) -> Response {
+    set_host_drained(state, false).await
+}
+
+/// The host's state after the change, as JSON (`lb host` prints its line).
+async fn set_host_drained(State(state): State<AdminState>, drained: bool) -> Response {
+    match ask(&state, |reply| AdminRequest::Host { drained, reply }).await {
+        Ok(Ok(report)) => axum::Json(report).into_response(),
         Ok(Err(error)) => error.into_response(),
         Err(response) => response,
     }

@@ -4,6 +4,7 @@
 //! call a running controller with. Plain types: nothing here depends on the controller's
 //! state.
 
+pub mod bgp;
 pub mod client;
 pub mod dns;
 pub mod drain;

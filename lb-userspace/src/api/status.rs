@@ -26,6 +26,9 @@ pub struct Status {
     /// The DNS server for site failover, when configured.
     #[serde(default)]
     pub dns: Option<crate::api::dns::DnsStatus>,
+    /// BGP through BIRD, when configured.
+    #[serde(default)]
+    pub bgp: Option<crate::api::bgp::BgpStatus>,
     /// Health checks that failed for a local reason (out of file descriptors, buffers,
     /// memory, ports) since start: the balancer's fault, never counted against a backend.
     #[serde(default)]
@@ -207,6 +210,9 @@ pub fn summary(status: &Status) -> String {
     if let Some(dns) = &status.dns {
         dns_table(&mut out, dns);
     }
+    if let Some(bgp) = &status.bgp {
+        out.push_str(&crate::api::bgp::section(bgp));
+    }
     out
 }
 
@@ -289,6 +295,9 @@ pub fn table(status: &Status) -> String {
     if let Some(dns) = &status.dns {
         dns_table(&mut out, dns);
     }
+    if let Some(bgp) = &status.bgp {
+        out.push_str(&crate::api::bgp::section(bgp));
+    }
     out
 }
 
@@ -370,6 +379,7 @@ pub(crate) mod tests {
             vips,
             global: GlobalStats::default(),
             dns: None,
+            bgp: None,
             health_check_local_failures: 0,
             nat_ports_per_backend: 40000,
         }

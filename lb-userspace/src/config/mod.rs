@@ -11,6 +11,7 @@
 
 mod admin;
 mod balancer;
+pub mod bgp;
 mod checks;
 pub mod dns;
 mod errors;
@@ -74,6 +75,9 @@ pub struct Config {
     /// The DNS server for site failover.
     #[serde(default)]
     pub dns: Option<dns::DnsConfig>,
+    /// VIPs announced by BGP through BIRD (a fleet of balancer hosts behind ECMP routers).
+    #[serde(default)]
+    pub bgp: Option<bgp::BgpConfig>,
     #[serde(rename = "vip", default)]
     pub vips: Vec<VipConfig>,
 }

@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::admin::AdminRequest;
 use crate::backends::probe::{CheckResult, Prober};
+use crate::bgp::BgpService;
 use crate::config::{self, Config};
 use crate::dataplane::{Dataplane, HealthSignals, MapSizes, PacketLogger};
 use crate::dns::{DnsService, PeerReport};
@@ -124,7 +125,8 @@ impl Events {
         let (target_check_tx, target_checks) = tokio::sync::mpsc::unbounded_channel();
         let (peer_view_tx, peer_views) = tokio::sync::mpsc::unbounded_channel();
         let dns = DnsService::start(&config, target_check_tx, peer_view_tx)?;
-        let mut lb = Controller::new(config_path, config, tables, Prober::new(check_tx), dns);
+        let bgp = BgpService::start(&config);
+        let mut lb = Controller::new(config_path, config, tables, Prober::new(check_tx), dns, bgp);
         lb.start(maps)?;
         // Handlers before `ready`: a SIGHUP sent once ready (`systemctl reload` right after
         // start) reloads, where the default action would end the controller.
@@ -161,6 +163,15 @@ impl Events {
                 _ = self.interrupt.recv() => return Ok(false),
             };
             if let Step::Stop { detach } = self.lb.handle(event, maps)? {
+                // A deliberate stop withdraws the routes first, so the routers move the
+                // traffic away before the program goes; a failure is said and the stop
+                // goes on (bounded).
+                if detach
+                    && let Some(bgp) = self.lb.bgp_mut()
+                    && let Err(e) = bgp.withdraw().await
+                {
+                    warn!("stopping: {e:#}; detaching anyway");
+                }
                 return Ok(detach);
             }
         }

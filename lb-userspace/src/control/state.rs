@@ -18,7 +18,8 @@ use crate::api::status::{BackendStatus, ReloadOutcome, Status, VipStatus};
 use crate::backends::failover::BackendStates;
 use crate::backends::locality::{Availability, Plan};
 use crate::backends::probe::{CheckResult, Prober};
-use crate::config::{self, Config};
+use crate::bgp::BgpService;
+use crate::config::{self, Config, VipConfig};
 use crate::dataplane::MapSizes;
 use crate::dns::{DnsService, PeerReport};
 use crate::flows::FlowSummary;
@@ -73,6 +74,8 @@ pub(super) struct Controller {
     dns: Option<DnsService>,
     /// The live flows as the last sweep of the flow tables counted them.
     flows: FlowSummary,
+    /// The VIPs announced by BGP through BIRD, with `[bgp]`.
+    bgp: Option<BgpService>,
 }
 
 impl Controller {
@@ -82,6 +85,7 @@ impl Controller {
         (ids, applied): (IdAllocator, Applied),
         prober: Prober,
         dns: Option<DnsService>,
+        bgp: Option<BgpService>,
     ) -> Self {
         let mut states = BackendStates::default();
         states.reconfigure(&config, Instant::now());
@@ -97,6 +101,7 @@ impl Controller {
             plans: BTreeMap::new(),
             dns,
             flows: FlowSummary::default(),
+            bgp,
         }
     }
 
@@ -182,6 +187,9 @@ impl Controller {
         if let Some(dns) = &mut self.dns {
             dns.reconfigure(&next)?;
         }
+        if let Some(bgp) = &mut self.bgp {
+            bgp.reconfigure(&next);
+        }
         self.config = next;
         self.apply(maps)?;
         self.generation += 1;
@@ -227,6 +235,11 @@ impl Controller {
             }
             AdminRequest::Flows { vip, reply } => {
                 let _ = reply.send(self.read_flows(vip.as_deref(), maps));
+            }
+            AdminRequest::Host { drained, reply } => {
+                let open_flows = self.flows.open_by_vip_backend.values().sum();
+                let report = self.bgp.as_mut().map(|bgp| bgp.set_drained(drained, open_flows));
+                let _ = reply.send(report.ok_or(AdminError::NoBgp));
             }
         }
         Ok(Step::Continue)
@@ -311,6 +324,7 @@ impl Controller {
             vips,
             global: maps.global_stats().unwrap_or_default(),
             dns: self.dns.as_ref().map(DnsService::status),
+            bgp: self.bgp.as_ref().map(|bgp| bgp.status(self.flows.open_by_vip_backend.values().sum())),
             health_check_local_failures: crate::backends::probe::local_failures(),
             nat_ports_per_backend: self.config.balancer.nat_ports_per_backend(),
         }
@@ -342,16 +356,21 @@ impl Controller {
             plans.insert(vip.name, vip.plan);
         }
         self.plans = plans;
+        let (config, states) = (&self.config, &self.states);
         if let Some(dns) = &mut self.dns {
-            // A DNS target that is one of our VIPs is up while any of its backends can
-            // take new flows.
-            let (config, states) = (&self.config, &self.states);
-            dns.on_vips(&|name| {
-                let vip = config.vips.iter().find(|v| v.name == name)?;
-                Some(vip.backends.iter().any(|b| states.availability(vip, b) == Availability::Available))
-            });
+            // A DNS target that is one of our VIPs is up while the VIP can take new flows.
+            dns.on_vips(&|name| Some(takes_new_flows(states, config.vips.iter().find(|v| v.name == name)?)));
+        }
+        if let Some(bgp) = &mut self.bgp {
+            // Announced by the same rule.
+            bgp.on_vips(config.vips.iter().map(|v| (v.address, takes_new_flows(states, v))).collect());
         }
         Ok(())
+    }
+
+    /// The BGP service, for the withdrawal of `lb stop --detach`.
+    pub(super) fn bgp_mut(&mut self) -> Option<&mut BgpService> {
+        self.bgp.as_mut()
     }
 
     /// Sweeps the flow tables of connections that are over; a failure is logged, and the
@@ -391,6 +410,12 @@ impl Controller {
     }
 }
 
+/// Whether `vip` can take new flows: any of its backends can. A DNS site target that is
+/// this VIP is up, and BGP announces its address, while it can.
+fn takes_new_flows(states: &BackendStates, vip: &VipConfig) -> bool {
+    vip.backends.iter().any(|b| states.availability(vip, b) == Availability::Available)
+}
+
 fn log_plan_change(vip: &str, before: Option<&Plan>, after: &Plan) {
     if before.map(|p| (p.level, p.panic)) == Some((after.level, after.panic)) {
         return;
@@ -419,6 +444,10 @@ fn read_reload(path: &std::path::Path, current: &Config) -> Result<Config> {
     let sockets = |c: &Config| c.dns.as_ref().map(|d| (d.listen.clone(), d.udp_sockets));
     if sockets(current) != sockets(&next) {
         anyhow::bail!("adding or removing [dns], or changing dns.listen or dns.udp_sockets, needs a restart");
+    }
+    let bird = |c: &Config| c.bgp.as_ref().map(|b| (b.bird_socket.clone(), b.include_file.clone()));
+    if bird(current) != bird(&next) {
+        anyhow::bail!("adding or removing [bgp], or changing bgp.bird_socket or bgp.include_file, needs a restart");
     }
     Ok(next)
 }

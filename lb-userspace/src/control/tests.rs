@@ -38,7 +38,7 @@ fn controller(file: &TempFile, maps: &mut Recorder) -> Controller {
     let ids = IdAllocator::new(config.balancer.max_vips, config.balancer.max_backends);
     let (check_tx, _) = tokio::sync::mpsc::unbounded_channel();
     let mut lb =
-        Controller::new(file.path().to_owned(), config, (ids, Applied::default()), Prober::new(check_tx), None);
+        Controller::new(file.path().to_owned(), config, (ids, Applied::default()), Prober::new(check_tx), None, None);
     lb.start(maps).unwrap();
     lb
 }
@@ -155,4 +155,61 @@ async fn lb_flows_gets_the_names_of_the_ids_and_an_unknown_vip_is_refused() {
     assert_eq!(names.vips, [(0, "web".to_owned())].into());
     assert_eq!(names.backends, [(0, backend(11)), (1, backend(12))].into());
     assert!(matches!(ask(Some("nope")), Err(AdminError::NoSuchVip(name)) if name == "nope"));
+}
+
+/// Waits (5 s at most) until the include file at `path` satisfies `holds`; its text.
+async fn include_file_until(path: &std::path::Path, holds: impl Fn(&str) -> bool) -> String {
+    for _ in 0..100 {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && holds(&text)
+        {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{}: {:?}", path.display(), std::fs::read_to_string(path));
+}
+
+#[tokio::test]
+async fn bgp_announces_the_vip_while_it_takes_new_flows_and_a_drain_is_kept_for_the_next_controller() {
+    let dir = tempfile::tempdir().unwrap();
+    let include = dir.path().join("bird-lb.conf");
+    let text = format!(
+        "{CONFIG}\n[bgp]\nasn = 65001\ninclude_file = \"{}\"\nbird_socket = \"{}\"\n\
+         [[bgp.peer]]\naddress = \"10.0.0.254\"\nasn = 65000\n",
+        include.display(),
+        dir.path().join("no-bird.ctl").display()
+    );
+    let file = TempFile::new("control-bgp.toml", text.as_bytes());
+    let start = |maps: &mut Recorder| {
+        let config = config::load(file.path()).unwrap();
+        let ids = IdAllocator::new(config.balancer.max_vips, config.balancer.max_backends);
+        let (check_tx, _) = tokio::sync::mpsc::unbounded_channel();
+        let bgp = crate::bgp::BgpService::start(&config);
+        let tables = (ids, Applied::default());
+        let mut lb = Controller::new(file.path().to_owned(), config, tables, Prober::new(check_tx), None, bgp);
+        lb.start(maps).unwrap();
+        lb
+    };
+    let mut maps = Recorder::default();
+    let mut lb = start(&mut maps);
+    // BIRD is away: the file is written all the same (BIRD reads it when it starts).
+    include_file_until(&include, |t| t.contains("route 10.100.0.1/32 blackhole;")).await;
+    check(&mut lb, &mut maps, 11, false);
+    check(&mut lb, &mut maps, 12, false);
+    include_file_until(&include, |t| !t.contains("route ")).await;
+    check(&mut lb, &mut maps, 12, true);
+    include_file_until(&include, |t| t.contains("route 10.100.0.1/32")).await;
+
+    let (reply, mut answer) = oneshot::channel();
+    lb.handle(Event::Admin(AdminRequest::Host { drained: true, reply }), &mut maps).unwrap();
+    let report = answer.try_recv().unwrap().unwrap();
+    assert_eq!((report.host.as_str(), report.announced.len()), ("drained", 1));
+    include_file_until(&include, |t| t.contains("bgp_med = 1000;") && t.contains("lb-host-state: drained")).await;
+    let status = lb.status(&maps).bgp.unwrap();
+    assert!(!status.bird_up && status.last_error.as_ref().is_some_and(|e| e.contains("no-bird.ctl")), "{status:?}");
+    drop(lb);
+    // The next controller adopts the drain from the file.
+    let lb = start(&mut maps);
+    assert_eq!(lb.status(&maps).bgp.unwrap().host.as_str(), "drained");
 }

@@ -114,6 +114,11 @@ impl LineConnection {
         Ok(Self { writer: stream.try_clone()?, reader: BufReader::new(stream) })
     }
 
+    /// The client's end of the connection.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.writer.local_addr()?)
+    }
+
     pub fn ask(&mut self) -> Result<String> {
         self.writer.write_all(b"who\n")?;
         let mut line = String::new();

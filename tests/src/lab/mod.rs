@@ -168,6 +168,12 @@ impl Lab {
         Ok((v4, v6))
     }
 
+    /// Plugs a host of the caller's into the segment: namespace `name` with `addrs` on its
+    /// `eth0`, on switch port `port` (a router, say). It is the caller's to drop.
+    pub fn plug(&self, name: &str, port: &str, addrs: &[&str]) -> Result<Netns> {
+        host(&self._switch, name, port, addrs)
+    }
+
     pub fn backend(&mut self, name: &str) -> &mut Backend {
         self.backends.iter_mut().find(|b| b.spec.name == name).expect("no such backend")
     }

@@ -73,6 +73,22 @@ impl Netns {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// `program` to be run in this namespace (by `nsenter`, which switches only the network
+    /// namespace: `ip netns exec` would also remount /sys and with it bpffs). The process
+    /// gets SIGTERM should the thread that spawns it die without running destructors (a
+    /// signal): keep its owner on that thread.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("nsenter");
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
+        command.arg(format!("--net={}", self.path())).arg(program);
+        command
+    }
+
     pub fn sysctl(&self, setting: &str) -> Result<()> {
         self.exec(&["sysctl", "-qw", setting])
     }

@@ -15,6 +15,7 @@ mod encap_fixtures;
 mod end_to_end;
 mod failover;
 mod fixtures;
+mod fleet;
 mod flows_cli;
 mod lifecycle;
 mod operations;

@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 mod balancer;
+mod bgp;
 mod encap;
 mod priority;
 mod vips;
@@ -260,7 +261,8 @@ fn syntax_error_has_line() {
 #[test]
 fn the_keys_of_a_table_come_from_the_schema() {
     let keys = |path: &[Seg]| fields_at(path);
-    assert_eq!(keys(&[]), ["balancer", "admin", "dns", "vip"]);
+    assert_eq!(keys(&[]), ["balancer", "admin", "dns", "bgp", "vip"]);
+    assert!(keys(&key_path!["bgp", "peer", 0]).contains(&"bfd_multiplier".to_owned()));
     assert!(keys(&key_path!["balancer"]).contains(&"flow_timeouts".to_owned()));
     assert_eq!(keys(&key_path!["balancer", "flow_timeouts"]).len(), 6);
     assert!(keys(&key_path!["vip", 0, "health_check"]).contains(&"expected_statuses".to_owned()));

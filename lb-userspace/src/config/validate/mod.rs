@@ -1,8 +1,10 @@
 //! The rules of a configuration that its types cannot express, each error naming its key.
 
+mod bgp;
 mod dns;
 mod vip;
 
+use bgp::validate_bgp;
 use dns::validate_dns;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -22,6 +24,9 @@ pub(super) fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
     validate_vips(c, cx)?;
     if let Some(dns) = &c.dns {
         validate_dns(c, dns, cx)?;
+    }
+    if let Some(bgp) = &c.bgp {
+        validate_bgp(c, bgp, cx)?;
     }
     Ok(())
 }

@@ -22,9 +22,11 @@
 //! SVG's path with the extension `.png`).
 //!
 //! `--soak MINUTES [...]` runs the soak mode instead (`lb_tests::soak`, options in
-//! `lb_tests::soak::USAGE`).
+//! `lb_tests::soak::USAGE`); `--fleet` the phases of a fleet of balancer hosts (`fleet`:
+//! a host killed, added, drained and stopped, added), with `--rate` and `--phase`.
 
 mod chart;
+mod fleet;
 mod labels;
 mod report;
 mod resolver;
@@ -51,6 +53,8 @@ use schedule::{Fault, HEALTH, PHASES, TIMING, phase_bounds, phase_length};
 const WORKERS: usize = 400;
 
 struct Options {
+    /// `--fleet`: the fleet's phases instead of the sites'.
+    fleet: bool,
     rate: f64,
     phase: Duration,
     out: PathBuf,
@@ -59,7 +63,13 @@ struct Options {
 }
 
 fn options() -> Result<Options> {
-    let mut opts = Options { rate: 200.0, phase: Duration::from_secs(10), out: "target/drill.svg".into(), png: None };
+    let mut opts = Options {
+        fleet: false,
+        rate: 200.0,
+        phase: Duration::from_secs(10),
+        out: "target/drill.svg".into(),
+        png: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
@@ -67,11 +77,12 @@ fn options() -> Result<Options> {
             "--rate" => opts.rate = value("--rate")?.parse().context("--rate")?,
             "--phase" => opts.phase = Duration::from_secs_f64(value("--phase")?.parse().context("--phase")?),
             "--quick" => opts.phase = Duration::from_secs(4),
+            "--fleet" => opts.fleet = true,
             "--out" => opts.out = value("--out")?.into(),
             "--png" => opts.png = Some(value("--png")?.into()),
             "-h" | "--help" => {
                 println!(
-                    "lb-drill [--rate N] [--phase SECS] [--quick] [--out FILE.svg] [--png FILE.png]   (needs root; LB_BIN names `lb`)\n{}",
+                    "lb-drill [--fleet] [--rate N] [--phase SECS] [--quick] [--out FILE.svg] [--png FILE.png]   (needs root; LB_BIN names `lb`)\n{}",
                     soak::USAGE
                 );
                 std::process::exit(0);
@@ -123,6 +134,9 @@ fn soak(args: &[String]) -> ExitCode {
 }
 
 fn drill(opts: Options) -> Result<()> {
+    if opts.fleet {
+        return fleet::run(opts.rate, opts.phase);
+    }
     // Before the run rather than after it: a missing font must not cost a whole drill.
     chart::load_font()?;
     let site_a = Site {

@@ -5,7 +5,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use lb_tests::lab::Netns;
@@ -55,17 +55,9 @@ impl<'lab> Prometheus<'lab> {
         let port = netns.run(free_port).map_err(|e| setup(&e))?.map_err(|e| setup(&e))?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let log = std::fs::File::create(dir.path().join("prometheus.log")).map_err(|e| setup(&e))?;
-        let mut command = Command::new("nsenter");
         // If this program dies without running destructors (a signal), Prometheus dies with it.
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
-            });
-        }
-        let child = command
-            .arg(format!("--net={}", netns.path()))
-            .arg("prometheus")
+        let child = netns
+            .command("prometheus")
             .arg(format!("--config.file={}", config_file.display()))
             .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
             .arg(format!("--web.listen-address={addr}"))
