@@ -104,7 +104,7 @@ pub async fn start(
     token: Option<String>,
     requests: mpsc::Sender<AdminRequest>,
     limits: Limits,
-) -> Result<SocketAddr> {
+) -> Result<(SocketAddr, OpenConnections)> {
     let with_token = token.is_some();
     let state = AdminState { requests, token };
     let app = Router::new()
@@ -126,16 +126,34 @@ pub async fn start(
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("admin interface: binding {listen}"))?;
     let bound = listener.local_addr()?;
     tracing::info!(listen = %bound, token = with_token, max_connections = limits.max_connections, "admin interface listening");
-    tokio::spawn(serve(listener, app, limits));
-    Ok(bound)
+    let open = OpenConnections {
+        open: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+        max: limits.max_connections,
+    };
+    tokio::spawn(serve(listener, app, limits, open.open.clone()));
+    Ok((bound, open))
+}
+
+/// The admin interface's open connections: an ending controller waits for them, so that
+/// the answers in flight (the one to `lb stop` above all) reach their clients.
+#[derive(Clone)]
+pub struct OpenConnections {
+    open: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl OpenConnections {
+    /// Waits until every connection is closed, or `within` has passed.
+    pub async fn closed(&self, within: Duration) {
+        let _ = tokio::time::timeout(within, self.open.acquire_many(self.max as u32)).await;
+    }
 }
 
 const TOO_MANY_CONNECTIONS: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 60\r\nConnection: close\r\n\r\n\
     too many admin connections open; try again in a few seconds\n";
 
 /// Accepts connections for ever, each served on a task of its own within `limits`.
-async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
-    let open = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits, open: Arc<tokio::sync::Semaphore>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -328,7 +346,7 @@ mod tests {
             connection_lifetime: Duration::from_secs(30),
             max_connections: 8,
         };
-        let addr = start("127.0.0.1:0".parse().unwrap(), None, requests, limits).await.unwrap();
+        let (addr, _) = start("127.0.0.1:0".parse().unwrap(), None, requests, limits).await.unwrap();
         let result = tokio::task::spawn_blocking(move || {
             let idle: Vec<std::net::TcpStream> = (0..40).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
             let mut told_too_many = 0;

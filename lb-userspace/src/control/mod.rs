@@ -18,7 +18,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{error, info, warn};
 
-use crate::admin::AdminRequest;
+use crate::admin::{AdminRequest, OpenConnections};
 use crate::backends::probe::{CheckResult, Prober};
 use crate::bgp::BgpService;
 use crate::config::{self, Config};
@@ -30,6 +30,9 @@ use packet_path::NoPacketPath;
 pub use packet_path::PacketPath;
 use state::{Controller, Event, Step};
 
+/// How long a stopping controller waits for the admin interface's connections to close
+/// (the answer to `lb stop` among them; an idle kept-alive one waits it out).
+const STOP_ANSWER_GRACE: Duration = Duration::from_secs(2);
 /// How often neighbour entries of backends are refreshed.
 const NEIGHBOR_REFRESH: Duration = Duration::from_secs(10);
 /// How often due ejection sweeps run (each VIP sweeps at its own `interval`).
@@ -99,6 +102,7 @@ async fn run_vantage_point(config_path: PathBuf, config: Config) -> Result<()> {
 /// The controller and every source of its events.
 struct Events {
     lb: Controller,
+    admin_connections: OpenConnections,
     admin_requests: tokio::sync::mpsc::Receiver<AdminRequest>,
     checks: UnboundedReceiver<CheckResult>,
     signals: UnboundedReceiver<Vec<HealthSignal>>,
@@ -121,7 +125,8 @@ impl Events {
     ) -> Result<Self> {
         let (check_tx, checks) = tokio::sync::mpsc::unbounded_channel();
         let (admin_tx, admin_requests) = tokio::sync::mpsc::channel(16);
-        crate::admin::start(config.admin.listen, config.admin.token.clone(), admin_tx, Default::default()).await?;
+        let (_, admin_connections) =
+            crate::admin::start(config.admin.listen, config.admin.token.clone(), admin_tx, Default::default()).await?;
         let (target_check_tx, target_checks) = tokio::sync::mpsc::unbounded_channel();
         let (peer_view_tx, peer_views) = tokio::sync::mpsc::unbounded_channel();
         let dns = DnsService::start(&config, target_check_tx, peer_view_tx)?;
@@ -132,6 +137,7 @@ impl Events {
         // start) reloads, where the default action would end the controller.
         Ok(Self {
             lb,
+            admin_connections,
             admin_requests,
             checks,
             signals,
@@ -172,6 +178,9 @@ impl Events {
                 {
                     warn!("stopping: {e:#}; detaching anyway");
                 }
+                // The answer to `lb stop` is still on its way: ending the process now
+                // would cut it off.
+                self.admin_connections.closed(STOP_ANSWER_GRACE).await;
                 return Ok(detach);
             }
         }
