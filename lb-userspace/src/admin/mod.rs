@@ -41,11 +41,10 @@ pub enum AdminRequest {
     /// Reload the config file: the new generation, or why the config was refused.
     Reload(oneshot::Sender<Result<u64, AdminError>>),
     /// End the controller; with `detach`, also detach the program and remove the pins.
-    /// The answer says whether the pins outlive the controller (not when they are in a
-    /// bpffs private to its mount namespace).
+    /// The answer says what is left once the controller has ended.
     Stop {
         detach: bool,
-        reply: oneshot::Sender<bool>,
+        reply: oneshot::Sender<LeftBehind>,
     },
     /// This vantage point's view of the DNS targets (none without `[dns]`), for peers.
     DnsView(oneshot::Sender<Option<crate::api::dns::VantageView>>),
@@ -232,11 +231,27 @@ async fn stop_and_detach(state: State<AdminState>) -> Response {
     stop_controller(state, true).await
 }
 
+/// What a controller leaves behind as it ends, for the answer to `lb stop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftBehind {
+    /// The program and its pinned maps, unless detached.
+    PinnedProgram,
+    /// Nothing: the pins are in a bpffs private to the controller's mount namespace.
+    PrivatePins,
+    /// Nothing ever was: a DNS vantage point has no packet path.
+    NoPacketPath,
+}
+
 async fn stop_controller(State(state): State<AdminState>, detach: bool) -> Response {
     match ask(&state, |reply| AdminRequest::Stop { detach, reply }).await {
+        Ok(LeftBehind::NoPacketPath) => {
+            (StatusCode::OK, "stopping; a DNS vantage point has no program to leave or detach\n").into_response()
+        }
         Ok(_) if detach => (StatusCode::OK, "stopping; the program is detached and its pins removed\n").into_response(),
-        Ok(true) => (StatusCode::OK, "stopping; the program stays attached with its pinned maps\n").into_response(),
-        Ok(false) => (
+        Ok(LeftBehind::PinnedProgram) => {
+            (StatusCode::OK, "stopping; the program stays attached with its pinned maps\n").into_response()
+        }
+        Ok(LeftBehind::PrivatePins) => (
             StatusCode::OK,
             format!(
                 "stopping; the program is detached as the controller ends: {}\n",

@@ -12,7 +12,7 @@ use lb_common::{HealthSignal, SIGNAL_NEIGHBOUR_MISSING};
 use tracing::{debug, error, info, warn};
 
 use super::PacketPath;
-use crate::admin::{AdminError, AdminRequest};
+use crate::admin::{AdminError, AdminRequest, LeftBehind};
 use crate::api::flows::{FlowSnapshot, Names};
 use crate::api::status::{BackendStatus, ReloadOutcome, Status, VipStatus};
 use crate::backends::failover::BackendStates;
@@ -220,7 +220,14 @@ impl Controller {
                 let _ = reply.send(outcome);
             }
             AdminRequest::Stop { detach, reply } => {
-                let _ = reply.send(!crate::dataplane::pins_are_private());
+                let left = if !self.config.has_packet_path() {
+                    LeftBehind::NoPacketPath
+                } else if crate::dataplane::pins_are_private() {
+                    LeftBehind::PrivatePins
+                } else {
+                    LeftBehind::PinnedProgram
+                };
+                let _ = reply.send(left);
                 return Ok(Step::Stop { detach });
             }
             AdminRequest::DnsView(reply) => {

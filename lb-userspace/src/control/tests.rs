@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use tokio::sync::oneshot;
 
 use super::state::{Controller, Event, Step};
-use crate::admin::{AdminError, AdminRequest};
+use crate::admin::{AdminError, AdminRequest, LeftBehind};
 use crate::backends::probe::{CheckFailure, CheckResult, Prober};
 use crate::config;
 use crate::plan::IdAllocator;
@@ -135,9 +135,11 @@ async fn a_stop_request_ends_the_loop() {
     let file = TempFile::new("control-stop.toml", CONFIG.as_bytes());
     let mut maps = Recorder::default();
     let mut lb = controller(&file, &mut maps);
-    let (reply, _answer) = oneshot::channel();
+    let (reply, answer) = oneshot::channel();
     let step = lb.handle(Event::Admin(AdminRequest::Stop { detach: true, reply }), &mut maps).unwrap();
     assert_eq!(step, Step::Stop { detach: true });
+    let left = answer.await.unwrap();
+    assert!(matches!(left, LeftBehind::PinnedProgram | LeftBehind::PrivatePins), "{left:?}");
 }
 
 #[tokio::test]

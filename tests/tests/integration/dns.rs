@@ -125,6 +125,8 @@ fn a_site_that_dies_with_its_controller_fails_over_on_the_other_site_and_a_witne
         let votes = ["site-b", "witness"].map(|vantage| site_a.views.get(vantage).copied());
         ensure!(!site_a.up && votes == [Some(false), Some(false)], "{site_a:?}");
     }
+    let said = witness.cli(&["stop", "--detach"])?;
+    ensure!(said.contains("a DNS vantage point has no program to leave or detach"), "lb stop said: {said}");
     Ok(())
 }
 
