@@ -277,9 +277,9 @@ fn stop(admin: &AdminArgs, detach: bool) -> anyhow::Result<()> {
     // With --detach, a controller with [bgp] first waits for its routes to go (at most
     // bgp.stop_timeout + bgp.stop_settle, each at most 30 s).
     let within = std::time::Duration::from_secs(if detach { 75 } else { 15 });
-    // A DNS vantage point's config names no interfaces: it has no pins of its own, and
-    // the (default) pin directory may be another balancer's on the same host.
-    let has_pins = !control.balancer.interfaces.is_empty();
+    // A DNS vantage point has no pins of its own, and the (default) pin directory may be
+    // another balancer's on the same host.
+    let has_pins = control.has_packet_path();
     match client.stop(detach, within) {
         Ok(said) => {
             print!("{said}");

@@ -181,13 +181,19 @@ fn dns_tables(
     dns
 }
 
+/// `per_site` backends (HTTP) per site, site A's in r1/z1 and site B's in r2/z1.
+fn default_sites(per_site: usize) -> (Site, Site) {
+    let mut a = backends_across(2, 1, per_site);
+    let b = a.split_off(per_site);
+    (Site::new(a), Site::new(b))
+}
+
 impl TwoSites {
     /// `per_site` backends (HTTP) per site, site A's in r1/z1 and site B's in r2/z1, the
     /// rest by default ([`Site::new`]); `tag` starts every name.
     pub fn build(tag: &str, per_site: usize, timing: Timing) -> Result<Self> {
-        let mut a = backends_across(2, 1, per_site);
-        let b = a.split_off(per_site);
-        Self::build_sites(tag, Site::new(a), Site::new(b), timing)
+        let (a, b) = default_sites(per_site);
+        Self::build_sites(tag, a, b, timing)
     }
 
     /// Sites `a` and `b` as described; `tag` starts every name.
@@ -198,9 +204,8 @@ impl TwoSites {
     /// As [`build`](Self::build), with a third vantage point that has no packet path (a
     /// witness): the three keep a quorum of 2.
     pub fn build_with_witness(tag: &str, per_site: usize, timing: Timing) -> Result<Self> {
-        let mut a = backends_across(2, 1, per_site);
-        let b = a.split_off(per_site);
-        Self::build_all(tag, Site::new(a), Site::new(b), timing, true)
+        let (a, b) = default_sites(per_site);
+        Self::build_all(tag, a, b, timing, true)
     }
 
     fn build_all(tag: &str, a: Site, b: Site, timing: Timing, with_witness: bool) -> Result<Self> {

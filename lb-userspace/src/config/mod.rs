@@ -134,6 +134,14 @@ impl Default for ControlBalancer {
     }
 }
 
+impl Control {
+    /// [`Config::has_packet_path`]'s rule, for the commands: without interfaces, a DNS
+    /// vantage point, which has no program and no pins.
+    pub fn has_packet_path(&self) -> bool {
+        !self.balancer.interfaces.is_empty()
+    }
+}
+
 /// Reads only [`Control`] from a config file, leniently: the commands that talk to a
 /// running controller must work while the file holds a config it refused. A file that is
 /// not TOML at all gives the defaults.
