@@ -23,7 +23,7 @@ use crate::config::{self, Config, VipConfig};
 use crate::dataplane::MapSizes;
 use crate::dns::{DnsService, PeerReport};
 use crate::flows::FlowSummary;
-use crate::plan::{self, IdAllocator};
+use crate::plan::{self, CheckMarks, IdAllocator, own_settings};
 use crate::sync::Applied;
 
 /// What the loop reacts to.
@@ -66,6 +66,8 @@ pub(super) struct Controller {
     last_reload: Option<ReloadOutcome>,
     states: BackendStates,
     prober: Prober,
+    /// The socket marks of checks through the encapsulated modes' tunnels.
+    check_marks: CheckMarks,
     ids: IdAllocator,
     applied: Applied,
     /// Each VIP's plan as last applied, to log failovers and failbacks.
@@ -96,6 +98,7 @@ impl Controller {
             last_reload: None,
             states,
             prober,
+            check_marks: CheckMarks::default(),
             ids,
             applied,
             plans: BTreeMap::new(),
@@ -111,7 +114,7 @@ impl Controller {
 
     /// Starts the active checks and writes the first tables.
     pub(super) fn start(&mut self, maps: &mut impl PacketPath) -> Result<()> {
-        self.prober.set_targets(BackendStates::check_targets(&self.config));
+        start_checks(&self.config, &mut self.check_marks, &mut self.prober, maps)?;
         self.apply(maps)?;
         crate::backends::neighbors::prime(neighbors_of(&self.config));
         Ok(())
@@ -182,7 +185,7 @@ impl Controller {
             }
         };
         self.states.reconfigure(&next, Instant::now());
-        self.prober.set_targets(BackendStates::check_targets(&next));
+        start_checks(&next, &mut self.check_marks, &mut self.prober, maps)?;
         crate::backends::neighbors::prime(neighbors_of(&next));
         if let Some(dns) = &mut self.dns {
             dns.reconfigure(&next)?;
@@ -436,6 +439,21 @@ fn log_plan_change(vip: &str, before: Option<&Plan>, after: &Plan) {
 }
 
 /// Reads and validates the new config; settings that size or place the maps, and the
+/// Checks exactly what `config` asks for, each through its tunnel where the mode has one:
+/// the tunnels' marks are written for the packet path before any check uses them.
+fn start_checks(
+    config: &Config,
+    marks: &mut CheckMarks,
+    prober: &mut Prober,
+    maps: &mut impl PacketPath,
+) -> Result<()> {
+    marks.assign(config);
+    maps.set_check_tunnels(&own_settings(&config.balancer), &marks.tunnels())
+        .context("setting up health checks through the tunnels (lb-check)")?;
+    prober.set_targets(BackendStates::check_targets(config, marks));
+    Ok(())
+}
+
 /// admin interface's address, can only change with a restart.
 fn read_reload(path: &std::path::Path, current: &Config) -> Result<Config> {
     let next = config::load(path)?;
