@@ -114,7 +114,8 @@ impl Controller {
 
     /// Starts the active checks and writes the first tables.
     pub(super) fn start(&mut self, maps: &mut impl PacketPath) -> Result<()> {
-        start_checks(&self.config, &mut self.check_marks, &mut self.prober, maps)?;
+        write_check_tunnels(&self.config, &mut self.check_marks, maps)?;
+        self.prober.set_targets(BackendStates::check_targets(&self.config, &self.check_marks));
         self.apply(maps)?;
         crate::backends::neighbors::prime(neighbors_of(&self.config));
         Ok(())
@@ -175,17 +176,21 @@ impl Controller {
     /// running one in place. Returns the new generation, or why the file was refused; the
     /// outer error is a failure to write the maps, which ends the controller as at start.
     fn reload(&mut self, maps: &mut impl PacketPath) -> Result<Result<u64, AdminError>> {
+        let refused = |e: anyhow::Error, last: &mut Option<ReloadOutcome>| {
+            error!("reload refused, keeping the running config: {e:#}");
+            let why = format!("{e:#}");
+            *last = Some(ReloadOutcome { applied: false, message: why.clone() });
+            Ok(Err(AdminError::ConfigRefused(why)))
+        };
         let next = match read_reload(&self.config_path, &self.config) {
             Ok(next) => next,
-            Err(e) => {
-                error!("reload refused, keeping the running config: {e:#}");
-                let why = format!("{e:#}");
-                self.last_reload = Some(ReloadOutcome { applied: false, message: why.clone() });
-                return Ok(Err(AdminError::ConfigRefused(why)));
-            }
+            Err(e) => return refused(e, &mut self.last_reload),
         };
+        if let Err(e) = write_check_tunnels(&next, &mut self.check_marks, maps) {
+            return refused(e, &mut self.last_reload);
+        }
         self.states.reconfigure(&next, Instant::now());
-        start_checks(&next, &mut self.check_marks, &mut self.prober, maps)?;
+        self.prober.set_targets(BackendStates::check_targets(&next, &self.check_marks));
         crate::backends::neighbors::prime(neighbors_of(&next));
         if let Some(dns) = &mut self.dns {
             dns.reconfigure(&next)?;
@@ -439,18 +444,14 @@ fn log_plan_change(vip: &str, before: Option<&Plan>, after: &Plan) {
 }
 
 /// Reads and validates the new config; settings that size or place the maps, and the
-/// Checks exactly what `config` asks for, each through its tunnel where the mode has one:
-/// the tunnels' marks are written for the packet path before any check uses them.
-fn start_checks(
-    config: &Config,
-    marks: &mut CheckMarks,
-    prober: &mut Prober,
-    maps: &mut impl PacketPath,
-) -> Result<()> {
-    marks.assign(config);
-    maps.set_check_tunnels(&own_settings(&config.balancer), &marks.tunnels())
+/// The marks of the checks `config` asks through tunnels, written for the packet path
+/// (before any check uses them); on failure `marks` is left as it was.
+fn write_check_tunnels(config: &Config, marks: &mut CheckMarks, maps: &mut impl PacketPath) -> Result<()> {
+    let mut next = marks.clone();
+    next.assign(config);
+    maps.set_check_tunnels(&own_settings(&config.balancer), &next.tunnels())
         .context("setting up health checks through the tunnels (lb-check)")?;
-    prober.set_targets(BackendStates::check_targets(config, marks));
+    *marks = next;
     Ok(())
 }
 

@@ -22,7 +22,7 @@ pub struct TunnelEnd {
 /// Marks of the tunnel ends in use. An end keeps its mark while any VIP checks it; a new
 /// end takes the next mark in turn (round 2^16), not one just given up, so the packets of a
 /// check that a reload stopped are never sent to a backend that took over its mark.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct CheckMarks {
     marks: BTreeMap<TunnelEnd, u32>,
     next: u16,
