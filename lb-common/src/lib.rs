@@ -100,6 +100,27 @@ pub const MAP_DECAP_SETTINGS: &str = "DECAP_SETTINGS";
 pub const MAP_DECAP_ADDRS: &str = "DECAP_ADDRS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 
+/// Health checks of the encapsulated modes' backends through their tunnel: the tc program
+/// on the controller's `CHECK_DEVICE`, and its map from a check's socket mark to the backend.
+pub const PROG_CHECK_TUNNEL: &str = "tc_check_tunnel";
+pub const MAP_CHECK_TUNNELS: &str = "CHECK_TUNNELS";
+/// At most this many backends (by address and encapsulation) checked through a tunnel.
+pub const MAX_CHECK_TUNNELS: u32 = 16_384;
+/// A check's socket mark is `CHECK_MARK_BASE | n` (n < 2^16); the policy rule that routes
+/// such marks to `CHECK_DEVICE` matches `CHECK_MARK_BASE/CHECK_MARK_MASK`.
+pub const CHECK_MARK_BASE: u32 = 0x4c42_0000;
+pub const CHECK_MARK_MASK: u32 = 0xffff_0000;
+
+/// `CHECK_TUNNELS`'s value: the backend a check's packets are encapsulated for, and how.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckTunnel {
+    pub backend: Backend,
+    /// 1 for gue (`Settings::gue_port`), 0 for ipip.
+    pub gue: u8,
+    pub _pad: [u8; 3],
+}
+
 /// `xdp_decap`'s settings, one element in `DECAP_SETTINGS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -367,6 +388,7 @@ mod pod {
     unsafe impl aya::Pod for GlobalStats {}
     unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for DecapSettings {}
+    unsafe impl aya::Pod for CheckTunnel {}
     unsafe impl aya::Pod for DecapStats {}
     unsafe impl aya::Pod for VipRateState {}
     unsafe impl aya::Pod for VipCpuTokens {}

@@ -29,9 +29,27 @@ pub fn encapsulate(ctx: &XdpContext, h: &mut Headers, backend: &Backend, setting
     wrap(ctx, h, backend, settings, gue_hash).is_ok()
 }
 
+/// A frame that can grow in front: XDP moves its start, tc makes room after the L2 header.
+pub trait Prepend: Frame {
+    /// Makes `added` bytes of room between the L2 header (which ends at `l3`) and the
+    /// packet, the L2 header's ethertype the outer family's; gue's outer header ends in UDP.
+    fn prepend(&self, l3: usize, added: usize, outer_v4: bool, gue: bool) -> Result<(), Reason>;
+}
+
+impl Prepend for XdpContext {
+    #[inline(always)]
+    fn prepend(&self, l3: usize, added: usize, outer_v4: bool, _gue: bool) -> Result<(), Reason> {
+        // SAFETY: plain helper call; the frame is reached through `at` only, after it too.
+        if unsafe { bpf_xdp_adjust_head(self.ctx, -(added as i32)) } != 0 {
+            return Err(Reason::Internal);
+        }
+        move_l2_header(self, l3, added, if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 })
+    }
+}
+
 #[inline(always)]
-fn wrap(
-    ctx: &XdpContext,
+pub fn wrap(
+    ctx: &impl Prepend,
     h: &mut Headers,
     backend: &Backend,
     settings: &Settings,
@@ -50,11 +68,7 @@ fn wrap(
     let tos = inner_tos(ctx, h)?;
     // gue in IPv6 needs a UDP checksum: the inner packet's sum, read before it moves.
     let inner_sum = if gue && !outer_v4 { inner_packet_sum(ctx, h)? } else { None };
-    // SAFETY: plain helper call; the frame is reached through `at` only, after it too.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(added as i32)) } != 0 {
-        return Err(Reason::Internal);
-    }
-    move_l2_header(ctx, h.l3, added, if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 })?;
+    ctx.prepend(h.l3, added, outer_v4, gue)?;
     let proto = if gue {
         PROTO_UDP
     } else if h.family == FAMILY_V4 {
@@ -104,7 +118,7 @@ pub fn outer_len(family: u8, gue: bool) -> usize {
 
 /// The inner packet's traffic class (IPv4 TOS, IPv6 traffic class), copied outside.
 #[inline(always)]
-fn inner_tos(ctx: &XdpContext, h: &Headers) -> Result<u16, Reason> {
+fn inner_tos(ctx: &impl Frame, h: &Headers) -> Result<u16, Reason> {
     let ip = at(ctx, h.l3, 2)?;
     Ok(if h.family == FAMILY_V4 { read_u8(ip + 1) as u16 } else { (read_be16(ip) >> 4) & 0xff })
 }
@@ -115,7 +129,7 @@ fn inner_tos(ctx: &XdpContext, h: &Headers) -> Result<u16, Reason> {
 /// a pseudo-header, sums to zero. `None` for UDP in IPv4 sent without a checksum, whose sum
 /// is unknown (the outer one is then left zero).
 #[inline(always)]
-fn inner_packet_sum(ctx: &XdpContext, h: &Headers) -> Result<Option<u32>, Reason> {
+fn inner_packet_sum(ctx: &impl Frame, h: &Headers) -> Result<Option<u32>, Reason> {
     let l4_len = h.ip_len as u32 - (h.l4_start - h.l3) as u32;
     if h.proto == PROTO_ICMP {
         return Ok(Some(0));
@@ -135,7 +149,7 @@ fn inner_packet_sum(ctx: &XdpContext, h: &Headers) -> Result<Option<u32>, Reason
 /// Moves the Ethernet header (and VLAN tag: `l3` is 14 or 18 bytes) `added` bytes to the
 /// front, where the frame now starts, and sets its (inner) ethertype to the outer family's.
 #[inline(always)]
-pub fn move_l2_header(ctx: &XdpContext, l3: usize, added: usize, ethertype: u16) -> Result<(), Reason> {
+pub fn move_l2_header(ctx: &impl Frame, l3: usize, added: usize, ethertype: u16) -> Result<(), Reason> {
     for i in 0..(ETH_HLEN + 4) / 2 {
         if 2 * i + 2 < l3 {
             let from = at(ctx, added + 2 * i, 2)?;
@@ -150,7 +164,7 @@ pub fn move_l2_header(ctx: &XdpContext, l3: usize, added: usize, ethertype: u16)
 /// An IPv4 header without options at `l3`, with DF set, TTL 64 and its checksum.
 #[inline(always)]
 pub fn write_ipv4(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     l3: usize,
     tos: u16,
     total: u16,
@@ -176,7 +190,7 @@ pub fn write_ipv4(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn write_ipv6(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     l3: usize,
     tc: u16,
     hash: u32,

@@ -107,29 +107,8 @@ pub fn forward_to_backend(ctx: &XdpContext, h: &Headers, backend_id: u32, addr: 
 // A BPF subprogram of its own: its stack frame is not added to its siblings'.
 #[inline(never)]
 pub fn forward(ctx: &XdpContext, h: &Headers, next: &Addr, cache: Option<&mut NextHop>) -> Result<u32, Unsent> {
-    // SAFETY: all-zero is a valid bpf_fib_lookup; zeroed by word (volatile: not a memset
-    // call) before any field is set.
     let mut fib_mem = core::mem::MaybeUninit::<FibParams>::uninit();
-    let fib: &mut FibParams = unsafe {
-        let words = fib_mem.as_mut_ptr().cast::<u64>();
-        for i in 0..core::mem::size_of::<FibParams>() / 8 {
-            core::ptr::write_volatile(words.add(i), 0);
-        }
-        fib_mem.assume_init_mut()
-    };
-    fib.l4_protocol = h.proto;
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    fib.__bindgen_anon_1.tot_len = h.ip_len;
-    if h.family == FAMILY_V4 {
-        fib.family = AF_INET;
-        fib.__bindgen_anon_3.ipv4_src = addr_words(&h.src)[0];
-        fib.__bindgen_anon_4.ipv4_dst = addr_words(next)[0];
-    } else {
-        fib.family = AF_INET6;
-        // SAFETY: both are 16 bytes.
-        fib.__bindgen_anon_3.ipv6_src = addr_words(&h.src);
-        fib.__bindgen_anon_4.ipv6_dst = addr_words(next);
-    }
+    let fib = fib_query(&mut fib_mem, h, next, ctx.ingress_ifindex() as u32);
     // SAFETY: the helper reads and writes only `fib`.
     let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), fib, core::mem::size_of::<FibParams>() as i32, 0) };
     match rc as u32 {
@@ -147,6 +126,39 @@ pub fn forward(ctx: &XdpContext, h: &Headers, next: &Addr, cache: Option<&mut Ne
         copy_mac(&mut cache.dmac, &fib.dmac);
     }
     Ok(transmit(ctx, h, fib.ifindex, &fib.smac, &fib.dmac))
+}
+
+/// The FIB question for the packet of `h` towards `next`, as it came in on `ifindex`.
+#[inline(always)]
+pub fn fib_query<'a>(
+    mem: &'a mut core::mem::MaybeUninit<FibParams>,
+    h: &Headers,
+    next: &Addr,
+    ifindex: u32,
+) -> &'a mut FibParams {
+    // SAFETY: all-zero is a valid bpf_fib_lookup; zeroed by 4-byte word, its alignment
+    // (volatile: not a memset call), before any field is set.
+    let fib: &mut FibParams = unsafe {
+        let words = mem.as_mut_ptr().cast::<u32>();
+        for i in 0..core::mem::size_of::<FibParams>() / 4 {
+            core::ptr::write_volatile(words.add(i), 0);
+        }
+        mem.assume_init_mut()
+    };
+    fib.l4_protocol = h.proto;
+    fib.ifindex = ifindex;
+    fib.__bindgen_anon_1.tot_len = h.ip_len;
+    if h.family == FAMILY_V4 {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_3.ipv4_src = addr_words(&h.src)[0];
+        fib.__bindgen_anon_4.ipv4_dst = addr_words(next)[0];
+    } else {
+        fib.family = AF_INET6;
+        // SAFETY: both are 16 bytes.
+        fib.__bindgen_anon_3.ipv6_src = addr_words(&h.src);
+        fib.__bindgen_anon_4.ipv6_dst = addr_words(next);
+    }
+    fib
 }
 
 /// Copies a MAC address between 2-byte aligned arrays (`NextHop`, `bpf_fib_lookup`).

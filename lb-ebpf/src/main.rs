@@ -17,6 +17,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod capture;
+mod check_tunnel;
 mod decap;
 mod encap;
 mod filter;
@@ -37,7 +38,11 @@ mod stats;
 mod too_big;
 mod vip;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use lb_common::*;
 
 use capture::{capture_in, capture_on, capture_out};
@@ -157,6 +162,13 @@ fn flow_entry(key: &FlowKey) -> Option<&'static mut FlowState> {
 pub fn xdp_decap(ctx: XdpContext) -> u32 {
     decap::decapsulate(&ctx);
     xdp_action::XDP_PASS
+}
+
+/// On the egress of the controller's `lb-check` device: health checks of ipip and gue
+/// backends, encapsulated for the backend their socket mark names.
+#[classifier]
+pub fn tc_check_tunnel(ctx: TcContext) -> i32 {
+    check_tunnel::send(&ctx)
 }
 
 /// Placed on the far end of a veth so that frames the balancer transmits are received.

@@ -166,3 +166,8 @@ impl Clock {
         self.ns
     }
 }
+
+/// `tc_check_tunnel`'s backends: by a health check's socket mark, the backend its packets are
+/// encapsulated for (in the controller's own small object, on `lb-check`).
+#[btf_map]
+pub static CHECK_TUNNELS: HashMap<u32, CheckTunnel, { MAX_CHECK_TUNNELS as usize }> = HashMap::new();

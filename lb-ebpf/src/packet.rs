@@ -1,7 +1,7 @@
 //! Frame access: every read and write is bounds-checked against `data_end` right before
 //! it, which is what the verifier needs; offsets are constant past the L3 start.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use lb_common::*;
 
 use crate::mem::{addr_words, set_addr_words};
@@ -42,19 +42,52 @@ pub fn check(addr: usize, len: usize, end: usize) -> Result<(), Reason> {
 /// that passed through the stack into a subprogram and lost their known range there.
 pub const MAX_HEADER_OFFSET: usize = 0xfff;
 
+/// A frame the program reads and writes in place: an XDP frame, or the linear part of a
+/// socket buffer (tc). `data` and `data_end` are read from the context on every call, with
+/// volatile reads: LLVM would otherwise pass them into subprograms as plain integers, which
+/// the verifier no longer recognises as packet pointers.
+pub trait Frame {
+    fn bounds(&self) -> (usize, usize);
+}
+
+impl Frame for XdpContext {
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        // SAFETY: `self.ctx` is the live xdp_md of this run.
+        unsafe {
+            (
+                core::ptr::read_volatile(&(*self.ctx).data) as usize,
+                core::ptr::read_volatile(&(*self.ctx).data_end) as usize,
+            )
+        }
+    }
+}
+
+impl Frame for TcContext {
+    #[inline(always)]
+    fn bounds(&self) -> (usize, usize) {
+        // SAFETY: `self.skb.skb` is the live __sk_buff of this run.
+        unsafe {
+            let skb = self.skb.skb;
+            (core::ptr::read_volatile(&(*skb).data) as usize, core::ptr::read_volatile(&(*skb).data_end) as usize)
+        }
+    }
+}
+
 /// The address of `len` bytes at offset `off` of the frame, if they are all inside it.
-/// `data` and `data_end` are read from the context right here, with volatile reads: LLVM
-/// would otherwise pass them into subprograms as plain integers, which the verifier no
-/// longer recognises as packet pointers.
 #[inline(always)]
-pub fn at(ctx: &XdpContext, off: usize, len: usize) -> Result<usize, Reason> {
-    // SAFETY: `ctx.ctx` is the live xdp_md of this run.
-    let (data, end) = unsafe {
-        (core::ptr::read_volatile(&(*ctx.ctx).data) as usize, core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize)
-    };
+pub fn at(ctx: &impl Frame, off: usize, len: usize) -> Result<usize, Reason> {
+    let (data, end) = ctx.bounds();
     let addr = data + (off & MAX_HEADER_OFFSET);
     check(addr, len, end)?;
     Ok(addr)
+}
+
+/// The frame's length.
+#[inline(always)]
+pub fn frame_len(ctx: &impl Frame) -> u32 {
+    let (data, end) = ctx.bounds();
+    (end - data) as u32
 }
 
 #[inline(always)]

@@ -134,7 +134,7 @@ pub struct Quoted {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, h: &mut Headers) -> Result<Parsed, Reason> {
+pub fn parse(ctx: &impl Frame, h: &mut Headers) -> Result<Parsed, Reason> {
     let eth = at(ctx, 0, ETH_HLEN)?;
     let mut ethertype = read_be16(eth + 12);
     let mut l3 = ETH_HLEN;
@@ -143,7 +143,7 @@ pub fn parse(ctx: &XdpContext, h: &mut Headers) -> Result<Parsed, Reason> {
         ethertype = read_be16(tagged + 16);
         l3 = ETH_HLEN + 4;
     }
-    let frame_len = (ctx.data_end() - ctx.data()) as u32;
+    let frame_len = frame_len(ctx);
     match ethertype {
         ETH_P_IP => parse_v4(ctx, h, l3, frame_len),
         ETH_P_IPV6 => parse_v6(ctx, h, l3, frame_len),
@@ -152,7 +152,7 @@ pub fn parse(ctx: &XdpContext, h: &mut Headers) -> Result<Parsed, Reason> {
 }
 
 #[inline(always)]
-pub fn parse_v4(ctx: &XdpContext, h: &mut Headers, l3: usize, frame_len: u32) -> Result<Parsed, Reason> {
+pub fn parse_v4(ctx: &impl Frame, h: &mut Headers, l3: usize, frame_len: u32) -> Result<Parsed, Reason> {
     let ip = at(ctx, l3, IPV4_HLEN)?;
     let version_ihl = read_u8(ip);
     let ihl = ((version_ihl & 0x0f) as usize) * 4;
@@ -183,7 +183,7 @@ pub fn parse_v4(ctx: &XdpContext, h: &mut Headers, l3: usize, frame_len: u32) ->
 }
 
 #[inline(always)]
-pub fn parse_v6(ctx: &XdpContext, h: &mut Headers, l3: usize, frame_len: u32) -> Result<Parsed, Reason> {
+pub fn parse_v6(ctx: &impl Frame, h: &mut Headers, l3: usize, frame_len: u32) -> Result<Parsed, Reason> {
     let ip = at(ctx, l3, IPV6_HLEN)?;
     let payload_len = read_be16(ip + 4) as usize;
     if read_u8(ip) >> 4 != 6 || l3 + IPV6_HLEN + payload_len > frame_len as usize {
@@ -209,7 +209,7 @@ pub fn parse_v6(ctx: &XdpContext, h: &mut Headers, l3: usize, frame_len: u32) ->
 }
 
 #[inline(always)]
-pub fn parse_l4(ctx: &XdpContext, h: &mut Headers, icmp_proto: u8) -> Result<(), Reason> {
+pub fn parse_l4(ctx: &impl Frame, h: &mut Headers, icmp_proto: u8) -> Result<(), Reason> {
     let (off, proto) = (h.l4_start, h.proto);
     // What the IP header says the packet holds: the frame may be longer (padding), and what
     // lies beyond the IP length is no part of the packet, nor of its checksums.

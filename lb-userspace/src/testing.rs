@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use lb_common::{Backend, BackendStats, FlowTimeouts, GlobalStats, Settings, VipAddrKey, VipInfo, VipKey, VipStats};
+use lb_common::{
+    Backend, BackendStats, CheckTunnel, FlowTimeouts, GlobalStats, Settings, VipAddrKey, VipInfo, VipKey, VipStats,
+};
 
 use crate::control::PacketPath;
 use crate::dataplane::SweepReport;
@@ -17,6 +19,7 @@ pub struct Recorder {
     pub ops: Vec<String>,
     pub slots: BTreeMap<u32, u32>,
     pub vips: BTreeMap<VipKey, VipInfo>,
+    pub check_tunnels: BTreeMap<u32, CheckTunnel>,
     /// When set, every write fails (a map the kernel refuses to update).
     pub failing: bool,
 }
@@ -104,6 +107,11 @@ impl PacketPath for Recorder {
     }
     fn read_flows(&self) -> Result<crate::api::flows::FlowSnapshot> {
         Ok(Default::default())
+    }
+    fn set_check_tunnels(&mut self, _: &Settings, tunnels: &BTreeMap<u32, CheckTunnel>) -> Result<()> {
+        self.write()?;
+        self.check_tunnels = tunnels.clone();
+        Ok(())
     }
 }
 

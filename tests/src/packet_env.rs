@@ -162,6 +162,25 @@ impl PacketEnv {
         output.truncate(result.data_size_out as usize);
         Ok((result.return_value, output, result.duration))
     }
+
+    /// Runs `tc_check_tunnel` once on `input` as the egress of the environment's interface
+    /// would from a socket marked `mark`: the verdict and the packet as the program left it.
+    pub fn run_check_tunnel(&mut self, input: &[u8], mark: u32) -> Result<(u32, Vec<u8>)> {
+        // The head of `struct __sk_buff`, up to `ifindex` (the kernel zeroes the rest).
+        let mut ctx = [0u8; 44];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&self.ifindex.to_ne_bytes());
+        let mut output = vec![0u8; input.len() + 256];
+        let result = self.dataplane.check_tunnel_program()?.test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut output),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..TestRunOptions::new()
+        })?;
+        output.truncate(result.data_size_out as usize);
+        Ok((result.return_value, output))
+    }
 }
 
 /// The maps sized at load time, as `Dataplane::load` sizes them.

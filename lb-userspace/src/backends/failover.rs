@@ -15,6 +15,7 @@ use crate::backends::locality::Availability;
 use crate::backends::outlier::{Decision, Outcome, OutlierDetector, OutlierStats};
 use crate::backends::probe::{CheckResult, Target, TargetKey};
 use crate::config::{BackendConfig, Config, VipConfig};
+use crate::plan::CheckMarks;
 
 /// What every backend of every VIP is known to be doing.
 #[derive(Default)]
@@ -92,10 +93,14 @@ impl BackendStates {
         self.outliers = outliers;
     }
 
-    /// The active checks `config` asks for.
-    pub fn check_targets(config: &Config) -> Vec<Target> {
+    /// The active checks `config` asks for; those of the encapsulated modes go through the
+    /// backends' tunnels, with the marks `marks` gave them.
+    pub fn check_targets(config: &Config, marks: &CheckMarks) -> Vec<Target> {
         pairs(config)
-            .filter_map(|(vip, b)| Some(Target { key: key(vip, b), check: vip.health_check.clone()? }))
+            .filter_map(|(vip, b)| {
+                let check = vip.health_check.clone()?;
+                Some(Target { key: key(vip, b), check, through: marks.tunnel(config, vip, b) })
+            })
             .collect()
     }
 
@@ -333,7 +338,7 @@ backend = [{ address = "10.0.1.1" }, { address = "10.0.1.2" }, { address = "10.0
         assert!(!check(&mut states, &config, 1, true));
         assert!(check(&mut states, &config, 1, true));
         assert_eq!(availability(&config, &states)[0], Available);
-        assert_eq!(BackendStates::check_targets(&config).len(), 3);
+        assert_eq!(BackendStates::check_targets(&config, &CheckMarks::default()).len(), 3);
     }
 
     #[test]
@@ -386,6 +391,6 @@ backend = [{ address = "10.0.1.1" }, { address = "10.0.1.2" }, { address = "10.0
         .unwrap();
         states.reconfigure(&unchecked, t0);
         assert_eq!(availability(&unchecked, &states)[0], Available, "no checks, no check state");
-        assert!(BackendStates::check_targets(&unchecked).is_empty());
+        assert!(BackendStates::check_targets(&unchecked, &CheckMarks::default()).is_empty());
     }
 }

@@ -4,13 +4,13 @@
 //! there (`health::CheckStatus`).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
@@ -24,7 +24,24 @@ pub type TargetKey = (String, SocketAddr);
 pub struct Target {
     pub key: TargetKey,
     pub check: HealthCheckConfig,
+    /// For the encapsulated modes: the check goes to the VIP through the backend's tunnel.
+    pub through: Option<Tunnel>,
 }
+
+/// A check through a backend's tunnel: a connection to the VIP from the balancer's own
+/// address, whose socket mark routes it to the tc program that encapsulates it for the
+/// backend (see `plan::check_tunnels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tunnel {
+    /// The VIP's address and the port checked.
+    pub vip: SocketAddr,
+    /// The balancer's own address of the VIP's family.
+    pub source: IpAddr,
+    pub mark: u32,
+}
+
+/// How one backend is checked.
+type Check = (HealthCheckConfig, Option<Tunnel>);
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +68,7 @@ pub enum CheckFailure {
 /// The running checks.
 pub struct Prober {
     results: UnboundedSender<CheckResult>,
-    running: BTreeMap<TargetKey, (HealthCheckConfig, JoinHandle<()>)>,
+    running: BTreeMap<TargetKey, (Check, JoinHandle<()>)>,
 }
 
 impl Prober {
@@ -62,7 +79,7 @@ impl Prober {
     /// Checks exactly `targets` from now on: new ones start, removed ones stop, and ones
     /// whose check changed restart; the others go on undisturbed.
     pub fn set_targets(&mut self, targets: Vec<Target>) {
-        let wanted: BTreeMap<TargetKey, HealthCheckConfig> = targets.into_iter().map(|t| (t.key, t.check)).collect();
+        let wanted: BTreeMap<TargetKey, Check> = targets.into_iter().map(|t| (t.key, (t.check, t.through))).collect();
         self.running.retain(|key, (check, task)| {
             let keep = wanted.get(key) == Some(check);
             if !keep {
@@ -89,11 +106,11 @@ impl Drop for Prober {
 
 /// Checks one backend every interval (plus jitter) until aborted. The first check comes
 /// after a random part of the interval, so checks of many backends don't start in step.
-async fn check_forever(key: TargetKey, check: HealthCheckConfig, results: UnboundedSender<CheckResult>) {
+async fn check_forever(key: TargetKey, (check, through): Check, results: UnboundedSender<CheckResult>) {
     tokio::time::sleep(random_part_of(check.interval)).await;
     loop {
         let started = tokio::time::Instant::now();
-        let outcome = match tokio::time::timeout(check.timeout, check_once(key.1, &check)).await {
+        let outcome = match tokio::time::timeout(check.timeout, check_once(key.1, &check, through)).await {
             Ok(outcome) => outcome,
             Err(_) => Err(Failure::Backend(CheckFailure::TimedOut(check.timeout))),
         };
@@ -165,10 +182,17 @@ fn reported(key: &TargetKey, outcome: Result<(), Failure>) -> Option<Result<(), 
     }
 }
 
-/// One check: a TCP connect, and for `http` a GET whose status must be expected.
-async fn check_once(backend: SocketAddr, check: &HealthCheckConfig) -> Result<(), Failure> {
-    let addr = SocketAddr::new(backend.ip(), check.port.unwrap_or(backend.port()));
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| Failure::of_io("connect", e))?;
+/// One check: a TCP connect (to the backend, or to the VIP through its tunnel), and for
+/// `http` a GET whose status must be expected.
+async fn check_once(backend: SocketAddr, check: &HealthCheckConfig, through: Option<Tunnel>) -> Result<(), Failure> {
+    let (addr, stream) = match through {
+        None => {
+            let addr = SocketAddr::new(backend.ip(), check.port.unwrap_or(backend.port()));
+            (addr, TcpStream::connect(addr).await)
+        }
+        Some(tunnel) => (tunnel.vip, connect_through(tunnel).await),
+    };
+    let mut stream = stream.map_err(|e| Failure::of_io("connect", e))?;
     if check.kind == HealthCheckKind::Tcp {
         return Ok(());
     }
@@ -191,6 +215,14 @@ async fn check_once(backend: SocketAddr, check: &HealthCheckConfig) -> Result<()
     } else {
         Err(Failure::Backend(CheckFailure::Status(status)))
     }
+}
+
+/// A connection to the VIP from the balancer's own address, marked for the backend's tunnel.
+async fn connect_through(tunnel: Tunnel) -> std::io::Result<TcpStream> {
+    let socket = if tunnel.vip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Mark, &tunnel.mark)?;
+    socket.bind(SocketAddr::new(tunnel.source, 0))?;
+    socket.connect(tunnel.vip).await
 }
 
 /// The status code of an HTTP/1 status line (`HTTP/1.1 200 OK`).
@@ -254,11 +286,11 @@ mod tests {
     #[tokio::test]
     async fn http_check_sends_path_and_host_and_expects_the_status() {
         let (addr, request) = server("204 No Content").await;
-        assert_eq!(check_once(addr, &http_check()).await, Ok(()));
+        assert_eq!(check_once(addr, &http_check(), None).await, Ok(()));
         let request = request.await.unwrap();
         assert!(request.starts_with("GET /healthz HTTP/1.1\r\nHost: svc.example\r\n"), "{request}");
         let (addr, _) = server("503 Service Unavailable").await;
-        assert_eq!(check_once(addr, &http_check()).await, Err(Failure::Backend(CheckFailure::Status(503))));
+        assert_eq!(check_once(addr, &http_check(), None).await, Err(Failure::Backend(CheckFailure::Status(503))));
     }
 
     #[tokio::test]
@@ -266,10 +298,10 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let check = HealthCheckConfig { kind: HealthCheckKind::Tcp, ..http_check() };
-        assert_eq!(check_once(addr, &check).await, Ok(()));
+        assert_eq!(check_once(addr, &check, None).await, Ok(()));
         drop(listener);
         assert!(matches!(
-            check_once(addr, &check).await,
+            check_once(addr, &check, None).await,
             Err(Failure::Backend(CheckFailure::Io { step: "connect", .. }))
         ));
     }
@@ -295,7 +327,7 @@ mod tests {
         let slow = silent.local_addr().unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut prober = Prober::new(tx);
-        let target = |addr| Target { key: ("web".to_owned(), addr), check: http_check() };
+        let target = |addr| Target { key: ("web".to_owned(), addr), check: http_check(), through: None };
         prober.set_targets(vec![target(ok), target(slow)]);
         let (mut passes, mut failures) = (0, 0);
         while passes < 4 || failures < 1 {

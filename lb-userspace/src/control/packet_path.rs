@@ -3,7 +3,11 @@
 //! recorder; a DNS vantage point has none (`NoPacketPath`).
 
 use anyhow::{Result, bail};
-use lb_common::{Backend, BackendStats, FlowTimeouts, GlobalStats, Settings, VipAddrKey, VipInfo, VipKey, VipStats};
+use std::collections::BTreeMap;
+
+use lb_common::{
+    Backend, BackendStats, CheckTunnel, FlowTimeouts, GlobalStats, Settings, VipAddrKey, VipInfo, VipKey, VipStats,
+};
 
 use crate::api::flows::FlowSnapshot;
 use crate::dataplane::{Dataplane, SweepReport};
@@ -17,6 +21,9 @@ pub trait PacketPath: MapWriter {
     fn sweep_flows(&mut self, timeouts: &FlowTimeouts) -> Result<SweepReport>;
     /// The flow and nat tables, read whole.
     fn read_flows(&self) -> Result<FlowSnapshot>;
+    /// The backends that checks through a tunnel go to, by their socket marks (from
+    /// `settings`' own addresses): the `lb-check` device is there while any is.
+    fn set_check_tunnels(&mut self, settings: &Settings, tunnels: &BTreeMap<u32, CheckTunnel>) -> Result<()>;
 }
 
 impl PacketPath for Dataplane {
@@ -34,6 +41,9 @@ impl PacketPath for Dataplane {
     }
     fn read_flows(&self) -> Result<FlowSnapshot> {
         Dataplane::read_flows(self)
+    }
+    fn set_check_tunnels(&mut self, settings: &Settings, tunnels: &BTreeMap<u32, CheckTunnel>) -> Result<()> {
+        Dataplane::set_check_tunnels(self, settings, tunnels)
     }
 }
 
@@ -90,5 +100,8 @@ impl PacketPath for NoPacketPath {
     }
     fn read_flows(&self) -> Result<FlowSnapshot> {
         bail!(NO_PACKET_PATH)
+    }
+    fn set_check_tunnels(&mut self, _: &Settings, tunnels: &BTreeMap<u32, CheckTunnel>) -> Result<()> {
+        if tunnels.is_empty() { Ok(()) } else { bail!(NO_PACKET_PATH) }
     }
 }

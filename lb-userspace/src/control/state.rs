@@ -23,7 +23,7 @@ use crate::config::{self, Config, VipConfig};
 use crate::dataplane::MapSizes;
 use crate::dns::{DnsService, PeerReport};
 use crate::flows::FlowSummary;
-use crate::plan::{self, IdAllocator};
+use crate::plan::{self, CheckMarks, IdAllocator, own_settings};
 use crate::sync::Applied;
 
 /// What the loop reacts to.
@@ -66,6 +66,8 @@ pub(super) struct Controller {
     last_reload: Option<ReloadOutcome>,
     states: BackendStates,
     prober: Prober,
+    /// The socket marks of checks through the encapsulated modes' tunnels.
+    check_marks: CheckMarks,
     ids: IdAllocator,
     applied: Applied,
     /// Each VIP's plan as last applied, to log failovers and failbacks.
@@ -96,6 +98,7 @@ impl Controller {
             last_reload: None,
             states,
             prober,
+            check_marks: CheckMarks::default(),
             ids,
             applied,
             plans: BTreeMap::new(),
@@ -111,7 +114,8 @@ impl Controller {
 
     /// Starts the active checks and writes the first tables.
     pub(super) fn start(&mut self, maps: &mut impl PacketPath) -> Result<()> {
-        self.prober.set_targets(BackendStates::check_targets(&self.config));
+        write_check_tunnels(&self.config, &mut self.check_marks, maps)?;
+        self.prober.set_targets(BackendStates::check_targets(&self.config, &self.check_marks));
         self.apply(maps)?;
         crate::backends::neighbors::prime(neighbors_of(&self.config));
         Ok(())
@@ -172,17 +176,21 @@ impl Controller {
     /// running one in place. Returns the new generation, or why the file was refused; the
     /// outer error is a failure to write the maps, which ends the controller as at start.
     fn reload(&mut self, maps: &mut impl PacketPath) -> Result<Result<u64, AdminError>> {
+        let refused = |e: anyhow::Error, last: &mut Option<ReloadOutcome>| {
+            error!("reload refused, keeping the running config: {e:#}");
+            let why = format!("{e:#}");
+            *last = Some(ReloadOutcome { applied: false, message: why.clone() });
+            Ok(Err(AdminError::ConfigRefused(why)))
+        };
         let next = match read_reload(&self.config_path, &self.config) {
             Ok(next) => next,
-            Err(e) => {
-                error!("reload refused, keeping the running config: {e:#}");
-                let why = format!("{e:#}");
-                self.last_reload = Some(ReloadOutcome { applied: false, message: why.clone() });
-                return Ok(Err(AdminError::ConfigRefused(why)));
-            }
+            Err(e) => return refused(e, &mut self.last_reload),
         };
+        if let Err(e) = write_check_tunnels(&next, &mut self.check_marks, maps) {
+            return refused(e, &mut self.last_reload);
+        }
         self.states.reconfigure(&next, Instant::now());
-        self.prober.set_targets(BackendStates::check_targets(&next));
+        self.prober.set_targets(BackendStates::check_targets(&next, &self.check_marks));
         crate::backends::neighbors::prime(neighbors_of(&next));
         if let Some(dns) = &mut self.dns {
             dns.reconfigure(&next)?;
@@ -436,6 +444,17 @@ fn log_plan_change(vip: &str, before: Option<&Plan>, after: &Plan) {
 }
 
 /// Reads and validates the new config; settings that size or place the maps, and the
+/// The marks of the checks `config` asks through tunnels, written for the packet path
+/// (before any check uses them); on failure `marks` is left as it was.
+fn write_check_tunnels(config: &Config, marks: &mut CheckMarks, maps: &mut impl PacketPath) -> Result<()> {
+    let mut next = marks.clone();
+    next.assign(config);
+    maps.set_check_tunnels(&own_settings(&config.balancer), &next.tunnels())
+        .context("setting up health checks through the tunnels (lb-check)")?;
+    *marks = next;
+    Ok(())
+}
+
 /// admin interface's address, can only change with a restart.
 fn read_reload(path: &std::path::Path, current: &Config) -> Result<Config> {
     let next = config::load(path)?;

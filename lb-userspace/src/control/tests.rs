@@ -215,3 +215,30 @@ async fn bgp_announces_the_vip_while_it_takes_new_flows_and_a_drain_is_kept_for_
     let lb = start(&mut maps);
     assert_eq!(lb.status(&maps).bgp.unwrap().host.as_str(), "drained");
 }
+
+#[tokio::test]
+async fn checks_through_tunnels_get_marks_and_a_reload_whose_tunnels_cannot_be_set_up_is_refused() {
+    let file = TempFile::new("control-tunnels.toml", CONFIG.as_bytes());
+    let mut maps = Recorder::default();
+    let mut lb = controller(&file, &mut maps);
+    assert!(maps.check_tunnels.is_empty(), "nat: checked directly");
+    // In ipip, each backend is checked through its tunnel (from the balancer's loopback
+    // address here: the kernel sends nothing from it to the VIP, should a check start).
+    let ipip = CONFIG.replace("port = 80\n", "port = 80\nmode = \"ipip\"\n").replace("10.0.0.1", "127.0.0.1");
+    std::fs::write(file.path(), &ipip).unwrap();
+    maps.failing = true;
+    assert_eq!(lb.handle(Event::Hangup, &mut maps).unwrap(), Step::Continue);
+    let status = lb.status(&maps);
+    assert_eq!(status.generation, 1);
+    let refusal = status.last_reload.unwrap();
+    assert!(!refusal.applied && refusal.message.contains("lb-check"), "{}", refusal.message);
+    maps.failing = false;
+    assert_eq!(lb.handle(Event::Hangup, &mut maps).unwrap(), Step::Continue);
+    assert_eq!(lb.status(&maps).generation, 2);
+    let backends: Vec<[u8; 4]> = maps.check_tunnels.values().map(|t| t.backend.addr[..4].try_into().unwrap()).collect();
+    assert_eq!(backends, [[127, 0, 1, 11], [127, 0, 1, 12]]);
+    // Back to nat: the tunnels go.
+    std::fs::write(file.path(), CONFIG).unwrap();
+    assert_eq!(lb.handle(Event::Hangup, &mut maps).unwrap(), Step::Continue);
+    assert!(maps.check_tunnels.is_empty());
+}

@@ -8,12 +8,13 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
-    programs::{Xdp, XdpMode, links::FdLink, links::PinnedLink},
+    programs::{SchedClassifier, Xdp, XdpMode, links::FdLink, links::PinnedLink},
 };
 use lb_common::*;
 use tracing::{debug, info, warn};
 
 mod capture;
+mod check_tunnel;
 mod counters;
 mod decap;
 mod flows;
@@ -79,6 +80,8 @@ pub struct Dataplane {
     logger: Option<PacketLogger>,
     health_signals: Option<HealthSignals>,
     pin_dir: Option<PathBuf>,
+    /// The `lb-check` device and its program, while any check goes through a tunnel.
+    check_tunnels: Option<check_tunnel::CheckTunnels>,
 }
 
 /// Where the program is pinned, and each interface's attachment (a bpf_link).
@@ -119,30 +122,14 @@ impl Dataplane {
             .checked_mul(2)
             .and_then(|n| n.checked_mul(sizes.table_size))
             .context("max_vips * 2 * maglev_table_size overflows")?;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(MAP_VIPS, sizes.max_vips)
-            .map_max_entries(MAP_VIP_ENTRIES, sizes.max_vips)
-            .map_max_entries(MAP_VIP_ADDRS, sizes.max_vips)
-            .map_max_entries(MAP_VIP_STATS, sizes.max_vips)
-            .map_max_entries(MAP_BACKENDS, sizes.max_backends)
-            .map_max_entries(MAP_BACKEND_STATS, sizes.max_backends)
-            .map_max_entries(MAP_NEXT_HOPS, sizes.max_backends)
-            .map_max_entries(MAP_NAT_PORT_CURSORS, sizes.max_backends)
-            .map_max_entries(MAP_MAGLEV, maglev_slots)
-            .map_max_entries(MAP_FLOWS_V4, sizes.flow_entries)
-            .map_max_entries(MAP_FLOWS_V6, sizes.flow_entries)
-            .map_max_entries(MAP_NAT, sizes.flow_entries)
-            .map_max_entries(MAP_RATE_STATE, sizes.max_vips)
-            .map_max_entries(MAP_RATE_CPU_TOKENS, sizes.max_vips)
-            .map_max_entries(MAP_SOURCE_BUCKETS, sizes.source_entries)
-            .load(crate::EBPF_OBJECT)
-            .context("loading the XDP object")?;
+        let mut ebpf = load_object(sizes, maglev_slots)?;
         if let Some(dir) = pin_dir {
             ensure_bpffs()?;
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             for (name, map) in ebpf.maps() {
-                // Internal maps: aya-log's ring buffer and the frozen .rodata/.bss.
-                if name.starts_with("AYA_") || name.starts_with('.') {
+                // Internal maps: aya-log's ring buffer and the frozen .rodata/.bss; and
+                // CHECK_TUNNELS, which `check_tunnel`'s object of its own holds.
+                if name.starts_with("AYA_") || name.starts_with('.') || name == MAP_CHECK_TUNNELS {
                     continue;
                 }
                 let path = dir.join(name);
@@ -158,8 +145,11 @@ impl Dataplane {
         for name in PROGRAMS {
             let program: &mut Xdp =
                 ebpf.program_mut(name).with_context(|| format!("program {name} missing"))?.try_into()?;
-            load_program(program).with_context(|| format!("verifier rejected {name}"))?;
+            load_program(|| program.load()).with_context(|| format!("verifier rejected {name}"))?;
         }
+        let checks: &mut SchedClassifier =
+            ebpf.program_mut(PROG_CHECK_TUNNEL).context("program tc_check_tunnel missing")?.try_into()?;
+        load_program(|| checks.load()).context("verifier rejected tc_check_tunnel")?;
         if let Some(dir) = pin_dir {
             let path = program_pin(dir);
             if path.exists() {
@@ -188,6 +178,7 @@ impl Dataplane {
             ebpf: Some(ebpf),
             logger,
             pin_dir: pin_dir.map(Path::to_owned),
+            check_tunnels: None,
         })
     }
 
@@ -262,6 +253,7 @@ impl Dataplane {
             health_signals: Some(HealthSignals(open_pinned(pin_dir, MAP_HEALTH_SIGNALS, Map::RingBuf)?)),
             logger,
             pin_dir: Some(pin_dir.to_owned()),
+            check_tunnels: None,
         }))
     }
 
@@ -346,6 +338,29 @@ impl Dataplane {
     }
 }
 
+/// The object with its maps created at `sizes` (`maglev_slots` for `MAGLEV`); no program
+/// loaded yet.
+fn load_object(sizes: MapSizes, maglev_slots: u32) -> Result<Ebpf> {
+    EbpfLoader::new()
+        .map_max_entries(MAP_VIPS, sizes.max_vips)
+        .map_max_entries(MAP_VIP_ENTRIES, sizes.max_vips)
+        .map_max_entries(MAP_VIP_ADDRS, sizes.max_vips)
+        .map_max_entries(MAP_VIP_STATS, sizes.max_vips)
+        .map_max_entries(MAP_BACKENDS, sizes.max_backends)
+        .map_max_entries(MAP_BACKEND_STATS, sizes.max_backends)
+        .map_max_entries(MAP_NEXT_HOPS, sizes.max_backends)
+        .map_max_entries(MAP_NAT_PORT_CURSORS, sizes.max_backends)
+        .map_max_entries(MAP_MAGLEV, maglev_slots)
+        .map_max_entries(MAP_FLOWS_V4, sizes.flow_entries)
+        .map_max_entries(MAP_FLOWS_V6, sizes.flow_entries)
+        .map_max_entries(MAP_NAT, sizes.flow_entries)
+        .map_max_entries(MAP_RATE_STATE, sizes.max_vips)
+        .map_max_entries(MAP_RATE_CPU_TOKENS, sizes.max_vips)
+        .map_max_entries(MAP_SOURCE_BUCKETS, sizes.source_entries)
+        .load(crate::EBPF_OBJECT)
+        .context("loading the XDP object")
+}
+
 /// Attaches `program` to `iface` in `mode` (`auto`: driver mode, falling back to generic
 /// (skb) mode with a warning); its attachment as a bpf_link, to be pinned.
 fn attach_link(program: &mut Xdp, iface: &str, mode: XdpModeSetting) -> Result<FdLink> {
@@ -365,10 +380,12 @@ fn attach_link(program: &mut Xdp, iface: &str, mode: XdpModeSetting) -> Result<F
 /// verifier ran) is tried again, as libbpf does.
 const LOAD_ATTEMPTS: u32 = 5;
 
-fn load_program(program: &mut Xdp) -> Result<(), aya::programs::ProgramError> {
+fn load_program(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
     let mut attempt = 1;
     loop {
-        match program.load() {
+        match load() {
             Err(aya::programs::ProgramError::LoadError { io_error, .. })
                 if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
             {

@@ -95,7 +95,7 @@ fn probe_targets(dns: &DnsConfig) -> Vec<Target> {
         .filter_map(|t| {
             let check = t.health_check.clone()?;
             let port = check.port.expect("validated: target checks name their port");
-            Some(Target { key: (t.name.clone(), SocketAddr::new(t.address, port)), check })
+            Some(Target { key: (t.name.clone(), SocketAddr::new(t.address, port)), check, through: None })
         })
         .collect()
 }

@@ -12,7 +12,9 @@ use lb_common::{
 use super::ids::{IdAllocator, addr_bytes, backend_identity, vip_key};
 use super::maglev::{self, MaglevBackend};
 use crate::backends::locality::{self, Availability, Plan};
-use crate::config::{BackendConfig, Config, RateLimitConfig, SOURCE_PREFIX_V4, SOURCE_PREFIX_V6, VipConfig};
+use crate::config::{
+    BackendConfig, BalancerConfig, Config, RateLimitConfig, SOURCE_PREFIX_V4, SOURCE_PREFIX_V6, VipConfig,
+};
 
 /// Everything the maps should hold, keyed the way the maps are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,15 +139,8 @@ pub fn desired(config: &Config, ids: &mut IdAllocator) -> DesiredTables {
     desired_with(config, &by_config, ids)
 }
 
-/// Computes the tables for `config` given each backend's `availability` (health, ejection,
-/// draining): every VIP serves from its best priority level (`locality::plan`).
-pub fn desired_with(
-    config: &Config,
-    availability: &dyn Fn(&VipConfig, &BackendConfig) -> Availability,
-    ids: &mut IdAllocator,
-) -> DesiredTables {
-    ids.assign(config);
-    let balancer = &config.balancer;
+/// The settings from `[balancer]` alone (the VIP address filter is the tables' to mark).
+pub fn own_settings(balancer: &BalancerConfig) -> Settings {
     let mut settings = Settings {
         hash_seed: balancer.hash_seed,
         nat_port_min: balancer.nat_port_min,
@@ -160,6 +155,19 @@ pub fn desired_with(
     if let Some(v6) = balancer.ipv6 {
         settings.ipv6 = addr_bytes(IpAddr::V6(v6)).0;
     }
+    settings
+}
+
+/// Computes the tables for `config` given each backend's `availability` (health, ejection,
+/// draining): every VIP serves from its best priority level (`locality::plan`).
+pub fn desired_with(
+    config: &Config,
+    availability: &dyn Fn(&VipConfig, &BackendConfig) -> Availability,
+    ids: &mut IdAllocator,
+) -> DesiredTables {
+    ids.assign(config);
+    let balancer = &config.balancer;
+    let mut settings = own_settings(balancer);
     let mut backends = BTreeMap::new();
     let mut vips = BTreeMap::new();
     let mut vip_addrs = BTreeMap::new();

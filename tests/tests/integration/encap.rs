@@ -2,10 +2,12 @@
 //! dual-stack backends in two subnets, one IPv6-only), each decapsulating with `xdp_decap`
 //! attached by `lb decap attach`. Real HTTP over new connections and UDP from the client,
 //! over IPv4 (in IPv4, and in IPv6 to the IPv6-only backend) and IPv6, and requests of
-//! full-size segments through path MTU discovery.
+//! full-size segments through path MTU discovery. Health checks through the tunnels: a
+//! backend without its decapsulation or its VIP fails them, though its plain port answers.
 
-use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use lb_tests::lab::{
@@ -101,5 +103,124 @@ fn ipip_and_gue_reach_routed_and_ipv6_only_backends_that_answer_clients_directly
         let too_big = c.icmp_too_big_sent;
         ensure!((too_big > 0) == vip.name.starts_with("http"), "{}: {too_big} too-big answers", vip.name);
     }
+    Ok(())
+}
+
+/// Each backend's state in each VIP (`lb status`), by (VIP name, backend address).
+fn states(lb: &LbProcess) -> Result<BTreeMap<(String, IpAddr), String>> {
+    let status: Status = serde_json::from_str(&lb.cli(&["status", "--json"])?).context("lb status --json")?;
+    Ok(status
+        .vips
+        .into_iter()
+        .flat_map(|v| v.backends.into_iter().map(move |b| ((v.name.clone(), b.address.ip()), b.state)))
+        .collect())
+}
+
+/// Waits (at most 20 s) until every backend of `lab` is in the state `want` gives it.
+fn wait_for_states(lb: &LbProcess, lab: &Lab, want: impl Fn(&str, usize) -> &'static str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let states = states(lb)?;
+        let wrong: Vec<_> = states
+            .iter()
+            .filter(|((vip, addr), state)| {
+                let i = lab.backends.iter().position(|b| IpAddr::V4(b.v4) == *addr || IpAddr::V6(b.v6) == *addr);
+                i.is_none_or(|i| state.as_str() != want(vip, i))
+            })
+            .collect();
+        if wrong.is_empty() && !states.is_empty() {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "backends not yet as wanted: {wrong:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Backends start healthy: this checks that they stay as `want` says over `span` (five
+/// check intervals and more; two failures in a row would flip one).
+fn states_hold(lb: &LbProcess, lab: &Lab, want: impl Fn(&str, usize) -> &'static str, span: Duration) -> Result<()> {
+    let until = Instant::now() + span;
+    while Instant::now() < until {
+        for ((vip, addr), state) in states(lb)? {
+            let i = lab.backends.iter().position(|b| IpAddr::V4(b.v4) == addr || IpAddr::V6(b.v6) == addr);
+            ensure!(i.is_some_and(|i| state == want(&vip, i)), "{vip}: backend {addr} went {state}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A plain TCP connection from the balancer to backend `i`'s own address answers.
+fn plain_port_answers(lab: &Lab, i: usize) -> Result<()> {
+    let b = &lab.backends[i];
+    let addr = SocketAddr::new(if b.v4.is_unspecified() { IpAddr::V6(b.v6) } else { IpAddr::V4(b.v4) }, HTTP_PORT);
+    lab.lb
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))?
+        .with_context(|| format!("{addr}"))?;
+    Ok(())
+}
+
+#[test]
+fn checks_go_through_the_tunnel_so_a_backend_without_its_decap_or_its_vip_fails_them() -> Result<()> {
+    let lab = routed_lab("e2hck")?;
+    let mut decaps = lab::decap_on_backends(&lab)?;
+    let backends = |v6: bool| {
+        let addrs: Vec<String> = lab
+            .backends
+            .iter()
+            .map(|b| format!("{{ address = \"{}\" }}", b.addr(v6 || b.v4.is_unspecified())))
+            .collect();
+        format!("backend = [{}]", addrs.join(", "))
+    };
+    let check = |kind: &str| {
+        format!(
+            "health_check = {{ type = \"{kind}\", interval = \"200ms\", timeout = \"150ms\", unhealthy_threshold = 2, healthy_threshold = 2 }}\npanic_threshold = 0"
+        )
+    };
+    let (v4, v6) = (IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6));
+    let vips = [
+        VipSpec::new("http4", v4, HTTP_PORT, "tcp", "ipip", Vec::new()),
+        VipSpec::new("http6", v6, HTTP_PORT, "tcp", "gue", Vec::new()),
+    ];
+    let config = lab::lb_config(&lab, &vips)
+        .vip("http4", &format!("{}\n{}", backends(false), check("http")))
+        .vip("http6", &format!("{}\n{}", backends(true), check("tcp")));
+    let lb = LbProcess::start(&lab, &config)?;
+    // The IPv4 VIP's third backend is IPv6-only: its checks go IPv4 in IPv6.
+    states_hold(&lb, &lab, |_, _| "available", Duration::from_millis(1500)).context("healthy through their tunnels")?;
+
+    // Backend 0 loses its decapsulation: its checks fail, though its port still answers.
+    decaps.remove(0);
+    let only_0 = |_: &str, i| if i == 0 { "unhealthy" } else { "available" };
+    wait_for_states(&lb, &lab, only_0)?;
+    states_hold(&lb, &lab, only_0, Duration::from_millis(1000))?;
+    plain_port_answers(&lab, 0)?;
+    // Backend 1 loses the VIPs on its loopback: the same.
+    let b1 = &lab.backends[1].ns;
+    b1.ip(&["addr", "del", &format!("{VIP_V4}/32"), "dev", "lo"])?;
+    b1.ip(&["addr", "del", &format!("{VIP_V6}/128"), "dev", "lo"])?;
+    wait_for_states(&lb, &lab, |_, i| if i == 2 { "available" } else { "unhealthy" })?;
+    plain_port_answers(&lab, 1)?;
+    // New connections go to the one backend left, through its tunnel.
+    for vip in [v4, v6] {
+        let http = lab
+            .client
+            .run(move || (0..10).map(|_| http_get(SocketAddr::new(vip, HTTP_PORT))).collect::<Result<Vec<_>>>())??;
+        let counts = tally(http);
+        ensure!(counts.keys().eq([&lab.backends[2].spec.name]), "{vip}: answered by {counts:?}");
+    }
+
+    // Both repaired: healthy again.
+    decaps.insert(0, lab::Decap::attach(&lab.backends[0].ns)?);
+    b1.ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"])?;
+    b1.ip(&["addr", "add", &format!("{VIP_V6}/128"), "dev", "lo", "nodad"])?;
+    wait_for_states(&lb, &lab, |_, _| "available")?;
+
+    // The device and rules are the controller's: gone when it stops.
+    ensure!(lab.lb.exec(&["ip", "link", "show", "lb-check"]).is_ok(), "lb-check is up while checks run");
+    drop(lb);
+    ensure!(lab.lb.exec(&["ip", "link", "show", "lb-check"]).is_err(), "lb-check left behind");
+    let rules = lab.lb.run(|| std::process::Command::new("ip").args(["rule", "show"]).output())??;
+    ensure!(!String::from_utf8_lossy(&rules.stdout).contains("0x4c42"), "rule left behind");
     Ok(())
 }

@@ -1,13 +1,14 @@
 //! The encapsulated modes through BPF_PROG_TEST_RUN: each mode (`ipip`, `gue`), carriage
 //! (IPv4 in IPv4, IPv6 in IPv6, IPv4 in IPv6) and protocol, new and existing flows, a VLAN
-//! tag, gue's source port per flow, and `xdp_decap` on each encapsulation. Expected packets
+//! tag, gue's source port per flow, and `xdp_decap` on each encapsulation; and
+//! `tc_check_tunnel`, which encapsulates health checks as `xdp_lb` does clients' packets. Expected packets
 //! are etherparse's (see `lb_tests::encap_packets`).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use anyhow::Result;
 use etherparse::{Icmpv4Type, Icmpv6Type, PacketBuilder, VlanId, icmpv4::DestUnreachableHeader};
-use lb_common::{PROG_DECAP, PROG_LB};
+use lb_common::{BACKEND_ACTIVE, Backend, CHECK_MARK_BASE, CheckTunnel, PROG_DECAP, PROG_LB};
 use lb_tests::encap_packets::*;
 use lb_tests::packet_env::{LB_MAC, PacketEnv, expect_bytes};
 use lb_tests::packets::*;
@@ -176,6 +177,47 @@ fn icmp_errors_about_an_encapsulated_flow_go_to_its_backend_encapsulated() -> Re
         let want = v.encapsulated(&input, CPORT, None);
         f.case(&format!("{} icmp error", v.name()), &input, XDP_TX, Some(&want))?;
         assert_eq!(f.env.dataplane.vip_stats(id as u32)?.icmp_errors_forwarded, 1, "{}", v.name());
+    }
+    Ok(())
+}
+
+/// `tc_check_tunnel`'s verdicts (`TC_ACT_*`).
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+#[test]
+fn a_check_is_encapsulated_for_the_backend_its_mark_names_as_a_client_flow_would_be() -> Result<()> {
+    let mut f = fixtures("fxchktn");
+    let vips = EncapVip::all();
+    let tunnels: BTreeMap<u32, CheckTunnel> = vips
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let family = if v.outer_v4() { lb_common::FAMILY_V4 } else { lb_common::FAMILY_V6 };
+            let backend = Backend { addr: v.backend(), port: 0, family, flags: BACKEND_ACTIVE };
+            (CHECK_MARK_BASE | i as u32, CheckTunnel { backend, gue: v.gue as u8, _pad: [0; 3] })
+        })
+        .collect();
+    f.env.dataplane.configure_check_tunnels(&tunnels)?;
+    for (i, v) in vips.iter().enumerate() {
+        let input = v.client_packet(CPORT);
+        let (verdict, out) = f.env.run_check_tunnel(&input, CHECK_MARK_BASE | i as u32)?;
+        if v.udp {
+            // Checks are TCP: nothing else is sent through the device.
+            assert_eq!(verdict, TC_ACT_SHOT, "{}", v.name());
+            continue;
+        }
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{}", v.name());
+        // Byte for byte what xdp_lb sends for the same packet, from the ethertype on: the
+        // MAC addresses are the neighbour table's, filled in on the way out.
+        let want = v.encapsulated(&input, CPORT, None);
+        expect_bytes(&format!("{} check, MACs", v.name()), &out[..12], &input[..12])?;
+        expect_bytes(&format!("{} check", v.name()), &out[12..], &want[12..])?;
+    }
+    // A packet with no check's mark (or another check's unknown one) is dropped.
+    let input = vips[0].client_packet(CPORT);
+    for mark in [0, CHECK_MARK_BASE | 0xffff] {
+        assert_eq!(f.env.run_check_tunnel(&input, mark)?.0, TC_ACT_SHOT, "mark {mark:#x}");
     }
     Ok(())
 }

@@ -74,3 +74,18 @@ fn encapsulated_backends_use_the_vip_port_and_no_passive_signals() {
     let text = replace(GOOD, "zone = \"z1\"\n", "zone = \"z1\"\ngue_port = 0\n");
     expect(&text, "balancer.gue_port", line_with(&text, "gue_port", 0), "must be 1..65535");
 }
+
+#[test]
+fn encapsulated_checks_need_the_source_of_the_vips_family() {
+    // Through the tunnel, a check goes to the VIP from the balancer's own address.
+    let text = replace(GOOD, "port = 443\n", "port = 443\nmode = \"gue\"\nhealth_check = { type = \"tcp\" }\n");
+    let text = replace(&text, "address = \"fd00:1::11\"", "address = \"fd00:1::11\"\nport = 443");
+    assert!(parse(&text, "t").is_ok());
+    let text = replace(&text, "ipv6 = \"fd00::1\"\n", "");
+    expect(
+        &text,
+        "vip[2].health_check",
+        line_with(&text, "health_check", 0),
+        "the checks of a gue mode VIP go through the tunnel to the VIP from balancer.ipv6: set it",
+    );
+}

@@ -163,7 +163,21 @@ fn validate_vips(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut services: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
     let mut all_backends: HashSet<SocketAddr> = HashSet::new();
+    // Backends checked through a tunnel (by address and encapsulation): one mark each.
+    let mut tunnel_ends: HashSet<(IpAddr, bool)> = HashSet::new();
     for (i, vip) in c.vips.iter().enumerate() {
+        if vip.mode.encapsulated() && vip.health_check.is_some() {
+            tunnel_ends.extend(vip.backends.iter().map(|be| (be.address, vip.mode == ForwardingMode::Gue)));
+            if tunnel_ends.len() > lb_common::MAX_CHECK_TUNNELS as usize {
+                return Err(cx.err(
+                    &key_path!["vip", i, "health_check"],
+                    format!(
+                        "more than {} backends (by address and mode) checked through ipip or gue tunnels",
+                        lb_common::MAX_CHECK_TUNNELS
+                    ),
+                ));
+            }
+        }
         if !plain_name(&vip.name) {
             return Err(cx.err(
                 &key_path!["vip", i, "name"],
@@ -225,7 +239,8 @@ fn validate_vips(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
 }
 
 /// A nat VIP needs the balancer's own address of its family: the source of NATed packets.
-/// An encapsulated VIP needs the one of each backend's family: the outer source.
+/// An encapsulated VIP needs the one of each backend's family: the outer source; and with
+/// health checks the one of its own family: their source.
 fn validate_nat_source(vip: &VipConfig, i: usize, b: &BalancerConfig, cx: &Ctx) -> Result<(), ConfigError> {
     let own_key = |a: IpAddr| match a {
         IpAddr::V4(_) if b.ipv4.is_none() => Some("balancer.ipv4"),
@@ -242,6 +257,17 @@ fn validate_nat_source(vip: &VipConfig, i: usize, b: &BalancerConfig, cx: &Ctx) 
     }
     if !vip.mode.encapsulated() {
         return Ok(());
+    }
+    if vip.health_check.is_some()
+        && let Some(key) = own_key(vip.address)
+    {
+        return Err(cx.err(
+            &key_path!["vip", i, "health_check"],
+            format!(
+                "the checks of a {} mode VIP go through the tunnel to the VIP from {key}: set it",
+                vip.mode.as_str()
+            ),
+        ));
     }
     for (j, be) in vip.backends.iter().enumerate() {
         if let Some(key) = own_key(be.address) {

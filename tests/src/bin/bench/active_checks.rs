@@ -49,7 +49,7 @@ pub fn active_checks(_: &Sizes) -> Result<()> {
                     });
                 }
             });
-            targets.push(Target { key: (format!("b{i}"), addr), check: check.clone() });
+            targets.push(Target { key: (format!("b{i}"), addr), check: check.clone(), through: None });
         }
         let silent = targets.last().map(|t| t.key.1).context("no targets")?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
