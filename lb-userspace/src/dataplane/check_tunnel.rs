@@ -92,19 +92,27 @@ fn mark_match() -> String {
     format!("{CHECK_MARK_BASE:#x}/{CHECK_MARK_MASK:#x}")
 }
 
+/// The families the host has: IPv6 may be disabled at boot (`ipv6.disable=1`).
+fn families() -> &'static [&'static str] {
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() { &["-4", "-6"] } else { &["-4"] }
+}
+
 fn make_device_and_rules() -> Result<()> {
     ip(&["link", "add", CHECK_DEVICE, "type", "veth", "peer", "name", CHECK_PEER])?;
-    // No IPv6 link-local address, so the device sends nothing of its own.
-    for dev in [CHECK_DEVICE, CHECK_PEER] {
-        write_sysctl(&format!("ipv6/conf/{dev}/addr_gen_mode"), "1")?;
+    let ipv6 = families().contains(&"-6");
+    if ipv6 {
+        // No IPv6 link-local address, so the device sends nothing of its own.
+        for dev in [CHECK_DEVICE, CHECK_PEER] {
+            write_sysctl(&format!("ipv6/conf/{dev}/addr_gen_mode"), "1")?;
+        }
+        write_sysctl(&format!("ipv6/conf/{CHECK_DEVICE}/forwarding"), "1")?;
     }
     // The program asks the FIB the way on from the device, as a forwarded packet's.
     write_sysctl(&format!("ipv4/conf/{CHECK_DEVICE}/forwarding"), "1")?;
-    write_sysctl(&format!("ipv6/conf/{CHECK_DEVICE}/forwarding"), "1")?;
     ip(&["link", "set", CHECK_PEER, "arp", "off", "up"])?;
     ip(&["link", "set", CHECK_DEVICE, "mtu", CHECK_MTU, "arp", "off", "up"])?;
     let (table, marks) = (CHECK_TABLE.to_string(), mark_match());
-    for family in ["-4", "-6"] {
+    for &family in families() {
         ip(&[family, "route", "replace", "default", "dev", CHECK_DEVICE, "table", &table])?;
         ip(&[family, "rule", "add", "fwmark", &marks, "lookup", &table, "priority", &table])?;
     }
@@ -114,7 +122,7 @@ fn make_device_and_rules() -> Result<()> {
 /// Removes the rules and the device (its routes go with it); what is not there is fine.
 fn remove_device_and_rules() {
     let priority = CHECK_TABLE.to_string();
-    for family in ["-4", "-6"] {
+    for &family in families() {
         while ip(&[family, "rule", "del", "priority", &priority]).is_ok() {}
     }
     let _ = ip(&["link", "del", CHECK_DEVICE]);
