@@ -128,7 +128,8 @@ fn random_part_of(span: Duration) -> Duration {
 }
 
 /// Why a check failed: the backend's fault, or the balancer's own (out of file
-/// descriptors, buffers, memory or local ports), which says nothing about the backend.
+/// descriptors, buffers, memory or local ports: EADDRNOTAVAIL at connect, EADDRINUSE at a
+/// bind), which says nothing about the backend.
 #[derive(Debug, PartialEq, Eq)]
 enum Failure {
     Backend(CheckFailure),
@@ -139,7 +140,7 @@ impl Failure {
     fn of_io(step: &'static str, e: std::io::Error) -> Self {
         let local = matches!(
             e.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL | libc::EADDRINUSE)
         );
         if local {
             Failure::Local(format!("{step}: {e}"))
@@ -218,9 +219,15 @@ async fn check_once(backend: SocketAddr, check: &HealthCheckConfig, through: Opt
 }
 
 /// A connection to the VIP from the balancer's own address, marked for the backend's tunnel.
+/// Every check of a VIP's backends goes between the same two addresses, so they share the
+/// local ports: the port is chosen at connect (for the 4-tuple, not at bind for the
+/// address alone), and the connection ends with a reset, leaving no port in TIME_WAIT.
 async fn connect_through(tunnel: Tunnel) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{setsockopt, sockopt};
     let socket = if tunnel.vip.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Mark, &tunnel.mark)?;
+    setsockopt(&socket, sockopt::Mark, &tunnel.mark)?;
+    setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)?;
+    setsockopt(&socket, sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 })?;
     socket.bind(SocketAddr::new(tunnel.source, 0))?;
     socket.connect(tunnel.vip).await
 }
@@ -310,7 +317,7 @@ mod tests {
     fn local_failures_are_counted_and_never_reported_against_the_backend() {
         let key = ("web".to_owned(), "10.0.1.1:80".parse().unwrap());
         let before = local_failures();
-        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM, libc::EADDRNOTAVAIL] {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM, libc::EADDRNOTAVAIL, libc::EADDRINUSE] {
             let failure = Failure::of_io("connect", std::io::Error::from_raw_os_error(errno));
             assert_eq!(reported(&key, Err(failure)), None, "errno {errno}");
         }

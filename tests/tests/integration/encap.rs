@@ -224,3 +224,51 @@ fn checks_go_through_the_tunnel_so_a_backend_without_its_decap_or_its_vip_fails_
     ensure!(!String::from_utf8_lossy(&rules.stdout).contains("0x4c42"), "rule left behind");
     Ok(())
 }
+
+/// Every check through a tunnel to a VIP goes from the balancer's one address to the VIP's
+/// one address and port, whichever backend it checks: they share the local ports. Checks
+/// that left each port in TIME_WAIT (60 s) would run out of them; with 32 local ports and
+/// 30 checks a second to each VIP, they must not.
+#[test]
+fn checks_through_the_tunnel_keep_going_on_few_local_ports() -> Result<()> {
+    let lab = routed_lab("e2hcp")?;
+    let decaps = lab::decap_on_backends(&lab)?;
+    lab.lb.sysctl("net.ipv4.ip_local_port_range=40000 40031")?;
+    let backends = |v6: bool| {
+        let addrs: Vec<String> = lab
+            .backends
+            .iter()
+            .map(|b| format!("{{ address = \"{}\" }}", b.addr(v6 || b.v4.is_unspecified())))
+            .collect();
+        format!("backend = [{}]", addrs.join(", "))
+    };
+    let check = |kind: &str| {
+        format!(
+            "health_check = {{ type = \"{kind}\", interval = \"100ms\", timeout = \"80ms\", unhealthy_threshold = 2, healthy_threshold = 2 }}\npanic_threshold = 0"
+        )
+    };
+    let (v4, v6) = (IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6));
+    let vips = [
+        VipSpec::new("tcp4", v4, HTTP_PORT, "tcp", "ipip", Vec::new()),
+        VipSpec::new("http6", v6, HTTP_PORT, "tcp", "gue", Vec::new()),
+    ];
+    let config = lab::lb_config(&lab, &vips)
+        .vip("tcp4", &format!("{}\n{}", backends(false), check("tcp")))
+        .vip("http6", &format!("{}\n{}", backends(true), check("http")));
+    let mut lb = LbProcess::start(&lab, &config)?;
+    // Some 120 checks per VIP, over 32 ports. (The controller's log tells, not `lb status`,
+    // whose connections would take the ports too.)
+    std::thread::sleep(Duration::from_secs(4));
+    let unhealthy = |lb: &mut LbProcess| lb.log().iter().filter(|l| l.contains("backend unhealthy")).count();
+    ensure!(unhealthy(&mut lb) == 0, "backends went unhealthy: {:?}", lb.log());
+    let status: Status = serde_json::from_str(&lb.cli(&["status", "--json"])?)?;
+    ensure!(status.health_check_local_failures == 0, "{} checks failed locally", status.health_check_local_failures);
+    // And they still tell broken backends: every one, in both VIPs.
+    drop(decaps);
+    let (n, deadline) = (2 * lab.backends.len(), Instant::now() + Duration::from_secs(20));
+    while unhealthy(&mut lb) < n {
+        ensure!(Instant::now() < deadline, "{} of {n} went unhealthy: {:?}", unhealthy(&mut lb), lb.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
