@@ -175,4 +175,20 @@ address = "10.0.0.7"
         assert_eq!(new.len(), 1);
         assert!(!before.contains_key(new[0]));
     }
+
+    #[test]
+    fn marks_go_round_and_skip_those_in_use() {
+        let mut marks = CheckMarks::default();
+        marks.assign(&config(false));
+        // Three ends hold marks 0..=2; the counter is about to go round.
+        marks.next = u16::MAX;
+        marks.assign(&config(true));
+        let got: Vec<u32> = marks.tunnels().keys().map(|m| m & 0xffff).collect();
+        assert_eq!(got, [0, 1, 2, 0xffff]);
+        marks.marks.retain(|end, _| end.address != "10.1.0.3".parse::<IpAddr>().unwrap());
+        marks.assign(&config(true));
+        // After 0xffff comes 0, taken, then 1 and 2, taken: 3.
+        let got: Vec<u32> = marks.tunnels().keys().map(|m| m & 0xffff).collect();
+        assert_eq!(got, [0, 1, 2, 3]);
+    }
 }

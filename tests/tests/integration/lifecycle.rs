@@ -63,9 +63,8 @@ fn replies_of_one_nat_client_never_reach_another() -> Result<()> {
     }
     // Client B on the 4-tuple whose first port candidate is A's port.
     let b = [10, 0, 0, 3];
-    let b_port = (1024..u16::MAX)
-        .find(|&p| nat_port(addr16(b), addr16(VIP4), p, 80, PROTO_TCP, FAMILY_V4) == port_a)
-        .expect("a client port whose first candidate is A's");
+    // The config's range: 64 ports from 20000.
+    let b_port = *cports_hashing_to(b, port_a, 64, 1).first().expect("a client port whose first candidate is A's");
     let (verdict, out) = f.env.run("xdp_lb", &to_vip(b, b_port, syn))?;
     if verdict == XDP_TX {
         ensure!(ports_of(&out).0 != port_a, "B was given A's port {port_a} while A's connection is alive");
@@ -105,12 +104,12 @@ fn nat_ports_come_back_once_connections_end() -> Result<()> {
     Ok(())
 }
 
-/// Client ports of `CLIENT4` whose first nat port candidate towards the nat VIP, in a range
-/// of `span` ports from 20000, is `port`.
-fn cports_hashing_to(port: u16, span: u32, n: usize) -> Vec<u16> {
+/// Ports of `client` whose first nat port candidate towards the nat VIP, in a range of
+/// `span` ports from 20000, is `port`.
+fn cports_hashing_to(client: [u8; 4], port: u16, span: u32, n: usize) -> Vec<u16> {
     let first_candidate = |cport: u16| {
         let flow = FlowKey {
-            src: addr16(CLIENT4),
+            src: addr16(client),
             dst: addr16(VIP4),
             sport: cport,
             dport: 80,
@@ -136,7 +135,7 @@ fn each_cpu_falls_back_on_nat_ports_of_its_own() -> Result<()> {
     let cpus = std::thread::available_parallelism()?.get();
     ensure!(cpus >= 2, "this test needs 2 CPUs, the machine has {cpus}");
     let mut f = fixtures("lccpu", &config_with("nat_port_max = 20255"));
-    let cports = cports_hashing_to(20200, 256, 10);
+    let cports = cports_hashing_to(CLIENT4, 20200, 256, 10);
     // On CPU 0, nine open connections whose first candidate is the same port: one takes
     // it, eight fall back on CPU 0's cursor.
     pin_to_cpu(0)?;
