@@ -443,7 +443,6 @@ fn log_plan_change(vip: &str, before: Option<&Plan>, after: &Plan) {
     }
 }
 
-/// Reads and validates the new config; settings that size or place the maps, and the
 /// The marks of the checks `config` asks through tunnels, written for the packet path
 /// (before any check uses them); on failure `marks` is left as it was.
 fn write_check_tunnels(config: &Config, marks: &mut CheckMarks, maps: &mut impl PacketPath) -> Result<()> {
@@ -455,6 +454,7 @@ fn write_check_tunnels(config: &Config, marks: &mut CheckMarks, maps: &mut impl 
     Ok(())
 }
 
+/// Reads and validates the new config; settings that size or place the maps, and the
 /// admin interface's address, can only change with a restart.
 fn read_reload(path: &std::path::Path, current: &Config) -> Result<Config> {
     let next = config::load(path)?;
