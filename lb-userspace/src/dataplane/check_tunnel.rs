@@ -34,8 +34,7 @@ impl CheckTunnels {
     pub fn create() -> Result<Self> {
         remove_device_and_rules();
         make_device_and_rules().inspect_err(|_| remove_device_and_rules())?;
-        let sizes = MapSizes { max_vips: 1, max_backends: 1, table_size: 2, flow_entries: 1, source_entries: 1 };
-        let mut object = load_object(sizes, 4)?;
+        let mut object = load_object(MapSizes::SMALLEST)?;
         let program: &mut SchedClassifier =
             object.program_mut(PROG_CHECK_TUNNEL).context("program tc_check_tunnel missing")?.try_into()?;
         load_program(|| program.load()).context("verifier rejected tc_check_tunnel")?;

@@ -23,8 +23,7 @@ impl Dataplane {
         prepare: impl FnOnce(&mut Self) -> Result<()>,
     ) -> Result<PathBuf> {
         ensure_bpffs()?;
-        let sizes = MapSizes { max_vips: 1, max_backends: 1, table_size: 2, flow_entries: 1, source_entries: 1 };
-        let mut dataplane = Self::load(sizes, None)?;
+        let mut dataplane = Self::load(MapSizes::SMALLEST, None)?;
         prepare(&mut dataplane)?;
         let link = attach_link(dataplane.program(name)?, iface, mode)?;
         link.pin(path).with_context(|| format!("pinning {}", path.display()))?;

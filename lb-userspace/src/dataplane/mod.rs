@@ -46,6 +46,9 @@ pub struct MapSizes {
 }
 
 impl MapSizes {
+    /// The smallest maps, for an object loaded only for one of its small programs.
+    pub const SMALLEST: Self = Self { max_vips: 1, max_backends: 1, table_size: 2, flow_entries: 1, source_entries: 1 };
+
     pub fn from_config(balancer: &BalancerConfig) -> Self {
         Self {
             max_vips: balancer.max_vips,
@@ -117,12 +120,7 @@ impl Dataplane {
     /// shows them with field names. Pins left by an earlier run are replaced.
     pub fn load(sizes: MapSizes, pin_dir: Option<&Path>) -> Result<Self> {
         raise_memlock_limit();
-        let maglev_slots = sizes
-            .max_vips
-            .checked_mul(2)
-            .and_then(|n| n.checked_mul(sizes.table_size))
-            .context("max_vips * 2 * maglev_table_size overflows")?;
-        let mut ebpf = load_object(sizes, maglev_slots)?;
+        let mut ebpf = load_object(sizes)?;
         if let Some(dir) = pin_dir {
             ensure_bpffs()?;
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -338,9 +336,13 @@ impl Dataplane {
     }
 }
 
-/// The object with its maps created at `sizes` (`maglev_slots` for `MAGLEV`); no program
-/// loaded yet.
-fn load_object(sizes: MapSizes, maglev_slots: u32) -> Result<Ebpf> {
+/// The object with its maps created at `sizes`; no program loaded yet.
+fn load_object(sizes: MapSizes) -> Result<Ebpf> {
+    let maglev_slots = sizes
+        .max_vips
+        .checked_mul(2)
+        .and_then(|n| n.checked_mul(sizes.table_size))
+        .context("max_vips * 2 * maglev_table_size overflows")?;
     EbpfLoader::new()
         .map_max_entries(MAP_VIPS, sizes.max_vips)
         .map_max_entries(MAP_VIP_ENTRIES, sizes.max_vips)

@@ -280,9 +280,8 @@ fn host(switch: &Netns, name: &str, peer: &str, addrs: &[&str]) -> Result<Netns>
 /// documentation for why XDP_TX on the peer needs it).
 fn attach_pass(switch: &Netns, iface: &str) -> Result<Dataplane> {
     let iface = iface.to_owned();
-    let sizes = MapSizes { max_vips: 1, max_backends: 1, table_size: 2, flow_entries: 1, source_entries: 1 };
     switch.run(move || -> Result<Dataplane> {
-        let mut dataplane = Dataplane::load(sizes, None)?;
+        let mut dataplane = Dataplane::load(MapSizes::SMALLEST, None)?;
         dataplane
             .program(PROG_PASS)?
             .attach(&iface, XdpMode::Driver)
