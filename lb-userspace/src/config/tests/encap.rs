@@ -89,3 +89,27 @@ fn encapsulated_checks_need_the_source_of_the_vips_family() {
         "the checks of a gue mode VIP go through the tunnel to the VIP from balancer.ipv6: set it",
     );
 }
+
+#[test]
+fn at_most_max_check_tunnels_backends_are_checked_through_tunnels() {
+    // 8193 addresses in ipip and in gue: 16386 tunnel ends, two more than there are marks.
+    let backends: String = (0..8193u32)
+        .map(|n| format!("  {{ address = \"10.{}.{}.{}\" }},\n", 8 + n / 65536, (n / 256) % 256, n % 256))
+        .collect();
+    let vip = |name: &str, port: u16, mode: &str| {
+        format!(
+            "[[vip]]\nname = \"{name}\"\naddress = \"10.100.0.9\"\nport = {port}\nmode = \"{mode}\"\nhealth_check = {{ type = \"tcp\" }}\nbackend = [\n{backends}]\n"
+        )
+    };
+    let head =
+        "[balancer]\ninterfaces = [\"eth0\"]\nipv4 = \"10.0.0.1\"\nmaglev_table_size = 16411\nmax_backends = 20000\n";
+    let ipip_only = format!("{head}{}", vip("a", 80, "ipip"));
+    assert!(parse(&ipip_only, "t").is_ok(), "8193 ends are within the limit");
+    let text = format!("{ipip_only}{}", vip("b", 81, "gue"));
+    expect(
+        &text,
+        "vip[1].health_check",
+        line_with(&text, "health_check", 1),
+        "more than 16384 backends (by address and mode) checked through ipip or gue tunnels",
+    );
+}

@@ -6,13 +6,14 @@ mod vip;
 
 use bgp::validate_bgp;
 use dns::validate_dns;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Component, Path};
 use vip::{validate_health, validate_locality_weights, validate_rate_limits};
 
 use super::errors::{ConfigError, Ctx, Seg, at_line, key_path};
 use super::*;
+use crate::plan::check_tunnels::checked_through_tunnel;
 use crate::plan::maglev;
 
 pub(super) fn validate(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
@@ -163,21 +164,7 @@ fn validate_vips(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut services: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
     let mut all_backends: HashSet<SocketAddr> = HashSet::new();
-    // Backends checked through a tunnel (by address and encapsulation): one mark each.
-    let mut tunnel_ends: HashSet<(IpAddr, bool)> = HashSet::new();
     for (i, vip) in c.vips.iter().enumerate() {
-        if vip.mode.encapsulated() && vip.health_check.is_some() {
-            tunnel_ends.extend(vip.backends.iter().map(|be| (be.address, vip.mode == ForwardingMode::Gue)));
-            if tunnel_ends.len() > lb_common::MAX_CHECK_TUNNELS as usize {
-                return Err(cx.err(
-                    &key_path!["vip", i, "health_check"],
-                    format!(
-                        "more than {} backends (by address and mode) checked through ipip or gue tunnels",
-                        lb_common::MAX_CHECK_TUNNELS
-                    ),
-                ));
-            }
-        }
         if !plain_name(&vip.name) {
             return Err(cx.err(
                 &key_path!["vip", i, "name"],
@@ -234,6 +221,26 @@ fn validate_vips(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
         validate_health(vip, i, cx)?;
         validate_locality_weights(vip, i, b, cx)?;
         validate_backends(vip, i, b, &mut all_backends, cx)?;
+    }
+    validate_tunnel_ends(c, cx)
+}
+
+/// Each backend checked through a tunnel (by address and encapsulation) takes one of the
+/// `MAX_CHECK_TUNNELS` marks; the error names the VIP whose backends pass the limit.
+fn validate_tunnel_ends(c: &Config, cx: &Ctx) -> Result<(), ConfigError> {
+    let mut ends = BTreeSet::new();
+    for (vip, _, end) in checked_through_tunnel(c) {
+        ends.insert(end);
+        if ends.len() > lb_common::MAX_CHECK_TUNNELS as usize {
+            let i = c.vips.iter().position(|v| std::ptr::eq(v, vip)).expect("a VIP of the config");
+            return Err(cx.err(
+                &key_path!["vip", i, "health_check"],
+                format!(
+                    "more than {} backends (by address and mode) checked through ipip or gue tunnels",
+                    lb_common::MAX_CHECK_TUNNELS
+                ),
+            ));
+        }
     }
     Ok(())
 }
