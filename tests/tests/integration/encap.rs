@@ -25,6 +25,34 @@ fn routed_lab(tag: &str) -> Result<Lab> {
     Ok(lab)
 }
 
+/// Backend `b`'s address for a VIP of family `v6`: its own of that family, or for an
+/// IPv6-only backend its IPv6 one (IPv4 in IPv6).
+fn address_for(b: &lab::Backend, v6: bool) -> IpAddr {
+    b.addr(v6 || b.v4.is_unspecified())
+}
+
+/// `backend = [...]` of a VIP of family `v6` over every backend of `lab`.
+fn backend_list(lab: &Lab, v6: bool) -> String {
+    let addrs: Vec<String> =
+        lab.backends.iter().map(|b| format!("{{ address = \"{}\" }}", address_for(b, v6))).collect();
+    format!("backend = [{}]", addrs.join(", "))
+}
+
+/// A config of `vips` (name, address, mode, check type) over every backend of `lab`, each
+/// VIP checked with `timing` (its interval and timeout), thresholds 2 and no panic mode.
+fn checked_config(lab: &Lab, timing: &str, vips: &[(&str, IpAddr, &'static str, &str)]) -> lab::LabConfig {
+    let specs: Vec<VipSpec> = vips
+        .iter()
+        .map(|&(name, addr, mode, _)| VipSpec::new(name, addr, HTTP_PORT, "tcp", mode, Vec::new()))
+        .collect();
+    vips.iter().fold(lab::lb_config(lab, &specs), |config, &(name, addr, _, kind)| {
+        let check = format!(
+            "health_check = {{ type = \"{kind}\", {timing}, unhealthy_threshold = 2, healthy_threshold = 2 }}\npanic_threshold = 0"
+        );
+        config.vip(name, &format!("{}\n{check}", backend_list(lab, addr.is_ipv6())))
+    })
+}
+
 /// `n` HTTP requests (a new connection each) and `n` UDP requests to `vip`; all answered.
 fn requests(lab: &Lab, vip: IpAddr, n: usize) -> Result<(Vec<String>, Vec<String>)> {
     lab.client.run(move || -> Result<_> {
@@ -39,19 +67,7 @@ fn ipip_and_gue_reach_routed_and_ipv6_only_backends_that_answer_clients_directly
     let lab = routed_lab("e2enc")?;
     let _decaps = lab::decap_on_backends(&lab)?;
     // IPv4 VIPs: two IPv4 backends and the IPv6-only one (IPv4 in IPv6); IPv6 VIPs: all three.
-    let backends = |v6: bool| {
-        let addrs: Vec<String> = lab
-            .backends
-            .iter()
-            .map(|b| {
-                format!(
-                    "{{ address = \"{}\" }}",
-                    if v6 || b.v4.is_unspecified() { b.addr(true) } else { b.addr(false) }
-                )
-            })
-            .collect();
-        format!("backend = [{}]", addrs.join(", "))
-    };
+    let backends = |v6: bool| backend_list(&lab, v6);
     let (v4, v6) = (IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6));
     let vips = [
         VipSpec::new("http4", v4, HTTP_PORT, "tcp", "ipip", Vec::new()),
@@ -152,8 +168,7 @@ fn states_hold(lb: &LbProcess, lab: &Lab, want: impl Fn(&str, usize) -> &'static
 
 /// A plain TCP connection from the balancer to backend `i`'s own address answers.
 fn plain_port_answers(lab: &Lab, i: usize) -> Result<()> {
-    let b = &lab.backends[i];
-    let addr = SocketAddr::new(if b.v4.is_unspecified() { IpAddr::V6(b.v6) } else { IpAddr::V4(b.v4) }, HTTP_PORT);
+    let addr = SocketAddr::new(address_for(&lab.backends[i], false), HTTP_PORT);
     lab.lb
         .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(2)))?
         .with_context(|| format!("{addr}"))?;
@@ -164,27 +179,9 @@ fn plain_port_answers(lab: &Lab, i: usize) -> Result<()> {
 fn checks_go_through_the_tunnel_so_a_backend_without_its_decap_or_its_vip_fails_them() -> Result<()> {
     let lab = routed_lab("e2hck")?;
     let mut decaps = lab::decap_on_backends(&lab)?;
-    let backends = |v6: bool| {
-        let addrs: Vec<String> = lab
-            .backends
-            .iter()
-            .map(|b| format!("{{ address = \"{}\" }}", b.addr(v6 || b.v4.is_unspecified())))
-            .collect();
-        format!("backend = [{}]", addrs.join(", "))
-    };
-    let check = |kind: &str| {
-        format!(
-            "health_check = {{ type = \"{kind}\", interval = \"200ms\", timeout = \"150ms\", unhealthy_threshold = 2, healthy_threshold = 2 }}\npanic_threshold = 0"
-        )
-    };
     let (v4, v6) = (IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6));
-    let vips = [
-        VipSpec::new("http4", v4, HTTP_PORT, "tcp", "ipip", Vec::new()),
-        VipSpec::new("http6", v6, HTTP_PORT, "tcp", "gue", Vec::new()),
-    ];
-    let config = lab::lb_config(&lab, &vips)
-        .vip("http4", &format!("{}\n{}", backends(false), check("http")))
-        .vip("http6", &format!("{}\n{}", backends(true), check("tcp")));
+    let vips = [("http4", v4, "ipip", "http"), ("http6", v6, "gue", "tcp")];
+    let config = checked_config(&lab, "interval = \"200ms\", timeout = \"150ms\"", &vips);
     let lb = LbProcess::start(&lab, &config)?;
     // The IPv4 VIP's third backend is IPv6-only: its checks go IPv4 in IPv6.
     states_hold(&lb, &lab, |_, _| "available", Duration::from_millis(1500)).context("healthy through their tunnels")?;
@@ -234,27 +231,9 @@ fn checks_through_the_tunnel_keep_going_on_few_local_ports() -> Result<()> {
     let lab = routed_lab("e2hcp")?;
     let decaps = lab::decap_on_backends(&lab)?;
     lab.lb.sysctl("net.ipv4.ip_local_port_range=40000 40031")?;
-    let backends = |v6: bool| {
-        let addrs: Vec<String> = lab
-            .backends
-            .iter()
-            .map(|b| format!("{{ address = \"{}\" }}", b.addr(v6 || b.v4.is_unspecified())))
-            .collect();
-        format!("backend = [{}]", addrs.join(", "))
-    };
-    let check = |kind: &str| {
-        format!(
-            "health_check = {{ type = \"{kind}\", interval = \"100ms\", timeout = \"80ms\", unhealthy_threshold = 2, healthy_threshold = 2 }}\npanic_threshold = 0"
-        )
-    };
     let (v4, v6) = (IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6));
-    let vips = [
-        VipSpec::new("tcp4", v4, HTTP_PORT, "tcp", "ipip", Vec::new()),
-        VipSpec::new("http6", v6, HTTP_PORT, "tcp", "gue", Vec::new()),
-    ];
-    let config = lab::lb_config(&lab, &vips)
-        .vip("tcp4", &format!("{}\n{}", backends(false), check("tcp")))
-        .vip("http6", &format!("{}\n{}", backends(true), check("http")));
+    let vips = [("tcp4", v4, "ipip", "tcp"), ("http6", v6, "gue", "http")];
+    let config = checked_config(&lab, "interval = \"100ms\", timeout = \"80ms\"", &vips);
     let mut lb = LbProcess::start(&lab, &config)?;
     // Some 120 checks per VIP, over 32 ports. (The controller's log tells, not `lb status`,
     // whose connections would take the ports too.)
